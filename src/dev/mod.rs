@@ -1,0 +1,523 @@
+//! The dev Entra emulator: a local stand-in for Microsoft Entra ID.
+//!
+//! [`DevEntra`] serves, on a loopback port, what an API needs from Entra to validate
+//! tokens, in Microsoft's documented formats:
+//!
+//! | path | what |
+//! |---|---|
+//! | `/{tenant}/v2.0/.well-known/openid-configuration` | v2 discovery (`tenant`: a tenant id, `organizations` or `common`) |
+//! | `/{tenant}/.well-known/openid-configuration` | v1 discovery (issuer `https://sts.windows.net/{tid}/`) |
+//! | `/{tenant}/discovery/v2.0/keys` | JWKS with `kid`, `x5t`, `x5c` and the per-key `issuer` |
+//! | `/{tenant}/discovery/keys` | v1 JWKS (no per-key issuer) |
+//!
+//! It mints v1 and v2 access tokens for its users and apps ([`DevEntra::token_for`],
+//! [`DevEntra::app_token`]), rotates keys, and counts requests per endpoint so tests can
+//! assert how often keys were fetched. Keys are made at start-up; nothing is hard-coded.
+//!
+//! Tests, examples, benches and `idguard` dev mode use it. It is **not** an identity
+//! provider: it signs whatever it is asked to.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), idguard::dev::DevError> {
+//! use idguard::dev::{DevEntra, DevEndpoint};
+//!
+//! let entra = DevEntra::builder().start().await?;
+//! let token = entra.token_for("alice")?.scopes(["mcp.tools"]).mint()?;
+//! assert_eq!(token.split('.').count(), 3);
+//! assert_eq!(entra.requests(DevEndpoint::Jwks), 0);
+//! # Ok(()) }
+//! ```
+
+mod keys;
+mod mint;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::oneshot;
+
+pub use mint::TokenMint;
+
+use keys::{KeyRing, SigningKey};
+
+/// Tenant id of the default dev tenant, "Contoso".
+pub const CONTOSO_TENANT_ID: &str = "b0f1a3c2-7d4e-4f6a-9c8b-1e2d3f4a5b6c";
+/// Tenant id of the second dev tenant, "Fabrikam".
+pub const FABRIKAM_TENANT_ID: &str = "e5d4c3b2-a190-4f8e-8d7c-6b5a49382716";
+/// Application (client) id of the protected dev API (the `aud` of dev tokens).
+pub const DEV_API_CLIENT_ID: &str = "6d3b1f2e-8a4c-4e5d-9f6a-7b8c9d0e1f2a";
+/// Application id of the dev client app that requests delegated tokens (`azp`).
+pub const DEV_CLIENT_APP_ID: &str = "0c5e2f1a-3b4d-4c6e-8f7a-9b0c1d2e3f4a";
+/// Object id of the dev "Finance" group that Alice belongs to.
+pub const FINANCE_GROUP_ID: &str = "3a9f7c1e-5b2d-4e8a-9c6f-1d0e2b3a4c5d";
+/// The delegated scope dev user tokens carry by default.
+pub const DEV_SCOPE: &str = "mcp.tools";
+
+/// Why the emulator could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevError {
+    /// Binding or serving failed.
+    #[error("dev entra: {0}")]
+    Io(#[from] std::io::Error),
+    /// Key generation or signing failed.
+    #[error("dev entra: crypto: {0}")]
+    Crypto(String),
+    /// No user or app with that name.
+    #[error("dev entra: no user or app `{0}`")]
+    UnknownPrincipal(String),
+    /// No key with that `kid`.
+    #[error("dev entra: no key `{0}`")]
+    UnknownKey(String),
+}
+
+/// A tenant the emulator knows.
+#[derive(Clone, Debug)]
+pub struct DevTenant {
+    /// Tenant id (GUID).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// A user the emulator can mint delegated tokens for.
+#[derive(Clone, Debug)]
+pub struct DevUser {
+    /// Short name used to look the user up (`"alice"`).
+    pub key: String,
+    /// Display name (`name`).
+    pub name: String,
+    /// Sign-in name (`preferred_username` / `upn`).
+    pub upn: String,
+    /// Object id (`oid`).
+    pub object_id: String,
+    /// Home tenant (`tid`).
+    pub tenant_id: String,
+    /// App roles assigned to the user (`roles`).
+    pub roles: Vec<String>,
+    /// Group object ids (`groups`).
+    pub groups: Vec<String>,
+    /// Authentication methods (`amr`).
+    pub auth_methods: Vec<String>,
+}
+
+/// A daemon application the emulator can mint app-only tokens for.
+#[derive(Clone, Debug)]
+pub struct DevApp {
+    /// Short name (`"reporter"`).
+    pub key: String,
+    /// Application (client) id (`azp`/`appid`).
+    pub app_id: String,
+    /// Service principal object id (`oid` = `sub`).
+    pub object_id: String,
+    /// Tenant the app is provisioned in.
+    pub tenant_id: String,
+    /// Application permissions granted (`roles`).
+    pub roles: Vec<String>,
+}
+
+/// Endpoints whose requests the emulator counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DevEndpoint {
+    /// v1 and v2 OpenID discovery documents.
+    Discovery,
+    /// v1 and v2 key sets.
+    Jwks,
+}
+
+const ENDPOINTS: usize = 2;
+
+/// State shared by the handle and the server task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) base_url: String,
+    pub(crate) tenants: Vec<DevTenant>,
+    pub(crate) users: Vec<DevUser>,
+    pub(crate) apps: Vec<DevApp>,
+    pub(crate) api_client_id: String,
+    pub(crate) keys: RwLock<KeyRing>,
+    pub(crate) jwks_available: AtomicBool,
+    counters: [AtomicU64; ENDPOINTS],
+}
+
+impl Shared {
+    pub(crate) fn count(&self, endpoint: DevEndpoint) {
+        if let Some(c) = self.counters.get(endpoint as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn knows_tenant(&self, tid: &str) -> bool {
+        self.tenants.iter().any(|t| t.id == tid)
+    }
+}
+
+/// A running dev Entra emulator. Stops when dropped.
+#[derive(Debug)]
+pub struct DevEntra {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl DevEntra {
+    /// A builder with the default tenants, users and apps (see [`DevEntraBuilder`]).
+    pub fn builder() -> DevEntraBuilder {
+        DevEntraBuilder::default()
+    }
+
+    /// The authority URL, `http://127.0.0.1:<port>` (use it as `token.authority`).
+    pub fn url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The default tenant's id.
+    pub fn tenant_id(&self) -> &str {
+        self.shared
+            .tenants
+            .first()
+            .map_or(CONTOSO_TENANT_ID, |t| t.id.as_str())
+    }
+
+    /// The protected API's application id (the `aud` of minted tokens).
+    pub fn api_client_id(&self) -> &str {
+        &self.shared.api_client_id
+    }
+
+    /// The v2 issuer of tenant `tid`.
+    pub fn issuer_v2(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.shared.base_url)
+    }
+
+    /// The v1 issuer of tenant `tid` (Entra's `https://sts.windows.net/{tid}/`).
+    pub fn issuer_v1(&self, tid: &str) -> String {
+        format!("https://sts.windows.net/{tid}/")
+    }
+
+    /// The tenants.
+    pub fn tenants(&self) -> &[DevTenant] {
+        &self.shared.tenants
+    }
+
+    /// The users.
+    pub fn users(&self) -> &[DevUser] {
+        &self.shared.users
+    }
+
+    /// The daemon apps.
+    pub fn apps(&self) -> &[DevApp] {
+        &self.shared.apps
+    }
+
+    /// Starts a delegated token for user `key` (v2, default scope, 1 h lifetime).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn token_for(&self, key: &str) -> Result<TokenMint<'_>, DevError> {
+        let user = self
+            .shared
+            .users
+            .iter()
+            .find(|u| u.key == key)
+            .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))?;
+        Ok(TokenMint::user(self, user.clone()))
+    }
+
+    /// Starts an app-only token for daemon app `key` (v2, 1 h lifetime).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such app.
+    pub fn app_token(&self, key: &str) -> Result<TokenMint<'_>, DevError> {
+        let app = self
+            .shared
+            .apps
+            .iter()
+            .find(|a| a.key == key)
+            .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))?;
+        Ok(TokenMint::app(self, app.clone()))
+    }
+
+    /// Makes a new key that can sign but is **not** published in the JWKS yet.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Crypto`] if key generation fails.
+    pub fn create_key(&self) -> Result<String, DevError> {
+        let key = SigningKey::generate(None)?;
+        let kid = key.kid.clone();
+        self.with_keys(|ring| ring.unpublished.push(key));
+        Ok(kid)
+    }
+
+    /// Publishes a key made by [`create_key`](Self::create_key).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownKey`] when no unpublished key has that `kid`.
+    pub fn publish_key(&self, kid: &str) -> Result<(), DevError> {
+        self.with_keys(|ring| {
+            let at = ring.unpublished.iter().position(|k| k.kid == kid);
+            match at {
+                Some(at) => {
+                    let key = ring.unpublished.remove(at);
+                    ring.published.push(key);
+                    Ok(())
+                }
+                None => Err(DevError::UnknownKey(kid.to_owned())),
+            }
+        })
+    }
+
+    /// Rotates: makes and publishes a new key and signs new tokens with it. The previous
+    /// key stays published until [`retire_key`](Self::retire_key). Returns the new `kid`.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Crypto`] if key generation fails.
+    pub fn rotate_keys(&self) -> Result<String, DevError> {
+        let key = SigningKey::generate(None)?;
+        let kid = key.kid.clone();
+        self.with_keys(|ring| {
+            ring.published.push(key);
+            ring.active.clone_from(&kid);
+        });
+        Ok(kid)
+    }
+
+    /// Removes a key from the published JWKS (tokens it signed stop validating once
+    /// relying parties refresh).
+    pub fn retire_key(&self, kid: &str) {
+        self.with_keys(|ring| ring.published.retain(|k| k.kid != kid));
+    }
+
+    /// Publishes a key bound to tenant `tid`: its JWKS entry carries that tenant's concrete
+    /// issuer, so it may sign only that tenant's tokens. Returns its `kid`.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Crypto`] if key generation fails.
+    pub fn add_tenant_key(&self, tid: &str) -> Result<String, DevError> {
+        let key = SigningKey::generate(Some(tid.to_owned()))?;
+        let kid = key.kid.clone();
+        self.with_keys(|ring| ring.published.push(key));
+        Ok(kid)
+    }
+
+    /// The `kid` that signs new tokens.
+    pub fn active_kid(&self) -> String {
+        self.with_keys(|ring| ring.active.clone())
+    }
+
+    /// The published `kid`s.
+    pub fn published_kids(&self) -> Vec<String> {
+        self.with_keys(|ring| ring.published.iter().map(|k| k.kid.clone()).collect())
+    }
+
+    /// Makes the JWKS endpoints answer `503` (`false`) or serve again (`true`).
+    pub fn set_jwks_available(&self, available: bool) {
+        self.shared
+            .jwks_available
+            .store(available, Ordering::Relaxed);
+    }
+
+    /// How many requests `endpoint` has served.
+    pub fn requests(&self, endpoint: DevEndpoint) -> u64 {
+        self.shared
+            .counters
+            .get(endpoint as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Stops the server.
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn with_keys<T>(&self, f: impl FnOnce(&mut KeyRing) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere mid-update; the ring stays usable.
+        let mut ring = self
+            .shared
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut ring)
+    }
+}
+
+impl Drop for DevEntra {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Configures a [`DevEntra`].
+///
+/// Defaults: tenants Contoso ([`CONTOSO_TENANT_ID`], the default) and Fabrikam
+/// ([`FABRIKAM_TENANT_ID`]); users `alice` (Contoso, role `Tools.Admin`, Finance group,
+/// MFA), `bob` (Contoso, role `Tools.Read`, password only) and `carol` (Fabrikam, role
+/// `Tools.Read`, MFA); daemon app `reporter` (Contoso, role `Tools.Read`).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct DevEntraBuilder {
+    addr: SocketAddr,
+    tenants: Vec<DevTenant>,
+    users: Vec<DevUser>,
+    apps: Vec<DevApp>,
+    api_client_id: String,
+}
+
+impl Default for DevEntraBuilder {
+    fn default() -> Self {
+        let s = |v: &str| v.to_owned();
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tenants: vec![
+                DevTenant {
+                    id: s(CONTOSO_TENANT_ID),
+                    name: s("Contoso"),
+                },
+                DevTenant {
+                    id: s(FABRIKAM_TENANT_ID),
+                    name: s("Fabrikam"),
+                },
+            ],
+            users: vec![
+                DevUser {
+                    key: s("alice"),
+                    name: s("Alice Admin"),
+                    upn: s("alice@contoso.example"),
+                    object_id: s("a11ce000-0000-4000-8000-00000000a11c"),
+                    tenant_id: s(CONTOSO_TENANT_ID),
+                    roles: strings(&["Tools.Admin"]),
+                    groups: strings(&[FINANCE_GROUP_ID]),
+                    auth_methods: strings(&["pwd", "mfa"]),
+                },
+                DevUser {
+                    key: s("bob"),
+                    name: s("Bob Reader"),
+                    upn: s("bob@contoso.example"),
+                    object_id: s("b0b00000-0000-4000-8000-000000000b0b"),
+                    tenant_id: s(CONTOSO_TENANT_ID),
+                    roles: strings(&["Tools.Read"]),
+                    groups: Vec::new(),
+                    auth_methods: strings(&["pwd"]),
+                },
+                DevUser {
+                    key: s("carol"),
+                    name: s("Carol Partner"),
+                    upn: s("carol@fabrikam.example"),
+                    object_id: s("ca401000-0000-4000-8000-0000000ca401"),
+                    tenant_id: s(FABRIKAM_TENANT_ID),
+                    roles: strings(&["Tools.Read"]),
+                    groups: Vec::new(),
+                    auth_methods: strings(&["pwd", "mfa"]),
+                },
+            ],
+            apps: vec![DevApp {
+                key: s("reporter"),
+                app_id: s("7e9d8c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"),
+                object_id: s("5e1f2a3b-4c5d-4e6f-8a7b-9c0d1e2f3a4b"),
+                tenant_id: s(CONTOSO_TENANT_ID),
+                roles: strings(&["Tools.Read"]),
+            }],
+            api_client_id: s(DEV_API_CLIENT_ID),
+        }
+    }
+}
+
+impl DevEntraBuilder {
+    /// Listen on `addr` instead of `127.0.0.1:0`. Only loopback addresses make sense.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Adds a tenant.
+    pub fn tenant(mut self, tenant: DevTenant) -> Self {
+        self.tenants.push(tenant);
+        self
+    }
+
+    /// Adds (or replaces, by key) a user.
+    pub fn user(mut self, user: DevUser) -> Self {
+        self.users.retain(|u| u.key != user.key);
+        self.users.push(user);
+        self
+    }
+
+    /// Adds (or replaces, by key) a daemon app.
+    pub fn app(mut self, app: DevApp) -> Self {
+        self.apps.retain(|a| a.key != app.key);
+        self.apps.push(app);
+        self
+    }
+
+    /// The protected API's application id (default [`DEV_API_CLIENT_ID`]).
+    pub fn api_client_id(mut self, id: impl Into<String>) -> Self {
+        self.api_client_id = id.into();
+        self
+    }
+
+    /// Generates the first signing key, binds the port and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError`] when the port cannot be bound or key generation fails.
+    pub async fn start(self) -> Result<DevEntra, DevError> {
+        let first = SigningKey::generate(None)?;
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let addr = listener.local_addr()?;
+        let ring = KeyRing {
+            active: first.kid.clone(),
+            published: vec![first],
+            unpublished: Vec::new(),
+        };
+        let shared = Arc::new(Shared {
+            base_url: format!("http://{addr}"),
+            tenants: self.tenants,
+            users: self.users,
+            apps: self.apps,
+            api_client_id: self.api_client_id,
+            keys: RwLock::new(ring),
+            jwks_available: AtomicBool::new(true),
+            counters: Default::default(),
+        });
+        let (tx, rx) = oneshot::channel();
+        let app = server::router(shared.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(target: "idguard::dev", %e, "dev entra stopped");
+            }
+        });
+        Ok(DevEntra {
+            shared,
+            addr,
+            shutdown: Some(tx),
+        })
+    }
+}

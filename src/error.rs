@@ -1,0 +1,242 @@
+//! Errors, and the one mapping from a rejection to an HTTP response.
+//!
+//! Three families (STYLE.md §4):
+//!
+//! - [`ConfigError`] at start-up: every problem at once, each naming its key.
+//! - [`TokenError`] (and [`StartupError`]) from library calls.
+//! - [`Rejection`] per request: an opaque value with a [`kind`](Rejection::kind), turned into
+//!   a response by [`Rejection::into_response`], the single place that knows the wire format
+//!   of DESIGN.md §4.
+//!
+//! No message ever contains token text.
+
+use std::fmt;
+
+use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+/// Why a bearer token was not accepted.
+///
+/// The variants are for logs, metrics and tests; on the wire every one of them is the same
+/// `401 invalid_token` (or `503` for [`KeysUnavailable`](Self::KeysUnavailable)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// No `Authorization: Bearer` header.
+    #[error("no bearer token")]
+    Missing,
+    /// The token is longer than idguard accepts.
+    #[error("token is longer than {max} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// Not a compact JWS with a JSON header and claims.
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    /// The header names an algorithm other than RS256.
+    #[error("token algorithm is not RS256")]
+    UnsupportedAlgorithm,
+    /// The header has no `kid`, or no published key has it (after a refresh).
+    #[error("token is signed with an unknown key")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// `aud` is not one of the configured audiences.
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    /// `iss` does not match the issuer for the token's tenant.
+    #[error("token issuer does not match its tenant")]
+    WrongIssuer,
+    /// The signing key is bound to an issuer other than the token's.
+    #[error("token signing key belongs to another issuer")]
+    KeyIssuerMismatch,
+    /// `tid` is not a tenant this service accepts.
+    #[error("token tenant is not allowed")]
+    TenantNotAllowed,
+    /// A v1.0 token while only v2.0 tokens are accepted, or an unknown `ver`.
+    #[error("token version is not accepted")]
+    VersionNotAccepted,
+    /// A claim idguard requires is absent.
+    #[error("token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// Neither `scp` nor `roles`: the token was not granted anything for this API.
+    #[error("token carries neither scopes nor roles")]
+    NoScopeOrRole,
+    /// The signing keys could not be fetched and the token's key is not cached.
+    #[error("signing keys are unavailable")]
+    KeysUnavailable,
+}
+
+/// One problem in a configuration, naming the key as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    key: String,
+    message: String,
+}
+
+impl ConfigProblem {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The configuration key, e.g. `token.client_id`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What is wrong with it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// A configuration that cannot be used. Holds **every** problem found, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    problems: Vec<ConfigProblem>,
+}
+
+impl ConfigError {
+    pub(crate) fn from_problems(problems: Vec<ConfigProblem>) -> Self {
+        Self { problems }
+    }
+
+    /// Every problem, in the order the keys were checked.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration")?;
+        for p in &self.problems {
+            write!(f, "\n  `{}`: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why [`IdGuard::new`](crate::IdGuard::new) could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The OpenID discovery document could not be fetched or read.
+    #[error("cannot load OpenID metadata from `{url}`: {reason}")]
+    Discovery {
+        /// The discovery URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The signing keys could not be fetched or contain no usable RSA key.
+    #[error("cannot load signing keys from `{url}`: {reason}")]
+    Jwks {
+        /// The JWKS URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The kind of a [`Rejection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// No bearer token: `401` with a challenge that has no `error` parameter.
+    MissingToken,
+    /// The token is invalid, expired or not for us: `401 invalid_token`.
+    InvalidToken,
+    /// A valid token without a required scope or role: `403 insufficient_scope`.
+    InsufficientScope,
+    /// Signing keys (or another identity dependency) are unreachable: `503` + `Retry-After`.
+    Unavailable,
+}
+
+impl RejectionKind {
+    /// The HTTP status this kind maps to.
+    pub fn status(self) -> StatusCode {
+        match self {
+            RejectionKind::MissingToken | RejectionKind::InvalidToken => StatusCode::UNAUTHORIZED,
+            RejectionKind::InsufficientScope => StatusCode::FORBIDDEN,
+            RejectionKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Seconds a client is told to wait when an identity dependency is down.
+pub(crate) const RETRY_AFTER_SECS: u32 = 5;
+
+/// A request that idguard answers itself. Built by the guard, rendered by
+/// [`into_response`](Self::into_response) (and axum's `IntoResponse`).
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    kind: RejectionKind,
+    www_authenticate: Option<HeaderValue>,
+}
+
+impl Rejection {
+    pub(crate) fn new(kind: RejectionKind, www_authenticate: Option<HeaderValue>) -> Self {
+        Self {
+            kind,
+            www_authenticate,
+        }
+    }
+
+    /// What kind of rejection this is.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    /// The `WWW-Authenticate` challenge, if this rejection carries one.
+    pub fn www_authenticate(&self) -> Option<&HeaderValue> {
+        self.www_authenticate.as_ref()
+    }
+
+    /// Renders the rejection: status, challenge, `Retry-After` for outages, an empty body,
+    /// and the `Rejection` itself in the response extensions.
+    ///
+    /// This is the one mapping from rejections to HTTP; everything that answers for idguard
+    /// goes through it.
+    pub fn into_response<B: Default>(self) -> Response<B> {
+        let mut res = Response::new(B::default());
+        *res.status_mut() = self.status();
+        if let Some(challenge) = &self.www_authenticate {
+            res.headers_mut()
+                .insert(WWW_AUTHENTICATE, challenge.clone());
+        }
+        if self.kind == RejectionKind::Unavailable {
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+impl axum::response::IntoResponse for Rejection {
+    fn into_response(self) -> axum::response::Response {
+        Rejection::into_response(self)
+    }
+}

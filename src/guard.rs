@@ -1,0 +1,541 @@
+//! [`IdGuard`]: the cheap-clone handle that owns the shared state and builds every layer
+//! and route.
+//!
+//! # Order
+//!
+//! Layers run outside-in in the order they are listed:
+//!
+//! ```text
+//! ValidateTokenLayer  →  (AuthorizeMcpLayer)  →  handler or MCP service
+//! ```
+//!
+//! Apply them with `route_layer` so unknown routes still answer 404, and keep the metadata
+//! routes ([`IdGuard::metadata_router`]) outside the auth layer: clients fetch them before
+//! they have a token.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderValue};
+
+use crate::config::{IdGuardConfig, ResolvedConfig, TokenConfig};
+use crate::entra::{TenantMode, fetch_metadata};
+use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
+use crate::principal::Principal;
+use crate::token::TokenValidator;
+use crate::token::cache::{TokenCache, digest_token};
+use crate::token::jwks::{KeyStore, Refresh};
+use crate::token::layer::ValidateTokenLayer;
+
+/// The idguard handle: validated configuration, signing keys, caches.
+///
+/// Cloning is cheap (one `Arc`). Build it once at start-up with [`IdGuard::new`] or
+/// [`IdGuard::builder`]; both return only after discovery and the signing keys loaded.
+#[derive(Clone, Debug)]
+pub struct IdGuard {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ResolvedConfig,
+    validator: TokenValidator,
+    keys: KeyStore,
+    cache: Option<TokenCache>,
+    clock: Clock,
+    challenges: Challenges,
+    authorization_server: String,
+}
+
+/// Prebuilt `WWW-Authenticate` values, so a rejection costs no formatting.
+#[derive(Debug)]
+struct Challenges {
+    missing: HeaderValue,
+    invalid: HeaderValue,
+    insufficient: HeaderValue,
+    resource_metadata_url: String,
+}
+
+/// Wall-clock seconds that follow tokio's clock, so tests can pause and advance time.
+#[derive(Debug)]
+struct Clock {
+    anchor_unix: u64,
+    anchor: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            anchor_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            anchor: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.anchor_unix + self.anchor.elapsed().as_secs()
+    }
+}
+
+/// What the synchronous fast path concluded.
+pub(crate) enum Authn {
+    /// Decided without waiting.
+    Done(Result<Principal, Rejection>),
+    /// The token names an unknown `kid`: refresh the keys (once), then decide.
+    NeedsRefresh { token: String, generation: u64 },
+}
+
+impl IdGuard {
+    /// Starts from a resolved configuration: fetches the OpenID metadata and the signing
+    /// keys, and starts the periodic key refresh.
+    ///
+    /// # Errors
+    ///
+    /// [`StartupError`] when discovery or the keys cannot be loaded.
+    pub async fn new(config: ResolvedConfig) -> Result<Self, StartupError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| StartupError::Discovery {
+                url: config.authority.clone(),
+                reason: format!("cannot build an HTTP client: {e}"),
+            })?;
+        Self::with_http_client(config, client).await
+    }
+
+    /// Like [`new`](Self::new), with an HTTP client of your own (proxies, timeouts, TLS).
+    ///
+    /// # Errors
+    ///
+    /// [`StartupError`] when discovery or the keys cannot be loaded.
+    pub async fn with_http_client(
+        config: ResolvedConfig,
+        client: reqwest::Client,
+    ) -> Result<Self, StartupError> {
+        // jsonwebtoken panics on first use if two crypto backends end up enabled through
+        // feature unification; choosing ours explicitly rules that out. A second install
+        // (another IdGuard, or the host app) is harmless.
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+
+        let segment = config.tenant.discovery_segment();
+        let v2_url = format!(
+            "{}/{segment}/v2.0/.well-known/openid-configuration",
+            config.authority
+        );
+        let v2 = fetch_metadata(&client, &v2_url).await?;
+        let v1_issuer = if config.accept_v1 {
+            let v1_url = format!(
+                "{}/{segment}/.well-known/openid-configuration",
+                config.authority
+            );
+            Some(fetch_metadata(&client, &v1_url).await?.issuer)
+        } else {
+            None
+        };
+        let keys = KeyStore::load(client, v2.jwks_uri, config.jwks_min_refresh_interval).await?;
+        let authorization_server = match &config.tenant {
+            TenantMode::Single(_) => v2.issuer.clone(),
+            TenantMode::AllowList(_) | TenantMode::AnyOrganization => {
+                format!("{}/organizations/v2.0", config.authority)
+            }
+        };
+        let validator = TokenValidator::new(
+            config.tenant.clone(),
+            config.audiences.clone(),
+            v2.issuer,
+            v1_issuer,
+            config.leeway.as_secs(),
+        );
+        let challenges = Challenges::new(&config);
+        let inner = Arc::new(Inner {
+            cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
+            validator,
+            keys,
+            clock: Clock::new(),
+            challenges,
+            authorization_server,
+            config,
+        });
+        spawn_periodic_refresh(Arc::downgrade(&inner), inner.config.jwks_refresh_interval);
+        Ok(Self { inner })
+    }
+
+    /// A builder that mirrors the `[token]` configuration keys.
+    pub fn builder() -> IdGuardBuilder {
+        IdGuardBuilder::default()
+    }
+
+    /// The configuration this guard runs with.
+    pub fn config(&self) -> &ResolvedConfig {
+        &self.inner.config
+    }
+
+    /// The layer that validates bearer tokens and inserts the [`Principal`].
+    pub fn validate_token_layer(&self) -> ValidateTokenLayer {
+        ValidateTokenLayer::new(self.clone())
+    }
+
+    /// The URL of this resource's RFC 9728 metadata (the `resource_metadata` of challenges).
+    pub fn resource_metadata_url(&self) -> &str {
+        &self.inner.challenges.resource_metadata_url
+    }
+
+    /// The authorization server named in the protected-resource metadata.
+    pub fn authorization_server(&self) -> &str {
+        &self.inner.authorization_server
+    }
+
+    /// Validates a bearer token (refreshing the keys once if its `kid` is new) and returns
+    /// the caller. Uses the validated-token cache.
+    ///
+    /// # Errors
+    ///
+    /// The [`TokenError`] that made the token unacceptable.
+    pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
+        match self.validate_now(token) {
+            Err(TokenError::UnknownKey) => {
+                let generation = self.inner.keys.snapshot().generation();
+                self.validate_after_refresh(token, generation).await
+            }
+            other => other,
+        }
+    }
+
+    /// The synchronous path: cache, then full validation against the current keys.
+    fn validate_now(&self, token: &str) -> Result<Principal, TokenError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let Some(cache) = &inner.cache else {
+            return inner.validator.validate(token, &inner.keys.snapshot(), now);
+        };
+        let key = digest_token(token);
+        if let Some(principal) = cache.get(&key, now) {
+            return Ok(principal);
+        }
+        let principal = inner
+            .validator
+            .validate(token, &inner.keys.snapshot(), now)?;
+        cache.insert(key, principal.clone(), now);
+        Ok(principal)
+    }
+
+    async fn validate_after_refresh(
+        &self,
+        token: &str,
+        generation: u64,
+    ) -> Result<Principal, TokenError> {
+        match self.inner.keys.refresh_for_unknown_kid(generation).await {
+            Refresh::Updated => self.validate_now(token),
+            Refresh::RateLimited => Err(TokenError::UnknownKey),
+            Refresh::Unavailable => Err(TokenError::KeysUnavailable),
+        }
+    }
+
+    /// The layer's synchronous decision for a request's headers.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Authn {
+        let token = match bearer_token(headers) {
+            Ok(token) => token,
+            Err(e) => return Authn::Done(Err(self.reject(&e))),
+        };
+        match self.validate_now(token) {
+            Ok(principal) => Authn::Done(self.admit(principal)),
+            Err(TokenError::UnknownKey) => Authn::NeedsRefresh {
+                token: token.to_owned(),
+                generation: self.inner.keys.snapshot().generation(),
+            },
+            Err(e) => Authn::Done(Err(self.reject(&e))),
+        }
+    }
+
+    /// The layer's slow path, after an unknown `kid`.
+    pub(crate) async fn authenticate_after_refresh(
+        self,
+        token: String,
+        generation: u64,
+    ) -> Result<Principal, Rejection> {
+        match self.validate_after_refresh(&token, generation).await {
+            Ok(principal) => self.admit(principal),
+            Err(e) => Err(self.reject(&e)),
+        }
+    }
+
+    /// The optional scope/role gate: any required scope, or any required role.
+    fn admit(&self, principal: Principal) -> Result<Principal, Rejection> {
+        let c = &self.inner.config;
+        if c.required_scopes.is_empty() && c.required_roles.is_empty() {
+            return Ok(principal);
+        }
+        let ok = c.required_scopes.iter().any(|s| principal.has_scope(s))
+            || c.required_roles.iter().any(|r| principal.has_role(r));
+        if ok {
+            Ok(principal)
+        } else {
+            tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "required scope or role missing");
+            Err(Rejection::new(
+                RejectionKind::InsufficientScope,
+                Some(self.inner.challenges.insufficient.clone()),
+            ))
+        }
+    }
+
+    fn reject(&self, e: &TokenError) -> Rejection {
+        let ch = &self.inner.challenges;
+        match e {
+            TokenError::Missing => {
+                Rejection::new(RejectionKind::MissingToken, Some(ch.missing.clone()))
+            }
+            TokenError::KeysUnavailable => {
+                tracing::error!(target: "idguard::rejection", "{e}");
+                Rejection::new(RejectionKind::Unavailable, None)
+            }
+            _ => {
+                tracing::debug!(target: "idguard::rejection", reason = %e, "invalid token");
+                Rejection::new(RejectionKind::InvalidToken, Some(ch.invalid.clone()))
+            }
+        }
+    }
+}
+
+/// The bearer token of the `Authorization` header. Only that header is read: a token in the
+/// query string or body counts as missing.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(if headers.contains_key(AUTHORIZATION) {
+            TokenError::Malformed
+        } else {
+            TokenError::Missing
+        });
+    };
+    if value.len() > crate::token::MAX_TOKEN_BYTES + 7 {
+        return Err(TokenError::TooLarge {
+            max: crate::token::MAX_TOKEN_BYTES,
+        });
+    }
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(token)
+}
+
+impl Challenges {
+    fn new(c: &ResolvedConfig) -> Self {
+        let resource_metadata_url = resource_metadata_url(&c.resource);
+        let scope = c
+            .required_scopes
+            .iter()
+            .map(|s| format!("{}/{s}", c.identifier_uri))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let scope_param = if scope.is_empty() {
+            String::new()
+        } else {
+            format!(", scope=\"{scope}\"")
+        };
+        let header = |s: String| {
+            HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+        };
+        Self {
+            missing: header(format!(
+                "Bearer resource_metadata=\"{resource_metadata_url}\"{scope_param}"
+            )),
+            invalid: header(format!(
+                "Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata_url}\"{scope_param}"
+            )),
+            insufficient: header(format!(
+                "Bearer error=\"insufficient_scope\"{scope_param}, resource_metadata=\"{resource_metadata_url}\""
+            )),
+            resource_metadata_url,
+        }
+    }
+}
+
+/// RFC 9728 §3.1: the well-known segment goes between the host and the resource's path.
+pub(crate) fn resource_metadata_url(resource: &str) -> String {
+    let (scheme, rest) = resource.split_once("://").unwrap_or(("https", resource));
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    format!(
+        "{scheme}://{host}/.well-known/oauth-protected-resource{}",
+        path.trim_end_matches('/')
+    )
+}
+
+fn spawn_periodic_refresh(inner: Weak<Inner>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            let Some(inner) = inner.upgrade() else { break };
+            inner.keys.refresh_periodic().await;
+        }
+    });
+}
+
+/// Builds an [`IdGuard`] from the same keys as `[token]` in `idguard.toml`.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), idguard::StartupError> {
+/// let guard = idguard::IdGuard::builder()
+///     .tenant("72f988bf-86f1-41af-91ab-2d7cd011db47")
+///     .client_id("8c1a5e6f-0000-4000-8000-000000000001")
+///     .resource("https://mcp.contoso.com/mcp")
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct IdGuardBuilder {
+    token: TokenConfig,
+    client: Option<reqwest::Client>,
+}
+
+impl IdGuardBuilder {
+    /// `token.authority`: the authority host URL.
+    pub fn authority(mut self, url: impl Into<String>) -> Self {
+        self.token.authority = Some(url.into());
+        self
+    }
+
+    /// `token.tenant`: a tenant id, or `organizations`.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.token.tenant = Some(tenant.into());
+        self
+    }
+
+    /// `token.allowed_tenants` (with `tenant("organizations")`).
+    pub fn allowed_tenants<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.token.allowed_tenants = ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `token.client_id`: this API's application id.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.token.client_id = Some(id.into());
+        self
+    }
+
+    /// `token.audiences`: accepted `aud` values (default: the client id).
+    pub fn audiences<I: IntoIterator<Item = S>, S: Into<String>>(mut self, auds: I) -> Self {
+        self.token.audiences = auds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `token.accept_v1`: also accept v1.0 tokens.
+    pub fn accept_v1(mut self, yes: bool) -> Self {
+        self.token.accept_v1 = yes;
+        self
+    }
+
+    /// `token.leeway`: clock skew on `exp`/`nbf` (default [`DEFAULT_LEEWAY`](crate::config::DEFAULT_LEEWAY)).
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.token.leeway = Some(format!("{}ms", leeway.as_millis()));
+        self
+    }
+
+    /// `token.required_scopes`: any one of these delegated scopes is required.
+    pub fn required_scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, s: I) -> Self {
+        self.token.required_scopes = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `token.required_roles`: any one of these app roles is required.
+    pub fn required_roles<I: IntoIterator<Item = S>, S: Into<String>>(mut self, r: I) -> Self {
+        self.token.required_roles = r.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `token.resource`: the canonical URL of the protected resource.
+    pub fn resource(mut self, url: impl Into<String>) -> Self {
+        self.token.resource = Some(url.into());
+        self
+    }
+
+    /// `token.identifier_uri`: the Application ID URI that qualifies scopes.
+    pub fn identifier_uri(mut self, uri: impl Into<String>) -> Self {
+        self.token.identifier_uri = Some(uri.into());
+        self
+    }
+
+    /// `token.jwks_min_refresh_interval`: minimum gap between unknown-`kid` refreshes.
+    pub fn with_jwks_min_refresh_interval(mut self, every: Duration) -> Self {
+        self.token.jwks_min_refresh_interval = Some(format!("{}ms", every.as_millis()));
+        self
+    }
+
+    /// `token.jwks_refresh_interval`: the periodic background refresh.
+    pub fn with_jwks_refresh_interval(mut self, every: Duration) -> Self {
+        self.token.jwks_refresh_interval = Some(format!("{}ms", every.as_millis()));
+        self
+    }
+
+    /// `token.cache_capacity`: how many validated tokens are cached (`0`: no cache).
+    pub fn with_cache_capacity(mut self, entries: u64) -> Self {
+        self.token.cache_capacity = Some(entries);
+        self
+    }
+
+    /// The HTTP client for discovery and keys (default: 5 s connect, 10 s total timeout).
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Resolves the configuration and starts the guard.
+    ///
+    /// # Errors
+    ///
+    /// [`StartupError::Config`] naming every bad key, or a discovery/key loading error.
+    pub async fn build(self) -> Result<IdGuard, StartupError> {
+        let resolved = IdGuardConfig { token: self.token }.resolve()?;
+        match self.client {
+            Some(client) => IdGuard::with_http_client(resolved, client).await,
+            None => IdGuard::new(resolved).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_url_inserts_well_known_before_the_path() {
+        assert_eq!(
+            resource_metadata_url("https://mcp.contoso.com/mcp"),
+            "https://mcp.contoso.com/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            resource_metadata_url("https://api.contoso.com"),
+            "https://api.contoso.com/.well-known/oauth-protected-resource"
+        );
+        assert_eq!(
+            resource_metadata_url("http://127.0.0.1:8400/"),
+            "http://127.0.0.1:8400/.well-known/oauth-protected-resource"
+        );
+    }
+
+    #[test]
+    fn bearer_only_from_the_authorization_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), Err(TokenError::Missing));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), Err(TokenError::Missing));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer a.b.c"));
+        assert_eq!(bearer_token(&h), Ok("a.b.c"));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer d.e.f"));
+        assert_eq!(bearer_token(&h), Err(TokenError::Malformed));
+    }
+}

@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod entra;
+mod error;
+mod guard;
+mod principal;
+mod token;
+
+pub mod oauth;
+
+#[cfg(feature = "dev")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dev")))]
+pub mod dev;
+
+#[cfg(feature = "dev")]
+#[doc(hidden)]
+pub mod cli;
+
+pub use config::{
+    DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
+    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, ResolvedConfig, TokenConfig,
+};
+pub use entra::TenantMode;
+pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};
+pub use guard::{IdGuard, IdGuardBuilder};
+pub use principal::{MissingPrincipal, Principal, TokenVersion};
+pub use token::MAX_TOKEN_BYTES;
+pub use token::layer::{ValidateToken, ValidateTokenLayer};
+
+/// Response futures of the layers.
+pub mod future {
+    pub use crate::token::layer::ResponseFuture as ValidateTokenFuture;
+}
