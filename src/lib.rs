@@ -9,6 +9,7 @@ mod principal;
 mod token;
 
 pub mod oauth;
+pub mod policy;
 
 #[cfg(feature = "dev")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dev")))]

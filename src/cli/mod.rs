@@ -1,5 +1,6 @@
 //! The `idguard` command line. Not a public API: the binary calls [`main`].
 
+mod policy;
 mod serve;
 
 use std::process::ExitCode;
@@ -18,12 +19,19 @@ struct Cli {
 enum Command {
     /// Run idguard (the default). Without configuration: dev mode with a local Entra emulator.
     Serve(serve::ServeArgs),
+    /// Policy author tools: validate, test, explain, schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Tools print their own results; only a server logs at info by default.
+    init_tracing(match cli.command {
+        Some(Command::Policy(_)) => "idguard=warn",
+        _ => "idguard=info",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,12 +44,15 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Command::Serve(args)) => serve::run(args).await,
-            None => serve::run(serve::ServeArgs::default()).await,
+            Some(Command::Serve(args)) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+            Some(Command::Policy(command)) => policy::run(command).await,
+            None => serve::run(serve::ServeArgs::default())
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -49,9 +60,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("idguard=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

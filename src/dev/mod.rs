@@ -144,6 +144,26 @@ pub(crate) struct Shared {
     counters: [AtomicU64; ENDPOINTS],
 }
 
+impl DevUser {
+    /// The claims of a v2 delegated token for this user with the default scope, as JSON
+    /// (for tools that describe a caller by claims, such as policy test cases).
+    pub fn claims(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ver": "2.0",
+            "tid": self.tenant_id,
+            "oid": self.object_id,
+            "sub": self.object_id,
+            "name": self.name,
+            "preferred_username": self.upn,
+            "scp": DEV_SCOPE,
+            "roles": self.roles,
+            "groups": self.groups,
+            "amr": self.auth_methods,
+            "azp": DEV_CLIENT_APP_ID,
+        })
+    }
+}
+
 impl Shared {
     pub(crate) fn count(&self, endpoint: DevEndpoint) {
         if let Some(c) = self.counters.get(endpoint as usize) {
@@ -470,6 +490,11 @@ impl DevEntraBuilder {
         self.apps.retain(|a| a.key != app.key);
         self.apps.push(app);
         self
+    }
+
+    /// The users configured so far.
+    pub fn users(&self) -> &[DevUser] {
+        &self.users
     }
 
     /// The protected API's application id (default [`DEV_API_CLIENT_ID`]).

@@ -1,0 +1,147 @@
+//! The list-phase decision cache.
+//!
+//! Keyed by (policy epoch, caller's policy-relevant attributes); each entry maps items to
+//! their list-phase decision. Listing the same items again for the same caller costs one
+//! cache lookup and one hash lookup per item. A reload bumps the epoch, so old entries are
+//! never consulted again (and age out). Entries live at most a minute, which bounds how
+//! stale a list-phase decision that reads `context.now` can be.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use super::entities::{Item, Scene};
+use crate::principal::Principal;
+
+/// Everything about a caller that policies can read (the principal minus `exp`).
+#[derive(Clone, Debug)]
+struct CallerKey {
+    epoch: u64,
+    principal: Principal,
+}
+
+impl CallerKey {
+    fn fields(&self) -> impl PartialEq + Hash + '_ {
+        let p = &self.principal;
+        (
+            self.epoch,
+            p.tenant_id(),
+            p.object_id(),
+            p.app_id(),
+            p.is_app_only(),
+            (p.name(), p.upn(), p.email()),
+            (p.scopes(), p.roles(), p.groups()),
+            (p.auth_methods(), p.acrs()),
+        )
+    }
+}
+
+impl PartialEq for CallerKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for CallerKey {}
+
+impl Hash for CallerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fields().hash(state);
+    }
+}
+
+/// One caller's list decisions.
+#[derive(Debug, Default)]
+pub(crate) struct CallerDecisions(RwLock<HashMap<Item, bool>>);
+
+impl CallerDecisions {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, HashMap<Item, bool>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, HashMap<Item, bool>> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ListCache {
+    callers: Cache<CallerKey, Arc<CallerDecisions>>,
+}
+
+impl ListCache {
+    pub(crate) fn new(callers: u64) -> Self {
+        Self {
+            callers: Cache::builder()
+                .name("idguard-list-decisions")
+                .max_capacity(callers)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// The decisions of this caller under this epoch (empty at first).
+    pub(crate) fn decisions(&self, epoch: u64, principal: &Principal) -> Arc<CallerDecisions> {
+        self.callers.get_with(
+            CallerKey {
+                epoch,
+                principal: principal.clone(),
+            },
+            || Arc::new(CallerDecisions::default()),
+        )
+    }
+}
+
+/// Entities of (caller, one item), reused by repeated single decisions. Entities depend on
+/// the caller and the item only, not on the policies, so no epoch is needed.
+pub(crate) struct SceneCache {
+    scenes: Cache<(CallerKey, Item), Arc<Scene>>,
+}
+
+impl std::fmt::Debug for SceneCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SceneCache")
+            .field("entries", &self.scenes.entry_count())
+            .finish()
+    }
+}
+
+impl SceneCache {
+    pub(crate) fn new(capacity: u64) -> Self {
+        Self {
+            scenes: Cache::builder()
+                .name("idguard-decision-entities")
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+
+    pub(crate) fn get(
+        &self,
+        principal: &Principal,
+        item: &Item,
+        build: impl FnOnce() -> Result<Scene, String>,
+    ) -> Result<Arc<Scene>, String> {
+        let key = (
+            CallerKey {
+                epoch: 0,
+                principal: principal.clone(),
+            },
+            item.clone(),
+        );
+        if let Some(scene) = self.scenes.get(&key) {
+            return Ok(scene);
+        }
+        let scene = Arc::new(build()?);
+        self.scenes.insert(key, scene.clone());
+        Ok(scene)
+    }
+}

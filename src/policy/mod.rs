@@ -1,0 +1,569 @@
+//! Cedar policies: who may list and use which MCP tools, resources and prompts.
+//!
+//! This is the only module that touches Cedar types. A [`PolicyEngine`] holds an immutable
+//! snapshot of the policies in a directory (`schema.cedarschema`, an optional generated
+//! `arguments.cedarschema`, and every `*.cedar` file), validated strictly against the
+//! schema, behind a lock-free swap. [`PolicyEngine::decide`] is a pure function of the
+//! snapshot, the caller and the item:
+//!
+//! - default deny; a policy that fails to evaluate makes the answer a deny;
+//! - obligations come from annotations on the determining policies: `@redact("a,b")` on
+//!   permits, `@reason("…")` and `@step_up("mfa")` on forbids;
+//! - list-phase decisions are cached per (policy epoch, caller, item), so listing the same
+//!   tools again for the same caller costs hash lookups, and a reload invalidates them.
+//!
+//! ```
+//! use idguard::policy::{Item, PolicyEngine, Phase, ToolInfo};
+//! use idguard::Principal;
+//!
+//! let engine = PolicyEngine::from_sources(
+//!     include_str!("../../policies/schema.cedarschema"),
+//!     None,
+//!     [("rules.cedar", r#"@id("readers") permit (principal in Role::"Tools.Read", action == Action::"call_tool", resource) when { resource.read_only };"#)],
+//! )?;
+//! let bob = Principal::from_unvalidated_claims(&serde_json::json!({
+//!     "tid": "b0f1a3c2-7d4e-4f6a-9c8b-1e2d3f4a5b6c", "oid": "b0b", "scp": "mcp.tools", "roles": ["Tools.Read"]
+//! }))?;
+//! let list = Item::Tool(ToolInfo::new("list_documents").read_only(true));
+//! let delete = Item::Tool(ToolInfo::new("delete_document").destructive(true));
+//! assert!(engine.decide(&bob, &list, Phase::Call, None).is_allow());
+//! assert!(!engine.decide(&bob, &delete, Phase::Call, None).is_allow());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod arguments;
+mod cache;
+pub mod cases;
+mod entities;
+mod reload;
+mod slice;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use cedar_policy::{Authorizer, Decision as CedarDecision, PolicyId};
+use serde::Serialize;
+
+pub use arguments::{ARGUMENTS_SCHEMA_FILE, generate_arguments_schema};
+pub use entities::{Item, PromptInfo, ResourceInfo, ToolInfo};
+pub use reload::PolicyWatch;
+pub use store::{PolicyLoadError, PolicyProblem};
+
+use crate::principal::Principal;
+use cache::{ListCache, SceneCache};
+use store::Snapshot;
+
+/// Which MCP operation a decision is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `tools/call` (and listing tools).
+    CallTool,
+    /// `resources/read` (and listing resources).
+    ReadResource,
+    /// `prompts/get` (and listing prompts).
+    GetPrompt,
+}
+
+impl Action {
+    /// The Cedar action id (`call_tool`, `read_resource`, `get_prompt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::CallTool => "call_tool",
+            Action::ReadResource => "read_resource",
+            Action::GetPrompt => "get_prompt",
+        }
+    }
+}
+
+/// When the decision is made: while listing, or for a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Filtering a `*/list` reply: an item is shown iff its action is permitted.
+    List,
+    /// A `tools/call`, `resources/read` or `prompts/get`.
+    Call,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::List => "list",
+            Phase::Call => "call",
+        }
+    }
+}
+
+/// The outcome of a policy decision. Match it exhaustively.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Permitted, with obligations.
+    Allow(Allowed),
+    /// Not permitted (explicitly, by default, or because a policy failed to evaluate).
+    Deny(Denied),
+}
+
+impl Decision {
+    /// True for [`Decision::Allow`].
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    /// The ids of the policies that determined the decision.
+    pub fn policies(&self) -> &[String] {
+        match self {
+            Decision::Allow(a) => &a.policies,
+            Decision::Deny(d) => &d.policies,
+        }
+    }
+}
+
+/// Details of an allow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Allowed {
+    /// Fields to remove from the result for this caller (`@redact` on determining permits).
+    pub redact: Vec<String>,
+    /// The determining permit policies.
+    pub policies: Vec<String>,
+}
+
+/// Details of a deny.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Denied {
+    /// The message for the caller (`@reason` of a determining forbid), if any.
+    pub reason: Option<String>,
+    /// An authentication step-up that would help (`@step_up`, e.g. `mfa`).
+    pub step_up: Option<String>,
+    /// The determining forbid policies (empty for a default deny).
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate (any failure denies).
+    pub errors: Vec<String>,
+}
+
+/// The state of the loaded policies, for health endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyStatus {
+    /// Increases on every successful load.
+    pub epoch: u64,
+    /// Number of policies in force.
+    pub policies: usize,
+    /// When the policies in force were loaded (seconds since the epoch).
+    pub loaded_at: u64,
+    /// The last failed reload, if it happened after the last good one.
+    pub last_error: Option<String>,
+    /// When that failure happened.
+    pub last_error_at: Option<u64>,
+}
+
+/// Where a policy is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyOrigin {
+    /// File name within the policy directory.
+    pub file: String,
+    /// 1-based line of the policy's first line (its first annotation).
+    pub line: usize,
+}
+
+/// The policy engine: a cheap-clone handle to the current policy snapshot.
+#[derive(Clone, Debug)]
+pub struct PolicyEngine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: Option<PathBuf>,
+    server: String,
+    snapshot: ArcSwap<Snapshot>,
+    next_epoch: AtomicU64,
+    reload_lock: Mutex<()>,
+    status: tokio::sync::watch::Sender<PolicyStatus>,
+    list_cache: ListCache,
+    scenes: SceneCache,
+    authorizer: Authorizer,
+}
+
+impl PolicyEngine {
+    /// Loads every policy in `dir` (see the [module docs](self)).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyLoadError`] listing every problem with its file, line and column.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, PolicyLoadError> {
+        let dir = dir.as_ref().to_path_buf();
+        let snapshot = store::load_dir(&dir, 1)?;
+        Ok(Self::with_snapshot(Some(dir), snapshot))
+    }
+
+    /// Builds an engine from in-memory sources: the base schema, optionally the generated
+    /// arguments schema, and `(file name, policy text)` pairs.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyLoadError`] listing every problem.
+    pub fn from_sources<'a>(
+        schema: &str,
+        arguments: Option<&str>,
+        policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, PolicyLoadError> {
+        let files: Vec<(String, String)> = policies
+            .into_iter()
+            .map(|(n, s)| (n.to_owned(), s.to_owned()))
+            .collect();
+        let snapshot = store::load_sources(schema, arguments, &files, 1)?;
+        Ok(Self::with_snapshot(None, snapshot))
+    }
+
+    fn with_snapshot(dir: Option<PathBuf>, snapshot: Snapshot) -> Self {
+        let status = PolicyStatus {
+            epoch: snapshot.epoch,
+            policies: snapshot.len(),
+            loaded_at: unix_now(),
+            last_error: None,
+            last_error_at: None,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                dir,
+                server: "default".to_owned(),
+                snapshot: ArcSwap::from_pointee(snapshot),
+                next_epoch: AtomicU64::new(2),
+                reload_lock: Mutex::new(()),
+                status: tokio::sync::watch::Sender::new(status),
+                list_cache: ListCache::new(10_000),
+                scenes: SceneCache::new(10_000),
+                authorizer: Authorizer::new(),
+            }),
+        }
+    }
+
+    /// Names the MCP server whose items this engine judges (the `server` attribute of
+    /// tools, resources and prompts; default `"default"`). Call before sharing the engine.
+    #[must_use]
+    pub fn with_server_name(mut self, server: impl Into<String>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.server = server.into();
+        }
+        self
+    }
+
+    /// The policy directory, if the engine was loaded from one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.dir.as_deref()
+    }
+
+    /// Reloads the directory: parse, validate, swap. On failure the policies in force stay
+    /// and the error is recorded in [`status`](Self::status). Returns the new epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyLoadError`] when the new files do not load; nothing changes then.
+    pub fn reload(&self) -> Result<u64, PolicyLoadError> {
+        let Some(dir) = &self.inner.dir else {
+            return Ok(self.epoch());
+        };
+        // One reload at a time, so snapshots are swapped in epoch order.
+        let _serial = self
+            .inner
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let epoch = self.inner.next_epoch.fetch_add(1, Ordering::Relaxed);
+        match store::load_dir(dir, epoch) {
+            Ok(snapshot) => {
+                let policies = snapshot.len();
+                self.inner.snapshot.store(Arc::new(snapshot));
+                self.inner.status.send_replace(PolicyStatus {
+                    epoch,
+                    policies,
+                    loaded_at: unix_now(),
+                    last_error: None,
+                    last_error_at: None,
+                });
+                tracing::info!(target: "idguard::policy", epoch, policies, "policies reloaded");
+                Ok(epoch)
+            }
+            Err(e) => {
+                tracing::error!(target: "idguard::policy", error = %e, "policy reload failed; keeping the policies in force");
+                self.inner.status.send_modify(|status| {
+                    status.last_error = Some(e.to_string());
+                    status.last_error_at = Some(unix_now());
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The epoch of the policies in force.
+    pub fn epoch(&self) -> u64 {
+        self.inner.snapshot.load().epoch
+    }
+
+    /// Epoch, size and last reload error of the policies in force.
+    pub fn status(&self) -> PolicyStatus {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`status`](Self::status): a successful reload
+    /// (new epoch) or a failed one (new `last_error`). Use it to tell clients that lists
+    /// changed, or to wait for a reload in tests.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<PolicyStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Where policy `id` is written.
+    pub fn origin(&self, id: &str) -> Option<PolicyOrigin> {
+        self.inner.snapshot.load().origin(id)
+    }
+
+    /// The ids of the policies in force, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.inner.snapshot.load().ids()
+    }
+
+    /// App role values the policies mention (`Role::"…"`), sorted.
+    pub fn referenced_roles(&self) -> Vec<String> {
+        self.inner.snapshot.load().referenced("Role")
+    }
+
+    /// Decides whether `principal` may use `item` in `phase`, with the tool `arguments` of a
+    /// call. Call-phase decisions are audited (tracing target `idguard::audit`).
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        item: &Item,
+        phase: Phase,
+        arguments: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Decision {
+        let snapshot = self.inner.snapshot.load();
+        let one = std::slice::from_ref(item);
+        let mut decision = self.first(&snapshot, principal, one, phase, arguments, principal.mfa());
+        // Offer a step-up only when it would help: with MFA, would the call be allowed?
+        if let Decision::Deny(denied) = &decision
+            && denied.step_up.as_deref() == Some("mfa")
+            && !principal.mfa()
+        {
+            let with_mfa = self.first(&snapshot, principal, one, phase, arguments, true);
+            if !with_mfa.is_allow() {
+                decision = with_mfa;
+            }
+        }
+        if phase == Phase::Call {
+            audit(principal, item, &decision);
+        }
+        decision
+    }
+
+    /// Which of `items` `principal` may see in a list: one flag per item, in order. Each
+    /// item is evaluated once per (policy epoch, caller); repeated lists hit the cache.
+    pub fn visible(&self, principal: &Principal, items: &[Item]) -> Vec<bool> {
+        let snapshot = self.inner.snapshot.load();
+        let decisions = self.inner.list_cache.decisions(snapshot.epoch, principal);
+        let mut visible = Vec::with_capacity(items.len());
+        let mut missing = Vec::new();
+        {
+            let known = decisions.read();
+            for (i, item) in items.iter().enumerate() {
+                match known.get(item) {
+                    Some(allowed) => visible.push(*allowed),
+                    None => {
+                        visible.push(false);
+                        missing.push(i);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return visible;
+        }
+        let todo: Vec<Item> = missing
+            .iter()
+            .filter_map(|&i| items.get(i).cloned())
+            .collect();
+        let results = self.evaluate(
+            &snapshot,
+            principal,
+            &todo,
+            Phase::List,
+            None,
+            principal.mfa(),
+        );
+        let mut known = decisions.write();
+        for ((i, item), decision) in missing.iter().zip(todo).zip(results) {
+            let allowed = decision.is_allow();
+            if let Some(slot) = visible.get_mut(*i) {
+                *slot = allowed;
+            }
+            known.insert(item, allowed);
+        }
+        visible
+    }
+
+    fn first(
+        &self,
+        snapshot: &Snapshot,
+        principal: &Principal,
+        items: &[Item],
+        phase: Phase,
+        arguments: Option<&serde_json::Map<String, serde_json::Value>>,
+        mfa: bool,
+    ) -> Decision {
+        self.evaluate(snapshot, principal, items, phase, arguments, mfa)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| deny_error("no decision".into()))
+    }
+
+    fn evaluate(
+        &self,
+        snapshot: &Snapshot,
+        principal: &Principal,
+        items: &[Item],
+        phase: Phase,
+        arguments: Option<&serde_json::Map<String, serde_json::Value>>,
+        mfa: bool,
+    ) -> Vec<Decision> {
+        let scene = match items {
+            // Single decisions repeat (a caller calling a tool again): reuse the entities.
+            [item] => self.inner.scenes.get(principal, item, || {
+                entities::scene(&snapshot.names, principal, items, &self.inner.server)
+            }),
+            _ => {
+                entities::scene(&snapshot.names, principal, items, &self.inner.server).map(Arc::new)
+            }
+        };
+        let requests = scene.and_then(|scene| {
+            let requests = entities::requests(
+                &snapshot.names,
+                &scene,
+                principal,
+                items,
+                mfa,
+                phase,
+                arguments,
+                snapshot.arguments.as_ref(),
+                unix_now(),
+            )?;
+            Ok((scene, requests))
+        });
+        let (scene, requests) = match requests {
+            Ok(parts) => parts,
+            Err(e) => return items.iter().map(|_| deny_error(e.clone())).collect(),
+        };
+        requests
+            .into_iter()
+            .map(|request| {
+                let (request, action, resource) = request?;
+                let slice = snapshot.slicer.slice(&scene.caller, &action, &resource)?;
+                let response =
+                    self.inner
+                        .authorizer
+                        .is_authorized(&request, &slice, &scene.entities);
+                Ok(snapshot.to_decision(&response))
+            })
+            .map(|d: Result<Decision, String>| d.unwrap_or_else(deny_error))
+            .collect()
+    }
+}
+
+impl Snapshot {
+    fn to_decision(&self, response: &cedar_policy::Response) -> Decision {
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let reasons: Vec<&PolicyId> = response.diagnostics().reason().collect();
+        let ids: Vec<String> = reasons.iter().map(|id| id.to_string()).collect();
+        if !errors.is_empty() {
+            return Decision::Deny(Denied {
+                reason: None,
+                step_up: None,
+                policies: ids,
+                errors,
+            });
+        }
+        match response.decision() {
+            CedarDecision::Allow => {
+                let mut redact: Vec<String> = Vec::new();
+                for id in &reasons {
+                    if let Some(o) = self.obligations.get(*id) {
+                        for field in &o.redact {
+                            if !redact.contains(field) {
+                                redact.push(field.clone());
+                            }
+                        }
+                    }
+                }
+                Decision::Allow(Allowed {
+                    redact,
+                    policies: ids,
+                })
+            }
+            CedarDecision::Deny => {
+                let obligations = reasons.iter().filter_map(|id| self.obligations.get(*id));
+                let mut reason = None;
+                let mut step_up = None;
+                for o in obligations {
+                    if reason.is_none() {
+                        reason.clone_from(&o.reason);
+                    }
+                    if step_up.is_none() {
+                        step_up.clone_from(&o.step_up);
+                    }
+                }
+                Decision::Deny(Denied {
+                    reason,
+                    step_up,
+                    policies: ids,
+                    errors: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+fn deny_error(error: String) -> Decision {
+    Decision::Deny(Denied {
+        errors: vec![error],
+        ..Denied::default()
+    })
+}
+
+fn audit(principal: &Principal, item: &Item, decision: &Decision) {
+    let (outcome, obligations) = match decision {
+        Decision::Allow(a) => ("allow", a.redact.join(",")),
+        Decision::Deny(d) => (
+            "deny",
+            d.step_up
+                .as_deref()
+                .map(|s| format!("step_up={s}"))
+                .unwrap_or_default(),
+        ),
+    };
+    tracing::info!(
+        target: "idguard::audit",
+        tenant = principal.tenant_id(),
+        oid = principal.object_id(),
+        app_only = principal.is_app_only(),
+        client_app = principal.app_id().unwrap_or_default(),
+        action = item.action().as_str(),
+        resource = item.id(),
+        decision = outcome,
+        policies = %decision.policies().join(","),
+        obligations = %obligations,
+        errors = match decision { Decision::Deny(d) => d.errors.len(), Decision::Allow(_) => 0 },
+    );
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
