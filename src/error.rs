@@ -165,17 +165,34 @@ pub enum RejectionKind {
     InvalidToken,
     /// A valid token without a required scope or role: `403 insufficient_scope`.
     InsufficientScope,
+    /// A policy asks for a stronger sign-in (MFA): `401 insufficient_user_authentication`
+    /// (RFC 9470).
+    StepUpRequired,
+    /// The request is refused for this caller (e.g. an MCP session owned by someone else):
+    /// `403`.
+    Forbidden,
+    /// The body is larger than allowed: `413`.
+    PayloadTooLarge,
+    /// The body is not what the endpoint accepts (not JSON-RPC, header/body mismatch): `400`.
+    BadRequest,
     /// Signing keys (or another identity dependency) are unreachable: `503` + `Retry-After`.
     Unavailable,
+    /// A wiring error on our side (e.g. no principal where one must be): `500`.
+    Internal,
 }
 
 impl RejectionKind {
     /// The HTTP status this kind maps to.
     pub fn status(self) -> StatusCode {
         match self {
-            RejectionKind::MissingToken | RejectionKind::InvalidToken => StatusCode::UNAUTHORIZED,
-            RejectionKind::InsufficientScope => StatusCode::FORBIDDEN,
+            RejectionKind::MissingToken
+            | RejectionKind::InvalidToken
+            | RejectionKind::StepUpRequired => StatusCode::UNAUTHORIZED,
+            RejectionKind::InsufficientScope | RejectionKind::Forbidden => StatusCode::FORBIDDEN,
+            RejectionKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RejectionKind::BadRequest => StatusCode::BAD_REQUEST,
             RejectionKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

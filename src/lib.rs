@@ -8,12 +8,17 @@ mod guard;
 mod principal;
 mod token;
 
+pub mod mcp;
 pub mod oauth;
 pub mod policy;
 
 #[cfg(feature = "dev")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dev")))]
 pub mod dev;
+
+#[cfg(feature = "rmcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rmcp")))]
+pub mod demo;
 
 #[cfg(feature = "dev")]
 #[doc(hidden)]

@@ -1,0 +1,198 @@
+//! The pure core of MCP interception: filter list replies for a caller, remove redacted
+//! fields from tool results. Used by the HTTP layer (JSON and SSE replies) and by the rmcp
+//! handler wrapper alike.
+
+use serde_json::{Map, Value};
+
+use super::jsonrpc::{Id, ListKind};
+use crate::policy::{Item, PolicyEngine, PromptInfo, ResourceInfo, ToolInfo};
+use crate::principal::Principal;
+
+/// The items of a list result, as policies see them. Entries without a name (or URI) are
+/// returned as `None` and never shown.
+pub(crate) fn items(kind: ListKind, entries: &[Value]) -> Vec<Option<Item>> {
+    entries
+        .iter()
+        .map(|e| match kind {
+            ListKind::Tools => ToolInfo::from_mcp(e).map(Item::Tool),
+            ListKind::Resources => string(e, "uri").map(|uri| Item::Resource(ResourceInfo { uri })),
+            ListKind::ResourceTemplates => {
+                string(e, "uriTemplate").map(|uri| Item::Resource(ResourceInfo { uri }))
+            }
+            ListKind::Prompts => string(e, "name").map(|name| Item::Prompt(PromptInfo { name })),
+        })
+        .collect()
+}
+
+fn string(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn field(kind: ListKind) -> &'static str {
+    match kind {
+        ListKind::Tools => "tools",
+        ListKind::Resources => "resources",
+        ListKind::ResourceTemplates => "resourceTemplates",
+        ListKind::Prompts => "prompts",
+    }
+}
+
+/// Keeps only the entries of a list `result` the caller may see, marks the result private
+/// where it carries a cache scope, and returns the tools it saw (for the tool catalog).
+/// Pagination fields are kept.
+pub(crate) fn filter_list(
+    engine: &PolicyEngine,
+    principal: &Principal,
+    kind: ListKind,
+    result: &mut Map<String, Value>,
+) -> Vec<ToolInfo> {
+    let Some(Value::Array(entries)) = result.get_mut(field(kind)) else {
+        // No list where one must be: show nothing rather than pass an unknown shape.
+        result.insert(field(kind).to_owned(), Value::Array(Vec::new()));
+        return Vec::new();
+    };
+    let parsed = items(kind, entries);
+    let known: Vec<Item> = parsed.iter().flatten().cloned().collect();
+    let mut visible = engine.visible(principal, &known).into_iter();
+    let keep: Vec<bool> = parsed
+        .iter()
+        .map(|p| p.is_some() && visible.next().unwrap_or(false))
+        .collect();
+    let mut flags = keep.iter();
+    entries.retain(|_| flags.next().copied().unwrap_or(false));
+    if result.contains_key("cacheScope") {
+        result.insert("cacheScope".into(), Value::from("private"));
+    }
+    known
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Tool(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Removes `fields` (at any depth) from a `tools/call` result: from `structuredContent`,
+/// and from text content blocks whose text is JSON.
+pub(crate) fn redact_result(result: &mut Map<String, Value>, fields: &[String]) {
+    if let Some(structured) = result.get_mut("structuredContent") {
+        remove_fields(structured, fields);
+    }
+    if let Some(Value::Array(blocks)) = result.get_mut("content") {
+        for block in blocks {
+            let Some(Value::String(text)) = block.get_mut("text") else {
+                continue;
+            };
+            if let Ok(mut json) = serde_json::from_str::<Value>(text)
+                && (json.is_object() || json.is_array())
+            {
+                remove_fields(&mut json, fields);
+                *text = json.to_string();
+            }
+        }
+    }
+}
+
+fn remove_fields(v: &mut Value, fields: &[String]) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|k, _| !fields.iter().any(|f| f == k));
+            for child in map.values_mut() {
+                remove_fields(child, fields);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                remove_fields(child, fields);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What to do with the reply to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Pending {
+    /// Filter the list for the caller.
+    List(ListKind),
+    /// Remove these fields from the tool result.
+    Redact(Vec<String>),
+}
+
+/// Rewrites the replies of one HTTP exchange: which ids to touch, and how.
+#[derive(Clone, Debug)]
+pub(crate) struct ReplyRewriter {
+    pub(crate) engine: PolicyEngine,
+    pub(crate) principal: Principal,
+    pub(crate) pending: Vec<(Id, Pending)>,
+    pub(crate) catalog: super::catalog::ToolCatalog,
+}
+
+impl ReplyRewriter {
+    /// Rewrites one JSON-RPC message if it answers a pending id. `true` when changed.
+    fn rewrite_message(&self, msg: &mut Value) -> bool {
+        let Some(id) = msg.get("id") else {
+            return false;
+        };
+        let Some((_, pending)) = self.pending.iter().find(|(p, _)| p == id) else {
+            return false;
+        };
+        let Some(Value::Object(result)) = msg.get_mut("result") else {
+            return false;
+        };
+        match pending {
+            Pending::List(kind) => {
+                let seen = filter_list(&self.engine, &self.principal, *kind, result);
+                self.catalog.learn(seen);
+            }
+            Pending::Redact(fields) => redact_result(result, fields),
+        }
+        true
+    }
+
+    /// Rewrites a JSON body (one message or a batch); `None` when nothing changed or the
+    /// body is not JSON.
+    pub(crate) fn rewrite_json(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut v: Value = serde_json::from_slice(body).ok()?;
+        let changed = match &mut v {
+            Value::Array(msgs) => msgs
+                .iter_mut()
+                .fold(false, |acc, m| self.rewrite_message(m) | acc),
+            msg => self.rewrite_message(msg),
+        };
+        changed.then(|| v.to_string().into_bytes())
+    }
+
+    /// Rewrites the data of one SSE event; `None` leaves the event as it was.
+    pub(crate) fn rewrite_event(&self, data: &str) -> Option<String> {
+        if data.is_empty() {
+            return None;
+        }
+        let bytes = self.rewrite_json(data.as_bytes())?;
+        String::from_utf8(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redaction_reaches_structured_and_text_json() {
+        let mut result = json!({
+            "content": [
+                {"type": "text", "text": "{\"id\":\"d1\",\"owner_email\":\"a@b\",\"nested\":{\"owner_email\":\"x\"}}"},
+                {"type": "text", "text": "plain owner_email text stays"}
+            ],
+            "structuredContent": {"id": "d1", "owner_email": "a@b"}
+        });
+        redact_result(result.as_object_mut().unwrap(), &["owner_email".into()]);
+        assert_eq!(result["structuredContent"], json!({"id": "d1"}));
+        assert_eq!(
+            result["content"][0]["text"],
+            "{\"id\":\"d1\",\"nested\":{}}"
+        );
+        assert_eq!(result["content"][1]["text"], "plain owner_email text stays");
+    }
+}
