@@ -36,6 +36,184 @@ pub struct IdGuardConfig {
     /// Inbound token validation (`[token]`).
     #[serde(default)]
     pub token: TokenConfig,
+    /// The `idguard` binary: listen address, upstream, policies (`[server]`).
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// MCP interception (`[mcp]`).
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+/// `[server]`: what `idguard serve` runs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address, default `127.0.0.1:8400`.
+    pub listen: Option<String>,
+    /// URL of an upstream MCP server (gateway mode); without it the demo tools are served.
+    pub upstream: Option<String>,
+    /// Path of the MCP endpoint, default `/mcp`.
+    pub mcp_path: Option<String>,
+    /// Policy directory, default `policies`.
+    pub policies: Option<String>,
+}
+
+/// `[mcp]`: MCP interception.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Largest JSON-RPC request body, default 4 MiB.
+    pub max_body_bytes: Option<u64>,
+    /// `"hidden"` (default: denied calls look like unknown ones) or `"visible"`.
+    pub denials: Option<String>,
+}
+
+/// Keys whose environment values are comma-separated lists.
+const LIST_KEYS: [&str; 4] = [
+    "audiences",
+    "allowed_tenants",
+    "required_scopes",
+    "required_roles",
+];
+
+/// Sections of the configuration, as written in the file.
+const SECTIONS: [&str; 4] = ["token", "server", "mcp", "obo"];
+
+impl IdGuardConfig {
+    /// Reads `path` (TOML; optional) and applies `IDGUARD_<SECTION>_<KEY>` environment
+    /// overrides (`IDGUARD_TOKEN_CLIENT_ID` sets `token.client_id`; list keys take
+    /// comma-separated values). `IDGUARD_LOG` is the log filter, not configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming every unknown key, unreadable file or badly typed value.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut table = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Err(ConfigError::from_problems(vec![ConfigProblem::new(
+                            p.display().to_string(),
+                            e.to_string().trim().replace('\n', " "),
+                        )]));
+                    }
+                },
+                Err(e) => {
+                    return Err(ConfigError::from_problems(vec![ConfigProblem::new(
+                        p.display().to_string(),
+                        format!("cannot read: {e}"),
+                    )]));
+                }
+            },
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("IDGUARD_") else {
+                continue;
+            };
+            if rest == "LOG" {
+                continue;
+            }
+            let lower = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+                lower
+                    .strip_prefix(s)
+                    .and_then(|k| k.strip_prefix('_'))
+                    .map(|k| (*s, k))
+            }) else {
+                problems.push(ConfigProblem::new(
+                    name,
+                    "not a configuration key".to_owned(),
+                ));
+                continue;
+            };
+            let parsed = if LIST_KEYS.contains(&key) {
+                toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_owned()))
+                        .collect(),
+                )
+            } else if let Ok(b) = value.parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else if let Ok(i) = value.parse::<i64>() {
+                toml::Value::Integer(i)
+            } else {
+                toml::Value::String(value)
+            };
+            if let toml::Value::Table(sec) = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                sec.insert(key.to_owned(), parsed);
+            }
+        }
+        // Report every unknown key, not just the first serde meets.
+        loop {
+            match toml::Value::Table(table.clone()).try_into::<IdGuardConfig>() {
+                Ok(config) if problems.is_empty() => return Ok(config),
+                Ok(_) => return Err(ConfigError::from_problems(problems)),
+                Err(e) => {
+                    let message = e.message().to_owned();
+                    let unknown = message
+                        .strip_prefix("unknown field `")
+                        .and_then(|m| m.split('`').next())
+                        .map(str::to_owned);
+                    let Some(field) = unknown else {
+                        problems.push(ConfigProblem::new(
+                            key_of(&table, &message),
+                            message.trim().to_owned(),
+                        ));
+                        return Err(ConfigError::from_problems(problems));
+                    };
+                    let section = if table.contains_key(&field) {
+                        None
+                    } else {
+                        table
+                            .iter()
+                            .find(|(_, v)| v.as_table().is_some_and(|t| t.contains_key(&field)))
+                            .map(|(k, _)| k.clone())
+                    };
+                    match section {
+                        Some(sec) => {
+                            if let Some(toml::Value::Table(t)) = table.get_mut(&sec) {
+                                t.remove(&field);
+                            }
+                            problems.push(ConfigProblem::new(
+                                format!("{sec}.{field}"),
+                                "unknown key".to_owned(),
+                            ));
+                        }
+                        None => {
+                            table.remove(&field);
+                            problems.push(ConfigProblem::new(field, "unknown section".to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Best effort: the key a type error is about (`section.key` when the message names it).
+fn key_of(table: &toml::Table, message: &str) -> String {
+    for (section, value) in table {
+        if let Some(t) = value.as_table() {
+            for key in t.keys() {
+                if message.contains(&format!("`{key}`")) || message.contains(key.as_str()) {
+                    return format!("{section}.{key}");
+                }
+            }
+        }
+    }
+    "configuration".to_owned()
 }
 
 /// `[token]`: how inbound Entra access tokens are validated.
@@ -348,7 +526,12 @@ mod tests {
 
     #[test]
     fn defaults_fill_in() {
-        let r = IdGuardConfig { token: valid() }.resolve().unwrap();
+        let r = IdGuardConfig {
+            token: valid(),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(r.audiences, ["8c1a5e6f-0000-4000-8000-000000000001"]);
         assert_eq!(
             r.identifier_uri,
@@ -369,7 +552,12 @@ mod tests {
             leeway: Some("ten".into()),
             ..TokenConfig::default()
         };
-        let err = IdGuardConfig { token: cfg }.resolve().unwrap_err();
+        let err = IdGuardConfig {
+            token: cfg,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         let keys: Vec<_> = err.problems().iter().map(|p| p.key()).collect();
         assert_eq!(
             keys,
@@ -397,6 +585,49 @@ mod tests {
     }
 
     #[test]
+    fn load_reports_every_unknown_key_and_applies_env() {
+        let dir = std::env::temp_dir().join(format!("idguard-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("idguard.toml");
+        std::fs::write(
+            &path,
+            "[token]\ntenant = \"organizations\"\nvalidate_signature = false\nskip_audience = true\n[sever]\nlisten = \"x\"\n",
+        )
+        .unwrap();
+        let err = IdGuardConfig::load(Some(&path), []).unwrap_err();
+        let keys: Vec<_> = err.problems().iter().map(ConfigProblem::key).collect();
+        assert!(keys.contains(&"token.validate_signature"), "{keys:?}");
+        assert!(keys.contains(&"token.skip_audience"), "{keys:?}");
+        assert!(keys.contains(&"sever"), "{keys:?}");
+
+        std::fs::write(&path, "[token]\ntenant = \"organizations\"\n").unwrap();
+        let env = [
+            (
+                "IDGUARD_TOKEN_CLIENT_ID".to_owned(),
+                "8c1a5e6f-0000-4000-8000-000000000001".to_owned(),
+            ),
+            (
+                "IDGUARD_TOKEN_REQUIRED_SCOPES".to_owned(),
+                "a, b".to_owned(),
+            ),
+            ("IDGUARD_TOKEN_ACCEPT_V1".to_owned(), "true".to_owned()),
+            ("IDGUARD_LOG".to_owned(), "debug".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        let config = IdGuardConfig::load(Some(&path), env).unwrap();
+        assert_eq!(
+            config.token.client_id.as_deref(),
+            Some("8c1a5e6f-0000-4000-8000-000000000001")
+        );
+        assert_eq!(config.token.required_scopes, ["a", "b"]);
+        assert!(config.token.accept_v1);
+        let err = IdGuardConfig::load(Some(&path), [("IDGUARD_NOPE".to_owned(), "1".to_owned())])
+            .unwrap_err();
+        assert_eq!(err.problems()[0].key(), "IDGUARD_NOPE");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
@@ -410,7 +641,12 @@ mod tests {
         let mut cfg = valid();
         cfg.tenant = Some("organizations".into());
         cfg.allowed_tenants = vec!["72F988BF-86F1-41AF-91AB-2D7CD011DB47".into()];
-        let r = IdGuardConfig { token: cfg }.resolve().unwrap();
+        let r = IdGuardConfig {
+            token: cfg,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(
             r.tenant,
             TenantMode::AllowList(vec!["72f988bf-86f1-41af-91ab-2d7cd011db47".into()])

@@ -13,6 +13,7 @@
 //! routes ([`IdGuard::metadata_router`]) outside the auth layer: clients fetch them before
 //! they have a token.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,25 @@ struct Inner {
     clock: Clock,
     challenges: Challenges,
     authorization_server: String,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    cache_hits: AtomicU64,
+    validations: AtomicU64,
+}
+
+/// Counters of one [`IdGuard`], for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenStats {
+    /// Tokens accepted from the validated-token cache.
+    pub cache_hits: u64,
+    /// Full validations (signature and claims), successful or not.
+    pub validations: u64,
+    /// Seconds since the signing keys were last fetched.
+    pub keys_age_secs: u64,
 }
 
 /// Prebuilt `WWW-Authenticate` values, so a rejection costs no formatting.
@@ -158,6 +178,7 @@ impl IdGuard {
             challenges,
             authorization_server,
             config,
+            stats: Counters::default(),
         });
         spawn_periodic_refresh(Arc::downgrade(&inner), inner.config.jwks_refresh_interval);
         Ok(Self { inner })
@@ -181,6 +202,15 @@ impl IdGuard {
     /// The URL of this resource's RFC 9728 metadata (the `resource_metadata` of challenges).
     pub fn resource_metadata_url(&self) -> &str {
         &self.inner.challenges.resource_metadata_url
+    }
+
+    /// Token validation counters and the age of the signing keys.
+    pub fn stats(&self) -> TokenStats {
+        TokenStats {
+            cache_hits: self.inner.stats.cache_hits.load(Ordering::Relaxed),
+            validations: self.inner.stats.validations.load(Ordering::Relaxed),
+            keys_age_secs: self.inner.keys.snapshot().age().as_secs(),
+        }
     }
 
     /// The authorization server named in the protected-resource metadata.
@@ -209,12 +239,15 @@ impl IdGuard {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let Some(cache) = &inner.cache else {
+            inner.stats.validations.fetch_add(1, Ordering::Relaxed);
             return inner.validator.validate(token, &inner.keys.snapshot(), now);
         };
         let key = digest_token(token);
         if let Some(principal) = cache.get(&key, now) {
+            inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(principal);
         }
+        inner.stats.validations.fetch_add(1, Ordering::Relaxed);
         let principal = inner
             .validator
             .validate(token, &inner.keys.snapshot(), now)?;
@@ -499,7 +532,11 @@ impl IdGuardBuilder {
     ///
     /// [`StartupError::Config`] naming every bad key, or a discovery/key loading error.
     pub async fn build(self) -> Result<IdGuard, StartupError> {
-        let resolved = IdGuardConfig { token: self.token }.resolve()?;
+        let resolved = IdGuardConfig {
+            token: self.token,
+            ..IdGuardConfig::default()
+        }
+        .resolve()?;
         match self.client {
             Some(client) => IdGuard::with_http_client(resolved, client).await,
             None => IdGuard::new(resolved).await,

@@ -8,6 +8,7 @@ mod guard;
 mod principal;
 mod token;
 
+pub mod gateway;
 pub mod mcp;
 pub mod oauth;
 pub mod policy;
@@ -20,17 +21,18 @@ pub mod dev;
 #[cfg_attr(docsrs, doc(cfg(feature = "rmcp")))]
 pub mod demo;
 
-#[cfg(feature = "dev")]
+#[cfg(all(feature = "dev", feature = "rmcp"))]
 #[doc(hidden)]
 pub mod cli;
 
 pub use config::{
     DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
-    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, ResolvedConfig, TokenConfig,
+    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, McpConfig, ResolvedConfig,
+    ServerConfig, TokenConfig,
 };
 pub use entra::TenantMode;
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};
-pub use guard::{IdGuard, IdGuardBuilder};
+pub use guard::{IdGuard, IdGuardBuilder, TokenStats};
 pub use principal::{MissingPrincipal, Principal, TokenVersion};
 pub use token::MAX_TOKEN_BYTES;
 pub use token::layer::{ValidateToken, ValidateTokenLayer};

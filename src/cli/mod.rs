@@ -1,5 +1,7 @@
 //! The `idguard` command line. Not a public API: the binary calls [`main`].
 
+mod entra;
+mod metrics;
 mod policy;
 mod serve;
 
@@ -9,10 +11,18 @@ use clap::{Parser, Subcommand};
 
 /// Microsoft Entra ID identity and Cedar policies in front of MCP servers and APIs.
 #[derive(Debug, Parser)]
-#[command(name = "idguard", version, about)]
+#[command(
+    name = "idguard",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command: `serve` with these options.
+    #[command(flatten)]
+    serve: serve::ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -22,6 +32,42 @@ enum Command {
     /// Policy author tools: validate, test, explain, schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Entra app registration: manifest, consent-url, doctor.
+    #[command(subcommand)]
+    Entra(entra::EntraCommand),
+    /// Configuration: check.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Tokens (dev mode only): mint.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Report every problem of the configuration (file and IDGUARD_* environment), each
+    /// with its key.
+    Check {
+        /// The configuration file (default: `idguard.toml`).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a fresh token for a demo user from a running dev-mode server.
+    Mint {
+        /// The demo user: alice, bob or carol.
+        #[arg(long)]
+        user: String,
+        /// The dev-mode server.
+        #[arg(long, default_value = "http://127.0.0.1:8400")]
+        url: String,
+        /// Lifetime in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u64,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -29,8 +75,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Tools print their own results; only a server logs at info by default.
     init_tracing(match cli.command {
-        Some(Command::Policy(_)) => "idguard=warn",
-        _ => "idguard=info",
+        Some(Command::Policy(_) | Command::Entra(_) | Command::Config(_) | Command::Token(_)) => {
+            "idguard=warn"
+        }
+        _ => "idguard=info,tower_http=info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -46,9 +94,16 @@ pub fn main() -> ExitCode {
         match cli.command {
             Some(Command::Serve(args)) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
             Some(Command::Policy(command)) => policy::run(command).await,
-            None => serve::run(serve::ServeArgs::default())
-                .await
-                .map(|()| ExitCode::SUCCESS),
+            Some(Command::Entra(command)) => entra::run(command).await,
+            Some(Command::Config(ConfigCommand::Check { config })) => {
+                Ok(entra::config_check(config))
+            }
+            Some(Command::Token(TokenCommand::Mint {
+                user,
+                url,
+                lifetime,
+            })) => entra::mint(&url, &user, lifetime).await,
+            None => serve::run(cli.serve).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

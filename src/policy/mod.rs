@@ -187,7 +187,27 @@ struct Inner {
     list_cache: ListCache,
     scenes: SceneCache,
     authorizer: Authorizer,
+    counters: [AtomicU64; 4],
 }
+
+/// Decision counters of a [`PolicyEngine`], for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PolicyStats {
+    /// Call-phase decisions that allowed.
+    pub allowed: u64,
+    /// Call-phase decisions that denied.
+    pub denied: u64,
+    /// List items answered from the list-decision cache.
+    pub list_cached: u64,
+    /// List items evaluated.
+    pub list_evaluated: u64,
+}
+
+const ALLOWED: usize = 0;
+const DENIED: usize = 1;
+const LIST_CACHED: usize = 2;
+const LIST_EVALUATED: usize = 3;
 
 impl PolicyEngine {
     /// Loads every policy in `dir` (see the [module docs](self)).
@@ -239,6 +259,7 @@ impl PolicyEngine {
                 list_cache: ListCache::new(10_000),
                 scenes: SceneCache::new(10_000),
                 authorizer: Authorizer::new(),
+                counters: Default::default(),
             }),
         }
     }
@@ -310,6 +331,28 @@ impl PolicyEngine {
         self.inner.status.borrow().clone()
     }
 
+    /// Decision counters since start.
+    pub fn stats(&self) -> PolicyStats {
+        let c = |i: usize| {
+            self.inner
+                .counters
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        };
+        PolicyStats {
+            allowed: c(ALLOWED),
+            denied: c(DENIED),
+            list_cached: c(LIST_CACHED),
+            list_evaluated: c(LIST_EVALUATED),
+        }
+    }
+
+    fn count(&self, which: usize, n: u64) {
+        if let Some(c) = self.inner.counters.get(which) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// A receiver that sees every change of [`status`](Self::status): a successful reload
     /// (new epoch) or a failed one (new `last_error`). Use it to tell clients that lists
     /// changed, or to wait for a reload in tests.
@@ -355,6 +398,7 @@ impl PolicyEngine {
             }
         }
         if phase == Phase::Call {
+            self.count(if decision.is_allow() { ALLOWED } else { DENIED }, 1);
             audit(principal, item, &decision);
         }
         decision
@@ -379,6 +423,8 @@ impl PolicyEngine {
                 }
             }
         }
+        self.count(LIST_CACHED, (items.len() - missing.len()) as u64);
+        self.count(LIST_EVALUATED, missing.len() as u64);
         if missing.is_empty() {
             return visible;
         }

@@ -41,10 +41,10 @@ impl Key {
 }
 
 /// An immutable set of keys by `kid`.
-#[derive(Default)]
 pub(crate) struct KeySet {
     keys: HashMap<String, Key>,
     generation: u64,
+    fetched_at: Instant,
 }
 
 impl fmt::Debug for KeySet {
@@ -63,6 +63,11 @@ impl KeySet {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Time since these keys were fetched.
+    pub(crate) fn age(&self) -> Duration {
+        self.fetched_at.elapsed()
     }
 
     /// Parses a JWKS document, keeping the RSA signing keys. Keys of other types or uses
@@ -109,7 +114,11 @@ impl KeySet {
         if keys.is_empty() {
             return Err("no RSA signing key in the document".into());
         }
-        Ok(Self { keys, generation })
+        Ok(Self {
+            keys,
+            generation,
+            fetched_at: Instant::now(),
+        })
     }
 }
 

@@ -1,0 +1,137 @@
+//! `/metrics`: Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::response::Response;
+
+use crate::TokenStats;
+use crate::error::{Rejection, RejectionKind};
+use crate::policy::PolicyEngine;
+
+const KINDS: [(RejectionKind, &str); 9] = [
+    (RejectionKind::MissingToken, "missing_token"),
+    (RejectionKind::InvalidToken, "invalid_token"),
+    (RejectionKind::InsufficientScope, "insufficient_scope"),
+    (RejectionKind::StepUpRequired, "step_up_required"),
+    (RejectionKind::Forbidden, "forbidden"),
+    (RejectionKind::PayloadTooLarge, "payload_too_large"),
+    (RejectionKind::BadRequest, "bad_request"),
+    (RejectionKind::Unavailable, "unavailable"),
+    (RejectionKind::Internal, "internal"),
+];
+
+/// Request and rejection counters of the `idguard` server.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// By status class: 1xx..5xx.
+    status: [AtomicU64; 5],
+    rejections: [AtomicU64; 9],
+}
+
+impl Metrics {
+    pub(crate) fn observe(&self, res: &Response) {
+        let class = usize::from(res.status().as_u16() / 100).saturating_sub(1);
+        if let Some(c) = self.status.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(r) = res.extensions().get::<Rejection>()
+            && let Some(i) = KINDS.iter().position(|(k, _)| *k == r.kind())
+            && let Some(c) = self.rejections.get(i)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn render(&self, tokens: &TokenStats, policies: &PolicyEngine) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, kind: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            "idguard_requests_total",
+            "HTTP responses by status class.",
+            "counter",
+            &self
+                .status
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("{{status=\"{}xx\"}}", i + 1), load(c)))
+                .collect::<Vec<_>>(),
+        );
+        metric(
+            "idguard_rejections_total",
+            "Requests idguard answered itself, by kind.",
+            "counter",
+            &KINDS
+                .iter()
+                .zip(&self.rejections)
+                .map(|((_, name), c)| (format!("{{kind=\"{name}\"}}"), load(c)))
+                .collect::<Vec<_>>(),
+        );
+        let cache_total = tokens.cache_hits + tokens.validations;
+        metric(
+            "idguard_token_validations_total",
+            "Bearer tokens checked, by how.",
+            "counter",
+            &[
+                ("{source=\"cache\"}".into(), tokens.cache_hits),
+                ("{source=\"signature\"}".into(), tokens.validations),
+            ],
+        );
+        metric(
+            "idguard_token_cache_hit_percent",
+            "Percentage of tokens accepted from the validated-token cache.",
+            "gauge",
+            &[(
+                String::new(),
+                (tokens.cache_hits * 100)
+                    .checked_div(cache_total)
+                    .unwrap_or(0),
+            )],
+        );
+        metric(
+            "idguard_jwks_age_seconds",
+            "Age of the signing keys in use.",
+            "gauge",
+            &[(String::new(), tokens.keys_age_secs)],
+        );
+        let p = policies.stats();
+        metric(
+            "idguard_policy_decisions_total",
+            "Call-phase policy decisions, by outcome.",
+            "counter",
+            &[
+                ("{outcome=\"allow\"}".into(), p.allowed),
+                ("{outcome=\"deny\"}".into(), p.denied),
+            ],
+        );
+        metric(
+            "idguard_policy_list_items_total",
+            "List items decided, by whether the decision cache answered.",
+            "counter",
+            &[
+                ("{source=\"cache\"}".into(), p.list_cached),
+                ("{source=\"evaluated\"}".into(), p.list_evaluated),
+            ],
+        );
+        let status = policies.status();
+        metric(
+            "idguard_policy_epoch",
+            "Epoch of the policies in force (increases on every successful reload).",
+            "gauge",
+            &[(String::new(), status.epoch)],
+        );
+        metric(
+            "idguard_policy_reload_failing",
+            "1 when the last policy reload failed and older policies are still in force.",
+            "gauge",
+            &[(String::new(), u64::from(status.last_error.is_some()))],
+        );
+        out
+    }
+}

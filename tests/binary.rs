@@ -1,0 +1,488 @@
+//! The `idguard` binary, spawned as a process: dev mode, gateway mode, hot reload seen at
+//! `/healthz`, graceful shutdown, `config check`, `entra manifest`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use bytes::Bytes;
+use idguard::dev::DevEntra;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+const BIN: &str = env!("CARGO_BIN_EXE_idguard");
+
+/// A spawned `idguard`, killed on drop; its stdout lines are collected in the background.
+struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    dir: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("IDGUARD_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix` (its remainder).
+    fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("idguard printed no line starting with {prefix:?}");
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "idguard did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A scratch working directory with a copy of the sample policies.
+fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("idguard-bin-{name}-{}", uuid::Uuid::new_v4()));
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(samples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn tools(http: &reqwest::Client, url: &str, token: &str) -> BTreeSet<String> {
+    let res = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{:?} {token:.20}", res.headers());
+    let text = res.text().await.unwrap();
+    let reply: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .chain(std::iter::once(text.as_str()))
+        .find_map(|d| {
+            serde_json::from_str::<Value>(d.trim())
+                .ok()
+                .filter(|v| v["id"] == 1)
+        })
+        .unwrap_or_else(|| panic!("no tools/list reply: {text}"));
+    reply["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls `/healthz` until `check` holds (the server reloads on its own schedule).
+async fn health_until(http: &reqwest::Client, base: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health: Value = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if check(&health) {
+            return health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz never reached the state: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_the_demo_and_reloads_policies() {
+    let dir = workdir("dev");
+    let proc = Proc::spawn(&["--port", "0"], &dir);
+    let url = proc.line("export IDGUARD_MCP_URL=");
+    let alice = proc.line("export ALICE=");
+    let bob = proc.line("export BOB=");
+    let base = url.trim_end_matches("/mcp").to_owned();
+    let http = reqwest::Client::new();
+
+    assert_eq!(tools(&http, &url, &alice).await.len(), 6);
+    let bobs = tools(&http, &url, &bob).await;
+    assert_eq!(
+        bobs,
+        ["list_documents", "my_profile", "read_document", "whoami"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    // Printed tokens work on the plain API route too, and a missing token gets the challenge.
+    let me = http
+        .get(format!("{base}/me"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let anonymous = http.get(format!("{base}/me")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("resource_metadata=")
+    );
+    let fresh = Command::new(BIN)
+        .args(["token", "mint", "--user", "bob", "--url", &base])
+        .output()
+        .unwrap();
+    assert!(fresh.status.success());
+    let fresh = String::from_utf8(fresh.stdout).unwrap();
+    assert_ne!(fresh.trim(), bob);
+    assert_eq!(tools(&http, &url, fresh.trim()).await, bobs);
+
+    // An edit changes the next answer.
+    let roles = dir.join("policies/roles.cedar");
+    let text = std::fs::read_to_string(&roles).unwrap();
+    let renamed = text.replacen(
+        "principal in Role::\"Tools.Read\",\n  action == Action::\"call_tool\"",
+        "principal in Role::\"Tools.Reader\",\n  action == Action::\"call_tool\"",
+        1,
+    );
+    assert_ne!(renamed, text);
+    write_atomically(&roles, &renamed);
+    health_until(&http, &base, |h| h["policy"]["epoch"] == 2).await;
+    let after = ["read_document", "whoami"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(tools(&http, &url, &bob).await, after);
+
+    // A broken edit is reported, and the last good policies keep serving.
+    write_atomically(&roles, "permit (principal, action, resource) oops");
+    let health = health_until(&http, &base, |h| !h["policy"]["last_error"].is_null()).await;
+    assert_eq!(health["status"], "degraded");
+    assert!(
+        health["policy"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("roles.cedar:1:"),
+        "{health}"
+    );
+    assert_eq!(health["policy"]["epoch"], 2);
+    assert_eq!(tools(&http, &url, &bob).await, after);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("idguard_policy_reload_failing 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("idguard_rejections_total{kind=\"missing_token\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The upstream MCP server of the gateway tests: the demo tools (rmcp), plus a slow
+/// `tools/list` whose SSE reply sends a progress event, then waits for the test.
+#[derive(Clone)]
+struct Upstream {
+    rmcp: rmcp::transport::StreamableHttpService<
+        idguard::demo::DemoServer,
+        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+    >,
+    authorized: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+}
+
+async fn upstream_mcp(State(u): State<Upstream>, req: http::Request<Body>) -> Response {
+    u.requests.fetch_add(1, Ordering::SeqCst);
+    if req.headers().contains_key("authorization") {
+        u.authorized.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.headers().contains_key("x-test-slow") {
+        let release = u.release.clone();
+        let stream = async_stream(release);
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
+    let res = tower::ServiceExt::oneshot(u.rmcp.clone(), req)
+        .await
+        .unwrap();
+    res.map(Body::new)
+}
+
+fn async_stream(
+    release: Arc<Notify>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                          "params": {"progressToken": 1, "progress": 1}});
+    let tools: Value = serde_json::from_str(include_str!("../policies/tools.json")).unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "result": tools});
+    futures_util::stream::unfold(0, move |step| {
+        let (release, progress, list) = (release.clone(), progress.clone(), list.clone());
+        async move {
+            match step {
+                0 => Some((Ok(Bytes::from(format!("data: {progress}\n\n"))), 1)),
+                1 => {
+                    release.notified().await;
+                    Some((Ok(Bytes::from(format!("data: {list}\n\n"))), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+async fn start_upstream() -> (Upstream, String) {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    let demo = idguard::demo::DemoServer::new();
+    let rmcp = StreamableHttpService::new(
+        move || Ok(demo.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .with_legacy_session_mode(false)
+            .with_json_response(true),
+    );
+    let upstream = Upstream {
+        rmcp,
+        authorized: Arc::default(),
+        requests: Arc::default(),
+        release: Arc::new(Notify::new()),
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/mcp", post(upstream_mcp))
+        .with_state(upstream.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (upstream, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_mode_filters_streams_and_never_forwards_the_token() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let (upstream, upstream_url) = start_upstream().await;
+    let dir = workdir("gateway");
+    std::fs::write(
+        dir.join("idguard.toml"),
+        format!(
+            "[token]\nauthority = \"{}\"\ntenant = \"{}\"\nclient_id = \"{}\"\nresource = \"http://127.0.0.1/mcp\"\n\n[server]\nupstream = \"{upstream_url}\"\n",
+            entra.url(),
+            entra.tenant_id(),
+            entra.api_client_id()
+        ),
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(&["--port", "0"], &dir);
+    let line = proc.line("idguard: gateway ");
+    let url = line.split(" -> ").next().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let alice = entra.token_for("alice").unwrap().mint().unwrap();
+    let bob = entra.token_for("bob").unwrap().mint().unwrap();
+
+    assert_eq!(tools(&http, &url, &alice).await.len(), 6);
+    assert_eq!(tools(&http, &url, &bob).await.len(), 4);
+
+    // SSE through the gateway arrives event by event: the progress event is read while the
+    // upstream still holds back the list; the list that follows is filtered for bob.
+    let mut res = http
+        .post(&url)
+        .bearer_auth(&bob)
+        .header("x-test-slow", "1")
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+        .await
+        .expect("the first event must arrive before the upstream finishes")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+
+    // SIGTERM now: the request in flight still completes, then the process exits cleanly.
+    Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    upstream.release.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(rest.contains("list_documents"), "{rest}");
+    assert!(
+        !rest.contains("delete_document"),
+        "filtered for bob: {rest}"
+    );
+    assert!(proc.terminate().success());
+
+    assert!(upstream.requests.load(Ordering::SeqCst) >= 3);
+    assert_eq!(
+        upstream.authorized.load(Ordering::SeqCst),
+        0,
+        "the caller's token reached upstream"
+    );
+}
+
+/// `idguard config check` on `text`: success, and what it printed.
+fn config_check(dir: &Path, text: &str) -> (bool, String) {
+    std::fs::write(dir.join("broken.toml"), text).unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config", "broken.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn config_check_names_every_bad_key() {
+    let dir = workdir("config");
+    let (ok, text) = config_check(
+        &dir,
+        "[token]\ntenant = \"contoso\"\nclient_id = \"not-a-guid\"\nvalidate_signature = false\nleeway = \"soon\"\n[mcp]\ndenyals = \"visible\"\n",
+    );
+    assert!(!ok);
+    for key in ["token.validate_signature", "mcp.denyals"] {
+        assert!(
+            text.contains(&format!("`{key}`")),
+            "{key} missing in:\n{text}"
+        );
+    }
+    let (ok, text) = config_check(
+        &dir,
+        "[token]\ntenant = \"contoso\"\nclient_id = \"not-a-guid\"\nleeway = \"soon\"\n",
+    );
+    assert!(!ok);
+    for key in [
+        "token.tenant",
+        "token.client_id",
+        "token.leeway",
+        "token.resource",
+    ] {
+        assert!(
+            text.contains(&format!("`{key}`")),
+            "{key} missing in:\n{text}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn entra_manifest_lists_exactly_the_roles_the_policies_use() {
+    let out = Command::new(BIN)
+        .args(["entra", "manifest", "--policies", "policies"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let roles: BTreeSet<&str> = manifest["appRoles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["Tools.Admin", "Tools.Read"].into_iter().collect());
+    assert_eq!(manifest["api"]["requestedAccessTokenVersion"], 2);
+}
