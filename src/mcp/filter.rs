@@ -24,6 +24,62 @@ pub(crate) fn items(kind: ListKind, entries: &[Value]) -> Vec<Option<Item>> {
         .collect()
 }
 
+/// An entry's item from its raw JSON, parsing only the fields policies see (schemas and
+/// descriptions are skipped, not built).
+fn head(kind: ListKind, raw: &str) -> Option<Item> {
+    #[derive(serde::Deserialize)]
+    struct Hints {
+        #[serde(rename = "readOnlyHint")]
+        read_only: Option<bool>,
+        #[serde(rename = "destructiveHint")]
+        destructive: Option<bool>,
+        #[serde(rename = "idempotentHint")]
+        idempotent: Option<bool>,
+        #[serde(rename = "openWorldHint")]
+        open_world: Option<bool>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        tags: Option<Vec<Value>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        name: Option<String>,
+        uri: Option<String>,
+        #[serde(rename = "uriTemplate")]
+        uri_template: Option<String>,
+        annotations: Option<Hints>,
+        #[serde(rename = "_meta")]
+        meta: Option<Meta>,
+    }
+    let h: Head = serde_json::from_str(raw).ok()?;
+    match kind {
+        ListKind::Tools => {
+            let hints = h.annotations;
+            let hint = |f: fn(&Hints) -> Option<bool>| hints.as_ref().and_then(f).unwrap_or(false);
+            Some(Item::Tool(ToolInfo {
+                read_only: hint(|h| h.read_only),
+                destructive: hint(|h| h.destructive),
+                idempotent: hint(|h| h.idempotent),
+                open_world: hint(|h| h.open_world),
+                tags: h
+                    .meta
+                    .and_then(|m| m.tags)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect(),
+                name: h.name?,
+            }))
+        }
+        ListKind::Resources => h.uri.map(|uri| Item::Resource(ResourceInfo { uri })),
+        ListKind::ResourceTemplates => h
+            .uri_template
+            .map(|uri| Item::Resource(ResourceInfo { uri })),
+        ListKind::Prompts => h.name.map(|name| Item::Prompt(PromptInfo { name })),
+    }
+}
+
 fn string(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
@@ -110,6 +166,51 @@ fn remove_fields(v: &mut Value, fields: &[String]) {
     }
 }
 
+/// Where the entries of a list result are, and what they are: computed once per distinct
+/// result (servers answer the same list again and again) and cached by the catalog.
+#[derive(Debug)]
+pub(crate) struct Shape {
+    /// The list and result text this shape describes (compared on lookup: no hash is
+    /// trusted).
+    pub(crate) kind: ListKind,
+    pub(crate) result: Box<str>,
+    /// Byte spans of the entries within `result`.
+    spans: Vec<(usize, usize)>,
+    items: Vec<Option<Item>>,
+    known: Vec<Item>,
+}
+
+impl Shape {
+    /// `None` when the result is not a plain list object (or carries a cache scope, which
+    /// the general path rewrites).
+    fn of(kind: ListKind, result: &str) -> Option<Self> {
+        use serde_json::value::RawValue;
+        let fields: std::collections::HashMap<&str, &RawValue> =
+            serde_json::from_str(result).ok()?;
+        if fields.contains_key("cacheScope") {
+            return None;
+        }
+        let entries: Vec<&RawValue> = serde_json::from_str(fields.get(field(kind))?.get()).ok()?;
+        let base = result.as_ptr() as usize;
+        let spans = entries
+            .iter()
+            .map(|raw| {
+                let from = raw.get().as_ptr() as usize - base;
+                (from, from + raw.get().len())
+            })
+            .collect();
+        let items: Vec<Option<Item>> = entries.iter().map(|raw| head(kind, raw.get())).collect();
+        let known = items.iter().flatten().cloned().collect();
+        Some(Self {
+            kind,
+            result: result.into(),
+            spans,
+            items,
+            known,
+        })
+    }
+}
+
 /// What to do with the reply to one request.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Pending {
@@ -153,6 +254,10 @@ impl ReplyRewriter {
     /// Rewrites a JSON body (one message or a batch); `None` when nothing changed or the
     /// body is not JSON.
     pub(crate) fn rewrite_json(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let text = std::str::from_utf8(body).ok()?;
+        if let Some(fast) = self.filter_list_in_place(text) {
+            return fast;
+        }
         let mut v: Value = serde_json::from_slice(body).ok()?;
         let changed = match &mut v {
             Value::Array(msgs) => msgs
@@ -161,6 +266,60 @@ impl ReplyRewriter {
             msg => self.rewrite_message(msg),
         };
         changed.then(|| v.to_string().into_bytes())
+    }
+
+    /// The fast path for the common case, a single list reply: the entries are located as
+    /// raw slices of the body, only their name, annotations and tags are parsed, and the
+    /// output is the body with the hidden entries cut out (no tree is built and no JSON is
+    /// re-serialized). `None` when the reply is not that shape: the general path handles it.
+    fn filter_list_in_place(&self, text: &str) -> Option<Option<Vec<u8>>> {
+        use serde_json::value::RawValue;
+        #[derive(serde::Deserialize)]
+        struct Reply<'a> {
+            id: Option<Value>,
+            #[serde(borrow)]
+            result: Option<&'a RawValue>,
+        }
+        let reply: Reply<'_> = serde_json::from_str(text).ok()?;
+        let id = reply.id?;
+        let (_, pending) = self.pending.iter().find(|(p, _)| *p == id)?;
+        let Pending::List(kind) = pending else {
+            return None;
+        };
+        let result = reply.result?.get();
+        let shape = self.catalog.shape(*kind, result, || {
+            let shape = Shape::of(*kind, result)?;
+            self.catalog
+                .learn(shape.known.iter().filter_map(|i| match i {
+                    Item::Tool(t) => Some(t.clone()),
+                    _ => None,
+                }));
+            Some(shape)
+        })?;
+        let (Some(&(start, _)), Some(&(_, end))) = (shape.spans.first(), shape.spans.last()) else {
+            return Some(None);
+        };
+        let offset = result.as_ptr() as usize - text.as_ptr() as usize;
+        let before = text.get(..offset + start)?;
+        let after = text.get(offset + end..)?;
+        let mut visible = self
+            .engine
+            .visible(&self.principal, &shape.known)
+            .into_iter();
+        let mut out = String::with_capacity(text.len());
+        out.push_str(before);
+        let mut first_kept = true;
+        for (&(from, to), item) in shape.spans.iter().zip(&shape.items) {
+            if item.is_some() && visible.next().unwrap_or(false) {
+                if !first_kept {
+                    out.push(',');
+                }
+                out.push_str(result.get(from..to)?);
+                first_kept = false;
+            }
+        }
+        out.push_str(after);
+        Some(Some(out.into_bytes()))
     }
 
     /// Rewrites the data of one SSE event; `None` leaves the event as it was.
@@ -177,6 +336,28 @@ impl ReplyRewriter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_fast_path_reads_entries_as_the_general_one_does() {
+        let tool = json!({"name": "t", "inputSchema": {"type": "object"},
+            "annotations": {"readOnlyHint": true, "destructiveHint": false, "openWorldHint": true},
+            "_meta": {"tags": ["a", 1, "b"]}});
+        let general = items(ListKind::Tools, std::slice::from_ref(&tool))
+            .pop()
+            .flatten();
+        assert_eq!(head(ListKind::Tools, &tool.to_string()), general);
+        let res = json!({"uri": "docs://x", "name": "x"});
+        assert_eq!(
+            head(ListKind::Resources, &res.to_string()),
+            items(ListKind::Resources, std::slice::from_ref(&res))
+                .pop()
+                .flatten()
+        );
+        assert_eq!(
+            head(ListKind::Tools, "{\"description\": \"no name\"}"),
+            None
+        );
+    }
 
     #[test]
     fn redaction_reaches_structured_and_text_json() {
