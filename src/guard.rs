@@ -19,9 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
-use crate::config::{IdGuardConfig, ResolvedConfig, TokenConfig};
+use crate::config::{IdGuardConfig, OboConfig, ResolvedConfig, TokenConfig};
 use crate::entra::{TenantMode, fetch_metadata};
 use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
+use crate::obo::{BearerToken, OboClient};
 use crate::principal::Principal;
 use crate::token::TokenValidator;
 use crate::token::cache::{TokenCache, digest_token};
@@ -46,6 +47,7 @@ struct Inner {
     clock: Clock,
     challenges: Challenges,
     authorization_server: String,
+    obo: Option<OboClient>,
 }
 
 /// Prebuilt `WWW-Authenticate` values, so a rejection costs no formatting.
@@ -82,9 +84,31 @@ impl Clock {
 /// What the synchronous fast path concluded.
 pub(crate) enum Authn {
     /// Decided without waiting.
-    Done(Result<Principal, Rejection>),
+    Done(Result<Admitted, Rejection>),
     /// The token names an unknown `kid`: refresh the keys (once), then decide.
     NeedsRefresh { token: String, generation: u64 },
+    /// A groups overage to resolve through Graph before policies see the caller.
+    NeedsGroups {
+        principal: Principal,
+        token: BearerToken,
+    },
+}
+
+/// An accepted request's extensions: the caller, and with `[obo]` their token and the
+/// on-behalf-of client (for [`Obo`](crate::obo::Obo)).
+pub(crate) struct Admitted {
+    principal: Principal,
+    obo: Option<(OboClient, BearerToken)>,
+}
+
+impl Admitted {
+    pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
+        if let Some((client, token)) = self.obo {
+            extensions.insert(client);
+            extensions.insert(token);
+        }
+        extensions.insert(self.principal);
+    }
 }
 
 impl IdGuard {
@@ -135,7 +159,12 @@ impl IdGuard {
         } else {
             None
         };
-        let keys = KeyStore::load(client, v2.jwks_uri, config.jwks_min_refresh_interval).await?;
+        let keys = KeyStore::load(
+            client.clone(),
+            v2.jwks_uri,
+            config.jwks_min_refresh_interval,
+        )
+        .await?;
         let authorization_server = match &config.tenant {
             TenantMode::Single(_) => v2.issuer.clone(),
             TenantMode::AllowList(_) | TenantMode::AnyOrganization => {
@@ -150,7 +179,17 @@ impl IdGuard {
             config.leeway.as_secs(),
         );
         let challenges = Challenges::new(&config);
+        let obo = config.obo.clone().map(|settings| {
+            OboClient::new(
+                settings,
+                client.clone(),
+                config.authority.clone(),
+                config.client_id.clone(),
+                challenges.resource_metadata_url.clone(),
+            )
+        });
         let inner = Arc::new(Inner {
+            obo,
             cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
             validator,
             keys,
@@ -171,6 +210,11 @@ impl IdGuard {
     /// The configuration this guard runs with.
     pub fn config(&self) -> &ResolvedConfig {
         &self.inner.config
+    }
+
+    /// The on-behalf-of client, when `[obo]` is configured.
+    pub fn obo_client(&self) -> Option<&OboClient> {
+        self.inner.obo.as_ref()
     }
 
     /// The layer that validates bearer tokens and inserts the [`Principal`].
@@ -241,7 +285,14 @@ impl IdGuard {
             Err(e) => return Authn::Done(Err(self.reject(&e))),
         };
         match self.validate_now(token) {
-            Ok(principal) => Authn::Done(self.admit(principal)),
+            Ok(principal) => match self.admit(principal) {
+                Ok(p) if self.needs_groups(&p) => Authn::NeedsGroups {
+                    principal: p,
+                    token: BearerToken::new(token),
+                },
+                Ok(p) => Authn::Done(Ok(self.admitted(p, || BearerToken::new(token)))),
+                Err(r) => Authn::Done(Err(r)),
+            },
             Err(TokenError::UnknownKey) => Authn::NeedsRefresh {
                 token: token.to_owned(),
                 generation: self.inner.keys.snapshot().generation(),
@@ -255,10 +306,56 @@ impl IdGuard {
         self,
         token: String,
         generation: u64,
-    ) -> Result<Principal, Rejection> {
+    ) -> Result<Admitted, Rejection> {
         match self.validate_after_refresh(&token, generation).await {
-            Ok(principal) => self.admit(principal),
+            Ok(principal) => {
+                let principal = self.admit(principal)?;
+                let token = BearerToken::new(token);
+                if self.needs_groups(&principal) {
+                    self.resolve_groups(principal, token).await
+                } else {
+                    Ok(self.admitted(principal, || token))
+                }
+            }
             Err(e) => Err(self.reject(&e)),
+        }
+    }
+
+    /// The layer's slow path for a groups overage: the caller with groups from Graph.
+    pub(crate) async fn resolve_groups(
+        self,
+        principal: Principal,
+        token: BearerToken,
+    ) -> Result<Admitted, Rejection> {
+        let Some(obo) = &self.inner.obo else {
+            return Ok(Admitted {
+                principal,
+                obo: None,
+            });
+        };
+        match obo.resolve_overage(&principal, &token).await {
+            Ok(resolved) => Ok(Admitted {
+                principal: resolved,
+                obo: Some((obo.clone(), token)),
+            }),
+            Err(e) => Err(obo.rejection(&e, &principal)),
+        }
+    }
+
+    fn needs_groups(&self, p: &Principal) -> bool {
+        p.groups_overage()
+            && !p.is_app_only()
+            && self
+                .inner
+                .obo
+                .as_ref()
+                .is_some_and(OboClient::resolves_overage)
+    }
+
+    fn admitted(&self, principal: Principal, token: impl FnOnce() -> BearerToken) -> Admitted {
+        Admitted {
+            principal,
+            obo: self.inner.obo.as_ref().map(|c| (c.clone(), token())),
         }
     }
 
@@ -399,6 +496,7 @@ fn spawn_periodic_refresh(inner: Weak<Inner>, every: Duration) {
 #[must_use]
 pub struct IdGuardBuilder {
     token: TokenConfig,
+    obo: Option<OboConfig>,
     client: Option<reqwest::Client>,
 }
 
@@ -487,7 +585,14 @@ impl IdGuardBuilder {
         self
     }
 
-    /// The HTTP client for discovery and keys (default: 5 s connect, 10 s total timeout).
+    /// `[obo]`: on-behalf-of calls to downstream APIs (credential, APIs, cache, Graph).
+    pub fn obo(mut self, obo: OboConfig) -> Self {
+        self.obo = Some(obo);
+        self
+    }
+
+    /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
+    /// 10 s total timeout).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
         self
@@ -499,7 +604,11 @@ impl IdGuardBuilder {
     ///
     /// [`StartupError::Config`] naming every bad key, or a discovery/key loading error.
     pub async fn build(self) -> Result<IdGuard, StartupError> {
-        let resolved = IdGuardConfig { token: self.token }.resolve()?;
+        let resolved = IdGuardConfig {
+            token: self.token,
+            obo: self.obo,
+        }
+        .resolve()?;
         match self.client {
             Some(client) => IdGuard::with_http_client(resolved, client).await,
             None => IdGuard::new(resolved).await,

@@ -10,6 +10,7 @@ mod token;
 
 pub mod mcp;
 pub mod oauth;
+pub mod obo;
 pub mod policy;
 
 #[cfg(feature = "dev")]
@@ -26,7 +27,8 @@ pub mod cli;
 
 pub use config::{
     DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
-    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, ResolvedConfig, TokenConfig,
+    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, OboConfig, ResolvedConfig,
+    TokenConfig,
 };
 pub use entra::TenantMode;
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};
