@@ -922,3 +922,116 @@ async fn no_token_or_secret_in_logs_or_answers() {
         }
     }
 }
+
+/// The demo `my_profile` tool (rmcp, stateless JSON) behind a guard with and without `[obo]`.
+async fn call_my_profile(obo: Option<OboConfig>, entra: DevEntra) -> (Value, DevEntra) {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut builder = IdGuard::builder()
+        .authority(entra.url())
+        .tenant(entra.tenant_id())
+        .client_id(entra.api_client_id())
+        .resource(format!("{base}/mcp"));
+    if let Some(obo) = obo {
+        builder = builder.obo(obo);
+    }
+    let guard = builder.build().await.unwrap();
+    let demo = idguard::demo::DemoServer::new();
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true);
+    let mcp = StreamableHttpService::new(
+        move || Ok(demo.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let app = Router::new().nest_service(
+        "/mcp",
+        tower::ServiceBuilder::new()
+            .layer(guard.validate_token_layer())
+            .service(mcp),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let token = entra.token_for("alice").unwrap().mint().unwrap();
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{base}/mcp"))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": "my_profile", "arguments": {}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (reply, entra)
+}
+
+#[tokio::test]
+async fn demo_my_profile_returns_the_graph_profile_via_obo() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let cfg = secret_config(&entra);
+    let (reply, entra) = call_my_profile(Some(cfg), entra).await;
+    let result = &reply["result"];
+    assert_eq!(result["isError"], false, "{reply}");
+    let profile: Value =
+        serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(profile["displayName"], "Alice Admin");
+    assert_eq!(entra.requests(DevEndpoint::Token), 1);
+    assert_eq!(entra.requests(DevEndpoint::Graph), 1);
+
+    // Without `[obo]`: the explanation, no call to Entra.
+    let entra = DevEntra::builder().start().await.unwrap();
+    let (reply, entra) = call_my_profile(None, entra).await;
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    assert!(
+        reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("not configured")
+    );
+    assert_eq!(entra.requests(DevEndpoint::Token), 0);
+}
+
+#[tokio::test]
+async fn a_slow_token_endpoint_times_out_with_503() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let cfg = OboConfig {
+        timeout: Some("300ms".into()),
+        ..secret_config(&entra)
+    };
+    let s = obo_stack(entra, cfg).await;
+    s.entra
+        .set_obo_failure("bob", Some(DevOboFailure::Slow { millis: 3_000 }))
+        .unwrap();
+    let bob = s.entra.token_for("bob").unwrap().mint().unwrap();
+    let started = std::time::Instant::now();
+    let res = s.get("/api/token/graph", &bob).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the loader's own timeout"
+    );
+    let (p, t) = s.caller(&bob).await;
+    assert_eq!(
+        s.guard
+            .obo_client()
+            .unwrap()
+            .token_for(&p, &t, "graph")
+            .await
+            .unwrap_err(),
+        OboError::Unavailable("entra (timed out)".into())
+    );
+}

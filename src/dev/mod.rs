@@ -89,6 +89,11 @@ pub enum DevOboFailure {
         /// How many requests fail.
         times: u32,
     },
+    /// Answer (successfully) only after `millis` milliseconds.
+    Slow {
+        /// The delay.
+        millis: u64,
+    },
 }
 
 /// How the Graph emulation fails for one user ([`DevEntra::set_graph_failure`]).

@@ -316,6 +316,13 @@ async fn token_endpoint(
         );
     }
     let oid = str_claim(&claims, "oid").to_owned();
+    let delay = s.obo_failures.lock().ok().and_then(|f| match f.get(&oid) {
+        Some(DevOboFailure::Slow { millis }) => Some(*millis),
+        _ => None,
+    });
+    if let Some(millis) = delay {
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    }
     if let Some(answer) = failure_for(&s, &oid) {
         return answer;
     }
@@ -445,6 +452,7 @@ fn failure_for(s: &Shared, oid: &str) -> Option<Response> {
             }
             res
         }
+        DevOboFailure::Slow { .. } => return None,
         DevOboFailure::ServerError { times } => {
             if *times == 0 {
                 failures.remove(oid);
