@@ -25,7 +25,7 @@ use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
 use crate::obo::{BearerToken, OboClient};
 use crate::principal::Principal;
 use crate::token::TokenValidator;
-use crate::token::cache::{TokenCache, digest_token};
+use crate::token::cache::{TokenCache, TokenDigest, digest_token};
 use crate::token::jwks::{KeyStore, Refresh};
 use crate::token::layer::ValidateTokenLayer;
 
@@ -239,7 +239,7 @@ impl IdGuard {
     ///
     /// The [`TokenError`] that made the token unacceptable.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
-        match self.validate_now(token) {
+        match self.validate_now(token, &mut None) {
             Err(TokenError::UnknownKey) => {
                 let generation = self.inner.keys.snapshot().generation();
                 self.validate_after_refresh(token, generation).await
@@ -249,13 +249,19 @@ impl IdGuard {
     }
 
     /// The synchronous path: cache, then full validation against the current keys.
-    fn validate_now(&self, token: &str) -> Result<Principal, TokenError> {
+    /// `digest` receives the token's SHA-256 when the cache computed it, so on-behalf-of
+    /// reuses it instead of hashing the token again.
+    fn validate_now(
+        &self,
+        token: &str,
+        digest: &mut Option<TokenDigest>,
+    ) -> Result<Principal, TokenError> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let Some(cache) = &inner.cache else {
             return inner.validator.validate(token, &inner.keys.snapshot(), now);
         };
-        let key = digest_token(token);
+        let key = *digest.get_or_insert_with(|| digest_token(token));
         if let Some(principal) = cache.get(&key, now) {
             return Ok(principal);
         }
@@ -272,7 +278,7 @@ impl IdGuard {
         generation: u64,
     ) -> Result<Principal, TokenError> {
         match self.inner.keys.refresh_for_unknown_kid(generation).await {
-            Refresh::Updated => self.validate_now(token),
+            Refresh::Updated => self.validate_now(token, &mut None),
             Refresh::RateLimited => Err(TokenError::UnknownKey),
             Refresh::Unavailable => Err(TokenError::KeysUnavailable),
         }
@@ -284,13 +290,16 @@ impl IdGuard {
             Ok(token) => token,
             Err(e) => return Authn::Done(Err(self.reject(&e))),
         };
-        match self.validate_now(token) {
+        let mut digest = None;
+        match self.validate_now(token, &mut digest) {
             Ok(principal) => match self.admit(principal) {
                 Ok(p) if self.needs_groups(&p) => Authn::NeedsGroups {
                     principal: p,
-                    token: BearerToken::new(token),
+                    token: BearerToken::with_digest(token, digest),
                 },
-                Ok(p) => Authn::Done(Ok(self.admitted(p, || BearerToken::new(token)))),
+                Ok(p) => Authn::Done(Ok(
+                    self.admitted(p, || BearerToken::with_digest(token, digest))
+                )),
                 Err(r) => Authn::Done(Err(r)),
             },
             Err(TokenError::UnknownKey) => Authn::NeedsRefresh {

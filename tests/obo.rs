@@ -815,7 +815,10 @@ async fn no_token_or_secret_in_logs_or_answers() {
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global, not `set_default`: a thread-local subscriber misses events whose callsites
+    // other tests in this binary registered first (tracing's interest cache). Other tests'
+    // events land in the buffer too, which only widens the check.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let entra = DevEntra::builder()
         .user(overage_user())
@@ -911,6 +914,14 @@ async fn no_token_or_secret_in_logs_or_answers() {
     assert_eq!(statuses, [200, 200, 200, 401, 403, 401, 503, 500]);
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("idguard"), "logs were captured");
+    assert!(
+        logs.contains("token endpoint refused"),
+        "failures were logged"
+    );
+    assert!(
+        logs.contains("on-behalf-of token issued"),
+        "successes were logged"
+    );
     for s in &secrets {
         // The signature part of a JWT is the most distinctive; check the whole thing and it.
         assert!(

@@ -35,6 +35,18 @@ impl BearerToken {
         }))
     }
 
+    /// With its SHA-256 when the caller already computed it (the validated-token cache).
+    pub(crate) fn with_digest(token: &str, digest: Option<[u8; 32]>) -> Self {
+        let cell = OnceLock::new();
+        if let Some(d) = digest {
+            let _ = cell.set(d);
+        }
+        Self(Arc::new(Inner {
+            token: token.into(),
+            digest: cell,
+        }))
+    }
+
     pub(crate) fn expose(&self) -> &str {
         &self.0.token
     }
@@ -163,5 +175,11 @@ mod tests {
         let t = BearerToken::new("eyJhbGciOi.secret.sig");
         assert_eq!(format!("{t:?}"), "BearerToken(***)");
         assert_eq!(t.digest(), &digest_token("eyJhbGciOi.secret.sig"));
+        let pre = BearerToken::with_digest("a.b.c", Some(digest_token("a.b.c")));
+        assert_eq!(pre.digest(), &digest_token("a.b.c"));
+        assert_eq!(
+            BearerToken::with_digest("a.b.c", None).digest(),
+            pre.digest()
+        );
     }
 }

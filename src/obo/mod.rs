@@ -10,7 +10,7 @@
 //! raw token, until the earlier of the downstream token's and the incoming token's expiry
 //! minus a skew; concurrent misses for one key make one request. Entra's failures become
 //! [`OboError`]s, and [`OboClient::rejection`] turns those into the HTTP answer through
-//! the one [`Rejection`](crate::Rejection) mapping:
+//! the one [`Rejection`] mapping:
 //!
 //! | Entra says | answer |
 //! |---|---|
