@@ -222,7 +222,7 @@ impl OboClient {
 
     /// Seconds since the epoch on tokio's clock (anchored at start), so paused-time tests
     /// see incoming tokens expire.
-    fn unix_now(&self) -> u64 {
+    pub(crate) fn unix_now(&self) -> u64 {
         self.inner.anchor_unix + self.inner.anchor.elapsed().as_secs()
     }
 

@@ -24,7 +24,27 @@ pub(crate) struct Graph {
     base: String,
     overage: Option<Vec<String>>,
     profiles: moka::future::Cache<UserKey, Arc<Value>>,
-    groups: moka::future::Cache<UserKey, Arc<[String]>>,
+    groups: moka::future::Cache<UserKey, Membership>,
+}
+
+/// Resolved groups, kept for [`GRAPH_TTL`] but never past the token they were resolved for.
+#[derive(Clone)]
+struct Membership {
+    groups: Arc<[String]>,
+    ttl: Duration,
+}
+
+struct MembershipExpiry;
+
+impl moka::Expiry<UserKey, Membership> for MembershipExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &UserKey,
+        value: &Membership,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 impl Graph {
@@ -33,7 +53,10 @@ impl Graph {
             base: base.trim_end_matches('/').to_owned(),
             overage,
             profiles: user_cache(),
-            groups: user_cache(),
+            groups: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(MembershipExpiry)
+                .build(),
         }
     }
 }
@@ -78,7 +101,7 @@ impl OboClient {
 
     /// The caller's group ids from Graph: transitive membership, or, when the policies'
     /// group ids are configured (`obo.overage_group_ids`), `checkMemberGroups` for those.
-    /// Cached per (tenant, object id) for five minutes.
+    /// Cached per (tenant, object id) for five minutes, never past the caller's token.
     ///
     /// # Errors
     ///
@@ -97,9 +120,14 @@ impl OboClient {
                     Some(ids) if !ids.is_empty() => self.check_member_groups(token, ids).await?,
                     _ => self.transitive_groups(token).await?,
                 };
-                Ok::<_, OboError>(Arc::from(groups))
+                let left = principal.expires_at().saturating_sub(self.unix_now());
+                Ok::<_, OboError>(Membership {
+                    groups: Arc::from(groups),
+                    ttl: GRAPH_TTL.min(Duration::from_secs(left)),
+                })
             })
             .await
+            .map(|m| m.groups)
             .map_err(|e| (*e).clone())
     }
 
