@@ -651,6 +651,39 @@ mod tests {
     }
 
     #[test]
+    fn obo_credential_problems() {
+        let resolve = |obo: OboConfig| {
+            IdGuardConfig {
+                token: valid(),
+                obo: Some(obo),
+            }
+            .resolve()
+            .unwrap_err()
+            .problems()
+            .iter()
+            .map(|p| (p.key().to_owned(), p.message().to_owned()))
+            .collect::<Vec<_>>()
+        };
+        let none = resolve(OboConfig::default());
+        assert_eq!(none[0].0, "obo");
+        let half = resolve(OboConfig {
+            private_key_file: Some("/nonexistent/key.pem".into()),
+            ..OboConfig::default()
+        });
+        assert_eq!(half[0].0, "obo.certificate_file");
+        let missing = resolve(OboConfig {
+            certificate_file: Some("/nonexistent/cert.pem".into()),
+            private_key_file: Some("/nonexistent/key.pem".into()),
+            ..OboConfig::default()
+        });
+        assert_eq!(missing[0].0, "obo.certificate_file");
+        assert!(
+            missing[0].1.contains("cannot read `/nonexistent/cert.pem`"),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
     fn obo_section_from_toml() {
         let cfg: IdGuardConfig = toml::from_str(
             r#"
