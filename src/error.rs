@@ -177,6 +177,14 @@ pub enum RejectionKind {
     BadRequest,
     /// Signing keys (or another identity dependency) are unreachable: `503` + `Retry-After`.
     Unavailable,
+    /// Entra or Graph throttled an on-behalf-of call: `503` with their `Retry-After`.
+    Throttled,
+    /// A downstream API needs consent nobody gave: `403`, the challenge carries the
+    /// admin-consent URL (`consent_uri`).
+    ConsentRequired,
+    /// A downstream API needs a stronger sign-in: `401`, Entra's `insufficient_claims`
+    /// challenge for clients that declared `cp1`, else `invalid_token` explaining it.
+    ClaimsChallenge,
     /// A wiring error on our side (e.g. no principal where one must be): `500`.
     Internal,
 }
@@ -187,11 +195,16 @@ impl RejectionKind {
         match self {
             RejectionKind::MissingToken
             | RejectionKind::InvalidToken
-            | RejectionKind::StepUpRequired => StatusCode::UNAUTHORIZED,
-            RejectionKind::InsufficientScope | RejectionKind::Forbidden => StatusCode::FORBIDDEN,
+            | RejectionKind::StepUpRequired
+            | RejectionKind::ClaimsChallenge => StatusCode::UNAUTHORIZED,
+            RejectionKind::InsufficientScope
+            | RejectionKind::Forbidden
+            | RejectionKind::ConsentRequired => StatusCode::FORBIDDEN,
             RejectionKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RejectionKind::BadRequest => StatusCode::BAD_REQUEST,
-            RejectionKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::Unavailable | RejectionKind::Throttled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RejectionKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -206,6 +219,7 @@ pub(crate) const RETRY_AFTER_SECS: u32 = 5;
 pub struct Rejection {
     kind: RejectionKind,
     www_authenticate: Option<HeaderValue>,
+    retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -213,6 +227,24 @@ impl Rejection {
         Self {
             kind,
             www_authenticate,
+            retry_after: None,
+        }
+    }
+
+    /// Sets the `Retry-After` seconds (for throttling answers).
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The `Retry-After` seconds this rejection answers with, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        match (self.retry_after, self.kind) {
+            (Some(s), _) => Some(s),
+            (None, RejectionKind::Unavailable | RejectionKind::Throttled) => {
+                Some(u64::from(RETRY_AFTER_SECS))
+            }
+            (None, _) => None,
         }
     }
 
@@ -231,7 +263,8 @@ impl Rejection {
         self.www_authenticate.as_ref()
     }
 
-    /// Renders the rejection: status, challenge, `Retry-After` for outages, an empty body,
+    /// Renders the rejection: status, challenge, `Retry-After` for outages and throttling,
+    /// an empty body,
     /// and the `Rejection` itself in the response extensions.
     ///
     /// This is the one mapping from rejections to HTTP; everything that answers for idguard
@@ -243,9 +276,9 @@ impl Rejection {
             res.headers_mut()
                 .insert(WWW_AUTHENTICATE, challenge.clone());
         }
-        if self.kind == RejectionKind::Unavailable {
+        if let Some(secs) = self.retry_after() {
             res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         res.extensions_mut().insert(self);
         res

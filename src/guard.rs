@@ -20,12 +20,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
-use crate::config::{IdGuardConfig, ResolvedConfig, TokenConfig};
+use crate::config::{IdGuardConfig, OboConfig, ResolvedConfig, TokenConfig};
 use crate::entra::{TenantMode, fetch_metadata};
 use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
+use crate::obo::{BearerToken, OboClient};
 use crate::principal::Principal;
 use crate::token::TokenValidator;
-use crate::token::cache::{TokenCache, digest_token};
+use crate::token::cache::{TokenCache, TokenDigest, digest_token};
 use crate::token::jwks::{KeyStore, Refresh};
 use crate::token::layer::ValidateTokenLayer;
 
@@ -48,6 +49,7 @@ struct Inner {
     challenges: Challenges,
     authorization_server: String,
     stats: Counters,
+    obo: Option<OboClient>,
 }
 
 #[derive(Debug, Default)]
@@ -102,9 +104,31 @@ impl Clock {
 /// What the synchronous fast path concluded.
 pub(crate) enum Authn {
     /// Decided without waiting.
-    Done(Result<Principal, Rejection>),
+    Done(Result<Admitted, Rejection>),
     /// The token names an unknown `kid`: refresh the keys (once), then decide.
     NeedsRefresh { token: String, generation: u64 },
+    /// A groups overage to resolve through Graph before policies see the caller.
+    NeedsGroups {
+        principal: Principal,
+        token: BearerToken,
+    },
+}
+
+/// An accepted request's extensions: the caller, and with `[obo]` their token and the
+/// on-behalf-of client (for [`Obo`](crate::obo::Obo)).
+pub(crate) struct Admitted {
+    principal: Principal,
+    obo: Option<(OboClient, BearerToken)>,
+}
+
+impl Admitted {
+    pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
+        if let Some((client, token)) = self.obo {
+            extensions.insert(client);
+            extensions.insert(token);
+        }
+        extensions.insert(self.principal);
+    }
 }
 
 impl IdGuard {
@@ -155,7 +179,12 @@ impl IdGuard {
         } else {
             None
         };
-        let keys = KeyStore::load(client, v2.jwks_uri, config.jwks_min_refresh_interval).await?;
+        let keys = KeyStore::load(
+            client.clone(),
+            v2.jwks_uri,
+            config.jwks_min_refresh_interval,
+        )
+        .await?;
         let authorization_server = match &config.tenant {
             TenantMode::Single(_) => v2.issuer.clone(),
             TenantMode::AllowList(_) | TenantMode::AnyOrganization => {
@@ -170,7 +199,17 @@ impl IdGuard {
             config.leeway.as_secs(),
         );
         let challenges = Challenges::new(&config);
+        let obo = config.obo.clone().map(|settings| {
+            OboClient::new(
+                settings,
+                client.clone(),
+                config.authority.clone(),
+                config.client_id.clone(),
+                challenges.resource_metadata_url.clone(),
+            )
+        });
         let inner = Arc::new(Inner {
+            obo,
             cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
             validator,
             keys,
@@ -192,6 +231,11 @@ impl IdGuard {
     /// The configuration this guard runs with.
     pub fn config(&self) -> &ResolvedConfig {
         &self.inner.config
+    }
+
+    /// The on-behalf-of client, when `[obo]` is configured.
+    pub fn obo_client(&self) -> Option<&OboClient> {
+        self.inner.obo.as_ref()
     }
 
     /// The layer that validates bearer tokens and inserts the [`Principal`].
@@ -225,7 +269,7 @@ impl IdGuard {
     ///
     /// The [`TokenError`] that made the token unacceptable.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
-        match self.validate_now(token) {
+        match self.validate_now(token, &mut None) {
             Err(TokenError::UnknownKey) => {
                 let generation = self.inner.keys.snapshot().generation();
                 self.validate_after_refresh(token, generation).await
@@ -235,14 +279,20 @@ impl IdGuard {
     }
 
     /// The synchronous path: cache, then full validation against the current keys.
-    fn validate_now(&self, token: &str) -> Result<Principal, TokenError> {
+    /// `digest` receives the token's SHA-256 when the cache computed it, so on-behalf-of
+    /// reuses it instead of hashing the token again.
+    fn validate_now(
+        &self,
+        token: &str,
+        digest: &mut Option<TokenDigest>,
+    ) -> Result<Principal, TokenError> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let Some(cache) = &inner.cache else {
             inner.stats.validations.fetch_add(1, Ordering::Relaxed);
             return inner.validator.validate(token, &inner.keys.snapshot(), now);
         };
-        let key = digest_token(token);
+        let key = *digest.get_or_insert_with(|| digest_token(token));
         if let Some(principal) = cache.get(&key, now) {
             inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(principal);
@@ -261,7 +311,7 @@ impl IdGuard {
         generation: u64,
     ) -> Result<Principal, TokenError> {
         match self.inner.keys.refresh_for_unknown_kid(generation).await {
-            Refresh::Updated => self.validate_now(token),
+            Refresh::Updated => self.validate_now(token, &mut None),
             Refresh::RateLimited => Err(TokenError::UnknownKey),
             Refresh::Unavailable => Err(TokenError::KeysUnavailable),
         }
@@ -273,8 +323,18 @@ impl IdGuard {
             Ok(token) => token,
             Err(e) => return Authn::Done(Err(self.reject(&e))),
         };
-        match self.validate_now(token) {
-            Ok(principal) => Authn::Done(self.admit(principal)),
+        let mut digest = None;
+        match self.validate_now(token, &mut digest) {
+            Ok(principal) => match self.admit(principal) {
+                Ok(p) if self.needs_groups(&p) => Authn::NeedsGroups {
+                    principal: p,
+                    token: BearerToken::with_digest(token, digest),
+                },
+                Ok(p) => Authn::Done(Ok(
+                    self.admitted(p, || BearerToken::with_digest(token, digest))
+                )),
+                Err(r) => Authn::Done(Err(r)),
+            },
             Err(TokenError::UnknownKey) => Authn::NeedsRefresh {
                 token: token.to_owned(),
                 generation: self.inner.keys.snapshot().generation(),
@@ -288,10 +348,56 @@ impl IdGuard {
         self,
         token: String,
         generation: u64,
-    ) -> Result<Principal, Rejection> {
+    ) -> Result<Admitted, Rejection> {
         match self.validate_after_refresh(&token, generation).await {
-            Ok(principal) => self.admit(principal),
+            Ok(principal) => {
+                let principal = self.admit(principal)?;
+                let token = BearerToken::new(token);
+                if self.needs_groups(&principal) {
+                    self.resolve_groups(principal, token).await
+                } else {
+                    Ok(self.admitted(principal, || token))
+                }
+            }
             Err(e) => Err(self.reject(&e)),
+        }
+    }
+
+    /// The layer's slow path for a groups overage: the caller with groups from Graph.
+    pub(crate) async fn resolve_groups(
+        self,
+        principal: Principal,
+        token: BearerToken,
+    ) -> Result<Admitted, Rejection> {
+        let Some(obo) = &self.inner.obo else {
+            return Ok(Admitted {
+                principal,
+                obo: None,
+            });
+        };
+        match obo.resolve_overage(&principal, &token).await {
+            Ok(resolved) => Ok(Admitted {
+                principal: resolved,
+                obo: Some((obo.clone(), token)),
+            }),
+            Err(e) => Err(obo.rejection(&e, &principal)),
+        }
+    }
+
+    fn needs_groups(&self, p: &Principal) -> bool {
+        p.groups_overage()
+            && !p.is_app_only()
+            && self
+                .inner
+                .obo
+                .as_ref()
+                .is_some_and(OboClient::resolves_overage)
+    }
+
+    fn admitted(&self, principal: Principal, token: impl FnOnce() -> BearerToken) -> Admitted {
+        Admitted {
+            principal,
+            obo: self.inner.obo.as_ref().map(|c| (c.clone(), token())),
         }
     }
 
@@ -432,6 +538,7 @@ fn spawn_periodic_refresh(inner: Weak<Inner>, every: Duration) {
 #[must_use]
 pub struct IdGuardBuilder {
     token: TokenConfig,
+    obo: Option<OboConfig>,
     client: Option<reqwest::Client>,
 }
 
@@ -520,7 +627,14 @@ impl IdGuardBuilder {
         self
     }
 
-    /// The HTTP client for discovery and keys (default: 5 s connect, 10 s total timeout).
+    /// `[obo]`: on-behalf-of calls to downstream APIs (credential, APIs, cache, Graph).
+    pub fn obo(mut self, obo: OboConfig) -> Self {
+        self.obo = Some(obo);
+        self
+    }
+
+    /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
+    /// 10 s total timeout).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
         self
@@ -534,6 +648,7 @@ impl IdGuardBuilder {
     pub async fn build(self) -> Result<IdGuard, StartupError> {
         let resolved = IdGuardConfig {
             token: self.token,
+            obo: self.obo,
             ..IdGuardConfig::default()
         }
         .resolve()?;

@@ -11,6 +11,7 @@ mod token;
 pub mod gateway;
 pub mod mcp;
 pub mod oauth;
+pub mod obo;
 pub mod policy;
 
 #[cfg(feature = "dev")]
@@ -27,8 +28,8 @@ pub mod cli;
 
 pub use config::{
     DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
-    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, McpConfig, ResolvedConfig,
-    ServerConfig, TokenConfig,
+    DEFAULT_LEEWAY, DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, McpConfig, OboConfig,
+    ResolvedConfig, ServerConfig, TokenConfig,
 };
 pub use entra::TenantMode;
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};

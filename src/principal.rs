@@ -39,7 +39,7 @@ pub enum TokenVersion {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Principal(Arc<Inner>);
 
-#[derive(PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 struct Inner {
     tenant_id: String,
     object_id: String,
@@ -195,6 +195,15 @@ impl Principal {
         Self::from_checked_claims(parsed, version)
     }
 
+    /// The same caller with group ids resolved through Microsoft Graph (groups overage):
+    /// `groups` set, the overage flag cleared.
+    pub(crate) fn with_resolved_groups(&self, groups: Vec<String>) -> Self {
+        let mut inner = Inner::clone(&self.0);
+        inner.groups = groups;
+        inner.groups_overage = false;
+        Principal(Arc::new(inner))
+    }
+
     /// The tenant id (`tid`): the directory the caller signed in to.
     pub fn tenant_id(&self) -> &str {
         &self.0.tenant_id
@@ -235,7 +244,9 @@ impl Principal {
         &self.0.roles
     }
 
-    /// The group object ids (`groups`). Empty when the token has a groups overage.
+    /// The group object ids (`groups`), or those resolved through Microsoft Graph when the
+    /// token had a groups overage and `obo.resolve_group_overage` is on. Empty on an
+    /// unresolved overage.
     pub fn groups(&self) -> &[String] {
         &self.0.groups
     }

@@ -7,7 +7,7 @@
 //! | `read_document` | read-only, tag `documents` | one document, with its owner's email |
 //! | `delete_document` | destructive, tag `documents` | removes one document |
 //! | `transfer_funds` | open-world, tag `finance` | pretends to transfer `amount` to `to` |
-//! | `my_profile` | read-only, open-world | the caller's Microsoft Graph profile (needs on-behalf-of, not built yet) |
+//! | `my_profile` | read-only, open-world | the caller's Microsoft Graph profile, fetched on their behalf (on-behalf-of) when the guard has `[obo]` with a `graph` API |
 //!
 //! Resources `docs://public/handbook` and `docs://private/payroll`, and a `summarize`
 //! prompt. [`DemoServer::calls`] counts tool invocations, so tests can prove a denied call
@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::mcp::rmcp::principal;
+use crate::obo::{Obo, OboClient};
 use crate::principal::Principal;
 
 /// `read_document` / `delete_document` arguments.
@@ -260,10 +261,23 @@ impl DemoServer {
     ) -> Result<CallToolResult, ErrorData> {
         self.count("my_profile");
         let p = who(&parts)?;
-        Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-            "the Graph profile of {} needs an on-behalf-of token, which idguard does not obtain yet",
-            p.upn().unwrap_or(p.object_id())
-        ))]))
+        // The guard puts its on-behalf-of client in the request when `[obo]` is configured.
+        if parts.extensions.get::<OboClient>().is_none() {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "the Graph profile of {} needs on-behalf-of, which is not configured (`[obo]`)",
+                p.upn().unwrap_or(p.object_id())
+            ))]));
+        }
+        let obo = Obo::from_parts(&parts)
+            .map_err(|_| ErrorData::internal_error("unauthenticated request", None))?;
+        match obo.graph_me().await {
+            Ok(profile) => Ok(text(&profile)),
+            // Tool errors carry the reason (never a token); consent and step-up are
+            // answered as MCP tool errors here, since the HTTP reply has already started.
+            Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(
+                e.to_string(),
+            )])),
+        }
     }
 }
 

@@ -79,6 +79,11 @@ impl SigningKey {
         Ok(sig)
     }
 
+    /// The public key as a DER `RSAPublicKey` (for verifying what this key signed).
+    pub(crate) fn public_key_der(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
+    }
+
     /// The JWKS entry. `issuer` is the v2 per-key issuer, or `None` in v1 documents.
     pub(crate) fn jwk(&self, issuer: Option<String>) -> Value {
         let mut jwk = json!({

@@ -9,6 +9,8 @@
 //! | `/{tenant}/.well-known/openid-configuration` | v1 discovery (issuer `https://sts.windows.net/{tid}/`) |
 //! | `/{tenant}/discovery/v2.0/keys` | JWKS with `kid`, `x5t`, `x5c` and the per-key `issuer` |
 //! | `/{tenant}/discovery/keys` | v1 JWKS (no per-key issuer) |
+//! | `POST /{tenant}/oauth2/v2.0/token` | the on-behalf-of (jwt-bearer) grant: client secret, certificate (PS256) or federated assertion; per-user failure modes |
+//! | `/graph/v1.0/me`, `/graph/v1.0/me/transitiveMemberOf/microsoft.graph.group`, `POST /graph/v1.0/me/checkMemberGroups` | a Microsoft Graph emulation for the Graph tokens it issued |
 //!
 //! It mints v1 and v2 access tokens for its users and apps ([`DevEntra::token_for`],
 //! [`DevEntra::app_token`]), rotates keys, and counts requests per endpoint so tests can
@@ -31,15 +33,24 @@
 
 mod keys;
 mod mint;
+mod obo;
 mod server;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use tokio::sync::oneshot;
 
 pub use mint::TokenMint;
+pub use obo::MFA_CLAIMS;
 
 use keys::{KeyRing, SigningKey};
 
@@ -55,6 +66,155 @@ pub const DEV_CLIENT_APP_ID: &str = "0c5e2f1a-3b4d-4c6e-8f7a-9b0c1d2e3f4a";
 pub const FINANCE_GROUP_ID: &str = "3a9f7c1e-5b2d-4e8a-9c6f-1d0e2b3a4c5d";
 /// The delegated scope dev user tokens carry by default.
 pub const DEV_SCOPE: &str = "mcp.tools";
+/// Object id of the dev managed identity whose tokens are accepted as federated client
+/// assertions of the dev API (workload identity federation).
+pub const DEV_MANAGED_IDENTITY_ID: &str = "f1d0c0de-0000-4000-8000-00000000f1d0";
+
+/// How the token endpoint fails on-behalf-of requests for one user
+/// ([`DevEntra::set_obo_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DevOboFailure {
+    /// `invalid_grant`, AADSTS65001, suberror `consent_required`.
+    ConsentRequired,
+    /// `interaction_required`, AADSTS50079, with a `claims` challenge ([`MFA_CLAIMS`]).
+    MfaRequired,
+    /// `429` with `Retry-After: retry_after` (seconds).
+    Throttled {
+        /// Seconds in `Retry-After`.
+        retry_after: u64,
+    },
+    /// `503` for the next `times` requests, then success.
+    ServerError {
+        /// How many requests fail.
+        times: u32,
+    },
+    /// Answer (successfully) only after `millis` milliseconds.
+    Slow {
+        /// The delay.
+        millis: u64,
+    },
+}
+
+/// How the Graph emulation fails for one user ([`DevEntra::set_graph_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DevGraphFailure {
+    /// `429` with `Retry-After: retry_after` for the next `times` requests.
+    Throttled {
+        /// How many requests are throttled.
+        times: u32,
+        /// Seconds in `Retry-After`.
+        retry_after: u64,
+    },
+}
+
+/// A client certificate for the dev API's certificate credential, with its private key.
+#[derive(Clone)]
+pub struct DevCertificate {
+    cert_pem: String,
+    key_pem: String,
+    thumbprint: String,
+    public_key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for DevCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCertificate")
+            .field("x5t#S256", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevCertificate {
+    /// Makes a self-signed RSA 2048 certificate (not registered anywhere).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Crypto`] if key generation fails.
+    pub fn generate() -> Result<Self, DevError> {
+        let key =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+                .map_err(|e| DevError::Crypto(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| DevError::Crypto(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "idguard dev api");
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| DevError::Crypto(e.to_string()))?;
+        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key.serialize_der())
+            .map_err(|e| DevError::Crypto(e.to_string()))?;
+        use aws_lc_rs::signature::KeyPair as _;
+        Ok(Self {
+            thumbprint: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, cert.der())),
+            cert_pem: to_pem("CERTIFICATE", cert.der()),
+            key_pem: to_pem("PRIVATE KEY", &key.serialize_der()),
+            public_key_der: pair.public_key().as_ref().to_vec(),
+        })
+    }
+
+    /// The certificate, PEM.
+    pub fn certificate_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The PKCS#8 private key, PEM.
+    pub fn private_key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// `x5t#S256`: base64url SHA-256 of the certificate DER.
+    pub fn thumbprint_s256(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// Writes `cert.pem` and `key.pem` into `dir`; returns their paths.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Io`] when the files cannot be written.
+    pub fn write_to(&self, dir: &Path) -> Result<(PathBuf, PathBuf), DevError> {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, &self.cert_pem)?;
+        std::fs::write(&key, &self.key_pem)?;
+        Ok((cert, key))
+    }
+}
+
+/// PEM armour: base64 in 64-character lines.
+fn to_pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// A user in more groups than Entra puts in a token (230, Finance among them): mint their
+/// tokens with [`TokenMint::groups_overage`] and resolve membership through Graph.
+pub fn overage_user() -> DevUser {
+    let mut groups: Vec<String> = (1..230u32)
+        .map(|i| format!("{i:08x}-0000-4000-8000-0000000{i:05x}"))
+        .collect();
+    groups.insert(150, FINANCE_GROUP_ID.to_owned());
+    DevUser {
+        key: "dave".to_owned(),
+        name: "Dave Many".to_owned(),
+        upn: "dave@contoso.example".to_owned(),
+        object_id: "da4e0000-0000-4000-8000-0000000da4e0".to_owned(),
+        tenant_id: CONTOSO_TENANT_ID.to_owned(),
+        roles: vec!["Tools.Read".to_owned()],
+        groups,
+        auth_methods: vec!["pwd".to_owned(), "mfa".to_owned()],
+    }
+}
 
 /// Why the emulator could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -127,9 +287,13 @@ pub enum DevEndpoint {
     Discovery,
     /// v1 and v2 key sets.
     Jwks,
+    /// The v2 token endpoint (on-behalf-of).
+    Token,
+    /// The Graph emulation.
+    Graph,
 }
 
-const ENDPOINTS: usize = 2;
+const ENDPOINTS: usize = 4;
 
 /// State shared by the handle and the server task.
 #[derive(Debug)]
@@ -142,6 +306,15 @@ pub(crate) struct Shared {
     pub(crate) keys: RwLock<KeyRing>,
     pub(crate) jwks_available: AtomicBool,
     counters: [AtomicU64; ENDPOINTS],
+    pub(crate) client_secret: String,
+    /// Registered client certificates: (`x5t#S256`, public key DER).
+    pub(crate) certificates: RwLock<Vec<(String, Vec<u8>)>>,
+    pub(crate) federated_subject: String,
+    pub(crate) used_jti: Mutex<HashSet<String>>,
+    pub(crate) obo_failures: Mutex<HashMap<String, DevOboFailure>>,
+    pub(crate) graph_failures: Mutex<HashMap<String, DevGraphFailure>>,
+    pub(crate) downstream_lifetime: AtomicU64,
+    pub(crate) refresh_in: AtomicU64,
 }
 
 impl DevUser {
@@ -173,6 +346,35 @@ impl Shared {
 
     pub(crate) fn knows_tenant(&self, tid: &str) -> bool {
         self.tenants.iter().any(|t| t.id == tid)
+    }
+
+    /// Signs `claims` (RS256) with the active key.
+    pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, DevError> {
+        let key = {
+            let ring = self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            ring.find(&ring.active)
+                .cloned()
+                .ok_or_else(|| DevError::UnknownKey(ring.active.clone()))?
+        };
+        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": key.kid});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = key.sign(input.as_bytes())?;
+        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    }
+
+    fn user_oid(&self, key: &str) -> Result<String, DevError> {
+        self.users
+            .iter()
+            .find(|u| u.key == key)
+            .map(|u| u.object_id.clone())
+            .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))
     }
 }
 
@@ -359,6 +561,120 @@ impl DevEntra {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// The dev API's client secret (random per emulator), for the on-behalf-of grant.
+    pub fn client_secret(&self) -> &str {
+        &self.shared.client_secret
+    }
+
+    /// The v2 token endpoint of tenant `tid` (the `aud` of certificate assertions).
+    pub fn token_endpoint(&self, tid: &str) -> String {
+        format!("{}/{tid}/oauth2/v2.0/token", self.shared.base_url)
+    }
+
+    /// The base URL of the Graph emulation (use it as `obo.graph_url`).
+    pub fn graph_url(&self) -> String {
+        format!("{}/graph", self.shared.base_url)
+    }
+
+    /// Makes a client certificate and registers it as a credential of the dev API.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Crypto`] if key generation fails.
+    pub fn client_certificate(&self) -> Result<DevCertificate, DevError> {
+        let cert = DevCertificate::generate()?;
+        self.shared
+            .certificates
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((cert.thumbprint.clone(), cert.public_key_der.clone()));
+        Ok(cert)
+    }
+
+    /// A federated client assertion: a token for the dev managed identity
+    /// ([`DEV_MANAGED_IDENTITY_ID`]) with `aud` `api://AzureADTokenExchange`, as a workload
+    /// would read it from its projected token file.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError`] if signing fails.
+    pub fn federated_assertion(&self, lifetime: Duration) -> Result<String, DevError> {
+        let now = obo::unix_now();
+        let tid = self.tenant_id();
+        self.shared.sign(&serde_json::json!({
+            "aud": obo::TOKEN_EXCHANGE_AUDIENCE,
+            "iss": self.issuer_v2(tid),
+            "sub": DEV_MANAGED_IDENTITY_ID,
+            "oid": DEV_MANAGED_IDENTITY_ID,
+            "tid": tid,
+            "idtyp": "app",
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime.as_secs(),
+            "uti": uuid::Uuid::new_v4().to_string(),
+        }))
+    }
+
+    /// Makes the token endpoint fail on-behalf-of requests for user `key` (`None`: succeed).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn set_obo_failure(
+        &self,
+        key: &str,
+        failure: Option<DevOboFailure>,
+    ) -> Result<(), DevError> {
+        let oid = self.shared.user_oid(key)?;
+        let mut all = self
+            .shared
+            .obo_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failure {
+            Some(f) => all.insert(oid, f),
+            None => all.remove(&oid),
+        };
+        Ok(())
+    }
+
+    /// Makes the Graph emulation fail for user `key` (`None`: succeed).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn set_graph_failure(
+        &self,
+        key: &str,
+        failure: Option<DevGraphFailure>,
+    ) -> Result<(), DevError> {
+        let oid = self.shared.user_oid(key)?;
+        let mut all = self
+            .shared
+            .graph_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failure {
+            Some(f) => all.insert(oid, f),
+            None => all.remove(&oid),
+        };
+        Ok(())
+    }
+
+    /// The lifetime (`expires_in`) of the tokens the token endpoint issues (default 1 h).
+    pub fn set_downstream_lifetime(&self, lifetime: Duration) {
+        self.shared
+            .downstream_lifetime
+            .store(lifetime.as_secs(), Ordering::Relaxed);
+    }
+
+    /// Sends `refresh_in` with issued tokens (`None`: leave it out, the default).
+    pub fn set_refresh_in(&self, refresh_in: Option<Duration>) {
+        self.shared
+            .refresh_in
+            .store(refresh_in.map_or(0, |d| d.as_secs()), Ordering::Relaxed);
+    }
+
     /// Stops the server.
     pub fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -526,6 +842,14 @@ impl DevEntraBuilder {
             keys: RwLock::new(ring),
             jwks_available: AtomicBool::new(true),
             counters: Default::default(),
+            client_secret: format!("dev~{}", uuid::Uuid::new_v4().simple()),
+            certificates: RwLock::new(Vec::new()),
+            federated_subject: DEV_MANAGED_IDENTITY_ID.to_owned(),
+            used_jti: Mutex::new(HashSet::new()),
+            obo_failures: Mutex::new(HashMap::new()),
+            graph_failures: Mutex::new(HashMap::new()),
+            downstream_lifetime: AtomicU64::new(3600),
+            refresh_in: AtomicU64::new(0),
         });
         let (tx, rx) = oneshot::channel();
         let app = server::router(shared.clone());

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{DevEndpoint, Shared};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(discovery_v2),
@@ -23,8 +23,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(discovery_v1),
         )
         .route("/{tenant}/discovery/v2.0/keys", get(jwks_v2))
-        .route("/{tenant}/discovery/keys", get(jwks_v1))
-        .with_state(shared)
+        .route("/{tenant}/discovery/keys", get(jwks_v1));
+    super::obo::routes(router).with_state(shared)
 }
 
 /// What a tenant path segment resolves to.
@@ -56,7 +56,12 @@ fn unknown_tenant(raw: &str) -> Response {
 }
 
 /// Entra's error body shape.
-fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+pub(crate) fn entra_error(
+    status: StatusCode,
+    error: &str,
+    code: u32,
+    description: &str,
+) -> Response {
     let body = json!({
         "error": error,
         "error_description": description,

@@ -43,8 +43,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::Rejection;
-use crate::guard::{Authn, IdGuard};
-use crate::principal::Principal;
+use crate::guard::{Admitted, Authn, IdGuard};
 
 /// Validates the bearer token of every request. See the [module docs](self).
 #[derive(Clone, Debug)]
@@ -112,31 +111,49 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match self.guard.authenticate(req.headers()) {
-            Authn::Done(Ok(principal)) => {
-                req.extensions_mut().insert(principal);
+            Authn::Done(Ok(admitted)) => {
+                admitted.insert_into(req.extensions_mut());
                 ResponseFuture::inner(self.inner.call(req))
             }
             Authn::Done(Err(rejection)) => ResponseFuture::rejected(rejection),
+            // Boxed: these paths run only when a token names a `kid` we have not seen (at
+            // most once per key rotation), or for a groups overage whose membership is
+            // not cached yet; the hot path above allocates nothing.
             Authn::NeedsRefresh { token, generation } => {
-                // Clone-and-swap: the service that was driven to readiness goes into the
-                // future; the fresh clone stays here for the next call.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                // Boxed: this path runs only when a token names a `kid` we have not seen,
-                // at most once per key rotation; the hot path above allocates nothing.
                 let refresh = Box::pin(
                     self.guard
                         .clone()
                         .authenticate_after_refresh(token, generation),
                 );
-                ResponseFuture {
-                    kind: Kind::Authorize {
-                        refresh,
-                        inner: Some(ready),
-                        req: Some(req),
-                    },
-                }
+                self.authorize(refresh, req)
             }
+            Authn::NeedsGroups { principal, token } => {
+                let resolve = Box::pin(self.guard.clone().resolve_groups(principal, token));
+                self.authorize(resolve, req)
+            }
+        }
+    }
+}
+
+impl<S: Clone> ValidateToken<S> {
+    /// Clone-and-swap: the service that was driven to readiness goes into the future; the
+    /// fresh clone stays here for the next call.
+    fn authorize<ReqBody>(
+        &mut self,
+        refresh: BoxFuture<'static, Result<Admitted, Rejection>>,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            kind: Kind::Authorize {
+                refresh,
+                inner: Some(ready),
+                req: Some(req),
+            },
         }
     }
 }
@@ -161,7 +178,7 @@ pin_project! {
         Inner { #[pin] future: S::Future },
         Rejected { rejection: Option<Rejection> },
         Authorize {
-            refresh: BoxFuture<'static, Result<Principal, Rejection>>,
+            refresh: BoxFuture<'static, Result<Admitted, Rejection>>,
             inner: Option<S>,
             req: Option<Request<ReqBody>>,
         },
@@ -217,8 +234,8 @@ where
                 } => {
                     let outcome = ready!(refresh.as_mut().poll(cx));
                     match (outcome, inner.take(), req.take()) {
-                        (Ok(principal), Some(mut svc), Some(mut req)) => {
-                            req.extensions_mut().insert(principal);
+                        (Ok(admitted), Some(mut svc), Some(mut req)) => {
+                            admitted.insert_into(req.extensions_mut());
                             Kind::Inner {
                                 future: svc.call(req),
                             }

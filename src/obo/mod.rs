@@ -1,0 +1,435 @@
+//! On-behalf-of: downstream tokens for the current caller, a moka cache, Microsoft Graph.
+//!
+//! [`OboClient`] exchanges the caller's incoming access token (the *assertion*) for a token
+//! of a named downstream API at `{authority}/{tid}/oauth2/v2.0/token` (the caller's own
+//! tenant, never `common`), with the jwt-bearer grant and the middle tier's
+//! [`ClientCredential`] (secret, certificate or federated assertion). App-only callers are
+//! refused: on-behalf-of needs a user.
+//!
+//! Tokens are cached per (assertion digest, sorted scopes, client id, tenant), never the
+//! raw token, until the earlier of the downstream token's and the incoming token's expiry
+//! minus a skew; concurrent misses for one key make one request. Entra's failures become
+//! [`OboError`]s, and [`OboClient::rejection`] turns those into the HTTP answer through
+//! the one [`Rejection`] mapping:
+//!
+//! | Entra says | answer |
+//! |---|---|
+//! | `interaction_required` / `invalid_grant` with `claims` | `401`: Entra's `insufficient_claims` challenge when the client declared `cp1`, else `invalid_token` saying a step-up is needed |
+//! | consent missing (AADSTS65001) | `403` carrying the admin-consent URL |
+//! | the assertion expired or was refused | `401 invalid_token` |
+//! | `429` | `503` with Entra's `Retry-After` |
+//! | `5xx`, timeouts | retried with backoff, then `503` |
+//! | the client credential refused, bad scopes | `500` (logged at `error`) |
+//!
+//! In a handler, [`Obo`] does it in one line:
+//!
+//! ```rust,ignore
+//! async fn profile(obo: idguard::obo::Obo) -> Result<String, idguard::Rejection> {
+//!     let token = obo.token_for("graph").await?;
+//!     // call Graph with `Authorization: Bearer {token.expose_secret()}`
+//!     Ok(token.scope().to_owned())
+//! }
+//! ```
+
+mod cache;
+mod client;
+mod credential;
+mod extract;
+mod graph;
+
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::Deserialize;
+
+pub(crate) use client::OboSettings;
+pub use client::{OboClient, OboToken};
+pub use credential::{ClientCredential, Secret};
+pub use extract::{BearerToken, Obo};
+
+use crate::error::{Rejection, RejectionKind};
+use crate::principal::Principal;
+
+/// Microsoft Graph's base URL.
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// How long before its expiry a cached downstream token stops being served.
+pub const DEFAULT_OBO_SKEW: Duration = Duration::from_secs(5 * 60);
+/// How many downstream tokens are cached.
+pub const DEFAULT_OBO_CACHE_CAPACITY: u64 = 10_000;
+/// The whole budget of one exchange, retries included.
+pub const DEFAULT_OBO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a `5xx` or network failure is retried.
+pub const DEFAULT_OBO_MAX_RETRIES: u32 = 2;
+/// The API name the Graph helpers use (`[obo.apis] graph = [...]`).
+pub const GRAPH_API: &str = "graph";
+
+/// Why no downstream token (or Graph answer) could be had.
+///
+/// Messages never contain a token, a secret, or Entra's `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OboError {
+    /// The caller is an application (app-only token): there is no user to act for.
+    #[error("on-behalf-of needs a delegated user token; app-only callers cannot be exchanged")]
+    AppOnly,
+    /// No downstream API of that name is configured.
+    #[error("no downstream api named `{0}` is configured")]
+    UnknownApi(String),
+    /// The guard has no `[obo]` configuration, or the request has no bearer token.
+    #[error("on-behalf-of is not configured for this route")]
+    NotConfigured,
+    /// Entra refused the caller's token as an assertion (expired, wrong audience, …).
+    #[error("the caller's token was refused for on-behalf-of ({code})")]
+    InvalidAssertion {
+        /// The AADSTS code, e.g. `AADSTS500133`.
+        code: String,
+    },
+    /// The downstream API needs more from the user (MFA, Conditional Access).
+    #[error("the downstream api needs a stronger sign-in (claims challenge)")]
+    ClaimsChallenge {
+        /// Entra's `claims` JSON (empty when Entra sent none).
+        claims: String,
+    },
+    /// Nobody consented to this application calling the downstream API.
+    #[error(
+        "consent is missing for a downstream api; an administrator can grant it at `{consent_url}`"
+    )]
+    ConsentRequired {
+        /// The v2 admin-consent URL for this application and resource.
+        consent_url: String,
+    },
+    /// Entra refused the middle tier's own credential.
+    #[error("entra refused the client credential ({code})")]
+    InvalidClient {
+        /// The AADSTS code.
+        code: String,
+    },
+    /// Entra or Graph throttled the request.
+    #[error("throttled; retry after {} s", retry_after.as_secs())]
+    Throttled {
+        /// How long to wait (`Retry-After`).
+        retry_after: Duration,
+    },
+    /// Entra or Graph did not answer usefully in time (after retries).
+    #[error("{0} is unavailable")]
+    Unavailable(String),
+    /// Entra refused the request for another reason (a configuration problem).
+    #[error("entra refused the request: `{error}` ({code})")]
+    Refused {
+        /// Entra's `error`.
+        error: String,
+        /// The AADSTS code.
+        code: String,
+    },
+    /// Graph answered with an error status.
+    #[error("graph answered {status}")]
+    Graph {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The client credential could not be prepared (unreadable file, bad key).
+    #[error("client credential: {0}")]
+    Credential(String),
+}
+
+/// The error body of Entra's token endpoint.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct EntraError {
+    #[serde(default)]
+    pub(crate) error: String,
+    #[serde(default)]
+    pub(crate) error_codes: Vec<u64>,
+    pub(crate) suberror: Option<String>,
+    pub(crate) claims: Option<String>,
+}
+
+/// What to do with a failed token request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Transient: try again (bounded).
+    Retry,
+    /// Final.
+    Fail(OboError),
+}
+
+/// Classifies an Entra failure (Microsoft: branch on `error` and `claims`, the codes only
+/// refine). `consent_url` is built only when consent is what is missing.
+pub(crate) fn classify(
+    status: u16,
+    body: &EntraError,
+    retry_after: Option<Duration>,
+    consent_url: impl FnOnce() -> String,
+) -> Outcome {
+    let code = body
+        .error_codes
+        .first()
+        .map(|c| format!("AADSTS{c}"))
+        .unwrap_or_default();
+    if status == 429 {
+        return Outcome::Fail(OboError::Throttled {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
+        });
+    }
+    if status >= 500 || body.error == "temporarily_unavailable" {
+        return Outcome::Retry;
+    }
+    let has = |c: u64| body.error_codes.contains(&c);
+    let claims = body.claims.clone().filter(|c| !c.is_empty());
+    match body.error.as_str() {
+        "invalid_grant" | "interaction_required"
+            if body.suberror.as_deref() == Some("consent_required")
+                || has(65_001)
+                || has(90_094)
+                || has(90_095) =>
+        {
+            Outcome::Fail(OboError::ConsentRequired {
+                consent_url: consent_url(),
+            })
+        }
+        "interaction_required" => Outcome::Fail(OboError::ClaimsChallenge {
+            claims: claims.unwrap_or_default(),
+        }),
+        "invalid_grant" if claims.is_some() => Outcome::Fail(OboError::ClaimsChallenge {
+            claims: claims.unwrap_or_default(),
+        }),
+        "invalid_grant" if has(50_076) || has(50_078) => Outcome::Fail(OboError::ClaimsChallenge {
+            claims: String::new(),
+        }),
+        "invalid_grant" => Outcome::Fail(OboError::InvalidAssertion { code }),
+        "invalid_client" | "unauthorized_client" => Outcome::Fail(OboError::InvalidClient { code }),
+        other => Outcome::Fail(OboError::Refused {
+            error: other.to_owned(),
+            code,
+        }),
+    }
+}
+
+/// The resource of a scope list: what precedes the last `/` of the first scope
+/// (`https://graph.microsoft.com/User.Read` → `https://graph.microsoft.com`); a bare scope
+/// means Graph.
+pub(crate) fn resource_of(scopes: &[String]) -> String {
+    scopes
+        .iter()
+        .find(|s| !matches!(s.as_str(), "openid" | "profile" | "offline_access"))
+        .and_then(|s| s.rsplit_once('/').map(|(r, _)| r.to_owned()))
+        .unwrap_or_else(|| DEFAULT_GRAPH_URL.to_owned())
+}
+
+/// The v2 admin-consent URL for `client_id` in tenant `tid`, asking for everything the app
+/// registration requires of `resource` (`{resource}/.default`).
+pub(crate) fn admin_consent_url(
+    authority: &str,
+    tid: &str,
+    client_id: &str,
+    resource: &str,
+) -> String {
+    let scope = format!("{resource}/.default");
+    let base = format!("{authority}/{tid}/v2.0/adminconsent");
+    match reqwest::Url::parse_with_params(&base, [("client_id", client_id), ("scope", &scope)]) {
+        Ok(url) => url.to_string(),
+        Err(_) => base,
+    }
+}
+
+/// Entra's claims challenge (`insufficient_claims`), for clients that declared `cp1`.
+pub(crate) fn claims_challenge(authority: &str, tid: &str, claims: &str) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(claims.as_bytes());
+    HeaderValue::try_from(format!(
+        "Bearer realm=\"\", authorization_uri=\"{authority}/{tid}/oauth2/v2.0/authorize\", error=\"insufficient_claims\", claims=\"{b64}\""
+    ))
+    .ok()
+}
+
+/// The answer for an [`OboError`] (DESIGN.md §4), for `principal`.
+pub(crate) fn rejection_for(
+    err: &OboError,
+    principal: &Principal,
+    authority: &str,
+    resource_metadata_url: &str,
+) -> Rejection {
+    let header = |s: String| HeaderValue::try_from(s).ok();
+    match err {
+        OboError::ClaimsChallenge { claims } => {
+            tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "on-behalf-of needs a claims challenge");
+            let challenge = if principal.handles_claims_challenges() && !claims.is_empty() {
+                claims_challenge(authority, principal.tenant_id(), claims)
+            } else {
+                header(format!(
+                    "Bearer error=\"invalid_token\", error_description=\"a downstream api requires a stronger sign-in (step-up, e.g. multi-factor authentication): sign in again\", resource_metadata=\"{resource_metadata_url}\""
+                ))
+            };
+            Rejection::new(RejectionKind::ClaimsChallenge, challenge)
+        }
+        OboError::ConsentRequired { consent_url } => {
+            tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), "on-behalf-of needs admin consent");
+            Rejection::new(
+                RejectionKind::ConsentRequired,
+                header(format!(
+                    "Bearer error=\"consent_required\", error_description=\"an administrator must grant this application consent to call a downstream api\", consent_uri=\"{consent_url}\", resource_metadata=\"{resource_metadata_url}\""
+                )),
+            )
+        }
+        OboError::InvalidAssertion { .. } => {
+            tracing::debug!(target: "idguard::rejection", reason = %err, "on-behalf-of assertion refused");
+            Rejection::new(
+                RejectionKind::InvalidToken,
+                header(format!(
+                    "Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata_url}\""
+                )),
+            )
+        }
+        OboError::AppOnly => {
+            tracing::debug!(target: "idguard::rejection", reason = %err, "on-behalf-of refused");
+            Rejection::new(RejectionKind::Forbidden, None)
+        }
+        OboError::Throttled { retry_after } => {
+            tracing::warn!(target: "idguard::rejection", reason = %err, "on-behalf-of throttled");
+            Rejection::new(RejectionKind::Throttled, None)
+                .with_retry_after(retry_after.as_secs().max(1))
+        }
+        OboError::Unavailable(_) | OboError::Graph { .. } => {
+            tracing::error!(target: "idguard::rejection", reason = %err, "on-behalf-of failed");
+            Rejection::new(RejectionKind::Unavailable, None)
+        }
+        OboError::UnknownApi(_)
+        | OboError::NotConfigured
+        | OboError::InvalidClient { .. }
+        | OboError::Refused { .. }
+        | OboError::Credential(_) => {
+            tracing::error!(target: "idguard::rejection", reason = %err, "on-behalf-of failed");
+            Rejection::new(RejectionKind::Internal, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: serde_json::Value) -> EntraError {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn classification_follows_error_then_codes() {
+        let url = || "u".to_owned();
+        let consent = body(
+            json!({"error": "invalid_grant", "error_codes": [65001], "suberror": "consent_required"}),
+        );
+        assert_eq!(
+            classify(400, &consent, None, url),
+            Outcome::Fail(OboError::ConsentRequired {
+                consent_url: "u".into()
+            })
+        );
+        let mfa = body(
+            json!({"error": "interaction_required", "error_codes": [50079], "claims": "{\"a\":1}"}),
+        );
+        assert_eq!(
+            classify(400, &mfa, None, url),
+            Outcome::Fail(OboError::ClaimsChallenge {
+                claims: "{\"a\":1}".into()
+            })
+        );
+        let expired = body(json!({"error": "invalid_grant", "error_codes": [500133]}));
+        assert_eq!(
+            classify(400, &expired, None, url),
+            Outcome::Fail(OboError::InvalidAssertion {
+                code: "AADSTS500133".into()
+            })
+        );
+        let client = body(json!({"error": "invalid_client", "error_codes": [7000215]}));
+        assert!(matches!(
+            classify(401, &client, None, url),
+            Outcome::Fail(OboError::InvalidClient { .. })
+        ));
+        assert_eq!(
+            classify(
+                429,
+                &EntraError::default(),
+                Some(Duration::from_secs(7)),
+                url
+            ),
+            Outcome::Fail(OboError::Throttled {
+                retry_after: Duration::from_secs(7)
+            })
+        );
+        assert_eq!(
+            classify(503, &EntraError::default(), None, url),
+            Outcome::Retry
+        );
+        let scope = body(json!({"error": "invalid_scope", "error_codes": [70011]}));
+        assert!(matches!(
+            classify(400, &scope, None, url),
+            Outcome::Fail(OboError::Refused { .. })
+        ));
+    }
+
+    #[test]
+    fn consent_url_is_v2_with_default_scope() {
+        assert_eq!(
+            admin_consent_url(
+                "https://login.microsoftonline.com",
+                "tid",
+                "cid",
+                "https://graph.microsoft.com"
+            ),
+            "https://login.microsoftonline.com/tid/v2.0/adminconsent?client_id=cid&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        );
+        assert_eq!(
+            resource_of(&["https://graph.microsoft.com/User.Read".into()]),
+            "https://graph.microsoft.com"
+        );
+        assert_eq!(resource_of(&["User.Read".into()]), DEFAULT_GRAPH_URL);
+    }
+
+    #[test]
+    fn claims_challenge_is_base64_of_the_claims() {
+        let h = claims_challenge(
+            "https://login.microsoftonline.com",
+            "tid",
+            "{\"access_token\":{\"acrs\":{\"essential\":true,\"value\":\"cp1\"}}}",
+        )
+        .unwrap();
+        assert_eq!(
+            h.to_str().unwrap(),
+            "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/tid/oauth2/v2.0/authorize\", error=\"insufficient_claims\", claims=\"eyJhY2Nlc3NfdG9rZW4iOnsiYWNycyI6eyJlc3NlbnRpYWwiOnRydWUsInZhbHVlIjoiY3AxIn19fQ==\""
+        );
+    }
+
+    #[test]
+    fn claims_challenge_only_for_cp1_clients() {
+        let claims = |cc: serde_json::Value| {
+            Principal::from_unvalidated_claims(
+                &json!({"tid": "t", "oid": "o", "sub": "s", "scp": "x", "xms_cc": cc}),
+            )
+            .unwrap()
+        };
+        let err = OboError::ClaimsChallenge {
+            claims: "{}".into(),
+        };
+        let cp1 = rejection_for(&err, &claims(json!(["cp1"])), "https://a", "https://r/m");
+        assert_eq!(cp1.status(), 401);
+        assert!(
+            cp1.www_authenticate()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("insufficient_claims")
+        );
+        let plain = rejection_for(&err, &claims(json!([])), "https://a", "https://r/m");
+        let h = plain
+            .www_authenticate()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            h.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+            "{h}"
+        );
+        assert!(h.contains("step-up"), "{h}");
+    }
+}
