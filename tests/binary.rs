@@ -198,6 +198,28 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
             .map(String::from)
             .collect()
     );
+    // my_profile reaches the emulated Graph on bob's behalf (on-behalf-of in dev mode).
+    let profile = http
+        .post(&url)
+        .bearer_auth(&bob)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                     "params": {"name": "my_profile", "arguments": {}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        profile.contains("Bob Reader") && profile.contains("userPrincipalName"),
+        "{profile}"
+    );
+
     // Printed tokens work on the plain API route too, and a missing token gets the challenge.
     let me = http
         .get(format!("{base}/me"))

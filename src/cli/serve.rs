@@ -111,11 +111,24 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             .addr(SocketAddr::from(([127, 0, 0, 1], args.entra_port)))
             .start()
             .await?;
+        // On-behalf-of to the emulated Graph, so `my_profile` works out of the box.
+        let obo = crate::OboConfig {
+            client_secret: Some(crate::obo::Secret::new(entra.client_secret())),
+            apis: [(
+                crate::obo::GRAPH_API.to_owned(),
+                vec!["https://graph.microsoft.com/User.Read".to_owned()],
+            )]
+            .into_iter()
+            .collect(),
+            graph_url: Some(entra.graph_url()),
+            ..crate::OboConfig::default()
+        };
         let guard = IdGuard::builder()
             .authority(entra.url())
             .tenant(entra.tenant_id())
             .client_id(entra.api_client_id())
             .resource(format!("{base}{mcp_path}"))
+            .obo(obo)
             .build()
             .await?;
         (Some(Arc::new(entra)), guard)
