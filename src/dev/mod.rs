@@ -625,16 +625,11 @@ impl DevEntra {
         key: &str,
         failure: Option<DevOboFailure>,
     ) -> Result<(), DevError> {
-        let oid = self.shared.user_oid(key)?;
-        let mut all = self
-            .shared
-            .obo_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match failure {
-            Some(f) => all.insert(oid, f),
-            None => all.remove(&oid),
-        };
+        set_failure(
+            &self.shared.obo_failures,
+            self.shared.user_oid(key)?,
+            failure,
+        );
         Ok(())
     }
 
@@ -648,16 +643,11 @@ impl DevEntra {
         key: &str,
         failure: Option<DevGraphFailure>,
     ) -> Result<(), DevError> {
-        let oid = self.shared.user_oid(key)?;
-        let mut all = self
-            .shared
-            .graph_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match failure {
-            Some(f) => all.insert(oid, f),
-            None => all.remove(&oid),
-        };
+        set_failure(
+            &self.shared.graph_failures,
+            self.shared.user_oid(key)?,
+            failure,
+        );
         Ok(())
     }
 
@@ -695,6 +685,21 @@ impl DevEntra {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut ring)
     }
+}
+
+/// Sets (or clears) one user's failure mode in a shared table.
+fn set_failure<F>(
+    table: &std::sync::Mutex<std::collections::HashMap<String, F>>,
+    oid: String,
+    failure: Option<F>,
+) {
+    let mut all = table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match failure {
+        Some(f) => all.insert(oid, f),
+        None => all.remove(&oid),
+    };
 }
 
 impl Drop for DevEntra {
