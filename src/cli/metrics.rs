@@ -43,7 +43,12 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn render(&self, tokens: &TokenStats, policies: &PolicyEngine) -> String {
+    pub(crate) fn render(
+        &self,
+        tokens: &TokenStats,
+        policies: &PolicyEngine,
+        obo: Option<crate::obo::OboStats>,
+    ) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, help: &str, kind: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -132,6 +137,23 @@ impl Metrics {
             "gauge",
             &[(String::new(), u64::from(status.last_error.is_some()))],
         );
+        if let Some(o) = obo {
+            metric(
+                "idguard_obo_tokens_total",
+                "On-behalf-of tokens handed out, by source.",
+                "counter",
+                &[
+                    ("{source=\"cache\"}".into(), o.cache_hits),
+                    ("{source=\"entra\"}".into(), o.exchanges),
+                ],
+            );
+            metric(
+                "idguard_obo_errors_total",
+                "On-behalf-of exchanges that failed.",
+                "counter",
+                &[(String::new(), o.errors)],
+            );
+        }
         out
     }
 }

@@ -108,7 +108,24 @@ pub(crate) struct Inner {
     /// Per tenant: no token requests before this instant (Entra's `Retry-After`).
     throttled: Mutex<HashMap<String, tokio::time::Instant>>,
     pub(crate) graph: Graph,
+    counters: [std::sync::atomic::AtomicU64; 3],
 }
+
+/// Counters of an [`OboClient`], for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OboStats {
+    /// Tokens served from the cache.
+    pub cache_hits: u64,
+    /// Exchanges with the token endpoint (cache misses and proactive refreshes).
+    pub exchanges: u64,
+    /// Exchanges that failed.
+    pub errors: u64,
+}
+
+const HITS: usize = 0;
+const EXCHANGES: usize = 1;
+const ERRORS: usize = 2;
 
 impl fmt::Debug for OboClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,6 +172,7 @@ impl OboClient {
                 anchor: tokio::time::Instant::now(),
                 throttled: Mutex::new(HashMap::new()),
                 graph,
+                counters: Default::default(),
             }),
         }
     }
@@ -211,6 +229,27 @@ impl OboClient {
         )
     }
 
+    /// Cache hits, exchanges and failed exchanges since start.
+    pub fn stats(&self) -> OboStats {
+        let c = |i: usize| {
+            self.inner
+                .counters
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        };
+        OboStats {
+            cache_hits: c(HITS),
+            exchanges: c(EXCHANGES),
+            errors: c(ERRORS),
+        }
+    }
+
+    fn count(&self, which: usize) {
+        if let Some(c) = self.inner.counters.get(which) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The names of the configured downstream APIs.
     pub fn apis(&self) -> impl Iterator<Item = &str> {
         self.inner.apis.keys().map(String::as_str)
@@ -245,6 +284,7 @@ impl OboClient {
         let now = tokio::time::Instant::now();
         if let Some(hit) = inner.cache.get(&key).await {
             if now < hit.deadline {
+                self.count(HITS);
                 if hit.refresh_at.is_some_and(|at| now >= at)
                     && !hit.refreshing.swap(true, Ordering::AcqRel)
                 {
@@ -299,10 +339,13 @@ impl OboClient {
         scopes: &[String],
     ) -> Result<Cached, OboError> {
         let inner = &*self.inner;
+        self.count(EXCHANGES);
         let exchange = self.exchange(principal.tenant_id(), assertion, scopes);
         let issued = tokio::time::timeout(inner.timeout, exchange)
             .await
-            .map_err(|_| OboError::Unavailable("entra (timed out)".into()))??;
+            .map_err(|_| OboError::Unavailable("entra (timed out)".into()))
+            .and_then(|r| r)
+            .inspect_err(|_| self.count(ERRORS))?;
         let now = tokio::time::Instant::now();
         let incoming_left = principal.expires_at().saturating_sub(self.unix_now());
         let ttl =

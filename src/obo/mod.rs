@@ -43,7 +43,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 pub(crate) use client::OboSettings;
-pub use client::{OboClient, OboToken};
+pub use client::{OboClient, OboStats, OboToken};
 pub use credential::{ClientCredential, Secret};
 pub use extract::{BearerToken, Obo};
 
