@@ -9,7 +9,7 @@ use crate::TokenStats;
 use crate::error::{Rejection, RejectionKind};
 use crate::policy::PolicyEngine;
 
-const KINDS: [(RejectionKind, &str); 9] = [
+const KINDS: [(RejectionKind, &str); 12] = [
     (RejectionKind::MissingToken, "missing_token"),
     (RejectionKind::InvalidToken, "invalid_token"),
     (RejectionKind::InsufficientScope, "insufficient_scope"),
@@ -19,6 +19,9 @@ const KINDS: [(RejectionKind, &str); 9] = [
     (RejectionKind::BadRequest, "bad_request"),
     (RejectionKind::Unavailable, "unavailable"),
     (RejectionKind::Internal, "internal"),
+    (RejectionKind::Throttled, "throttled"),
+    (RejectionKind::ConsentRequired, "consent_required"),
+    (RejectionKind::ClaimsChallenge, "claims_challenge"),
 ];
 
 /// Request and rejection counters of the `idguard` server.
@@ -26,7 +29,7 @@ const KINDS: [(RejectionKind, &str); 9] = [
 pub(crate) struct Metrics {
     /// By status class: 1xx..5xx.
     status: [AtomicU64; 5],
-    rejections: [AtomicU64; 9],
+    rejections: [AtomicU64; 12],
 }
 
 impl Metrics {
@@ -155,5 +158,49 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adding a rejection kind breaks this match until it gets a metrics label.
+    fn labelled(kind: RejectionKind) -> bool {
+        match kind {
+            RejectionKind::MissingToken
+            | RejectionKind::InvalidToken
+            | RejectionKind::InsufficientScope
+            | RejectionKind::StepUpRequired
+            | RejectionKind::Forbidden
+            | RejectionKind::PayloadTooLarge
+            | RejectionKind::BadRequest
+            | RejectionKind::Unavailable
+            | RejectionKind::Internal
+            | RejectionKind::Throttled
+            | RejectionKind::ConsentRequired
+            | RejectionKind::ClaimsChallenge => KINDS.iter().any(|(k, _)| *k == kind),
+        }
+    }
+
+    #[test]
+    fn every_rejection_kind_is_counted() {
+        let all = [
+            RejectionKind::MissingToken,
+            RejectionKind::InvalidToken,
+            RejectionKind::InsufficientScope,
+            RejectionKind::StepUpRequired,
+            RejectionKind::Forbidden,
+            RejectionKind::PayloadTooLarge,
+            RejectionKind::BadRequest,
+            RejectionKind::Unavailable,
+            RejectionKind::Internal,
+            RejectionKind::Throttled,
+            RejectionKind::ConsentRequired,
+            RejectionKind::ClaimsChallenge,
+        ];
+        for kind in all {
+            assert!(labelled(kind), "{kind:?} has no metrics label");
+        }
     }
 }
