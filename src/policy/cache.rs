@@ -7,7 +7,7 @@
 //! stale a list-phase decision that reads `context.now` can be.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -48,23 +48,30 @@ impl PartialEq for CallerKey {
 impl Eq for CallerKey {}
 
 impl Hash for CallerKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.fields().hash(state);
     }
 }
 
+/// The per-caller map's hasher: fast on short keys, seeded per process (tool names come
+/// from servers, so a fixed-key hash would invite collision floods).
+type Hasher = foldhash::fast::RandomState;
+
+/// Item → decision for one caller.
+pub(crate) type Decisions = HashMap<Item, bool, Hasher>;
+
 /// One caller's list decisions.
 #[derive(Debug, Default)]
-pub(crate) struct CallerDecisions(RwLock<HashMap<Item, bool>>);
+pub(crate) struct CallerDecisions(RwLock<Decisions>);
 
 impl CallerDecisions {
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, HashMap<Item, bool>> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Decisions> {
         self.0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, HashMap<Item, bool>> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Decisions> {
         self.0
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -73,7 +80,7 @@ impl CallerDecisions {
 
 #[derive(Debug)]
 pub(crate) struct ListCache {
-    callers: Cache<CallerKey, Arc<CallerDecisions>>,
+    callers: Cache<CallerKey, Arc<CallerDecisions>, Hasher>,
 }
 
 impl ListCache {
@@ -83,7 +90,7 @@ impl ListCache {
                 .name("idguard-list-decisions")
                 .max_capacity(callers)
                 .time_to_live(Duration::from_secs(60))
-                .build(),
+                .build_with_hasher(Hasher::default()),
         }
     }
 
@@ -102,7 +109,7 @@ impl ListCache {
 /// Entities of (caller, one item), reused by repeated single decisions. Entities depend on
 /// the caller and the item only, not on the policies, so no epoch is needed.
 pub(crate) struct SceneCache {
-    scenes: Cache<(CallerKey, Item), Arc<Scene>>,
+    scenes: Cache<(CallerKey, Item), Arc<Scene>, Hasher>,
 }
 
 impl std::fmt::Debug for SceneCache {
@@ -120,7 +127,7 @@ impl SceneCache {
                 .name("idguard-decision-entities")
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(300))
-                .build(),
+                .build_with_hasher(Hasher::default()),
         }
     }
 

@@ -33,7 +33,7 @@ pub(crate) struct Slicer {
     policies: Vec<(Policy, Scope)>,
     /// Every distinct principal-scope entity, indexed for the key's bitset.
     principals: Vec<EntityUid>,
-    slices: Cache<Key, Arc<PolicySet>>,
+    slices: Cache<Key, Arc<PolicySet>, foldhash::fast::RandomState>,
 }
 
 impl Slicer {
@@ -78,7 +78,7 @@ impl Slicer {
             slices: Cache::builder()
                 .name("idguard-policy-slices")
                 .max_capacity(20_000)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 
