@@ -508,3 +508,15 @@ fn entra_manifest_lists_exactly_the_roles_the_policies_use() {
     assert_eq!(roles, ["Tools.Admin", "Tools.Read"].into_iter().collect());
     assert_eq!(manifest["api"]["requestedAccessTokenVersion"], 2);
 }
+
+#[test]
+fn the_annotated_example_config_checks_clean() {
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config", "idguard.example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IDGUARD_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+}
