@@ -113,6 +113,8 @@ struct Client<'a> {
     token: String,
     session: Option<String>,
     next_id: u64,
+    /// Whether the last reply came as Server-Sent Events (else JSON).
+    last_sse: bool,
 }
 
 impl<'a> Client<'a> {
@@ -122,6 +124,7 @@ impl<'a> Client<'a> {
             token,
             session: None,
             next_id: 1,
+            last_sse: false,
         };
         if mode == Mode::Stateful {
             let init = c
@@ -174,6 +177,7 @@ impl<'a> Client<'a> {
             .to_str()
             .unwrap()
             .starts_with("text/event-stream");
+        self.last_sse = sse;
         let text = res.text().await.unwrap();
         let messages: Vec<Value> = if sse {
             text.lines()
@@ -227,6 +231,8 @@ async fn lists_and_calls(mode: Mode) {
         bob.names("tools/list", "tools", "name").await,
         set(&["whoami", "list_documents", "read_document", "my_profile"])
     );
+    // The filtered list really took the path this mode names.
+    assert_eq!(bob.last_sse, mode == Mode::Stateful);
 
     // Denied: answered like an unknown tool, and the tool never ran.
     let reply = bob
@@ -419,6 +425,7 @@ async fn a_session_belongs_to_the_caller_that_opened_it() {
         token: token(&s, "bob").await,
         session: Some(session.clone()),
         next_id: 50,
+        last_sse: false,
     };
     let res = hijack
         .post(&json!({"jsonrpc": "2.0", "id": 50, "method": "tools/list"}))

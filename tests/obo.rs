@@ -28,7 +28,7 @@ use idguard::dev::{
     DevCertificate, DevEndpoint, DevEntra, DevGraphFailure, DevOboFailure, FINANCE_GROUP_ID,
     MFA_CLAIMS, overage_user,
 };
-use idguard::obo::{BearerToken, Obo, OboError, Secret};
+use idguard::obo::{BearerToken, Obo, OboError, OboToken, Secret};
 use idguard::policy::{Item, Phase, PolicyEngine, ToolInfo};
 use idguard::{IdGuard, OboConfig, Principal, Rejection, RejectionKind};
 use serde_json::{Value, json};
@@ -118,6 +118,16 @@ impl ObStack {
 
     fn tokens(&self) -> u64 {
         self.entra.requests(DevEndpoint::Token)
+    }
+
+    /// A Graph token straight from the client for `token`'s caller.
+    async fn graph_token(&self, token: &str) -> Result<OboToken, OboError> {
+        let (p, t) = self.caller(token).await;
+        self.guard
+            .obo_client()
+            .unwrap()
+            .token_for(&p, &t, "graph")
+            .await
     }
 
     /// Direct use of the client: (principal, assertion) for `token`.
@@ -339,14 +349,7 @@ async fn certificate_credential_works_and_an_unregistered_one_fails() {
     )
     .await;
     let alice = s.entra.token_for("alice").unwrap().mint().unwrap();
-    let (p, t) = s.caller(&alice).await;
-    let err = s
-        .guard
-        .obo_client()
-        .unwrap()
-        .token_for(&p, &t, "graph")
-        .await
-        .unwrap_err();
+    let err = s.graph_token(&alice).await.unwrap_err();
     assert_eq!(
         err,
         OboError::InvalidClient {
@@ -367,14 +370,7 @@ async fn wrong_secret_fails_clearly() {
     cfg.client_secret = Some(Secret::new("not-the-secret"));
     let s = obo_stack(entra, cfg).await;
     let alice = s.entra.token_for("alice").unwrap().mint().unwrap();
-    let (p, t) = s.caller(&alice).await;
-    let err = s
-        .guard
-        .obo_client()
-        .unwrap()
-        .token_for(&p, &t, "graph")
-        .await
-        .unwrap_err();
+    let err = s.graph_token(&alice).await.unwrap_err();
     assert_eq!(
         err,
         OboError::InvalidClient {
@@ -459,20 +455,14 @@ async fn consent_missing_answers_403_with_the_admin_consent_url() {
     );
     let rejection = res.extensions().get::<Rejection>().map(Rejection::kind);
     assert!(rejection.is_none(), "extensions do not cross the wire");
-    let (p, t) = s.caller(&bob).await;
-    let err = s
-        .guard
-        .obo_client()
-        .unwrap()
-        .token_for(&p, &t, "graph")
-        .await
-        .unwrap_err();
+    let err = s.graph_token(&bob).await.unwrap_err();
     assert_eq!(
         err,
         OboError::ConsentRequired {
             consent_url: url.clone()
         }
     );
+    let (p, _) = s.caller(&bob).await;
     assert_eq!(
         s.guard.obo_client().unwrap().rejection(&err, &p).kind(),
         RejectionKind::ConsentRequired
@@ -585,14 +575,8 @@ async fn an_expired_assertion_answers_401_invalid_token() {
             s.base
         )
     );
-    let (p, t) = s.caller(&jwt).await;
     assert_eq!(
-        s.guard
-            .obo_client()
-            .unwrap()
-            .token_for(&p, &t, "graph")
-            .await
-            .unwrap_err(),
+        s.graph_token(&jwt).await.unwrap_err(),
         OboError::InvalidAssertion {
             code: "AADSTS500133".into()
         }
@@ -607,14 +591,7 @@ async fn app_only_principals_are_refused() {
     let app = s.entra.app_token("reporter").unwrap().mint().unwrap();
     let res = s.get("/api/token/graph", &app).await;
     assert_eq!(res.status(), 403);
-    let (p, t) = s.caller(&app).await;
-    let err = s
-        .guard
-        .obo_client()
-        .unwrap()
-        .token_for(&p, &t, "graph")
-        .await
-        .unwrap_err();
+    let err = s.graph_token(&app).await.unwrap_err();
     assert_eq!(err, OboError::AppOnly);
     assert!(err.to_string().contains("app-only"));
     assert_eq!(s.tokens(), 0, "Entra is never asked");
@@ -839,15 +816,9 @@ async fn no_token_or_secret_in_logs_or_answers() {
         .client_capabilities(["cp1"])
         .mint()
         .unwrap();
-    let (p, t) = s.caller(&alice).await;
-    let downstream = s
-        .guard
-        .obo_client()
-        .unwrap()
-        .token_for(&p, &t, "graph")
-        .await
-        .unwrap();
+    let downstream = s.graph_token(&alice).await.unwrap();
     secrets.push(downstream.expose_secret().to_owned());
+    let (_, t) = s.caller(&alice).await;
     assert!(!format!("{downstream:?}{t:?}{:?}", s.guard).contains(&secret));
     answers.push(s.get("/api/token/graph", &alice).await);
     answers.push(s.get("/api/profile", &alice).await);
@@ -1035,14 +1006,8 @@ async fn a_slow_token_endpoint_times_out_with_503() {
         started.elapsed() < Duration::from_secs(2),
         "the loader's own timeout"
     );
-    let (p, t) = s.caller(&bob).await;
     assert_eq!(
-        s.guard
-            .obo_client()
-            .unwrap()
-            .token_for(&p, &t, "graph")
-            .await
-            .unwrap_err(),
+        s.graph_token(&bob).await.unwrap_err(),
         OboError::Unavailable("entra (timed out)".into())
     );
 }

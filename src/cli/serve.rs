@@ -157,6 +157,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         policies: policies.clone(),
         metrics: metrics.clone(),
         entra: entra.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
     };
     let mcp_service = mcp_router(&guard, mcp_layer, &inner, &mcp_path)?;
     let mut app = Router::new()
@@ -275,6 +278,8 @@ struct AppState {
     policies: PolicyEngine,
     metrics: Arc<Metrics>,
     entra: Option<Arc<DevEntra>>,
+    /// For `/healthz`'s reachability probe (one client, reused).
+    http: reqwest::Client,
 }
 
 async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
@@ -291,9 +296,9 @@ async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
         "{authority}/{}/v2.0/.well-known/openid-configuration",
         s.guard.config().tenant().discovery_segment()
     );
-    let reachable = reqwest::Client::new()
+    let reachable = s
+        .http
         .get(&discovery)
-        .timeout(Duration::from_secs(2))
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());

@@ -2,86 +2,63 @@
 //! fields from tool results. Used by the HTTP layer (JSON and SSE replies) and by the rmcp
 //! handler wrapper alike.
 
+use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
 use super::jsonrpc::{Id, ListKind};
 use crate::policy::{Item, PolicyEngine, PromptInfo, ResourceInfo, ToolInfo};
 use crate::principal::Principal;
 
+/// The fields of a list entry that policies read. Deserializing into it skips the rest
+/// (schemas, descriptions) without building them.
+#[derive(Default, serde::Deserialize)]
+struct Entry {
+    #[serde(default)]
+    name: Value,
+    #[serde(default)]
+    uri: Value,
+    #[serde(default, rename = "uriTemplate")]
+    uri_template: Value,
+    #[serde(default)]
+    annotations: Value,
+    #[serde(default, rename = "_meta")]
+    meta: Value,
+}
+
+impl Entry {
+    fn item(&self, kind: ListKind) -> Option<Item> {
+        let string = |v: &Value| v.as_str().map(str::to_owned);
+        match kind {
+            ListKind::Tools => {
+                ToolInfo::from_fields(&self.name, &self.annotations, &self.meta).map(Item::Tool)
+            }
+            ListKind::Resources => {
+                string(&self.uri).map(|uri| Item::Resource(ResourceInfo { uri }))
+            }
+            ListKind::ResourceTemplates => {
+                string(&self.uri_template).map(|uri| Item::Resource(ResourceInfo { uri }))
+            }
+            ListKind::Prompts => string(&self.name).map(|name| Item::Prompt(PromptInfo { name })),
+        }
+    }
+}
+
 /// The items of a list result, as policies see them. Entries without a name (or URI) are
-/// returned as `None` and never shown.
+/// `None` and never shown.
 pub(crate) fn items(kind: ListKind, entries: &[Value]) -> Vec<Option<Item>> {
     entries
         .iter()
-        .map(|e| match kind {
-            ListKind::Tools => ToolInfo::from_mcp(e).map(Item::Tool),
-            ListKind::Resources => string(e, "uri").map(|uri| Item::Resource(ResourceInfo { uri })),
-            ListKind::ResourceTemplates => {
-                string(e, "uriTemplate").map(|uri| Item::Resource(ResourceInfo { uri }))
-            }
-            ListKind::Prompts => string(e, "name").map(|name| Item::Prompt(PromptInfo { name })),
+        .map(|e| {
+            Entry::deserialize(e)
+                .ok()
+                .and_then(|entry| entry.item(kind))
         })
         .collect()
 }
 
-/// An entry's item from its raw JSON, parsing only the fields policies see (schemas and
-/// descriptions are skipped, not built).
+/// An entry's item from its raw JSON (the fast path), read exactly as [`items`] reads it.
 fn head(kind: ListKind, raw: &str) -> Option<Item> {
-    #[derive(serde::Deserialize)]
-    struct Hints {
-        #[serde(rename = "readOnlyHint")]
-        read_only: Option<bool>,
-        #[serde(rename = "destructiveHint")]
-        destructive: Option<bool>,
-        #[serde(rename = "idempotentHint")]
-        idempotent: Option<bool>,
-        #[serde(rename = "openWorldHint")]
-        open_world: Option<bool>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        tags: Option<Vec<Value>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Head {
-        name: Option<String>,
-        uri: Option<String>,
-        #[serde(rename = "uriTemplate")]
-        uri_template: Option<String>,
-        annotations: Option<Hints>,
-        #[serde(rename = "_meta")]
-        meta: Option<Meta>,
-    }
-    let h: Head = serde_json::from_str(raw).ok()?;
-    match kind {
-        ListKind::Tools => {
-            let hints = h.annotations;
-            let hint = |f: fn(&Hints) -> Option<bool>| hints.as_ref().and_then(f).unwrap_or(false);
-            Some(Item::Tool(ToolInfo {
-                read_only: hint(|h| h.read_only),
-                destructive: hint(|h| h.destructive),
-                idempotent: hint(|h| h.idempotent),
-                open_world: hint(|h| h.open_world),
-                tags: h
-                    .meta
-                    .and_then(|m| m.tags)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect(),
-                name: h.name?,
-            }))
-        }
-        ListKind::Resources => h.uri.map(|uri| Item::Resource(ResourceInfo { uri })),
-        ListKind::ResourceTemplates => h
-            .uri_template
-            .map(|uri| Item::Resource(ResourceInfo { uri })),
-        ListKind::Prompts => h.name.map(|name| Item::Prompt(PromptInfo { name })),
-    }
-}
-
-fn string(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
+    serde_json::from_str::<Entry>(raw).ok()?.item(kind)
 }
 
 fn field(kind: ListKind) -> &'static str {

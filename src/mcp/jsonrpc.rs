@@ -87,7 +87,7 @@ fn parse_message(v: Value) -> Result<Message, Malformed> {
         }
         None => return Err(Malformed("neither a request nor a response")),
     };
-    let params = match m.remove("params") {
+    let mut params = match m.remove("params") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(p)) => p,
         Some(_) => return Err(Malformed("`params` must be an object")),
@@ -98,9 +98,9 @@ fn parse_message(v: Value) -> Result<Message, Malformed> {
         (_, None) => (None, Ask::Other),
         ("tools/call", Some(id)) => {
             let name = string("name").ok_or(Malformed("`tools/call` needs `params.name`"))?;
-            let arguments = match params.get("arguments") {
+            let arguments = match params.remove("arguments") {
                 None | Some(Value::Null) => None,
-                Some(Value::Object(a)) => Some(a.clone()),
+                Some(Value::Object(a)) => Some(a),
                 Some(_) => return Err(Malformed("`params.arguments` must be an object")),
             };
             (

@@ -52,17 +52,24 @@ pub enum Denials {
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct AuthorizeMcpLayer {
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
-#[derive(Debug)]
+/// What every service built from one layer uses: shared state, plus settings.
+#[derive(Clone, Debug)]
 struct Shared {
-    engine: PolicyEngine,
-    catalog: ToolCatalog,
-    sessions: Cache<String, Arc<str>>,
+    state: Arc<State>,
     max_body_bytes: usize,
     denials: Denials,
     step_up_challenge: HeaderValue,
+}
+
+/// Caches shared by all services of one layer.
+#[derive(Debug)]
+struct State {
+    engine: PolicyEngine,
+    catalog: ToolCatalog,
+    sessions: Cache<String, Arc<str>>,
 }
 
 impl AuthorizeMcpLayer {
@@ -72,35 +79,33 @@ impl AuthorizeMcpLayer {
             "Bearer error=\"insufficient_user_authentication\", error_description=\"multi-factor authentication is required\", resource_metadata=\"{resource_metadata_url}\""
         );
         Self {
-            shared: Arc::new(Shared {
-                engine,
-                catalog: ToolCatalog::new(),
-                sessions: Cache::builder()
-                    .name("idguard-mcp-sessions")
-                    .max_capacity(100_000)
-                    .time_to_idle(Duration::from_secs(24 * 3600))
-                    .build(),
+            shared: Shared {
+                state: Arc::new(State {
+                    engine,
+                    catalog: ToolCatalog::new(),
+                    sessions: Cache::builder()
+                        .name("idguard-mcp-sessions")
+                        .max_capacity(100_000)
+                        .time_to_idle(Duration::from_secs(24 * 3600))
+                        .build(),
+                }),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 denials: Denials::default(),
                 step_up_challenge: HeaderValue::try_from(challenge)
                     .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
-            }),
+            },
         }
     }
 
     /// Limit on request bodies (default [`DEFAULT_MAX_BODY_BYTES`]); larger ones get `413`.
     pub fn with_max_body_bytes(mut self, max: usize) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.max_body_bytes = max;
-        }
+        self.shared.max_body_bytes = max;
         self
     }
 
     /// How denials are answered (default [`Denials::Hidden`]).
     pub fn with_denials(mut self, denials: Denials) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.denials = denials;
-        }
+        self.shared.denials = denials;
         self
     }
 }
@@ -111,7 +116,7 @@ impl<S> Layer<S> for AuthorizeMcpLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthorizeMcp {
             inner,
-            shared: self.shared.clone(),
+            shared: Arc::new(self.shared.clone()),
         }
     }
 }
@@ -208,7 +213,7 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if let Some(sid) = &session
-        && let Some(bound) = shared.sessions.get(sid)
+        && let Some(bound) = shared.state.sessions.get(sid)
         && bound != owner
     {
         tracing::warn!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "mcp session presented by a caller other than its owner");
@@ -254,13 +259,13 @@ where
                 name,
                 arguments,
             } => {
-                let tool = match shared.catalog.get(name) {
+                let tool = match shared.state.catalog.get(name) {
                     Some(t) => Some(t),
                     None => fetch_tool(&shared, &mut inner, &parts.headers, &principal, name).await,
                 };
                 // A tool the server does not list cannot be allowed.
                 let decision = match tool {
-                    Some(tool) => shared.engine.decide(
+                    Some(tool) => shared.state.engine.decide(
                         &principal,
                         &Item::Tool(tool),
                         Phase::Call,
@@ -279,7 +284,11 @@ where
                 }
             }
             Ask::Use { id, item } => {
-                if let Decision::Deny(d) = shared.engine.decide(&principal, item, Phase::Call, None)
+                if let Decision::Deny(d) =
+                    shared
+                        .state
+                        .engine
+                        .decide(&principal, item, Phase::Call, None)
                 {
                     denials.push((id.clone(), item.clone(), d));
                 }
@@ -301,16 +310,16 @@ where
             .get(MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
     {
-        shared.sessions.insert(sid.to_owned(), owner);
+        shared.state.sessions.insert(sid.to_owned(), owner);
     }
     if pending.is_empty() {
         return res.map(Body::new);
     }
     let rewriter = ReplyRewriter {
-        engine: shared.engine.clone(),
+        engine: shared.state.engine.clone(),
         principal,
         pending,
-        catalog: shared.catalog.clone(),
+        catalog: shared.state.catalog.clone(),
     };
     rewrite_reply(res, rewriter).await
 }
@@ -365,7 +374,9 @@ fn deny(
         )
         .into_response();
     }
-    let errors: Vec<Value> = denials
+    // The rest of a batch is refused with the denied call(s): nothing reaches the server.
+    let denied_ids: Vec<Value> = denials.iter().map(|(id, _, _)| id.clone()).collect();
+    let mut all: Vec<Value> = denials
         .into_iter()
         .map(|(id, item, denied)| match shared.denials {
             Denials::Hidden => hidden_error(&id, &item),
@@ -378,16 +389,13 @@ fn deny(
             }
         })
         .collect();
-    // The rest of a batch is refused with the denied call(s): nothing reaches the server.
-    let refused_ids: Vec<&Value> = errors.iter().filter_map(|e| e.get("id")).collect();
-    let mut all = errors.clone();
     for m in messages {
         let id = match &m.ask {
             Ask::CallTool { id, .. } | Ask::Use { id, .. } | Ask::List { id, .. } => Some(id),
             Ask::Other => None,
         };
         if let Some(id) = id
-            && !refused_ids.contains(&id)
+            && !denied_ids.contains(id)
         {
             all.push(jsonrpc::error(
                 id,
@@ -490,7 +498,6 @@ where
         };
         let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
         let mut req = Request::post("/").body(Body::from(body.to_string())).ok()?;
-        *req.uri_mut() = http::Uri::from_static("/");
         for (k, v) in headers {
             if k != CONTENT_LENGTH && k.as_str() != "mcp-method" && k.as_str() != "mcp-name" {
                 req.headers_mut().append(k.clone(), v.clone());
@@ -516,8 +523,8 @@ where
             .iter()
             .filter_map(ToolInfo::from_mcp)
             .collect();
-        shared.catalog.learn(tools);
-        if let Some(t) = shared.catalog.get(name) {
+        shared.state.catalog.learn(tools);
+        if let Some(t) = shared.state.catalog.get(name) {
             return Some(t);
         }
         cursor = result

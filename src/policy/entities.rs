@@ -64,16 +64,22 @@ impl ToolInfo {
     /// Reads a tool definition from a `tools/list` result (`name`, `annotations`,
     /// `_meta.tags`). `None` when it has no string `name`.
     pub fn from_mcp(tool: &Value) -> Option<Self> {
-        let name = tool.get("name")?.as_str()?;
+        let null = Value::Null;
+        let field = |key: &str| tool.get(key).unwrap_or(&null);
+        Self::from_fields(field("name"), field("annotations"), field("_meta"))
+    }
+
+    /// The same from the three fields policies read: hints that are not booleans count as
+    /// false, tags that are not strings are skipped.
+    pub(crate) fn from_fields(name: &Value, annotations: &Value, meta: &Value) -> Option<Self> {
         let hint = |key: &str| {
-            tool.get("annotations")
-                .and_then(|a| a.get(key))
+            annotations
+                .get(key)
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
         };
-        let tags = tool
-            .get("_meta")
-            .and_then(|m| m.get("tags"))
+        let tags = meta
+            .get("tags")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
@@ -83,7 +89,7 @@ impl ToolInfo {
             })
             .unwrap_or_default();
         Some(Self {
-            name: name.to_owned(),
+            name: name.as_str()?.to_owned(),
             read_only: hint("readOnlyHint"),
             destructive: hint("destructiveHint"),
             idempotent: hint("idempotentHint"),

@@ -119,12 +119,8 @@ mod tests {
     }
 
     #[test]
-    fn digest_is_not_the_token() {
+    fn digest_is_stable_and_tells_tokens_apart() {
         let d = digest_token("header.payload.signature");
-        assert_ne!(
-            &d[..],
-            b"header.payload.signature".get(..32).unwrap_or_default()
-        );
         assert_eq!(d, digest_token("header.payload.signature"));
         assert_ne!(d, digest_token("header.payload.signaturf"));
     }
