@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/api/me", get(me))
         .route_layer(guard.validate_token_layer())
-        .merge(guard.metadata_router());
+        .merge(guard.oauth_router());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

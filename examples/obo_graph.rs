@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/api/profile", get(profile))
         .route_layer(guard.validate_token_layer())
-        .merge(guard.metadata_router());
+        .merge(guard.oauth_router());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

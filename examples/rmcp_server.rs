@@ -75,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .layer(guard.authorize_mcp_layer(policies))
                 .service(mcp),
         )
-        .merge(guard.metadata_router());
+        .merge(guard.oauth_router());
 
     let hours = Duration::from_secs(8 * 3600);
     println!("IDGUARD_MCP_URL={base}/mcp");

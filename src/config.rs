@@ -53,6 +53,9 @@ pub struct IdGuardConfig {
     /// On-behalf-of calls to downstream APIs (`[obo]`); off when absent.
     #[serde(default)]
     pub obo: Option<OboConfig>,
+    /// The OAuth proxy for MCP clients (`[oauth]`); off when absent.
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
 }
 
 /// `[server]`: what `idguard serve` runs.
@@ -80,15 +83,18 @@ pub struct McpConfig {
 }
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 7] = [
     "audiences",
     "allowed_tenants",
     "required_scopes",
     "required_roles",
+    "keys",
+    "consent_scopes",
+    "scopes",
 ];
 
 /// Sections of the configuration, as written in the file.
-const SECTIONS: [&str; 4] = ["token", "server", "mcp", "obo"];
+const SECTIONS: [&str; 5] = ["token", "server", "mcp", "obo", "oauth"];
 
 impl IdGuardConfig {
     /// Reads `path` (TOML; optional) and applies `IDGUARD_<SECTION>_<KEY>` environment
@@ -277,6 +283,70 @@ pub struct OboConfig {
     pub overage_group_ids: Vec<String>,
 }
 
+/// `[oauth]`: the OAuth proxy that lets MCP clients register (dynamic client registration,
+/// or a client-id metadata document) and sign in through Entra, which offers neither.
+///
+/// It uses the app's credential from `[obo]` to redeem codes at Entra.
+///
+/// ```toml
+/// [oauth]
+/// keys = ["…at least 32 random bytes…"]   # first seals and signs; others still open
+/// access_token_lifetime = "15m"
+/// consent_scopes = ["https://graph.microsoft.com/User.Read"]
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The proxy's issuer URL, default: the origin of `token.resource`.
+    pub issuer: Option<String>,
+    /// The API's delegated scopes clients sign in for (short names, qualified with
+    /// `token.identifier_uri` towards Entra), default `token.required_scopes`.
+    pub scopes: Option<Vec<String>>,
+    /// Secrets (at least 32 bytes each) the proxy derives its keys from. The first seals
+    /// and signs; the others still open and verify, for rotation. Required.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+    /// Lifetime of idguard-issued access tokens, default
+    /// [`DEFAULT_ACCESS_TOKEN_LIFETIME`] (never beyond the Entra token behind them).
+    pub access_token_lifetime: Option<String>,
+    /// Lifetime of refresh tokens and sessions, default [`DEFAULT_REFRESH_TOKEN_LIFETIME`].
+    pub refresh_token_lifetime: Option<String>,
+    /// Downstream scopes (e.g. Graph's) requested when the user signs in, so consent for
+    /// on-behalf-of is given up front. Default: the non-`.default` scopes of `[obo.apis]`.
+    pub consent_scopes: Option<Vec<String>>,
+    /// Accept client-id metadata documents (URL-shaped client ids), default true.
+    pub cimd: Option<bool>,
+    /// Development only: let metadata documents be fetched from loopback addresses, also
+    /// over plain http. Private, link-local and metadata addresses stay refused.
+    #[serde(default)]
+    pub cimd_allow_loopback: bool,
+    /// Dynamic registrations accepted per minute (all clients together), default 60.
+    pub registration_rate_limit: Option<u32>,
+    /// Records the in-memory state store holds, default
+    /// [`DEFAULT_MEMORY_STORE_CAPACITY`](crate::oauth::DEFAULT_MEMORY_STORE_CAPACITY).
+    pub store_capacity: Option<u64>,
+}
+
+/// Default lifetime of idguard-issued access tokens.
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// Default lifetime of proxy refresh tokens (and of the session behind them).
+pub const DEFAULT_REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// `[oauth]`, checked.
+#[derive(Clone, Debug)]
+pub(crate) struct OAuthSettings {
+    pub(crate) issuer: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) keys: Arc<crate::oauth::ProxyKeys>,
+    pub(crate) access_token_lifetime: Duration,
+    pub(crate) refresh_token_lifetime: Duration,
+    pub(crate) consent_scopes: Vec<String>,
+    pub(crate) cimd: bool,
+    pub(crate) cimd_allow_loopback: bool,
+    pub(crate) registration_rate_limit: u32,
+    pub(crate) store_capacity: u64,
+}
+
 /// `[token]`: how inbound Entra access tokens are validated.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -339,6 +409,7 @@ pub struct ResolvedConfig {
     pub(crate) jwks_min_refresh_interval: Duration,
     pub(crate) cache_capacity: u64,
     pub(crate) obo: Option<OboSettings>,
+    pub(crate) oauth: Option<OAuthSettings>,
 }
 
 impl ResolvedConfig {
@@ -532,6 +603,18 @@ impl IdGuardConfig {
             }
         }
         let cache_capacity = t.cache_capacity.unwrap_or(DEFAULT_TOKEN_CACHE_CAPACITY);
+        let oauth = self.oauth.map(|o| {
+            resolve_oauth(
+                o,
+                &OAuthContext {
+                    resource: &resource,
+                    has_credential: self.obo.is_some(),
+                    required_scopes: &t.required_scopes,
+                    obo_apis: self.obo.as_ref().map(|o| &o.apis),
+                },
+                &mut problems,
+            )
+        });
         let obo = self.obo.map(|o| resolve_obo(o, &mut problems));
 
         match tenant {
@@ -550,10 +633,158 @@ impl IdGuardConfig {
                 jwks_min_refresh_interval,
                 cache_capacity,
                 obo: obo.flatten(),
+                oauth: oauth.flatten(),
             }),
             _ => Err(ConfigError::from_problems(problems)),
         }
     }
+}
+
+/// What `[oauth]` needs from the rest of the configuration.
+struct OAuthContext<'a> {
+    resource: &'a str,
+    has_credential: bool,
+    required_scopes: &'a [String],
+    obo_apis: Option<&'a BTreeMap<String, Vec<String>>>,
+}
+
+/// Checks `[oauth]`, adding each problem under its key.
+fn resolve_oauth(
+    o: OAuthConfig,
+    cx: &OAuthContext<'_>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<OAuthSettings> {
+    let before = problems.len();
+    let mut problem = |key: &str, msg: String| problems.push(ConfigProblem::new(key, msg));
+    if !cx.has_credential {
+        problem(
+            "oauth",
+            "needs the app's client credential to redeem codes at Entra: add `[obo]` with `client_secret`, `certificate_file` + `private_key_file`, or `federated_token_file`".into(),
+        );
+    }
+    let scopes = o.scopes.unwrap_or_else(|| cx.required_scopes.to_vec());
+    if scopes.is_empty() {
+        problem(
+            "oauth.scopes",
+            "the API's scopes clients sign in for are required (default: `token.required_scopes`), e.g. `[\"mcp.tools\"]`".into(),
+        );
+    } else if scopes
+        .iter()
+        .any(|s| s.is_empty() || s.contains([' ', '"', '/', '\\']))
+    {
+        problem(
+            "oauth.scopes",
+            "short scope names (no spaces, quotes or slashes)".into(),
+        );
+    }
+    let issuer = o
+        .issuer
+        .unwrap_or_else(|| {
+            url::Url::parse(cx.resource)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default()
+        })
+        .trim_end_matches('/')
+        .to_owned();
+    let issuer_ok = url::Url::parse(&issuer).is_ok_and(|u| {
+        u.query().is_none()
+            && u.fragment().is_none()
+            && (u.scheme() == "https" || is_loopback_url(&issuer))
+    });
+    if !issuer_ok {
+        problem(
+            "oauth.issuer",
+            format!("`{issuer}` must be an https URL without query or fragment (http only on loopback)"),
+        );
+    }
+    let keys = if o.keys.is_empty() {
+        problem(
+            "oauth.keys",
+            format!("required: at least one secret of {} or more bytes (e.g. `openssl rand -base64 48`)", crate::oauth::MIN_KEY_BYTES),
+        );
+        None
+    } else {
+        let secrets: Vec<&[u8]> = o.keys.iter().map(|k| k.expose().as_bytes()).collect();
+        let keys = crate::oauth::ProxyKeys::new(&secrets);
+        if keys.is_none() {
+            problem(
+                "oauth.keys",
+                format!("every key must be at least {} bytes", crate::oauth::MIN_KEY_BYTES),
+            );
+        }
+        keys
+    };
+    let mut duration = |key: &str, value: Option<String>, default: Duration| match value {
+        None => default,
+        Some(v) => parse_duration(&v).unwrap_or_else(|msg| {
+            problem(key, msg);
+            default
+        }),
+    };
+    let access = duration(
+        "oauth.access_token_lifetime",
+        o.access_token_lifetime,
+        DEFAULT_ACCESS_TOKEN_LIFETIME,
+    );
+    let refresh = duration(
+        "oauth.refresh_token_lifetime",
+        o.refresh_token_lifetime,
+        DEFAULT_REFRESH_TOKEN_LIFETIME,
+    );
+    if access < Duration::from_secs(60) || access > Duration::from_secs(24 * 3600) {
+        problem(
+            "oauth.access_token_lifetime",
+            "must be between 1m and 1d".into(),
+        );
+    }
+    if refresh < access {
+        problem(
+            "oauth.refresh_token_lifetime",
+            "must be at least `access_token_lifetime`".into(),
+        );
+    }
+    let consent_scopes = o.consent_scopes.unwrap_or_else(|| {
+        cx.obo_apis
+            .into_iter()
+            .flat_map(|apis| apis.values().flatten())
+            .filter(|s| !s.ends_with("/.default"))
+            .filter(|s| !matches!(s.as_str(), "openid" | "profile" | "offline_access"))
+            .cloned()
+            .collect()
+    });
+    if consent_scopes
+        .iter()
+        .any(|s| s.is_empty() || s.contains([' ', '"']))
+    {
+        problem(
+            "oauth.consent_scopes",
+            "values must be non-empty and contain no spaces or quotes".into(),
+        );
+    }
+    let registration_rate_limit = o.registration_rate_limit.unwrap_or(60);
+    if registration_rate_limit == 0 {
+        problem(
+            "oauth.registration_rate_limit",
+            "must be at least 1 per minute".into(),
+        );
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(OAuthSettings {
+        issuer,
+        scopes,
+        keys: Arc::new(keys?),
+        access_token_lifetime: access,
+        refresh_token_lifetime: refresh,
+        consent_scopes,
+        cimd: o.cimd.unwrap_or(true),
+        cimd_allow_loopback: o.cimd_allow_loopback,
+        registration_rate_limit,
+        store_capacity: o
+            .store_capacity
+            .unwrap_or(crate::oauth::DEFAULT_MEMORY_STORE_CAPACITY),
+    })
 }
 
 /// Checks `[obo]`, adding each problem under its key.

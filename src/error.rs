@@ -73,6 +73,10 @@ pub enum TokenError {
     /// The signing keys could not be fetched and the token's key is not cached.
     #[error("signing keys are unavailable")]
     KeysUnavailable,
+    /// An idguard-issued token (OAuth proxy) that is altered, expired, not for this
+    /// resource, or whose session was revoked.
+    #[error("idguard-issued token is invalid, expired or revoked")]
+    SessionEnded,
 }
 
 /// One problem in a configuration, naming the key as the operator wrote it.

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Apply them with `route_layer` so unknown routes still answer 404, and keep the metadata
-//! routes ([`IdGuard::metadata_router`]) outside the auth layer: clients fetch them before
+//! routes ([`IdGuard::oauth_router`]) outside the auth layer: clients fetch them before
 //! they have a token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
-use crate::config::{IdGuardConfig, OboConfig, ResolvedConfig, TokenConfig};
+use crate::config::{IdGuardConfig, OAuthConfig, OboConfig, ResolvedConfig, TokenConfig};
 use crate::entra::{TenantMode, fetch_metadata};
 use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
+use crate::oauth::proxy::Proxy;
+use crate::oauth::{MemoryStore, OAuthStore};
 use crate::obo::{BearerToken, OboClient};
 use crate::principal::Principal;
 use crate::token::TokenValidator;
@@ -50,6 +52,7 @@ struct Inner {
     authorization_server: String,
     stats: Counters,
     obo: Option<OboClient>,
+    oauth: Option<Proxy>,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +108,8 @@ impl Clock {
 pub(crate) enum Authn {
     /// Decided without waiting.
     Done(Result<Admitted, Rejection>),
+    /// An idguard-issued token (OAuth proxy): look up its session, then decide.
+    NeedsSession { token: String },
     /// The token names an unknown `kid`: refresh the keys (once), then decide.
     NeedsRefresh { token: String, generation: u64 },
     /// A groups overage to resolve through Graph before policies see the caller.
@@ -139,14 +144,7 @@ impl IdGuard {
     ///
     /// [`StartupError`] when discovery or the keys cannot be loaded.
     pub async fn new(config: ResolvedConfig) -> Result<Self, StartupError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| StartupError::Discovery {
-                url: config.authority.clone(),
-                reason: format!("cannot build an HTTP client: {e}"),
-            })?;
+        let client = default_client(&config)?;
         Self::with_http_client(config, client).await
     }
 
@@ -158,6 +156,14 @@ impl IdGuard {
     pub async fn with_http_client(
         config: ResolvedConfig,
         client: reqwest::Client,
+    ) -> Result<Self, StartupError> {
+        Self::start(config, client, None).await
+    }
+
+    async fn start(
+        config: ResolvedConfig,
+        client: reqwest::Client,
+        store: Option<Arc<dyn OAuthStore>>,
     ) -> Result<Self, StartupError> {
         // jsonwebtoken panics on first use if two crypto backends end up enabled through
         // feature unification; choosing ours explicitly rules that out. A second install
@@ -208,7 +214,33 @@ impl IdGuard {
                 challenges.resource_metadata_url.clone(),
             )
         });
+        let oauth = match (&config.oauth, &config.obo) {
+            (Some(settings), Some(obo)) => {
+                let store = store.unwrap_or_else(|| {
+                    Arc::new(MemoryStore::new(settings.store_capacity)) as Arc<dyn OAuthStore>
+                });
+                Some(
+                    Proxy::new(
+                        settings.clone(),
+                        store,
+                        obo.credential.clone(),
+                        client.clone(),
+                        &config,
+                    )
+                    .map_err(|reason| StartupError::Discovery {
+                        url: settings.issuer.clone(),
+                        reason,
+                    })?,
+                )
+            }
+            _ => None,
+        };
+        let authorization_server = match &oauth {
+            Some(p) => p.issuer().to_owned(),
+            None => authorization_server,
+        };
         let inner = Arc::new(Inner {
+            oauth,
             obo,
             cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
             validator,
@@ -231,6 +263,11 @@ impl IdGuard {
     /// The configuration this guard runs with.
     pub fn config(&self) -> &ResolvedConfig {
         &self.inner.config
+    }
+
+    /// The OAuth proxy, when `[oauth]` is configured.
+    pub(crate) fn oauth_proxy(&self) -> Option<&Proxy> {
+        self.inner.oauth.as_ref()
     }
 
     /// The on-behalf-of client, when `[obo]` is configured.
@@ -269,6 +306,15 @@ impl IdGuard {
     ///
     /// The [`TokenError`] that made the token unacceptable.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
+        if let Some(proxy) = &self.inner.oauth
+            && proxy.is_own_token(token)
+        {
+            let entra = proxy
+                .entra_token_for(token, self.inner.config.leeway.as_secs())
+                .await
+                .ok_or(TokenError::SessionEnded)?;
+            return Box::pin(self.validate(&entra)).await;
+        }
         match self.validate_now(token, &mut None) {
             Err(TokenError::UnknownKey) => {
                 let generation = self.inner.keys.snapshot().generation();
@@ -323,6 +369,13 @@ impl IdGuard {
             Ok(token) => token,
             Err(e) => return Authn::Done(Err(self.reject(&e))),
         };
+        if let Some(proxy) = &self.inner.oauth
+            && proxy.is_own_token(token)
+        {
+            return Authn::NeedsSession {
+                token: token.to_owned(),
+            };
+        }
         let mut digest = None;
         match self.validate_now(token, &mut digest) {
             Ok(principal) => match self.admit(principal) {
@@ -353,6 +406,32 @@ impl IdGuard {
             Ok(principal) => {
                 let principal = self.admit(principal)?;
                 let token = BearerToken::new(token);
+                if self.needs_groups(&principal) {
+                    self.resolve_groups(principal, token).await
+                } else {
+                    Ok(self.admitted(principal, || token))
+                }
+            }
+            Err(e) => Err(self.reject(&e)),
+        }
+    }
+
+    /// The layer's path for an idguard-issued token: its session's Entra token, validated
+    /// like any other, is the caller's identity and on-behalf-of assertion.
+    pub(crate) async fn authenticate_session(self, token: String) -> Result<Admitted, Rejection> {
+        let Some(proxy) = &self.inner.oauth else {
+            return Err(self.reject(&TokenError::SessionEnded));
+        };
+        let Some(entra) = proxy
+            .entra_token_for(&token, self.inner.config.leeway.as_secs())
+            .await
+        else {
+            return Err(self.reject(&TokenError::SessionEnded));
+        };
+        match self.validate(&entra).await {
+            Ok(principal) => {
+                let principal = self.admit(principal)?;
+                let token = BearerToken::new(entra);
                 if self.needs_groups(&principal) {
                     self.resolve_groups(principal, token).await
                 } else {
@@ -436,6 +515,18 @@ impl IdGuard {
             }
         }
     }
+}
+
+/// 5 s to connect, 10 s in all.
+fn default_client(config: &ResolvedConfig) -> Result<reqwest::Client, StartupError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| StartupError::Discovery {
+            url: config.authority.clone(),
+            reason: format!("cannot build an HTTP client: {e}"),
+        })
 }
 
 /// The bearer token of the `Authorization` header. Only that header is read: a token in the
@@ -534,12 +625,25 @@ fn spawn_periodic_refresh(inner: Weak<Inner>, every: Duration) {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct IdGuardBuilder {
     token: TokenConfig,
     obo: Option<OboConfig>,
+    oauth: Option<OAuthConfig>,
+    store: Option<Arc<dyn OAuthStore>>,
     client: Option<reqwest::Client>,
+}
+
+impl std::fmt::Debug for IdGuardBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdGuardBuilder")
+            .field("token", &self.token)
+            .field("obo", &self.obo)
+            .field("oauth", &self.oauth)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IdGuardBuilder {
@@ -633,6 +737,20 @@ impl IdGuardBuilder {
         self
     }
 
+    /// `[oauth]`: the OAuth proxy for MCP clients (needs [`obo`](Self::obo) for the app's
+    /// credential, and [`required_scopes`](Self::required_scopes)).
+    pub fn oauth(mut self, oauth: OAuthConfig) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// Where the OAuth proxy keeps its state (default: a [`MemoryStore`]). Use a shared
+    /// store when several replicas serve the same clients.
+    pub fn oauth_store(mut self, store: Arc<dyn OAuthStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
     /// 10 s total timeout).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
@@ -649,13 +767,15 @@ impl IdGuardBuilder {
         let resolved = IdGuardConfig {
             token: self.token,
             obo: self.obo,
+            oauth: self.oauth,
             ..IdGuardConfig::default()
         }
         .resolve()?;
-        match self.client {
-            Some(client) => IdGuard::with_http_client(resolved, client).await,
-            None => IdGuard::new(resolved).await,
-        }
+        let client = match self.client {
+            Some(client) => client,
+            None => default_client(&resolved)?,
+        };
+        IdGuard::start(resolved, client, self.store).await
     }
 }
 

@@ -123,12 +123,22 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             graph_url: Some(entra.graph_url()),
             ..crate::OboConfig::default()
         };
+        // The OAuth proxy, so MCP clients can sign in through the emulator: fresh keys
+        // each start, and client-id metadata documents allowed on loopback.
+        let oauth = crate::OAuthConfig {
+            keys: vec![crate::obo::Secret::new(crate::oauth::random_token(48))],
+            scopes: Some(vec![crate::dev::DEV_SCOPE.to_owned()]),
+            cimd_allow_loopback: true,
+            ..crate::OAuthConfig::default()
+        };
+        entra.allow_redirect_uri(format!("{base}/callback"));
         let guard = IdGuard::builder()
             .authority(entra.url())
             .tenant(entra.tenant_id())
             .client_id(entra.api_client_id())
             .resource(format!("{base}{mcp_path}"))
             .obo(obo)
+            .oauth(oauth)
             .build()
             .await?;
         (Some(Arc::new(entra)), guard)
@@ -168,7 +178,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             get(|p: Principal| async move { Json(p) }).route_layer(guard.validate_token_layer()),
         )
         .merge(mcp_service)
-        .merge(guard.metadata_router())
+        .merge(guard.oauth_router())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text));
     if dev {
@@ -371,7 +381,9 @@ Try:
   idguard token mint --user bob --url {base}   # a fresh token from this dev server
   idguard policy explain --user bob --tool delete_document
 
-MCP clients: point them at {base}{mcp_path} with the header `Authorization: Bearer <token>`.
+MCP clients: point them at {base}{mcp_path}. Clients with OAuth sign in through idguard's
+OAuth proxy (registration or a client metadata document; pick a dev user at the emulator);
+others send the header `Authorization: Bearer <token>`.
 Edit {policies}/*.cedar while this runs: changes apply at once (broken edits show at /healthz).
 Ctrl-C stops.",
         entra_url = entra.url(),

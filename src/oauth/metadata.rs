@@ -32,18 +32,23 @@ impl IdGuard {
         ProtectedResourceMetadata {
             resource: c.resource().to_owned(),
             authorization_servers: vec![self.authorization_server().to_owned()],
-            scopes_supported: c
-                .required_scopes
-                .iter()
-                .map(|s| format!("{}/{s}", c.identifier_uri()))
-                .collect(),
+            scopes_supported: match self.oauth_proxy() {
+                Some(p) if c.required_scopes.is_empty() => p.api_scopes().to_vec(),
+                _ => c
+                    .required_scopes
+                    .iter()
+                    .map(|s| format!("{}/{s}", c.identifier_uri()))
+                    .collect(),
+            },
             bearer_methods_supported: vec!["header".to_owned()],
         }
     }
 
-    /// Routes serving the RFC 9728 metadata. Merge them into your router **outside** the
-    /// token layer: clients read them before they have a token.
-    pub fn metadata_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+    /// The public OAuth routes: the RFC 9728 metadata and, with `[oauth]`, the OAuth proxy
+    /// (`/.well-known/oauth-authorization-server`, `/register`, `/authorize`, `/consent`,
+    /// `/callback`, `/token`). Merge them into your router **outside** the token layer:
+    /// clients use them before they have a token.
+    pub fn oauth_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let doc = axum::Json(self.protected_resource_metadata());
         let handler = move || {
             let doc = doc.clone();
@@ -59,6 +64,9 @@ impl IdGuard {
         let mut router = Router::new().route(root, get(handler.clone()));
         if suffixed != root {
             router = router.route(&suffixed, get(handler));
+        }
+        if self.oauth_proxy().is_some() {
+            router = router.merge(super::proxy::routes(self));
         }
         router
     }

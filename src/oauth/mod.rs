@@ -1,8 +1,29 @@
-//! OAuth endpoints served next to the protected resource.
+//! OAuth endpoints served next to the protected resource
+//! ([`IdGuard::oauth_router`](crate::IdGuard::oauth_router)):
 //!
-//! Today: RFC 9728 protected-resource metadata
-//! ([`IdGuard::metadata_router`](crate::IdGuard::metadata_router)).
+//! - RFC 9728 protected-resource metadata, always;
+//! - with `[oauth]`, the **OAuth proxy**: an authorization server in front of Entra that
+//!   gives MCP clients what Entra lacks — dynamic client registration (RFC 7591) and
+//!   client-id metadata documents — with per-client consent, PKCE on both legs, exact
+//!   redirect-URI matching, single-use state and codes, refresh-token rotation with reuse
+//!   detection, and RFC 9207 `iss` in authorization responses. Clients get idguard-issued
+//!   access tokens (audience: the MCP resource); the Entra tokens stay server-side, sealed,
+//!   and on-behalf-of uses them as the caller's assertion.
+//!
+//! The proxy keeps short-lived state in an [`OAuthStore`]; the default [`MemoryStore`]
+//! suits one replica. Registrations need no store: a client id carries its registration,
+//! sealed with the proxy key.
 
+mod cimd;
+mod client;
+mod html;
+mod keys;
 mod metadata;
+pub(crate) mod proxy;
+mod store;
 
+pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys, random_token};
 pub use metadata::ProtectedResourceMetadata;
+pub use store::{
+    DEFAULT_MEMORY_STORE_CAPACITY, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,
+};

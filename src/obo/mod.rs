@@ -44,6 +44,7 @@ use serde::Deserialize;
 
 pub(crate) use client::OboSettings;
 pub use client::{OboClient, OboStats, OboToken};
+pub(crate) use credential::ClientAuth;
 pub use credential::{ClientCredential, Secret};
 pub use extract::{BearerToken, Obo};
 

@@ -128,6 +128,10 @@ where
                 );
                 self.authorize(refresh, req)
             }
+            Authn::NeedsSession { token } => {
+                let resolve = Box::pin(self.guard.clone().authenticate_session(token));
+                self.authorize(resolve, req)
+            }
             Authn::NeedsGroups { principal, token } => {
                 let resolve = Box::pin(self.guard.clone().resolve_groups(principal, token));
                 self.authorize(resolve, req)

@@ -40,7 +40,7 @@ pub(crate) async fn stack_with(
     let app = Router::new()
         .route("/api/me", get(|p: Principal| async move { Json(p) }))
         .route_layer(guard.validate_token_layer())
-        .merge(guard.metadata_router());
+        .merge(guard.oauth_router());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Stack {
         entra,

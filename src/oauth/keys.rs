@@ -1,0 +1,246 @@
+//! The proxy's key material: sealing (AES-256-GCM) and MACs (HMAC-SHA256), both derived
+//! with HKDF-SHA256 from the configured secrets (`oauth.keys`).
+//!
+//! The first key seals and signs; every key opens and verifies, so a new key can be put
+//! first while the old one still reads what it sealed (rotation). Each sealed value and
+//! each MAC names its key by a short id derived from the key. A purpose string goes into
+//! every seal (as associated data) and every MAC, so a value sealed as one thing (a client
+//! registration) never opens as another (a session).
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::{digest, hkdf, hmac, rand};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The shortest secret accepted in `oauth.keys`, in bytes.
+pub(crate) const MIN_KEY_BYTES: usize = 32;
+
+/// What a sealed value or MAC is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A registered client, carried in its client id.
+    Client,
+    /// The Entra tokens of a session, at rest in the store.
+    Session,
+    /// idguard-issued access tokens.
+    AccessToken,
+    /// The consent page's CSRF token.
+    Csrf,
+    /// The cookie binding a browser to the consent it gave.
+    Consent,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::Client => b"idguard/oauth/client/v1",
+            Self::Session => b"idguard/oauth/session/v1",
+            Self::AccessToken => b"idguard/oauth/access-token/v1",
+            Self::Csrf => b"idguard/oauth/csrf/v1",
+            Self::Consent => b"idguard/oauth/consent/v1",
+        }
+    }
+}
+
+struct Material {
+    id: String,
+    seal: LessSafeKey,
+    mac: hmac::Key,
+}
+
+/// The derived keys, first one current.
+pub(crate) struct ProxyKeys {
+    keys: Vec<Material>,
+}
+
+impl std::fmt::Debug for ProxyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
+        f.debug_struct("ProxyKeys").field("ids", &ids).finish()
+    }
+}
+
+/// Cryptographically random bytes, base64url (`n` bytes of entropy).
+pub(crate) fn random_token(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    // `fill` fails only when the OS has no entropy source; an all-zero value would be
+    // guessable, so fall back to a v4 UUID's randomness rather than return it.
+    if rand::fill(&mut buf).is_err() {
+        buf = uuid::Uuid::new_v4().as_bytes().repeat(n.div_ceil(16));
+        buf.truncate(n);
+    }
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// SHA-256, base64url: how secrets are named in the store.
+pub(crate) fn digest_b64(value: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, value.as_bytes()))
+}
+
+/// Equality in time independent of where the inputs differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl ProxyKeys {
+    /// Derives the keys; `None` when `secrets` is empty or a secret is too short.
+    pub(crate) fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Option<Self> {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"idguard oauth proxy");
+        let mut keys = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            let secret = secret.as_ref();
+            if secret.len() < MIN_KEY_BYTES {
+                return None;
+            }
+            let prk = salt.extract(secret);
+            let seal = prk
+                .expand(&[b"seal"], &AES_256_GCM)
+                .ok()
+                .map(UnboundKey::from)
+                .map(LessSafeKey::new)?;
+            let mac = prk
+                .expand(&[b"mac"], hmac::HMAC_SHA256)
+                .ok()
+                .map(hmac::Key::from)?;
+            let id = URL_SAFE_NO_PAD
+                .encode(digest::digest(&digest::SHA256, secret))
+                .chars()
+                .take(8)
+                .collect();
+            keys.push(Material { id, seal, mac });
+        }
+        (!keys.is_empty()).then_some(Self { keys })
+    }
+
+    fn current(&self) -> Option<&Material> {
+        self.keys.first()
+    }
+
+    fn by_id(&self, id: &str) -> Option<&Material> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// The id of the current key (for token headers).
+    pub(crate) fn current_id(&self) -> &str {
+        self.current().map_or("", |k| k.id.as_str())
+    }
+
+    /// `{key id}.{base64url(nonce ‖ ciphertext ‖ tag)}`.
+    pub(crate) fn seal(&self, purpose: Purpose, plaintext: &[u8]) -> Option<String> {
+        let key = self.current()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce).ok()?;
+        let mut buf = plaintext.to_vec();
+        key.seal
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(purpose.label()),
+                &mut buf,
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        Some(format!("{}.{}", key.id, URL_SAFE_NO_PAD.encode(out)))
+    }
+
+    /// The plaintext of a [`seal`](Self::seal)ed value; `None` if it was tampered with,
+    /// sealed for another purpose, or by a key no longer configured.
+    pub(crate) fn open(&self, purpose: Purpose, sealed: &str) -> Option<Vec<u8>> {
+        let (id, body) = sealed.split_once('.')?;
+        let key = self.by_id(id)?;
+        let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
+        let (nonce, ciphertext) = raw.split_at_checked(NONCE_LEN)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = ciphertext.to_vec();
+        let plain = key
+            .seal
+            .open_in_place(nonce, Aad::from(purpose.label()), &mut buf)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
+    /// HMAC of `data` with the current key: `(key id, base64url tag)`.
+    pub(crate) fn sign(&self, purpose: Purpose, data: &[u8]) -> Option<(&str, String)> {
+        let key = self.current()?;
+        Some((key.id.as_str(), Self::tag(key, purpose, data)))
+    }
+
+    /// Whether `tag` is the HMAC of `data` by key `id`.
+    pub(crate) fn verify(&self, purpose: Purpose, id: &str, data: &[u8], tag: &str) -> bool {
+        let Some(key) = self.by_id(id) else {
+            return false;
+        };
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        let mut ctx = hmac::Context::with_key(&key.mac);
+        ctx.update(purpose.label());
+        ctx.update(&[0]);
+        ctx.update(data);
+        constant_time_eq(ctx.sign().as_ref(), &tag)
+    }
+
+    fn tag(key: &Material, purpose: Purpose, data: &[u8]) -> String {
+        let mut ctx = hmac::Context::with_key(&key.mac);
+        ctx.update(purpose.label());
+        ctx.update(&[0]);
+        ctx.update(data);
+        URL_SAFE_NO_PAD.encode(ctx.sign().as_ref())
+    }
+
+    /// A self-verifying value: `{key id}.{tag}` over `data` (cookies, CSRF tokens).
+    pub(crate) fn stamp(&self, purpose: Purpose, data: &[u8]) -> Option<String> {
+        let (id, tag) = self.sign(purpose, data)?;
+        Some(format!("{id}.{tag}"))
+    }
+
+    /// Whether `stamp` is a [`stamp`](Self::stamp) of `data`.
+    pub(crate) fn check_stamp(&self, purpose: Purpose, data: &[u8], stamp: &str) -> bool {
+        stamp
+            .split_once('.')
+            .is_some_and(|(id, tag)| self.verify(purpose, id, data, tag))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const B: &[u8] = b"fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn seal_opens_only_for_its_purpose_and_keys() {
+        let keys = ProxyKeys::new(&[A]).unwrap();
+        let sealed = keys.seal(Purpose::Client, b"hello").unwrap();
+        assert_eq!(keys.open(Purpose::Client, &sealed).unwrap(), b"hello");
+        assert!(keys.open(Purpose::Session, &sealed).is_none());
+        // Rotation: a new first key still opens what the old one sealed.
+        let rotated = ProxyKeys::new(&[B, A]).unwrap();
+        assert_eq!(rotated.open(Purpose::Client, &sealed).unwrap(), b"hello");
+        assert!(ProxyKeys::new(&[B]).unwrap().open(Purpose::Client, &sealed).is_none());
+        // Any flipped character is refused.
+        let mut tampered = sealed.into_bytes();
+        let last = tampered.len() - 3;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(keys.open(Purpose::Client, &tampered).is_none());
+    }
+
+    #[test]
+    fn stamps_bind_purpose_and_data() {
+        let keys = ProxyKeys::new(&[A]).unwrap();
+        let s = keys.stamp(Purpose::Csrf, b"txn-1").unwrap();
+        assert!(keys.check_stamp(Purpose::Csrf, b"txn-1", &s));
+        assert!(!keys.check_stamp(Purpose::Csrf, b"txn-2", &s));
+        assert!(!keys.check_stamp(Purpose::Consent, b"txn-1", &s));
+        assert!(!keys.check_stamp(Purpose::Csrf, b"txn-1", "x.y"));
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert!(ProxyKeys::new(&[b"short"]).is_none());
+        assert!(ProxyKeys::new::<&[u8]>(&[]).is_none());
+    }
+}

@@ -1,0 +1,1226 @@
+//! The OAuth proxy: an authorization server in front of Entra for MCP clients that need
+//! dynamic registration (RFC 7591) or client-id metadata documents, which Entra lacks.
+//!
+//! ```text
+//! client ─ /register (DCR) or a CIMD URL as client_id
+//! client ─ /authorize ─▶ consent page (per client, CSRF, no framing)
+//!        ─ POST /consent ─▶ Entra /authorize (proxy PKCE, single-use state, binding cookie)
+//! Entra  ─ /callback ─▶ code redeemed at Entra (confidential client) ─▶ client code + iss
+//! client ─ /token (authorization_code + PKCE, refresh_token with rotation)
+//!        ◀ idguard access token (aud = the MCP resource) + refresh token
+//! ```
+//!
+//! The Entra tokens never leave the server: they are sealed in the session record, and an
+//! idguard access token names its session. [`ValidateTokenLayer`](crate::ValidateTokenLayer)
+//! accepts these tokens and Entra tokens alike: for an idguard token it validates the
+//! session's Entra access token, so the [`Principal`](crate::Principal) is the same and
+//! on-behalf-of uses the Entra token as its assertion.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::cimd::{AddressPolicy, MetadataDocuments, is_metadata_url};
+use super::client::{self, Client, RegistrationRequest};
+use super::html;
+use super::keys::{ProxyKeys, Purpose, constant_time_eq, digest_b64, random_token};
+use super::store::{OAuthStore, RecordKind};
+use crate::config::OAuthSettings;
+use crate::guard::IdGuard;
+use crate::obo::{ClientAuth, ClientCredential, EntraError, admin_consent_url};
+
+const PENDING_TTL: Duration = Duration::from_secs(600);
+const STATE_TTL: Duration = Duration::from_secs(600);
+const CODE_TTL: Duration = Duration::from_secs(120);
+const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The fixed start of every idguard access token header (before the key id).
+const TOKEN_HEADER_START: &str = r#"{"alg":"HS256","typ":"at+jwt","kid":""#;
+
+/// The proxy's state: settings, keys, store, and Entra's endpoints.
+pub(crate) struct Proxy {
+    settings: OAuthSettings,
+    keys: Arc<ProxyKeys>,
+    store: Arc<dyn OAuthStore>,
+    documents: Option<MetadataDocuments>,
+    http: reqwest::Client,
+    credential: ClientCredential,
+    authorize_endpoint: String,
+    token_endpoint: String,
+    tenant_segment: String,
+    authority: String,
+    client_id: String,
+    resource: String,
+    /// The API's scopes, fully qualified (`api://…/mcp.tools`).
+    api_scopes: Vec<String>,
+    /// base64url of [`TOKEN_HEADER_START`], cut to whole 3-byte groups.
+    token_prefix: String,
+    registrations: Mutex<Bucket>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("issuer", &self.settings.issuer)
+            .field("keys", &self.keys)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token bucket for registrations (per minute, burst of the same size).
+struct Bucket {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+/// An authorization request waiting for consent.
+#[derive(Clone, Serialize, Deserialize)]
+struct Pending {
+    client_id: String,
+    client_name: String,
+    metadata_document: bool,
+    redirect_uri: String,
+    state: Option<String>,
+    challenge: String,
+    scopes: Vec<String>,
+}
+
+/// The Entra leg of an approved request.
+#[derive(Serialize, Deserialize)]
+struct Leg {
+    pending: Pending,
+    verifier: String,
+    claims: Option<String>,
+}
+
+/// An authorization code issued to a client.
+#[derive(Serialize, Deserialize)]
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    sid: String,
+}
+
+/// A refresh token issued to a client.
+#[derive(Serialize, Deserialize)]
+struct Refresh {
+    client_id: String,
+    sid: String,
+}
+
+/// The Entra tokens behind a client's tokens (sealed at rest).
+#[derive(Serialize, Deserialize)]
+struct Session {
+    client_id: String,
+    scopes: Vec<String>,
+    oid: String,
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: u64,
+}
+
+/// The claims of an idguard access token (RFC 9068).
+#[derive(Serialize, Deserialize)]
+struct AccessClaims {
+    iss: String,
+    aud: String,
+    sub: String,
+    client_id: String,
+    scope: String,
+    iat: u64,
+    exp: u64,
+    jti: String,
+    sid: String,
+}
+
+/// What Entra's token endpoint returned.
+#[derive(Deserialize)]
+struct EntraTokens {
+    access_token: String,
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: u64,
+}
+
+/// An RFC 6749 §5.2 error.
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> Self {
+        let status = match error {
+            "invalid_client" => StatusCode::UNAUTHORIZED,
+            "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
+            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": self.error, "error_description": self.description}));
+        (self.status, no_store(), body).into_response()
+    }
+}
+
+fn no_store() -> [(http::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn pkce_s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+/// RFC 7636 §4.1: 43–128 characters of `[A-Za-z0-9-._~]`.
+fn valid_verifier(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+fn url_with(base: &str, params: &[(&str, &str)]) -> String {
+    match url::Url::parse_with_params(base, params) {
+        Ok(u) => u.to_string(),
+        Err(_) => base.to_owned(),
+    }
+}
+
+/// A redirect to the client with `params` and RFC 9207 `iss` appended to its URI's query.
+fn to_client(redirect_uri: &str, params: &[(&str, &str)], iss: &str) -> Response {
+    let Ok(mut url) = url::Url::parse(redirect_uri) else {
+        return html::error_page(StatusCode::BAD_REQUEST, "The redirect URI is invalid.");
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        q.append_pair("iss", iss);
+    }
+    let mut res = Redirect::to(url.as_str()).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        settings: OAuthSettings,
+        store: Arc<dyn OAuthStore>,
+        credential: ClientCredential,
+        http: reqwest::Client,
+        config: &crate::config::ResolvedConfig,
+    ) -> Result<Self, String> {
+        let documents = if settings.cimd {
+            Some(
+                MetadataDocuments::new(AddressPolicy {
+                    allow_loopback: settings.cimd_allow_loopback,
+                })
+                .map_err(|e| format!("cannot build the metadata document client: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let segment = config.tenant.discovery_segment().to_owned();
+        let authority = config.authority.clone();
+        let whole = TOKEN_HEADER_START.len() / 3 * 3;
+        let token_prefix = URL_SAFE_NO_PAD.encode(
+            TOKEN_HEADER_START
+                .as_bytes()
+                .get(..whole)
+                .unwrap_or_default(),
+        );
+        Ok(Self {
+            keys: settings.keys.clone(),
+            store,
+            documents,
+            http,
+            credential,
+            authorize_endpoint: format!("{authority}/{segment}/oauth2/v2.0/authorize"),
+            token_endpoint: format!("{authority}/{segment}/oauth2/v2.0/token"),
+            tenant_segment: segment,
+            authority,
+            client_id: config.client_id.clone(),
+            resource: config.resource.clone(),
+            api_scopes: settings
+                .scopes
+                .iter()
+                .map(|s| format!("{}/{s}", config.identifier_uri))
+                .collect(),
+            token_prefix,
+            registrations: Mutex::new(Bucket {
+                tokens: f64::from(settings.registration_rate_limit),
+                last: tokio::time::Instant::now(),
+            }),
+            settings,
+        })
+    }
+
+    /// The proxy's issuer identifier.
+    pub(crate) fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    /// The API's scopes, fully qualified.
+    pub(crate) fn api_scopes(&self) -> &[String] {
+        &self.api_scopes
+    }
+
+    fn callback_url(&self) -> String {
+        format!("{}/callback", self.settings.issuer)
+    }
+
+    /// RFC 8414 metadata.
+    pub(crate) fn metadata(&self) -> serde_json::Value {
+        let i = &self.settings.issuer;
+        let mut scopes = self.api_scopes.clone();
+        scopes.push("offline_access".into());
+        json!({
+            "issuer": i,
+            "authorization_endpoint": format!("{i}/authorize"),
+            "token_endpoint": format!("{i}/token"),
+            "registration_endpoint": format!("{i}/register"),
+            "scopes_supported": scopes,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "code_challenge_methods_supported": ["S256"],
+            "client_id_metadata_document_supported": self.documents.is_some(),
+            "authorization_response_iss_parameter_supported": true,
+        })
+    }
+
+    // ---------------------------------------------------------------- tokens
+
+    /// Whether `token` has the shape of an idguard access token (cheap: a prefix test).
+    pub(crate) fn is_own_token(&self, token: &str) -> bool {
+        token.starts_with(&self.token_prefix)
+    }
+
+    fn issue_access_token(&self, session: &Session, sid: &str) -> Option<(String, u64)> {
+        let now = unix_now();
+        let exp = (now + self.settings.access_token_lifetime.as_secs()).min(session.expires_at);
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            aud: self.resource.clone(),
+            sub: session.oid.clone(),
+            client_id: session.client_id.clone(),
+            scope: session.scopes.join(" "),
+            iat: now,
+            exp,
+            jti: random_token(16),
+            sid: sid.to_owned(),
+        };
+        let header = format!("{TOKEN_HEADER_START}{}\"}}", self.keys.current_id());
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).ok()?)
+        );
+        let (_, tag) = self.keys.sign(Purpose::AccessToken, input.as_bytes())?;
+        Some((format!("{input}.{tag}"), exp.saturating_sub(now)))
+    }
+
+    /// The session id of a valid idguard access token.
+    fn verify_access_token(&self, token: &str, leeway: u64) -> Option<String> {
+        let (input, tag) = token.rsplit_once('.')?;
+        let (header, payload) = input.split_once('.')?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+        if header.get("alg")?.as_str()? != "HS256" || header.get("typ")?.as_str()? != "at+jwt" {
+            return None;
+        }
+        let kid = header.get("kid")?.as_str()?;
+        if !self
+            .keys
+            .verify(Purpose::AccessToken, kid, input.as_bytes(), tag)
+        {
+            return None;
+        }
+        let claims: AccessClaims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let now = unix_now();
+        (claims.iss == self.settings.issuer
+            && claims.aud == self.resource
+            && claims.exp + leeway > now
+            && claims.iat <= now + leeway)
+            .then_some(claims.sid)
+    }
+
+    /// The Entra access token behind a valid idguard access token.
+    pub(crate) async fn entra_token_for(&self, token: &str, leeway: u64) -> Option<String> {
+        let sid = self.verify_access_token(token, leeway)?;
+        let session = self.session(&sid).await?;
+        Some(session.access_token)
+    }
+
+    async fn session(&self, sid: &str) -> Option<Session> {
+        let sealed = self.store.get(RecordKind::Session, sid).await.ok()??;
+        let sealed = String::from_utf8(sealed).ok()?;
+        let json = self.keys.open(Purpose::Session, &sealed)?;
+        serde_json::from_slice(&json).ok()
+    }
+
+    async fn put_session(&self, sid: &str, session: &Session) -> Result<(), OAuthError> {
+        let json = serde_json::to_vec(session)
+            .map_err(|_| OAuthError::new("server_error", "cannot store the session"))?;
+        let sealed = self
+            .keys
+            .seal(Purpose::Session, &json)
+            .ok_or_else(|| OAuthError::new("server_error", "cannot seal the session"))?;
+        self.store
+            .put(
+                RecordKind::Session,
+                sid,
+                sealed.into_bytes(),
+                self.settings.refresh_token_lifetime,
+            )
+            .await
+            .map_err(|e| store_failed(&e))
+    }
+
+    async fn put_json<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<(), OAuthError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|_| OAuthError::new("server_error", "cannot encode a record"))?;
+        self.store
+            .put(kind, key, bytes, ttl)
+            .await
+            .map_err(|e| store_failed(&e))
+    }
+
+    async fn take_json<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+    ) -> Result<Option<T>, OAuthError> {
+        let found = self
+            .store
+            .take(kind, key)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        Ok(found.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+    ) -> Result<Option<T>, OAuthError> {
+        let found = self
+            .store
+            .get(kind, key)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        Ok(found.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    async fn client(&self, client_id: &str) -> Result<Arc<Client>, String> {
+        if is_metadata_url(client_id) {
+            let Some(docs) = &self.documents else {
+                return Err("client-id metadata documents are turned off".into());
+            };
+            return docs.client(client_id).await.map_err(|e| e.to_string());
+        }
+        client::open_registered(&self.keys, client_id)
+            .map(Arc::new)
+            .ok_or_else(|| "unknown client (not registered here, or altered)".into())
+    }
+
+    fn allow_registration(&self) -> Result<(), u64> {
+        let per_minute = f64::from(self.settings.registration_rate_limit);
+        let mut b = self
+            .registrations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * per_minute / 60.0).min(per_minute);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.tokens) * 60.0 / per_minute).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Scopes for the client's request: the API's, narrowed to what it asked for.
+    fn requested_scopes(&self, scope: Option<&str>) -> Result<Vec<String>, String> {
+        let mut chosen = Vec::new();
+        for s in scope.unwrap_or_default().split(' ').filter(|s| !s.is_empty()) {
+            if OIDC_SCOPES.contains(&s) {
+                continue;
+            }
+            let qualified = self
+                .api_scopes
+                .iter()
+                .find(|a| *a == s || a.rsplit_once('/').is_some_and(|(_, short)| short == s));
+            match qualified {
+                Some(q) if !chosen.contains(q) => chosen.push(q.clone()),
+                Some(_) => {}
+                None => return Err(format!("`{s}` is not a scope of this server")),
+            }
+        }
+        if chosen.is_empty() {
+            chosen.clone_from(&self.api_scopes);
+        }
+        Ok(chosen)
+    }
+
+    /// The scopes of the Entra authorize request: the API's, the downstream APIs' (so
+    /// consent covers on-behalf-of up front), and the OpenID ones.
+    fn entra_authorize_scope(&self, api: &[String]) -> String {
+        let mut all: Vec<&str> = api.iter().map(String::as_str).collect();
+        all.extend(self.settings.consent_scopes.iter().map(String::as_str));
+        all.extend(["openid", "profile", "offline_access"]);
+        all.join(" ")
+    }
+
+    /// The scopes of an Entra token request: one resource (the API) only.
+    fn entra_token_scope(api: &[String]) -> String {
+        let mut all: Vec<&str> = api.iter().map(String::as_str).collect();
+        all.extend(["openid", "offline_access"]);
+        all.join(" ")
+    }
+
+    fn admin_consent_url(&self) -> String {
+        let resource = self
+            .api_scopes
+            .first()
+            .and_then(|s| s.rsplit_once('/').map(|(r, _)| r.to_owned()))
+            .unwrap_or_default();
+        admin_consent_url(&self.authority, &self.tenant_segment, &self.client_id, &resource)
+    }
+
+    /// A request to Entra's token endpoint with the confidential credential.
+    async fn entra_token(&self, mut form: Vec<(&str, String)>) -> Result<EntraTokens, EntraFailure> {
+        let auth = self
+            .credential
+            .client_auth(&self.client_id, &self.token_endpoint)
+            .map_err(|e| EntraFailure::Other(e.to_string()))?;
+        form.push(("client_id", self.client_id.clone()));
+        match auth {
+            ClientAuth::Secret(s) => form.push(("client_secret", s.expose().to_owned())),
+            ClientAuth::Assertion(a) => {
+                form.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
+                form.push(("client_assertion", a.expose().to_owned()));
+            }
+        }
+        let res = self
+            .http
+            .post(&self.token_endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| EntraFailure::Other(e.without_url().to_string()))?;
+        if res.status().is_success() {
+            return res
+                .json::<EntraTokens>()
+                .await
+                .map_err(|e| EntraFailure::Other(format!("unreadable token response: {e}")));
+        }
+        let status = res.status().as_u16();
+        let body: EntraError = res.json().await.unwrap_or_default();
+        tracing::debug!(target: "idguard::oauth", status, error = %body.error, codes = ?body.error_codes, "Entra refused the token request");
+        Err(if body.error_codes.contains(&65_001) || body.suberror.as_deref() == Some("consent_required")
+        {
+            EntraFailure::Consent
+        } else if let Some(claims) = body.claims.filter(|_| body.error == "interaction_required")
+        {
+            EntraFailure::Claims(claims)
+        } else if body.error == "invalid_grant" {
+            EntraFailure::InvalidGrant
+        } else {
+            EntraFailure::Other(format!(
+                "{} (AADSTS{})",
+                body.error,
+                body.error_codes.first().copied().unwrap_or_default()
+            ))
+        })
+    }
+}
+
+enum EntraFailure {
+    Consent,
+    Claims(String),
+    InvalidGrant,
+    Other(String),
+}
+
+fn store_failed(e: &super::store::StoreError) -> OAuthError {
+    tracing::error!(target: "idguard::oauth", error = %e, "state store failed");
+    OAuthError::new("temporarily_unavailable", "the state store is unavailable")
+}
+
+// -------------------------------------------------------------------- routes
+
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Router<S> {
+    let metadata = guard.oauth_proxy().map(Proxy::metadata).unwrap_or_default();
+    let doc = Json(metadata);
+    let as_metadata = move || {
+        let doc = doc.clone();
+        async move { doc }
+    };
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(as_metadata.clone()),
+        )
+        .route("/.well-known/openid-configuration", get(as_metadata))
+        .route("/register", post(register))
+        .route("/authorize", get(authorize))
+        .route("/consent", post(consent))
+        .route("/callback", get(callback))
+        .route("/token", post(token))
+        .with_state(guard.clone())
+}
+
+
+async fn register(State(guard): State<IdGuard>, body: axum::body::Bytes) -> Response {
+    let Some(p) = guard.oauth_proxy() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if body.len() > client::MAX_REGISTRATION_BYTES {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({"error": "invalid_client_metadata", "error_description": "the registration is too large"})),
+        )
+            .into_response();
+    }
+    if let Err(wait) = p.allow_registration() {
+        let mut res = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": "temporarily_unavailable", "error_description": "too many registrations; retry later"})),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::try_from(wait.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
+    let req: RegistrationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_client_metadata", "error_description": format!("not a registration request: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    match client::register(&p.keys, req, unix_now()) {
+        Ok(reg) => {
+            tracing::info!(target: "idguard::oauth", "client registered");
+            (StatusCode::CREATED, no_store(), Json(reg)).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.code, "error_description": e.description})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorizeParams {
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    response_type: Option<String>,
+    state: Option<String>,
+    scope: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    resource: Option<String>,
+}
+
+async fn authorize(
+    State(guard): State<IdGuard>,
+    headers: HeaderMap,
+    Query(q): Query<AuthorizeParams>,
+) -> Response {
+    let Some(p) = guard.oauth_proxy() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // Until client and redirect URI are verified, errors are shown, never redirected.
+    let Some(client_id) = q.client_id.as_deref().filter(|c| !c.is_empty()) else {
+        return html::error_page(StatusCode::BAD_REQUEST, "The request names no client.");
+    };
+    let client = match p.client(client_id).await {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::info!(target: "idguard::oauth", reason = %why, "authorize: client refused");
+            return html::error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("This client cannot sign in here: {why}."),
+            );
+        }
+    };
+    let Some(redirect_uri) = client.redirect_uri(q.redirect_uri.as_deref()) else {
+        tracing::info!(target: "idguard::oauth", "authorize: redirect URI not registered");
+        return html::error_page(
+            StatusCode::BAD_REQUEST,
+            "The redirect URI is not registered for this client.",
+        );
+    };
+    let iss = p.issuer();
+    let state = q.state.as_deref();
+    let fail = |error: &str, description: &str| {
+        let mut params = vec![("error", error), ("error_description", description)];
+        if let Some(s) = state {
+            params.push(("state", s));
+        }
+        to_client(&redirect_uri, &params, iss)
+    };
+    if q.response_type.as_deref() != Some("code") {
+        return fail("unsupported_response_type", "only `code` is supported");
+    }
+    let Some(challenge) = q.code_challenge.as_deref().filter(|c| !c.is_empty()) else {
+        return fail("invalid_request", "PKCE is required: send `code_challenge`");
+    };
+    if q.code_challenge_method.as_deref() != Some("S256") {
+        return fail("invalid_request", "PKCE `code_challenge_method` must be `S256`");
+    }
+    if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).is_err() {
+        return fail("invalid_request", "`code_challenge` is not an S256 challenge");
+    }
+    if let Some(resource) = q.resource.as_deref()
+        && resource.trim_end_matches('/') != p.resource
+    {
+        return fail("invalid_target", "`resource` is not this server");
+    }
+    let scopes = match p.requested_scopes(q.scope.as_deref()) {
+        Ok(s) => s,
+        Err(why) => return fail("invalid_scope", &why),
+    };
+    let pending = Pending {
+        client_id: client.id.clone(),
+        client_name: client.name.clone(),
+        metadata_document: client.metadata_document,
+        redirect_uri,
+        state: q.state.clone(),
+        challenge: challenge.to_owned(),
+        scopes,
+    };
+    let txn = random_token(32);
+    if let Err(e) = p
+        .put_json(RecordKind::Pending, &txn, &pending, PENDING_TTL)
+        .await
+    {
+        return e.into_response();
+    }
+    let nonce = html::cookie_value(&headers, html::CSRF_COOKIE)
+        .filter(|n| n.len() >= 22)
+        .map_or_else(|| random_token(24), str::to_owned);
+    let Some(csrf) = p
+        .keys
+        .stamp(Purpose::Csrf, format!("{txn}|{nonce}").as_bytes())
+    else {
+        return html::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot render consent.");
+    };
+    let downstream = &p.settings.consent_scopes;
+    let mut res = html::consent_page(&html::Consent {
+        client_name: &pending.client_name,
+        client_id: &pending.client_id,
+        metadata_document: pending.metadata_document,
+        redirect_uri: &pending.redirect_uri,
+        scopes: &pending.scopes,
+        downstream,
+        txn: &txn,
+        csrf: &csrf,
+    });
+    html::set_cookie(&mut res, html::CSRF_COOKIE, &nonce, PENDING_TTL);
+    res
+}
+
+#[derive(Deserialize)]
+struct ConsentForm {
+    txn: Option<String>,
+    csrf: Option<String>,
+    decision: Option<String>,
+}
+
+async fn consent(
+    State(guard): State<IdGuard>,
+    headers: HeaderMap,
+    Form(form): Form<ConsentForm>,
+) -> Response {
+    let Some(p) = guard.oauth_proxy() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (Some(txn), Some(csrf)) = (form.txn.as_deref(), form.csrf.as_deref()) else {
+        return html::error_page(StatusCode::FORBIDDEN, "The consent form is incomplete.");
+    };
+    let Some(nonce) = html::cookie_value(&headers, html::CSRF_COOKIE) else {
+        return html::error_page(
+            StatusCode::FORBIDDEN,
+            "The consent cookie is missing; start signing in again.",
+        );
+    };
+    if !p
+        .keys
+        .check_stamp(Purpose::Csrf, format!("{txn}|{nonce}").as_bytes(), csrf)
+    {
+        tracing::warn!(target: "idguard::oauth", "consent: CSRF check failed");
+        return html::error_page(StatusCode::FORBIDDEN, "The consent form is not valid.");
+    }
+    // Single use: one consent per authorization request.
+    let pending: Pending = match p.take_json(RecordKind::Pending, txn).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return html::error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in request expired or was already answered; start again.",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
+    if form.decision.as_deref() != Some("approve") {
+        tracing::info!(target: "idguard::oauth", "consent denied");
+        let mut params = vec![
+            ("error", "access_denied"),
+            ("error_description", "the user declined"),
+        ];
+        if let Some(s) = pending.state.as_deref() {
+            params.push(("state", s));
+        }
+        return to_client(&pending.redirect_uri, &params, p.issuer());
+    }
+    tracing::info!(target: "idguard::oauth", "consent given");
+    let leg = Leg {
+        pending,
+        verifier: random_token(48),
+        claims: None,
+    };
+    start_entra_leg(p, leg).await
+}
+
+/// Stores the leg under a fresh state, binds the browser to it, and redirects to Entra.
+async fn start_entra_leg(p: &Proxy, leg: Leg) -> Response {
+    let state = random_token(32);
+    let sealed = serde_json::to_vec(&leg)
+        .ok()
+        .and_then(|json| p.keys.seal(Purpose::Session, &json));
+    let Some(sealed) = sealed else {
+        return html::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot start sign-in.");
+    };
+    if let Err(e) = p
+        .store
+        .put(RecordKind::State, &state, sealed.into_bytes(), STATE_TTL)
+        .await
+    {
+        return store_failed(&e).into_response();
+    }
+    let Some(binding) = p.keys.stamp(
+        Purpose::Consent,
+        format!("{}|{state}", leg.pending.client_id).as_bytes(),
+    ) else {
+        return html::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot start sign-in.");
+    };
+    let scope = p.entra_authorize_scope(&leg.pending.scopes);
+    let callback = p.callback_url();
+    let challenge = pkce_s256(&leg.verifier);
+    let mut params = vec![
+        ("client_id", p.client_id.as_str()),
+        ("response_type", "code"),
+        ("redirect_uri", callback.as_str()),
+        ("response_mode", "query"),
+        ("scope", scope.as_str()),
+        ("state", state.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    if let Some(claims) = leg.claims.as_deref() {
+        params.push(("claims", claims));
+    }
+    let mut res = Redirect::to(&url_with(&p.authorize_endpoint, &params)).into_response();
+    html::set_cookie(&mut res, &html::binding_cookie(&state), &binding, STATE_TTL);
+    res
+}
+
+#[derive(Deserialize)]
+struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+async fn callback(
+    State(guard): State<IdGuard>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackParams>,
+) -> Response {
+    let Some(p) = guard.oauth_proxy() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
+        return html::error_page(StatusCode::BAD_REQUEST, "The sign-in answer has no state.");
+    };
+    // Single use: a replayed or forged state finds nothing.
+    let leg: Leg = match p.store.take(RecordKind::State, state).await {
+        Ok(Some(bytes)) => {
+            let leg = String::from_utf8(bytes)
+                .ok()
+                .and_then(|s| p.keys.open(Purpose::Session, &s))
+                .and_then(|json| serde_json::from_slice(&json).ok());
+            match leg {
+                Some(leg) => leg,
+                None => {
+                    return html::error_page(StatusCode::BAD_REQUEST, "The sign-in state is invalid.");
+                }
+            }
+        }
+        Ok(None) => {
+            tracing::warn!(target: "idguard::oauth", "callback: unknown or reused state");
+            return html::error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in answer is unknown, expired or was already used; start again.",
+            );
+        }
+        Err(e) => return store_failed(&e).into_response(),
+    };
+    // The browser that gave consent must be the one coming back.
+    let bound = html::cookie_value(&headers, &html::binding_cookie(state)).is_some_and(|v| {
+        p.keys.check_stamp(
+            Purpose::Consent,
+            format!("{}|{state}", leg.pending.client_id).as_bytes(),
+            v,
+        )
+    });
+    if !bound {
+        tracing::warn!(target: "idguard::oauth", "callback: consent binding missing");
+        return html::error_page(
+            StatusCode::FORBIDDEN,
+            "This browser did not approve this sign-in. Start again from your MCP client.",
+        );
+    }
+    let pending = &leg.pending;
+    let client_error = |error: &str, description: &str| {
+        let mut params = vec![("error", error), ("error_description", description)];
+        if let Some(s) = pending.state.as_deref() {
+            params.push(("state", s));
+        }
+        to_client(&pending.redirect_uri, &params, p.issuer())
+    };
+    if let Some(error) = q.error.as_deref() {
+        let description = q.error_description.as_deref().unwrap_or_default();
+        tracing::info!(target: "idguard::oauth", error, "Entra refused the sign-in");
+        if error == "consent_required" || description.contains("AADSTS65001") {
+            return html::admin_consent_page(&p.admin_consent_url());
+        }
+        let mapped = match error {
+            "access_denied" => "access_denied",
+            "invalid_scope" => "invalid_scope",
+            "temporarily_unavailable" => "temporarily_unavailable",
+            _ => "server_error",
+        };
+        return client_error(mapped, "the identity provider refused the sign-in");
+    }
+    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
+        return client_error("server_error", "the identity provider sent no code");
+    };
+    let form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("redirect_uri", p.callback_url()),
+        ("code_verifier", leg.verifier.clone()),
+        ("scope", Proxy::entra_token_scope(&pending.scopes)),
+    ];
+    let tokens = match p.entra_token(form).await {
+        Ok(t) => t,
+        Err(EntraFailure::Consent) => return html::admin_consent_page(&p.admin_consent_url()),
+        Err(EntraFailure::Claims(claims)) => {
+            // A claims challenge (MFA, a conditional access policy): sign in again with it.
+            let again = Leg {
+                pending: leg.pending.clone(),
+                verifier: random_token(48),
+                claims: Some(claims),
+            };
+            return start_entra_leg(p, again).await;
+        }
+        Err(EntraFailure::InvalidGrant) => {
+            return client_error("access_denied", "the identity provider refused the code");
+        }
+        Err(EntraFailure::Other(why)) => {
+            tracing::warn!(target: "idguard::oauth", reason = %why, "code redemption failed");
+            return client_error("server_error", "the identity provider could not be reached");
+        }
+    };
+    // The token must be one this API accepts, for a user.
+    let principal = match guard.validate(&tokens.access_token).await {
+        Ok(p) if !p.is_app_only() => p,
+        Ok(_) => return client_error("access_denied", "not a user sign-in"),
+        Err(e) => {
+            tracing::warn!(target: "idguard::oauth", reason = %e, "Entra issued a token this API refuses");
+            return client_error("access_denied", "the signed-in account cannot use this server");
+        }
+    };
+    let sid = random_token(32);
+    let session = Session {
+        client_id: pending.client_id.clone(),
+        scopes: pending.scopes.clone(),
+        oid: principal.object_id().to_owned(),
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        expires_at: unix_now() + tokens.expires_in,
+    };
+    if let Err(e) = p.put_session(&sid, &session).await {
+        return e.into_response();
+    }
+    let code = random_token(32);
+    let record = Code {
+        client_id: pending.client_id.clone(),
+        redirect_uri: pending.redirect_uri.clone(),
+        challenge: pending.challenge.clone(),
+        sid,
+    };
+    if let Err(e) = p
+        .put_json(RecordKind::Code, &digest_b64(&code), &record, CODE_TTL)
+        .await
+    {
+        return e.into_response();
+    }
+    tracing::info!(target: "idguard::oauth", tenant = principal.tenant_id(), oid = principal.object_id(), "signed in; code issued");
+    let mut params = vec![("code", code.as_str())];
+    if let Some(s) = pending.state.as_deref() {
+        params.push(("state", s));
+    }
+    let mut res = to_client(&pending.redirect_uri, &params, p.issuer());
+    html::clear_cookie(&mut res, &html::binding_cookie(state));
+    res
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    client_id: Option<String>,
+    refresh_token: Option<String>,
+    resource: Option<String>,
+}
+
+async fn token(State(guard): State<IdGuard>, Form(form): Form<TokenForm>) -> Response {
+    let Some(p) = guard.oauth_proxy() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Some(resource) = form.resource.as_deref()
+        && resource.trim_end_matches('/') != p.resource
+    {
+        return OAuthError::new("invalid_target", "`resource` is not this server").into_response();
+    }
+    let result = match form.grant_type.as_deref() {
+        Some("authorization_code") => redeem_code(p, &form).await,
+        Some("refresh_token") => refresh(p, &form).await,
+        _ => Err(OAuthError::new(
+            "unsupported_grant_type",
+            "use `authorization_code` or `refresh_token`",
+        )),
+    };
+    match result {
+        Ok(body) => (StatusCode::OK, no_store(), Json(body)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn redeem_code(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuthError> {
+    let code = form
+        .code
+        .as_deref()
+        .ok_or_else(|| OAuthError::new("invalid_request", "`code` is required"))?;
+    let client_id = form
+        .client_id
+        .as_deref()
+        .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
+    let key = digest_b64(code);
+    let Some(record) = p.take_json::<Code>(RecordKind::Code, &key).await? else {
+        // A replayed code: revoke what the first redemption issued (OAuth 2.1 §4.1.3).
+        if let Some(used) = p.get_json::<Refresh>(RecordKind::UsedCode, &key).await? {
+            tracing::warn!(target: "idguard::oauth", "authorization code replayed; session revoked");
+            p.store
+                .remove(RecordKind::Session, &used.sid)
+                .await
+                .map_err(|e| store_failed(&e))?;
+        }
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the code is invalid, expired or already used",
+        ));
+    };
+    let used = Refresh {
+        client_id: record.client_id.clone(),
+        sid: record.sid.clone(),
+    };
+    p.put_json(RecordKind::UsedCode, &key, &used, CODE_TTL * 5)
+        .await?;
+    let refuse = |why: &str| Err(OAuthError::new("invalid_grant", why));
+    if record.client_id != client_id {
+        return refuse("the code was issued to another client");
+    }
+    if form.redirect_uri.as_deref() != Some(record.redirect_uri.as_str()) {
+        return refuse("`redirect_uri` differs from the authorization request");
+    }
+    let verifier = form.code_verifier.as_deref().unwrap_or_default();
+    if !valid_verifier(verifier)
+        || !constant_time_eq(pkce_s256(verifier).as_bytes(), record.challenge.as_bytes())
+    {
+        return refuse("the PKCE `code_verifier` does not match");
+    }
+    let session = p
+        .session(&record.sid)
+        .await
+        .ok_or_else(|| OAuthError::new("invalid_grant", "the sign-in session ended"))?;
+    issue(p, &session, &record.sid).await
+}
+
+async fn issue(p: &Proxy, session: &Session, sid: &str) -> Result<serde_json::Value, OAuthError> {
+    let (access, expires_in) = p
+        .issue_access_token(session, sid)
+        .ok_or_else(|| OAuthError::new("server_error", "cannot issue a token"))?;
+    let refresh = random_token(32);
+    let record = Refresh {
+        client_id: session.client_id.clone(),
+        sid: sid.to_owned(),
+    };
+    p.put_json(
+        RecordKind::RefreshToken,
+        &digest_b64(&refresh),
+        &record,
+        p.settings.refresh_token_lifetime,
+    )
+    .await?;
+    Ok(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "refresh_token": refresh,
+        "scope": session.scopes.join(" "),
+    }))
+}
+
+async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuthError> {
+    let token = form
+        .refresh_token
+        .as_deref()
+        .ok_or_else(|| OAuthError::new("invalid_request", "`refresh_token` is required"))?;
+    let client_id = form
+        .client_id
+        .as_deref()
+        .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
+    let key = digest_b64(token);
+    let Some(record) = p.take_json::<Refresh>(RecordKind::RefreshToken, &key).await? else {
+        // Reuse of a rotated token: someone else holds the family; revoke it.
+        if let Some(used) = p
+            .get_json::<Refresh>(RecordKind::UsedRefreshToken, &key)
+            .await?
+        {
+            tracing::warn!(target: "idguard::oauth", "refresh token reused; session revoked");
+            p.store
+                .remove(RecordKind::Session, &used.sid)
+                .await
+                .map_err(|e| store_failed(&e))?;
+        }
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token is invalid, expired or already used",
+        ));
+    };
+    p.put_json(
+        RecordKind::UsedRefreshToken,
+        &key,
+        &record,
+        p.settings.refresh_token_lifetime,
+    )
+    .await?;
+    if record.client_id != client_id {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token was issued to another client",
+        ));
+    }
+    let mut session = p
+        .session(&record.sid)
+        .await
+        .ok_or_else(|| OAuthError::new("invalid_grant", "the session was revoked or expired"))?;
+    // Renew the Entra token when it would end before the new access token.
+    let needed = unix_now() + p.settings.access_token_lifetime.as_secs();
+    if session.expires_at < needed {
+        let Some(entra_refresh) = session.refresh_token.clone() else {
+            return Err(OAuthError::new("invalid_grant", "sign in again"));
+        };
+        let form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", entra_refresh),
+            ("scope", Proxy::entra_token_scope(&session.scopes)),
+        ];
+        match p.entra_token(form).await {
+            Ok(t) => {
+                session.access_token = t.access_token;
+                if t.refresh_token.is_some() {
+                    session.refresh_token = t.refresh_token;
+                }
+                session.expires_at = unix_now() + t.expires_in;
+                p.put_session(&record.sid, &session).await?;
+            }
+            Err(EntraFailure::Other(why)) => {
+                tracing::warn!(target: "idguard::oauth", reason = %why, "Entra refresh failed");
+                return Err(OAuthError::new(
+                    "temporarily_unavailable",
+                    "the identity provider could not be reached",
+                ));
+            }
+            Err(_) => {
+                p.store
+                    .remove(RecordKind::Session, &record.sid)
+                    .await
+                    .map_err(|e| store_failed(&e))?;
+                return Err(OAuthError::new("invalid_grant", "sign in again"));
+            }
+        }
+    }
+    issue(p, &session, &record.sid).await
+}

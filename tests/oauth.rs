@@ -1,0 +1,806 @@
+//! The OAuth proxy over real HTTP on loopback, against the dev Entra emulator: metadata,
+//! registration (DCR and client-id metadata documents), consent, both PKCE legs, the
+//! callback, the token endpoint with rotation, and every refusal the issue names.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Stack, stack_with};
+use idguard::dev::{DevEntra, DevSignInFailure};
+use idguard::obo::Secret;
+use idguard::{IdGuardBuilder, OAuthConfig, OboConfig};
+use serde_json::{Value, json};
+
+const KEY: &str = "test-proxy-key-0123456789abcdef-0123456789";
+const CLIENT_REDIRECT: &str = "http://127.0.0.1:33418/callback";
+
+fn oauth_config() -> OAuthConfig {
+    OAuthConfig {
+        keys: vec![Secret::new(KEY)],
+        ..OAuthConfig::default()
+    }
+}
+
+fn configure(entra: &DevEntra, oauth: OAuthConfig) -> impl FnOnce(IdGuardBuilder) -> IdGuardBuilder {
+    let obo = OboConfig {
+        client_secret: Some(Secret::new(entra.client_secret())),
+        apis: BTreeMap::from([(
+            "graph".to_owned(),
+            vec!["https://graph.microsoft.com/User.Read".to_owned()],
+        )]),
+        graph_url: Some(entra.graph_url()),
+        ..OboConfig::default()
+    };
+    move |b| b.required_scopes(["mcp.tools"]).obo(obo).oauth(oauth)
+}
+
+async fn proxy_stack_with(oauth: OAuthConfig) -> Stack {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let configure = configure(&entra, oauth);
+    let stack = stack_with(entra, configure).await;
+    stack.entra.allow_redirect_uri(format!("{}/callback", stack.base));
+    stack.entra.set_sign_in_user(Some("alice")).unwrap();
+    stack
+}
+
+async fn proxy_stack() -> Stack {
+    proxy_stack_with(oauth_config()).await
+}
+
+/// A browser: no automatic redirects, its own cookie jar.
+struct Browser {
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn keep_cookies(&mut self, res: &reqwest::Response) {
+        for v in res.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if v.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn get(&mut self, url: &str) -> reqwest::Response {
+        let res = self
+            .http
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&res);
+        res
+    }
+
+    async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let res = self
+            .http
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&res);
+        res
+    }
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no redirect ({})", res.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn query(url: &str) -> HashMap<String, String> {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap() + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn pkce() -> (String, String) {
+    let verifier = format!("v{}", "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG");
+    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    (verifier, challenge)
+}
+
+async fn register(s: &Stack, redirect: &str) -> String {
+    let res = s
+        .http
+        .post(format!("{}/register", s.base))
+        .json(&json!({
+            "redirect_uris": [redirect],
+            "client_name": "Test MCP client",
+            "application_type": "native",
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["client_id"].as_str().unwrap().to_owned()
+}
+
+fn authorize_url(s: &Stack, client_id: &str, redirect: &str, challenge: &str) -> String {
+    reqwest::Url::parse_with_params(
+        &format!("{}/authorize", s.base),
+        [
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", redirect),
+            ("state", "client-state-1"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+            ("scope", "mcp.tools offline_access"),
+            ("resource", &format!("{}/api", s.base)),
+        ],
+    )
+    .unwrap()
+    .to_string()
+}
+
+/// Authorize and approve: the Entra URL the browser is sent to.
+async fn consent(b: &mut Browser, s: &Stack, client_id: &str, challenge: &str) -> String {
+    let res = b
+        .get(&authorize_url(s, client_id, CLIENT_REDIRECT, challenge))
+        .await;
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    let (txn, csrf) = (hidden(&html, "txn"), hidden(&html, "csrf"));
+    let res = b
+        .post_form(
+            &format!("{}/consent", s.base),
+            &[("txn", &txn), ("csrf", &csrf), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(res.status(), 303, "consent approval redirects to Entra");
+    location(&res)
+}
+
+/// Follows Entra (auto sign-in) back to the proxy's callback URL.
+async fn through_entra(b: &mut Browser, entra_url: &str) -> String {
+    let res = b.get(entra_url).await;
+    assert_eq!(res.status(), 302, "{}", res.text().await.unwrap_or_default());
+    location(&res)
+}
+
+/// The whole browser part: the client's redirect with `code`, `state` and `iss`.
+async fn sign_in(s: &Stack, client_id: &str, challenge: &str) -> HashMap<String, String> {
+    let mut b = Browser::new();
+    let entra_url = consent(&mut b, s, client_id, challenge).await;
+    let callback = through_entra(&mut b, &entra_url).await;
+    let res = b.get(&callback).await;
+    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
+    let back = location(&res);
+    assert!(back.starts_with(CLIENT_REDIRECT), "{back}");
+    query(&back)
+}
+
+async fn token(s: &Stack, form: &[(&str, &str)]) -> (u16, Value) {
+    let res = s
+        .http
+        .post(format!("{}/token", s.base))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn redeem(s: &Stack, client_id: &str, code: &str, verifier: &str) -> (u16, Value) {
+    token(
+        s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("client_id", client_id),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await
+}
+
+async fn refresh(s: &Stack, client_id: &str, refresh_token: &str) -> (u16, Value) {
+    token(
+        s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn metadata_names_the_proxy() {
+    let s = proxy_stack().await;
+    let asm: Value = s
+        .http
+        .get(format!("{}/.well-known/oauth-authorization-server", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asm["issuer"], s.base);
+    assert_eq!(asm["authorization_endpoint"], format!("{}/authorize", s.base));
+    assert_eq!(asm["token_endpoint"], format!("{}/token", s.base));
+    assert_eq!(asm["registration_endpoint"], format!("{}/register", s.base));
+    assert_eq!(asm["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(asm["client_id_metadata_document_supported"], true);
+    assert_eq!(asm["authorization_response_iss_parameter_supported"], true);
+    assert_eq!(asm["token_endpoint_auth_methods_supported"], json!(["none"]));
+    assert_eq!(
+        asm["grant_types_supported"],
+        json!(["authorization_code", "refresh_token"])
+    );
+    let oidc: Value = s
+        .http
+        .get(format!("{}/.well-known/openid-configuration", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(oidc, asm);
+    let prm: Value = s
+        .http
+        .get(format!("{}/.well-known/oauth-protected-resource/api", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prm["authorization_servers"], json!([s.base]));
+    assert_eq!(
+        prm["scopes_supported"],
+        json!([format!("api://{}/mcp.tools", s.entra.api_client_id())])
+    );
+}
+
+#[tokio::test]
+async fn the_whole_flow_then_refresh_with_rotation() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (verifier, challenge) = pkce();
+    let back = sign_in(&s, &client_id, &challenge).await;
+    assert_eq!(back["state"], "client-state-1");
+    assert_eq!(back["iss"], s.base, "RFC 9207 iss");
+
+    let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    let access = tokens["access_token"].as_str().unwrap();
+    // The client holds an idguard token for this resource, not the Entra token.
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(access.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], format!("{}/api", s.base));
+    assert_eq!(claims["iss"], s.base);
+    assert!(claims.get("tid").is_none() && claims.get("name").is_none());
+
+    let me: Value = s.me(Some(access)).await.json().await.unwrap();
+    let alice = &s.entra.users().iter().find(|u| u.key == "alice").unwrap().object_id;
+    assert_eq!(&me["object_id"], alice, "same principal as a direct Entra token");
+    // A direct Entra token still works (pre-authorized clients).
+    let direct = s.entra.token_for("alice").unwrap().mint().unwrap();
+    assert_eq!(s.me(Some(&direct)).await.status(), 200);
+
+    let rt1 = tokens["refresh_token"].as_str().unwrap();
+    let (status, renewed) = refresh(&s, &client_id, rt1).await;
+    assert_eq!(status, 200, "{renewed}");
+    let access2 = renewed["access_token"].as_str().unwrap();
+    let rt2 = renewed["refresh_token"].as_str().unwrap();
+    assert_ne!(rt1, rt2, "rotated");
+    assert_eq!(s.me(Some(access2)).await.status(), 200);
+
+    // Reusing the rotated token revokes the whole family: the new tokens stop working.
+    let (status, err) = refresh(&s, &client_id, rt1).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(s.me(Some(access2)).await.status(), 401);
+    let (status, err) = refresh(&s, &client_id, rt2).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn a_code_is_single_use_and_a_replay_revokes_what_it_issued() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (verifier, challenge) = pkce();
+    let back = sign_in(&s, &client_id, &challenge).await;
+    let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    assert_eq!(status, 200);
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(s.me(Some(access)).await.status(), 200);
+    let (status, err) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(s.me(Some(access)).await.status(), 401, "replay revoked the session");
+}
+
+#[tokio::test]
+async fn the_verifier_redirect_and_client_must_match_the_code() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (verifier, challenge) = pkce();
+
+    let back = sign_in(&s, &client_id, &challenge).await;
+    let wrong = "w".repeat(43);
+    let (status, err) = redeem(&s, &client_id, &back["code"], &wrong).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    let (status, _) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    assert_eq!(status, 400, "a failed redemption used the code up");
+
+    let back = sign_in(&s, &client_id, &challenge).await;
+    let (status, err) = token(
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &back["code"]),
+            ("redirect_uri", "http://127.0.0.1:33418/other"),
+            ("client_id", &client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+
+    let back = sign_in(&s, &client_id, &challenge).await;
+    let other = register(&s, CLIENT_REDIRECT).await;
+    let (status, err) = redeem(&s, &other, &back["code"], &verifier).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn unknown_clients_and_unregistered_redirects_are_never_redirected_to() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    // An open redirect: a URI the client never registered.
+    let res = b
+        .get(&authorize_url(&s, &client_id, "https://attacker.example/cb", &challenge))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.headers().get("location").is_none());
+    // A near miss of the registered URI.
+    let res = b
+        .get(&authorize_url(&s, &client_id, "http://127.0.0.1:33418/callback/x", &challenge))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.headers().get("location").is_none());
+    // Loopback: only the port may vary (RFC 8252).
+    let res = b
+        .get(&authorize_url(&s, &client_id, "http://127.0.0.1:50123/callback", &challenge))
+        .await;
+    assert_eq!(res.status(), 200);
+    // A tampered registration: one character of the sealed client id changed.
+    let mut tampered = client_id.clone().into_bytes();
+    let at = tampered.len() - 5;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let res = b
+        .get(&authorize_url(&s, &tampered, CLIENT_REDIRECT, &challenge))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.headers().get("location").is_none());
+    // A client id made up by the caller.
+    let res = b
+        .get(&authorize_url(&s, "my-own-client", CLIENT_REDIRECT, &challenge))
+        .await;
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn pkce_s256_is_required() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    for params in [
+        vec![],
+        vec![("code_challenge", challenge.as_str())],
+        vec![
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "plain"),
+        ],
+    ] {
+        let mut all = vec![
+            ("response_type", "code"),
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("state", "st"),
+        ];
+        all.extend(params);
+        let url = reqwest::Url::parse_with_params(&format!("{}/authorize", s.base), &all).unwrap();
+        let res = b.get(url.as_str()).await;
+        assert_eq!(res.status(), 303);
+        let q = query(&location(&res));
+        assert_eq!(q["error"], "invalid_request");
+        assert_eq!(q["state"], "st");
+        assert_eq!(q["iss"], s.base);
+    }
+}
+
+#[tokio::test]
+async fn consent_needs_its_csrf_token_and_cookie() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    let res = b
+        .get(&authorize_url(&s, &client_id, CLIENT_REDIRECT, &challenge))
+        .await;
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-"), "{cookie}");
+    for flag in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Test MCP client") && html.contains("127.0.0.1"));
+    let txn = hidden(&html, "txn");
+    let csrf = hidden(&html, "csrf");
+    let consent_url = format!("{}/consent", s.base);
+
+    // No CSRF token.
+    let res = b
+        .post_form(&consent_url, &[("txn", &txn), ("decision", "approve")])
+        .await;
+    assert_eq!(res.status(), 403);
+    // The right token from a browser without the cookie (a cross-site form post).
+    let res = Browser::new()
+        .post_form(
+            &consent_url,
+            &[("txn", &txn), ("csrf", &csrf), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    // The token of another request.
+    let res = b
+        .get(&authorize_url(&s, &client_id, CLIENT_REDIRECT, &challenge))
+        .await;
+    let other_txn = hidden(&res.text().await.unwrap(), "txn");
+    let res = b
+        .post_form(
+            &consent_url,
+            &[("txn", &other_txn), ("csrf", &csrf), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    // The real thing still works.
+    let res = b
+        .post_form(
+            &consent_url,
+            &[("txn", &txn), ("csrf", &csrf), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert!(location(&res).starts_with(&s.entra.authorize_endpoint(s.entra.tenant_id())));
+}
+
+#[tokio::test]
+async fn denying_consent_tells_the_client() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    let res = b
+        .get(&authorize_url(&s, &client_id, CLIENT_REDIRECT, &challenge))
+        .await;
+    let html = res.text().await.unwrap();
+    let res = b
+        .post_form(
+            &format!("{}/consent", s.base),
+            &[
+                ("txn", &hidden(&html, "txn")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("decision", "deny"),
+            ],
+        )
+        .await;
+    let q = query(&location(&res));
+    assert_eq!(q["error"], "access_denied");
+    assert_eq!(q["state"], "client-state-1");
+}
+
+#[tokio::test]
+async fn state_is_single_use_and_must_be_known() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
+    let callback = through_entra(&mut b, &entra_url).await;
+    assert_eq!(b.get(&callback).await.status(), 303);
+    // Replay of the same answer.
+    assert_eq!(b.get(&callback).await.status(), 400);
+    // A state the proxy never issued.
+    let forged = callback.replace(&query(&callback)["state"], "forged-state");
+    assert_eq!(b.get(&forged).await.status(), 400);
+    // No state at all.
+    assert_eq!(b.get(&format!("{}/callback?code=x", s.base)).await.status(), 400);
+}
+
+#[tokio::test]
+async fn a_second_client_cannot_ride_on_the_first_clients_consent() {
+    let s = proxy_stack().await;
+    let (_, challenge) = pkce();
+    // The victim approved client A in their browser.
+    let client_a = register(&s, CLIENT_REDIRECT).await;
+    let mut victim = Browser::new();
+    let _ = consent(&mut victim, &s, &client_a, &challenge).await;
+    // The attacker registers client B, approves it in their own browser, and sends the
+    // resulting Entra sign-in link to the victim.
+    let client_b = register(&s, "https://attacker.example/cb").await;
+    let mut attacker = Browser::new();
+    let res = attacker
+        .get(&authorize_url(&s, &client_b, "https://attacker.example/cb", &challenge))
+        .await;
+    let html = res.text().await.unwrap();
+    let res = attacker
+        .post_form(
+            &format!("{}/consent", s.base),
+            &[
+                ("txn", &hidden(&html, "txn")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    let entra_url = location(&res);
+    // The victim, signed in at Entra, lands on the callback: their browser holds consent
+    // for A only, so no code goes to B.
+    let callback = through_entra(&mut victim, &entra_url).await;
+    let res = victim.get(&callback).await;
+    assert_eq!(res.status(), 403);
+    assert!(res.headers().get("location").is_none());
+    // Every authorization shows the consent page again: nothing is remembered per client.
+    let res = victim
+        .get(&authorize_url(&s, &client_a, CLIENT_REDIRECT, &challenge))
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn registration_validates_metadata_and_is_rate_limited() {
+    let s = proxy_stack_with(OAuthConfig {
+        registration_rate_limit: Some(3),
+        ..oauth_config()
+    })
+    .await;
+    let url = format!("{}/register", s.base);
+    let post = |body: Value| s.http.post(&url).json(&body).send();
+    let res = post(json!({"redirect_uris": ["http://evil.example/cb"]})).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_redirect_uri");
+    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT], "grant_types": ["client_credentials"]}))
+        .await
+        .unwrap();
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_client_metadata");
+    let res = s
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"client_name":"{}"}}"#, "x".repeat(20_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    // The fourth registration within a minute waits.
+    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT]})).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn entra_consent_missing_shows_the_admin_consent_link() {
+    let s = proxy_stack().await;
+    s.entra
+        .set_sign_in_failure("alice", Some(DevSignInFailure::ConsentRequired))
+        .unwrap();
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
+    let callback = through_entra(&mut b, &entra_url).await;
+    let res = b.get(&callback).await;
+    assert_eq!(res.status(), 403);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("/v2.0/adminconsent?client_id="), "{html}");
+}
+
+#[tokio::test]
+async fn an_entra_claims_challenge_signs_in_again_with_the_claims() {
+    let s = proxy_stack().await;
+    s.entra
+        .set_sign_in_failure("alice", Some(DevSignInFailure::MfaRequired))
+        .unwrap();
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new();
+    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
+    let callback = through_entra(&mut b, &entra_url).await;
+    let res = b.get(&callback).await;
+    // Back to Entra with the claims Entra asked for.
+    assert_eq!(res.status(), 303);
+    let again = location(&res);
+    assert!(query(&again).contains_key("claims"), "{again}");
+    let callback = through_entra(&mut b, &again).await;
+    let res = b.get(&callback).await;
+    assert_eq!(res.status(), 303);
+    let back = query(&location(&res));
+    let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    assert_eq!(status, 200);
+    let me: Value = s
+        .me(Some(tokens["access_token"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(me["auth_methods"].to_string().contains("mfa"), "{me}");
+}
+
+/// Serves client-id metadata documents on loopback: `/good.json` names itself,
+/// `/liar.json` claims another id.
+async fn document_server() -> String {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let good = json!({
+        "client_id": format!("{base}/good.json"),
+        "client_name": "Metadata Client",
+        "redirect_uris": [CLIENT_REDIRECT],
+        "token_endpoint_auth_method": "none",
+    });
+    let liar = json!({
+        "client_id": "https://someone-else.example/client.json",
+        "client_name": "Liar",
+        "redirect_uris": [CLIENT_REDIRECT],
+    });
+    let app = Router::new()
+        .route("/good.json", get(move || async move { axum::Json(good) }))
+        .route("/liar.json", get(move || async move { axum::Json(liar) }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn client_id_metadata_documents_under_the_development_allowance() {
+    let docs = document_server().await;
+    let s = proxy_stack_with(OAuthConfig {
+        cimd_allow_loopback: true,
+        ..oauth_config()
+    })
+    .await;
+    let (verifier, challenge) = pkce();
+    let client_id = format!("{docs}/good.json");
+    let mut b = Browser::new();
+    let res = b
+        .get(&authorize_url(&s, &client_id, CLIENT_REDIRECT, &challenge))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("Metadata Client"));
+    let back = sign_in(&s, &client_id, &challenge).await;
+    let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.me(tokens["access_token"].as_str()).await.status(), 200);
+
+    // A document whose `client_id` is not its own URL.
+    let res = b
+        .get(&authorize_url(&s, &format!("{docs}/liar.json"), CLIENT_REDIRECT, &challenge))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("not its URL"));
+    // A redirect URI the document does not list.
+    let res = b
+        .get(&authorize_url(&s, &client_id, "http://127.0.0.1:33418/elsewhere", &challenge))
+        .await;
+    assert_eq!(res.status(), 400);
+    // Private and metadata addresses stay refused even with the allowance.
+    for url in [
+        "http://10.0.0.1/client.json",
+        "http://169.254.169.254/latest/meta-data/client.json",
+        "https://192.168.1.10/client.json",
+    ] {
+        let res = b.get(&authorize_url(&s, url, CLIENT_REDIRECT, &challenge)).await;
+        assert_eq!(res.status(), 400, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn client_id_metadata_documents_on_internal_addresses_are_refused() {
+    let docs = document_server().await;
+    let s = proxy_stack().await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    let port = docs.rsplit(':').next().unwrap();
+    for url in [
+        format!("{docs}/good.json"),
+        format!("https://127.0.0.1:{port}/good.json"),
+        format!("https://localhost:{port}/good.json"),
+        "https://[::1]/client.json".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://10.1.2.3/client.json".to_owned(),
+        "https://[fd00:ec2::254]/client.json".to_owned(),
+    ] {
+        let res = b.get(&authorize_url(&s, &url, CLIENT_REDIRECT, &challenge)).await;
+        assert_eq!(res.status(), 400, "{url}");
+        let page = res.text().await.unwrap();
+        assert!(
+            page.contains("non-public") || page.contains("only https"),
+            "{url}: {page}"
+        );
+    }
+}
