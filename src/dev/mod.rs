@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod authorize;
 mod keys;
 mod mint;
 mod obo;
@@ -94,6 +95,26 @@ pub enum DevOboFailure {
         /// The delay.
         millis: u64,
     },
+}
+
+/// How the interactive sign-in (authorize and code or refresh-token redemption) fails for
+/// one user ([`DevEntra::set_sign_in_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DevSignInFailure {
+    /// The user has not consented: redeeming a code answers `invalid_grant`, AADSTS65001,
+    /// suberror `consent_required`, unless the code came from an authorize request with
+    /// `prompt=consent` (the user consented then). `prompt=none` at authorize redirects
+    /// with `error=consent_required`.
+    ConsentRequired,
+    /// A Conditional Access policy wants MFA: redeeming a code or a refresh token answers
+    /// `interaction_required`, AADSTS50079, with `claims` = [`MFA_CLAIMS`], unless the
+    /// authorize request carried that `claims` value; then the access token's `amr`
+    /// includes `mfa`. `prompt=none` without it redirects with
+    /// `error=interaction_required`.
+    MfaRequired,
+    /// The user declines: authorize redirects with `error=access_denied` (AADSTS65004).
+    AccessDenied,
 }
 
 /// How the Graph emulation fails for one user ([`DevEntra::set_graph_failure`]).
@@ -183,6 +204,11 @@ impl DevCertificate {
         std::fs::write(&key, &self.key_pem)?;
         Ok((cert, key))
     }
+}
+
+/// The v1 issuer of tenant `tid` (Entra's `https://sts.windows.net/{tid}/`).
+pub(crate) fn issuer_v1(tid: &str) -> String {
+    format!("https://sts.windows.net/{tid}/")
 }
 
 /// PEM armour: base64 in 64-character lines.
@@ -287,13 +313,15 @@ pub enum DevEndpoint {
     Discovery,
     /// v1 and v2 key sets.
     Jwks,
-    /// The v2 token endpoint (on-behalf-of).
+    /// The v2 token endpoint (every grant: on-behalf-of, authorization code, refresh token).
     Token,
     /// The Graph emulation.
     Graph,
+    /// The v2 authorize endpoint (`GET /{tenant}/oauth2/v2.0/authorize`).
+    Authorize,
 }
 
-const ENDPOINTS: usize = 4;
+const ENDPOINTS: usize = 5;
 
 /// State shared by the handle and the server task.
 #[derive(Debug)]
@@ -303,6 +331,8 @@ pub(crate) struct Shared {
     pub(crate) users: Vec<DevUser>,
     pub(crate) apps: Vec<DevApp>,
     pub(crate) api_client_id: String,
+    /// Extra Application ID URIs of the dev API (besides `api://{api_client_id}`).
+    pub(crate) identifier_uris: Vec<String>,
     pub(crate) keys: RwLock<KeyRing>,
     pub(crate) jwks_available: AtomicBool,
     counters: [AtomicU64; ENDPOINTS],
@@ -315,6 +345,8 @@ pub(crate) struct Shared {
     pub(crate) graph_failures: Mutex<HashMap<String, DevGraphFailure>>,
     pub(crate) downstream_lifetime: AtomicU64,
     pub(crate) refresh_in: AtomicU64,
+    /// Redirect URIs, the default user, sign-in failures, codes and refresh tokens.
+    pub(crate) sign_in: authorize::SignIn,
 }
 
 impl DevUser {
@@ -344,6 +376,11 @@ impl Shared {
         }
     }
 
+    /// The v2 issuer of tenant `tid`.
+    pub(crate) fn issuer_v2(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.base_url)
+    }
+
     pub(crate) fn knows_tenant(&self, tid: &str) -> bool {
         self.tenants.iter().any(|t| t.id == tid)
     }
@@ -369,7 +406,7 @@ impl Shared {
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 
-    fn user_oid(&self, key: &str) -> Result<String, DevError> {
+    pub(crate) fn user_oid(&self, key: &str) -> Result<String, DevError> {
         self.users
             .iter()
             .find(|u| u.key == key)
@@ -417,12 +454,12 @@ impl DevEntra {
 
     /// The v2 issuer of tenant `tid`.
     pub fn issuer_v2(&self, tid: &str) -> String {
-        format!("{}/{tid}/v2.0", self.shared.base_url)
+        self.shared.issuer_v2(tid)
     }
 
     /// The v1 issuer of tenant `tid` (Entra's `https://sts.windows.net/{tid}/`).
     pub fn issuer_v1(&self, tid: &str) -> String {
-        format!("https://sts.windows.net/{tid}/")
+        issuer_v1(tid)
     }
 
     /// The tenants.
@@ -452,7 +489,7 @@ impl DevEntra {
             .iter()
             .find(|u| u.key == key)
             .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))?;
-        Ok(TokenMint::user(self, user.clone()))
+        Ok(TokenMint::user(&self.shared, user.clone()))
     }
 
     /// Starts an app-only token for daemon app `key` (v2, 1 h lifetime).
@@ -467,7 +504,7 @@ impl DevEntra {
             .iter()
             .find(|a| a.key == key)
             .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))?;
-        Ok(TokenMint::app(self, app.clone()))
+        Ok(TokenMint::app(&self.shared, app.clone()))
     }
 
     /// Makes a new key that can sign but is **not** published in the JWKS yet.
@@ -651,6 +688,68 @@ impl DevEntra {
         Ok(())
     }
 
+    /// The v2 authorize endpoint of tenant `tid` (a tenant id, `organizations` or `common`).
+    pub fn authorize_endpoint(&self, tid: &str) -> String {
+        format!("{}/{tid}/oauth2/v2.0/authorize", self.shared.base_url)
+    }
+
+    /// Registers a redirect URI of the dev API (the confidential client that signs users
+    /// in). Authorize compares `redirect_uri` with the registered ones exactly, as strings,
+    /// and never redirects to another one. Runtime, because a caller often learns its port
+    /// only after binding; see also [`DevEntraBuilder::redirect_uri`].
+    pub fn allow_redirect_uri(&self, uri: impl Into<String>) {
+        self.shared.sign_in.allow_redirect_uri(uri.into());
+    }
+
+    /// Who authorize signs in when the request has no `login_hint` (`None`: show the user
+    /// picker, the default). `key` is a user key (`"alice"`) or sign-in name.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn set_sign_in_user(&self, key: Option<&str>) -> Result<(), DevError> {
+        let user = match key {
+            Some(k) => Some(
+                authorize::find_user(&self.shared, k)
+                    .map(|u| u.key.clone())
+                    .ok_or_else(|| DevError::UnknownPrincipal(k.to_owned()))?,
+            ),
+            None => None,
+        };
+        self.shared.sign_in.set_default_user(user);
+        Ok(())
+    }
+
+    /// Makes the interactive sign-in fail for user `key` (`None`: succeed).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn set_sign_in_failure(
+        &self,
+        key: &str,
+        failure: Option<DevSignInFailure>,
+    ) -> Result<(), DevError> {
+        set_failure(
+            &self.shared.sign_in.failures,
+            self.shared.user_oid(key)?,
+            failure,
+        );
+        Ok(())
+    }
+
+    /// Revokes every refresh token issued to user `key` (what an admin's "revoke sessions"
+    /// does): redeeming one answers `invalid_grant`, AADSTS50173. Returns how many were
+    /// revoked. Tokens issued afterwards work.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn revoke_refresh_tokens(&self, key: &str) -> Result<usize, DevError> {
+        let oid = self.shared.user_oid(key)?;
+        Ok(self.shared.sign_in.revoke(&oid))
+    }
+
     /// The lifetime (`expires_in`) of the tokens the token endpoint issues (default 1 h).
     pub fn set_downstream_lifetime(&self, lifetime: Duration) {
         self.shared
@@ -670,10 +769,6 @@ impl DevEntra {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-    }
-
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
     }
 
     fn with_keys<T>(&self, f: impl FnOnce(&mut KeyRing) -> T) -> T {
@@ -724,6 +819,8 @@ pub struct DevEntraBuilder {
     users: Vec<DevUser>,
     apps: Vec<DevApp>,
     api_client_id: String,
+    redirect_uris: Vec<String>,
+    identifier_uris: Vec<String>,
 }
 
 impl Default for DevEntraBuilder {
@@ -782,6 +879,8 @@ impl Default for DevEntraBuilder {
                 roles: strings(&["Tools.Read"]),
             }],
             api_client_id: s(DEV_API_CLIENT_ID),
+            redirect_uris: Vec::new(),
+            identifier_uris: Vec::new(),
         }
     }
 }
@@ -824,6 +923,20 @@ impl DevEntraBuilder {
         self
     }
 
+    /// Registers a redirect URI of the dev API (see [`DevEntra::allow_redirect_uri`]).
+    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uris.push(uri.into());
+        self
+    }
+
+    /// Adds an Application ID URI of the dev API besides `api://{client id}` (for example
+    /// the MCP server's URL): scopes may be named under it, and it is a `resource` value
+    /// authorize accepts for them.
+    pub fn identifier_uri(mut self, uri: impl Into<String>) -> Self {
+        self.identifier_uris.push(uri.into());
+        self
+    }
+
     /// Generates the first signing key, binds the port and starts serving.
     ///
     /// # Errors
@@ -844,6 +957,7 @@ impl DevEntraBuilder {
             users: self.users,
             apps: self.apps,
             api_client_id: self.api_client_id,
+            identifier_uris: self.identifier_uris,
             keys: RwLock::new(ring),
             jwks_available: AtomicBool::new(true),
             counters: Default::default(),
@@ -855,6 +969,7 @@ impl DevEntraBuilder {
             graph_failures: Mutex::new(HashMap::new()),
             downstream_lifetime: AtomicU64::new(3600),
             refresh_in: AtomicU64::new(0),
+            sign_in: authorize::SignIn::new(self.redirect_uris),
         });
         let (tx, rx) = oneshot::channel();
         let app = server::router(shared.clone());
