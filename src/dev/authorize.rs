@@ -920,20 +920,32 @@ fn requested_scopes(
     })
 }
 
+/// What both sign-in grants check first: the tenant path and client, the grant's handle
+/// (form field `handle`) and the required `scope`. `Ok` is (`azpacr`, handle, scopes).
+fn grant_request<'f>(
+    s: &Shared,
+    raw: &str,
+    form: &'f HashMap<String, String>,
+    handle: &str,
+    empty_scope_code: u32,
+) -> Result<(&'static str, &'f str, Scopes), Box<Response>> {
+    let azpacr = check_client(s, raw, form)?;
+    let value = form
+        .get(handle)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Box::new(missing_parameter(handle)))?;
+    let requested = requested_scopes(s, raw, form, empty_scope_code)?;
+    Ok((azpacr, value, requested))
+}
+
 /// `grant_type=authorization_code`.
 pub(crate) fn redeem_code(s: &Shared, raw: &str, form: &HashMap<String, String>) -> Response {
-    let azpacr = match check_client(s, raw, form) {
-        Ok(a) => a,
-        Err(answer) => return *answer,
-    };
-    let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let Some(code) = field("code") else {
-        return missing_parameter("code");
-    };
-    let requested = match requested_scopes(s, raw, form, 28_003) {
+    let (azpacr, code, requested) = match grant_request(s, raw, form, "code", 28_003) {
         Ok(r) => r,
         Err(answer) => return *answer,
     };
+    let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let code = match s.sign_in.take_code(code, unix_now()) {
         Ok(c) => c,
         Err(Refusal::Redeemed) => {
@@ -999,18 +1011,11 @@ pub(crate) fn redeem_code(s: &Shared, raw: &str, form: &HashMap<String, String>)
 
 /// `grant_type=refresh_token`.
 pub(crate) fn redeem_refresh(s: &Shared, raw: &str, form: &HashMap<String, String>) -> Response {
-    let azpacr = match check_client(s, raw, form) {
-        Ok(a) => a,
-        Err(answer) => return *answer,
-    };
-    let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let Some(token) = field("refresh_token") else {
-        return missing_parameter("refresh_token");
-    };
-    let requested = match requested_scopes(s, raw, form, 900_144) {
+    let (azpacr, token, requested) = match grant_request(s, raw, form, "refresh_token", 900_144) {
         Ok(r) => r,
         Err(answer) => return *answer,
     };
+    let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let now = unix_now();
     let session = match s.sign_in.use_refresh_token(token, now) {
         Ok(session) => session,
