@@ -15,8 +15,8 @@ enum Subject {
     App(DevApp),
 }
 
-/// A token being minted. Start with [`DevEntra::token_for`] or [`DevEntra::app_token`],
-/// adjust, then [`mint`](Self::mint).
+/// A token being minted. Start with [`DevEntra::token_for`](super::DevEntra::token_for) or
+/// [`DevEntra::app_token`](super::DevEntra::app_token), adjust, then [`mint`](Self::mint).
 ///
 /// Everything can be overridden, including into invalid tokens, which is what tests of a
 /// validator need: [`claim`](Self::claim), [`remove_claim`](Self::remove_claim) and

@@ -9,12 +9,25 @@
 //! | `/{tenant}/.well-known/openid-configuration` | v1 discovery (issuer `https://sts.windows.net/{tid}/`) |
 //! | `/{tenant}/discovery/v2.0/keys` | JWKS with `kid`, `x5t`, `x5c` and the per-key `issuer` |
 //! | `/{tenant}/discovery/keys` | v1 JWKS (no per-key issuer) |
-//! | `POST /{tenant}/oauth2/v2.0/token` | the on-behalf-of (jwt-bearer) grant: client secret, certificate (PS256) or federated assertion; per-user failure modes |
+//! | `GET /{tenant}/oauth2/v2.0/authorize` | interactive sign-in (authorization code, PKCE S256) for the dev API's registered redirect URIs; `login_hint`, a default user or a user picker |
+//! | `POST /{tenant}/oauth2/v2.0/token` | the on-behalf-of (jwt-bearer), `authorization_code` and `refresh_token` grants: client secret, certificate (PS256) or federated assertion; per-user failure modes |
 //! | `/graph/v1.0/me`, `/graph/v1.0/me/transitiveMemberOf/microsoft.graph.group`, `POST /graph/v1.0/me/checkMemberGroups` | a Microsoft Graph emulation for the Graph tokens it issued |
 //!
 //! It mints v1 and v2 access tokens for its users and apps ([`DevEntra::token_for`],
 //! [`DevEntra::app_token`]), rotates keys, and counts requests per endpoint so tests can
 //! assert how often keys were fetched. Keys are made at start-up; nothing is hard-coded.
+//!
+//! An OAuth proxy can sign users in through it as through Entra: register the redirect URI
+//! ([`DevEntra::allow_redirect_uri`]), send the browser (or, headless, a `login_hint`) to
+//! [`DevEntra::authorize_endpoint`], and redeem the code with the dev API's credential.
+//! Codes are single use and bound to the client, redirect URI, PKCE challenge, user,
+//! scopes and `claims`; redeeming one yields the same v2 user token [`TokenMint`] makes
+//! (`azp` = the redeeming client), an id token with `openid` and a refresh token with
+//! `offline_access`. Entra's gaps are kept: discovery has no
+//! `code_challenge_methods_supported`, `scope` is required at the token endpoint, one
+//! resource per token request, and a `resource` parameter must be an Application ID URI of
+//! the app owning the scopes (AADSTS9010010). [`DevSignInFailure`] makes the sign-in refuse
+//! per user (consent, MFA with a `claims` challenge, access denied).
 //!
 //! Tests, examples, benches and `idguard` dev mode use it. It is **not** an identity
 //! provider: it signs whatever it is asked to.
