@@ -820,7 +820,7 @@ async fn a_code_from_another_tenant_path_is_refused() {
 }
 
 #[tokio::test]
-async fn codes_and_refresh_tokens_stay_out_of_debug_output() {
+async fn codes_refresh_tokens_and_the_secret_stay_out_of_debug_output() {
     let entra = entra().await;
     let scope = format!("offline_access {}", api_scope(&entra));
     let (code, verifier) = sign_in(&entra, "alice", &scope, &[]).await;
@@ -834,4 +834,5 @@ async fn codes_and_refresh_tokens_stay_out_of_debug_output() {
     let debug = format!("{entra:?}");
     assert!(!debug.contains(body["refresh_token"].as_str().unwrap()));
     assert!(debug.contains("refresh_tokens: 1"), "{debug}");
+    assert!(!debug.contains(entra.client_secret()), "{debug}");
 }

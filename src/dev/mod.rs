@@ -337,7 +337,6 @@ pub enum DevEndpoint {
 const ENDPOINTS: usize = 5;
 
 /// State shared by the handle and the server task.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) base_url: String,
     pub(crate) tenants: Vec<DevTenant>,
@@ -360,6 +359,21 @@ pub(crate) struct Shared {
     pub(crate) refresh_in: AtomicU64,
     /// Redirect URIs, the default user, sign-in failures, codes and refresh tokens.
     pub(crate) sign_in: authorize::SignIn,
+}
+
+impl std::fmt::Debug for Shared {
+    // The client secret, keys, assertions' `jti`s, codes and refresh tokens stay out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("base_url", &self.base_url)
+            .field("tenants", &self.tenants)
+            .field("users", &self.users.len())
+            .field("apps", &self.apps.len())
+            .field("api_client_id", &self.api_client_id)
+            .field("identifier_uris", &self.identifier_uris)
+            .field("sign_in", &self.sign_in)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DevUser {
