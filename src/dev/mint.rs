@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
-use super::{DEV_CLIENT_APP_ID, DEV_SCOPE, DevApp, DevEntra, DevError, DevUser};
+use super::{DEV_CLIENT_APP_ID, DEV_SCOPE, DevApp, DevError, DevUser, Shared, issuer_v1};
 use crate::principal::TokenVersion;
 
 enum Subject {
@@ -15,15 +15,15 @@ enum Subject {
     App(DevApp),
 }
 
-/// A token being minted. Start with [`DevEntra::token_for`] or [`DevEntra::app_token`],
-/// adjust, then [`mint`](Self::mint).
+/// A token being minted. Start with [`DevEntra::token_for`](super::DevEntra::token_for) or
+/// [`DevEntra::app_token`](super::DevEntra::app_token), adjust, then [`mint`](Self::mint).
 ///
 /// Everything can be overridden, including into invalid tokens, which is what tests of a
 /// validator need: [`claim`](Self::claim), [`remove_claim`](Self::remove_claim) and
 /// [`header`](Self::header) apply last.
 #[must_use]
 pub struct TokenMint<'a> {
-    entra: &'a DevEntra,
+    shared: &'a Shared,
     subject: Subject,
     version: TokenVersion,
     tenant: Option<String>,
@@ -52,9 +52,9 @@ impl std::fmt::Debug for TokenMint<'_> {
 }
 
 impl<'a> TokenMint<'a> {
-    fn new(entra: &'a DevEntra, subject: Subject) -> Self {
+    fn new(shared: &'a Shared, subject: Subject) -> Self {
         Self {
-            entra,
+            shared,
             subject,
             version: TokenVersion::V2,
             tenant: None,
@@ -75,12 +75,12 @@ impl<'a> TokenMint<'a> {
         }
     }
 
-    pub(crate) fn user(entra: &'a DevEntra, user: DevUser) -> Self {
-        Self::new(entra, Subject::User(user))
+    pub(crate) fn user(shared: &'a Shared, user: DevUser) -> Self {
+        Self::new(shared, Subject::User(user))
     }
 
-    pub(crate) fn app(entra: &'a DevEntra, app: DevApp) -> Self {
-        Self::new(entra, Subject::App(app))
+    pub(crate) fn app(shared: &'a Shared, app: DevApp) -> Self {
+        Self::new(shared, Subject::App(app))
     }
 
     /// v1 or v2 shape (default v2).
@@ -188,7 +188,7 @@ impl<'a> TokenMint<'a> {
     pub fn claims(&self) -> Map<String, Value> {
         let now = self.issued_at.unwrap_or_else(unix_now);
         let exp = now + self.lifetime.as_secs();
-        let api = self.entra.api_client_id();
+        let api = self.shared.api_client_id.as_str();
         let v2 = self.version == TokenVersion::V2;
         let (home, oid) = match &self.subject {
             Subject::User(u) => (&u.tenant_id, &u.object_id),
@@ -196,9 +196,9 @@ impl<'a> TokenMint<'a> {
         };
         let tid = self.tenant.as_deref().unwrap_or(home);
         let iss = if v2 {
-            self.entra.issuer_v2(tid)
+            self.shared.issuer_v2(tid)
         } else {
-            self.entra.issuer_v1(tid)
+            issuer_v1(tid)
         };
         let aud = self.audience.clone().unwrap_or_else(|| {
             if v2 {
@@ -307,8 +307,7 @@ impl<'a> TokenMint<'a> {
         let claims = self.claims();
         let key = {
             let ring = self
-                .entra
-                .shared()
+                .shared
                 .keys
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -344,7 +343,7 @@ fn unix_now() -> u64 {
 }
 
 /// Entra's `sub` is pairwise: stable per (user, application), opaque.
-fn pairwise_subject(oid: &str, app: &str) -> String {
+pub(crate) fn pairwise_subject(oid: &str, app: &str) -> String {
     let d = digest::digest(&digest::SHA256, format!("{oid}|{app}").as_bytes());
     URL_SAFE_NO_PAD.encode(d.as_ref())
 }

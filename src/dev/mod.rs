@@ -9,12 +9,25 @@
 //! | `/{tenant}/.well-known/openid-configuration` | v1 discovery (issuer `https://sts.windows.net/{tid}/`) |
 //! | `/{tenant}/discovery/v2.0/keys` | JWKS with `kid`, `x5t`, `x5c` and the per-key `issuer` |
 //! | `/{tenant}/discovery/keys` | v1 JWKS (no per-key issuer) |
-//! | `POST /{tenant}/oauth2/v2.0/token` | the on-behalf-of (jwt-bearer) grant: client secret, certificate (PS256) or federated assertion; per-user failure modes |
+//! | `GET /{tenant}/oauth2/v2.0/authorize` | interactive sign-in (authorization code, PKCE S256) for the dev API's registered redirect URIs; `login_hint`, a default user or a user picker |
+//! | `POST /{tenant}/oauth2/v2.0/token` | the on-behalf-of (jwt-bearer), `authorization_code` and `refresh_token` grants: client secret, certificate (PS256) or federated assertion; per-user failure modes |
 //! | `/graph/v1.0/me`, `/graph/v1.0/me/transitiveMemberOf/microsoft.graph.group`, `POST /graph/v1.0/me/checkMemberGroups` | a Microsoft Graph emulation for the Graph tokens it issued |
 //!
 //! It mints v1 and v2 access tokens for its users and apps ([`DevEntra::token_for`],
 //! [`DevEntra::app_token`]), rotates keys, and counts requests per endpoint so tests can
 //! assert how often keys were fetched. Keys are made at start-up; nothing is hard-coded.
+//!
+//! An OAuth proxy can sign users in through it as through Entra: register the redirect URI
+//! ([`DevEntra::allow_redirect_uri`]), send the browser (or, headless, a `login_hint`) to
+//! [`DevEntra::authorize_endpoint`], and redeem the code with the dev API's credential.
+//! Codes are single use and bound to the client, redirect URI, PKCE challenge, user,
+//! scopes and `claims`; redeeming one yields the same v2 user token [`TokenMint`] makes
+//! (`azp` = the redeeming client), an id token with `openid` and a refresh token with
+//! `offline_access`. Entra's gaps are kept: discovery has no
+//! `code_challenge_methods_supported`, `scope` is required at the token endpoint, one
+//! resource per token request, and a `resource` parameter must be an Application ID URI of
+//! the app owning the scopes (AADSTS9010010). [`DevSignInFailure`] makes the sign-in refuse
+//! per user (consent, MFA with a `claims` challenge, access denied).
 //!
 //! Tests, examples, benches and `idguard` dev mode use it. It is **not** an identity
 //! provider: it signs whatever it is asked to.
@@ -31,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod authorize;
 mod keys;
 mod mint;
 mod obo;
@@ -94,6 +108,26 @@ pub enum DevOboFailure {
         /// The delay.
         millis: u64,
     },
+}
+
+/// How the interactive sign-in (authorize and code or refresh-token redemption) fails for
+/// one user ([`DevEntra::set_sign_in_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DevSignInFailure {
+    /// The user has not consented: redeeming a code answers `invalid_grant`, AADSTS65001,
+    /// suberror `consent_required`, unless the code came from an authorize request with
+    /// `prompt=consent` (the user consented then). `prompt=none` at authorize redirects
+    /// with `error=consent_required`.
+    ConsentRequired,
+    /// A Conditional Access policy wants MFA: redeeming a code or a refresh token answers
+    /// `interaction_required`, AADSTS50079, with `claims` = [`MFA_CLAIMS`], unless the
+    /// authorize request carried that `claims` value; then the access token's `amr`
+    /// includes `mfa`. `prompt=none` without it redirects with
+    /// `error=interaction_required`.
+    MfaRequired,
+    /// The user declines: authorize redirects with `error=access_denied` (AADSTS65004).
+    AccessDenied,
 }
 
 /// How the Graph emulation fails for one user ([`DevEntra::set_graph_failure`]).
@@ -183,6 +217,11 @@ impl DevCertificate {
         std::fs::write(&key, &self.key_pem)?;
         Ok((cert, key))
     }
+}
+
+/// The v1 issuer of tenant `tid` (Entra's `https://sts.windows.net/{tid}/`).
+pub(crate) fn issuer_v1(tid: &str) -> String {
+    format!("https://sts.windows.net/{tid}/")
 }
 
 /// PEM armour: base64 in 64-character lines.
@@ -287,22 +326,25 @@ pub enum DevEndpoint {
     Discovery,
     /// v1 and v2 key sets.
     Jwks,
-    /// The v2 token endpoint (on-behalf-of).
+    /// The v2 token endpoint (every grant: on-behalf-of, authorization code, refresh token).
     Token,
     /// The Graph emulation.
     Graph,
+    /// The v2 authorize endpoint (`GET /{tenant}/oauth2/v2.0/authorize`).
+    Authorize,
 }
 
-const ENDPOINTS: usize = 4;
+const ENDPOINTS: usize = 5;
 
 /// State shared by the handle and the server task.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) base_url: String,
     pub(crate) tenants: Vec<DevTenant>,
     pub(crate) users: Vec<DevUser>,
     pub(crate) apps: Vec<DevApp>,
     pub(crate) api_client_id: String,
+    /// Extra Application ID URIs of the dev API (besides `api://{api_client_id}`).
+    pub(crate) identifier_uris: Vec<String>,
     pub(crate) keys: RwLock<KeyRing>,
     pub(crate) jwks_available: AtomicBool,
     counters: [AtomicU64; ENDPOINTS],
@@ -315,6 +357,23 @@ pub(crate) struct Shared {
     pub(crate) graph_failures: Mutex<HashMap<String, DevGraphFailure>>,
     pub(crate) downstream_lifetime: AtomicU64,
     pub(crate) refresh_in: AtomicU64,
+    /// Redirect URIs, the default user, sign-in failures, codes and refresh tokens.
+    pub(crate) sign_in: authorize::SignIn,
+}
+
+impl std::fmt::Debug for Shared {
+    // The client secret, keys, assertions' `jti`s, codes and refresh tokens stay out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("base_url", &self.base_url)
+            .field("tenants", &self.tenants)
+            .field("users", &self.users.len())
+            .field("apps", &self.apps.len())
+            .field("api_client_id", &self.api_client_id)
+            .field("identifier_uris", &self.identifier_uris)
+            .field("sign_in", &self.sign_in)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DevUser {
@@ -344,6 +403,11 @@ impl Shared {
         }
     }
 
+    /// The v2 issuer of tenant `tid`.
+    pub(crate) fn issuer_v2(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.base_url)
+    }
+
     pub(crate) fn knows_tenant(&self, tid: &str) -> bool {
         self.tenants.iter().any(|t| t.id == tid)
     }
@@ -369,7 +433,7 @@ impl Shared {
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 
-    fn user_oid(&self, key: &str) -> Result<String, DevError> {
+    pub(crate) fn user_oid(&self, key: &str) -> Result<String, DevError> {
         self.users
             .iter()
             .find(|u| u.key == key)
@@ -417,12 +481,12 @@ impl DevEntra {
 
     /// The v2 issuer of tenant `tid`.
     pub fn issuer_v2(&self, tid: &str) -> String {
-        format!("{}/{tid}/v2.0", self.shared.base_url)
+        self.shared.issuer_v2(tid)
     }
 
     /// The v1 issuer of tenant `tid` (Entra's `https://sts.windows.net/{tid}/`).
     pub fn issuer_v1(&self, tid: &str) -> String {
-        format!("https://sts.windows.net/{tid}/")
+        issuer_v1(tid)
     }
 
     /// The tenants.
@@ -452,7 +516,7 @@ impl DevEntra {
             .iter()
             .find(|u| u.key == key)
             .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))?;
-        Ok(TokenMint::user(self, user.clone()))
+        Ok(TokenMint::user(&self.shared, user.clone()))
     }
 
     /// Starts an app-only token for daemon app `key` (v2, 1 h lifetime).
@@ -467,7 +531,7 @@ impl DevEntra {
             .iter()
             .find(|a| a.key == key)
             .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))?;
-        Ok(TokenMint::app(self, app.clone()))
+        Ok(TokenMint::app(&self.shared, app.clone()))
     }
 
     /// Makes a new key that can sign but is **not** published in the JWKS yet.
@@ -651,6 +715,68 @@ impl DevEntra {
         Ok(())
     }
 
+    /// The v2 authorize endpoint of tenant `tid` (a tenant id, `organizations` or `common`).
+    pub fn authorize_endpoint(&self, tid: &str) -> String {
+        format!("{}/{tid}/oauth2/v2.0/authorize", self.shared.base_url)
+    }
+
+    /// Registers a redirect URI of the dev API (the confidential client that signs users
+    /// in). Authorize compares `redirect_uri` with the registered ones exactly, as strings,
+    /// and never redirects to another one. Runtime, because a caller often learns its port
+    /// only after binding; see also [`DevEntraBuilder::redirect_uri`].
+    pub fn allow_redirect_uri(&self, uri: impl Into<String>) {
+        self.shared.sign_in.allow_redirect_uri(uri.into());
+    }
+
+    /// Who authorize signs in when the request has no `login_hint` (`None`: show the user
+    /// picker, the default). `key` is a user key (`"alice"`) or sign-in name.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn set_sign_in_user(&self, key: Option<&str>) -> Result<(), DevError> {
+        let user = match key {
+            Some(k) => Some(
+                authorize::find_user(&self.shared, k)
+                    .map(|u| u.key.clone())
+                    .ok_or_else(|| DevError::UnknownPrincipal(k.to_owned()))?,
+            ),
+            None => None,
+        };
+        self.shared.sign_in.set_default_user(user);
+        Ok(())
+    }
+
+    /// Makes the interactive sign-in fail for user `key` (`None`: succeed).
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn set_sign_in_failure(
+        &self,
+        key: &str,
+        failure: Option<DevSignInFailure>,
+    ) -> Result<(), DevError> {
+        set_failure(
+            &self.shared.sign_in.failures,
+            self.shared.user_oid(key)?,
+            failure,
+        );
+        Ok(())
+    }
+
+    /// Revokes every refresh token issued to user `key` (what an admin's "revoke sessions"
+    /// does): redeeming one answers `invalid_grant`, AADSTS50173. Returns how many were
+    /// revoked. Tokens issued afterwards work.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::UnknownPrincipal`] when there is no such user.
+    pub fn revoke_refresh_tokens(&self, key: &str) -> Result<usize, DevError> {
+        let oid = self.shared.user_oid(key)?;
+        Ok(self.shared.sign_in.revoke(&oid))
+    }
+
     /// The lifetime (`expires_in`) of the tokens the token endpoint issues (default 1 h).
     pub fn set_downstream_lifetime(&self, lifetime: Duration) {
         self.shared
@@ -670,10 +796,6 @@ impl DevEntra {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-    }
-
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
     }
 
     fn with_keys<T>(&self, f: impl FnOnce(&mut KeyRing) -> T) -> T {
@@ -724,6 +846,8 @@ pub struct DevEntraBuilder {
     users: Vec<DevUser>,
     apps: Vec<DevApp>,
     api_client_id: String,
+    redirect_uris: Vec<String>,
+    identifier_uris: Vec<String>,
 }
 
 impl Default for DevEntraBuilder {
@@ -782,6 +906,8 @@ impl Default for DevEntraBuilder {
                 roles: strings(&["Tools.Read"]),
             }],
             api_client_id: s(DEV_API_CLIENT_ID),
+            redirect_uris: Vec::new(),
+            identifier_uris: Vec::new(),
         }
     }
 }
@@ -824,6 +950,20 @@ impl DevEntraBuilder {
         self
     }
 
+    /// Registers a redirect URI of the dev API (see [`DevEntra::allow_redirect_uri`]).
+    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uris.push(uri.into());
+        self
+    }
+
+    /// Adds an Application ID URI of the dev API besides `api://{client id}` (for example
+    /// the MCP server's URL): scopes may be named under it, and it is a `resource` value
+    /// authorize accepts for them.
+    pub fn identifier_uri(mut self, uri: impl Into<String>) -> Self {
+        self.identifier_uris.push(uri.into());
+        self
+    }
+
     /// Generates the first signing key, binds the port and starts serving.
     ///
     /// # Errors
@@ -844,6 +984,7 @@ impl DevEntraBuilder {
             users: self.users,
             apps: self.apps,
             api_client_id: self.api_client_id,
+            identifier_uris: self.identifier_uris,
             keys: RwLock::new(ring),
             jwks_available: AtomicBool::new(true),
             counters: Default::default(),
@@ -855,6 +996,7 @@ impl DevEntraBuilder {
             graph_failures: Mutex::new(HashMap::new()),
             downstream_lifetime: AtomicU64::new(3600),
             refresh_in: AtomicU64::new(0),
+            sign_in: authorize::SignIn::new(self.redirect_uris),
         });
         let (tx, rx) = oneshot::channel();
         let app = server::router(shared.clone());

@@ -4,7 +4,9 @@
 //! middle tier's client credential (the secret, a PS256 certificate assertion whose `aud`
 //! is this exact endpoint, or a federated assertion the emulator signed), checks the user
 //! assertion (RS256 by a published key, `aud` = the API, not expired), applies the
-//! per-user failure mode, and issues a Graph (or other resource) token.
+//! per-user failure mode, and issues a Graph (or other resource) token. The
+//! `authorization_code` and `refresh_token` grants on the same endpoint are the sign-in
+//! module's (`authorize.rs`); they share the credential check and the answer's shape.
 //!
 //! Under `/graph/v1.0`: `GET /me`, `GET /me/transitiveMemberOf/microsoft.graph.group`
 //! (paged, 100 a page) and `POST /me/checkMemberGroups`, for Graph tokens it issued.
@@ -35,7 +37,7 @@ pub(crate) const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Scopes a `.default` Graph request is granted (what the dev app registration "consented").
-const GRAPH_DEFAULT_SCOPES: &str = "User.Read GroupMember.Read.All";
+pub(crate) const GRAPH_DEFAULT_SCOPES: &str = "User.Read GroupMember.Read.All";
 
 pub(crate) fn routes(router: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
     router
@@ -124,7 +126,7 @@ fn invalid_client(code: u32, text: &str) -> Response {
     )
 }
 
-fn invalid_grant(code: u32, text: &str) -> Response {
+pub(crate) fn invalid_grant(code: u32, text: &str) -> Response {
     entra_error(
         StatusCode::BAD_REQUEST,
         "invalid_grant",
@@ -134,7 +136,11 @@ fn invalid_grant(code: u32, text: &str) -> Response {
 }
 
 /// Checks the middle tier's credential; `Some` is Entra's refusal.
-fn refuse_client(s: &Shared, form: &HashMap<String, String>, endpoint: &str) -> Option<Response> {
+pub(crate) fn refuse_client(
+    s: &Shared,
+    form: &HashMap<String, String>,
+    endpoint: &str,
+) -> Option<Response> {
     if let Some(secret) = form.get("client_secret") {
         return if *secret == s.client_secret {
             None
@@ -261,6 +267,15 @@ async fn token_endpoint(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     s.count(DevEndpoint::Token);
+    match form.get("grant_type").map(String::as_str) {
+        Some(super::authorize::AUTHORIZATION_CODE) => {
+            return super::authorize::redeem_code(&s, &raw, &form);
+        }
+        Some(super::authorize::REFRESH_TOKEN) => {
+            return super::authorize::redeem_refresh(&s, &raw, &form);
+        }
+        _ => {}
+    }
     let tid = raw.to_ascii_lowercase();
     if !s.knows_tenant(&tid) {
         return entra_error(
@@ -281,12 +296,7 @@ async fn token_endpoint(
         );
     }
     if field("client_id") != s.api_client_id {
-        return entra_error(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700_016,
-            "AADSTS700016: Application was not found in the directory.",
-        );
+        return unknown_client();
     }
     if let Some(answer) = refuse_client(&s, &form, &endpoint) {
         return answer;
@@ -365,49 +375,64 @@ async fn token_endpoint(
     } else {
         short.join(" ")
     };
-    let lifetime = s.downstream_lifetime.load(Ordering::Relaxed);
-    let now = unix_now();
-    let mut c = serde_json::Map::new();
-    c.insert(
-        "aud".into(),
-        json!(if resource == GRAPH_RESOURCE {
-            GRAPH_RESOURCE
-        } else {
-            resource
-        }),
-    );
-    c.insert(
-        "iss".into(),
-        json!(format!("https://sts.windows.net/{tid}/")),
-    );
-    c.insert("iat".into(), json!(now));
-    c.insert("nbf".into(), json!(now));
-    c.insert("exp".into(), json!(now + lifetime));
-    c.insert("tid".into(), json!(tid));
-    c.insert("oid".into(), json!(oid));
-    c.insert("appid".into(), json!(s.api_client_id));
-    c.insert("scp".into(), json!(scp));
-    c.insert("ver".into(), json!("1.0"));
-    c.insert("uti".into(), json!(uuid::Uuid::new_v4().to_string()));
-    let access_token = match s.sign(&Value::Object(c)) {
+    let access_token = match downstream_token(&s, &tid, &oid, resource, &scp) {
         Ok(t) => t,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
     let granted: Vec<String> = scp.split(' ').map(|v| format!("{resource}/{v}")).collect();
-    let mut body = json!({
-        "token_type": "Bearer",
-        "scope": granted.join(" "),
-        "expires_in": lifetime,
-        "ext_expires_in": lifetime,
-        "access_token": access_token,
-    });
+    token_response(&s, granted.join(" "), access_token, [])
+}
+
+/// A v1 access token for a downstream resource (Graph or another API), issued to the dev
+/// API for user `oid`: what the on-behalf-of and the sign-in grants hand out.
+pub(crate) fn downstream_token(
+    s: &Shared,
+    tid: &str,
+    oid: &str,
+    resource: &str,
+    scp: &str,
+) -> Result<String, super::DevError> {
+    let lifetime = s.downstream_lifetime.load(Ordering::Relaxed);
+    let now = unix_now();
+    s.sign(&json!({
+        "aud": resource,
+        "iss": super::issuer_v1(tid),
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "tid": tid,
+        "oid": oid,
+        "appid": s.api_client_id,
+        "scp": scp,
+        "ver": "1.0",
+        "uti": uuid::Uuid::new_v4().to_string(),
+    }))
+}
+
+/// The token endpoint's success answer: `token_type`, `scope`, `expires_in`,
+/// `ext_expires_in`, `access_token`, `refresh_in` when configured, then `extra`
+/// (`refresh_token`, `id_token`).
+pub(crate) fn token_response(
+    s: &Shared,
+    scope: String,
+    access_token: String,
+    extra: impl IntoIterator<Item = (&'static str, Value)>,
+) -> Response {
+    let lifetime = s.downstream_lifetime.load(Ordering::Relaxed);
+    let mut body = serde_json::Map::new();
+    body.insert("token_type".into(), json!("Bearer"));
+    body.insert("scope".into(), json!(scope));
+    body.insert("expires_in".into(), json!(lifetime));
+    body.insert("ext_expires_in".into(), json!(lifetime));
+    body.insert("access_token".into(), json!(access_token));
     let refresh_in = s.refresh_in.load(Ordering::Relaxed);
-    if refresh_in > 0
-        && let Some(map) = body.as_object_mut()
-    {
-        map.insert("refresh_in".into(), json!(refresh_in));
+    if refresh_in > 0 {
+        body.insert("refresh_in".into(), json!(refresh_in));
     }
-    Json(body).into_response()
+    for (k, v) in extra {
+        body.insert(k.into(), v);
+    }
+    Json(Value::Object(body)).into_response()
 }
 
 /// The configured failure for user `oid`, as Entra would answer it.
@@ -418,28 +443,8 @@ fn failure_for(s: &Shared, oid: &str) -> Option<Response> {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let failure = failures.get_mut(oid)?;
     Some(match failure {
-        DevOboFailure::ConsentRequired => {
-            let body = json!({
-                "error": "invalid_grant",
-                "error_description": format!("AADSTS65001: The user or administrator has not consented to use the application with ID '{}'. Send an interactive authorization request for this user and resource.", s.api_client_id),
-                "error_codes": [65001],
-                "suberror": "consent_required",
-                "trace_id": uuid::Uuid::new_v4().to_string(),
-                "correlation_id": uuid::Uuid::new_v4().to_string(),
-            });
-            (StatusCode::BAD_REQUEST, Json(body)).into_response()
-        }
-        DevOboFailure::MfaRequired => {
-            let body = json!({
-                "error": "interaction_required",
-                "error_description": format!("AADSTS50079: Due to a configuration change made by your administrator, or because you moved to a new location, you must enroll in multifactor authentication to access '{}'.", s.api_client_id),
-                "error_codes": [50079],
-                "trace_id": uuid::Uuid::new_v4().to_string(),
-                "correlation_id": uuid::Uuid::new_v4().to_string(),
-                "claims": MFA_CLAIMS,
-            });
-            (StatusCode::BAD_REQUEST, Json(body)).into_response()
-        }
+        DevOboFailure::ConsentRequired => consent_required(s),
+        DevOboFailure::MfaRequired => mfa_required(s),
         DevOboFailure::Throttled { retry_after } => {
             let mut res = entra_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -462,6 +467,42 @@ fn failure_for(s: &Shared, oid: &str) -> Option<Response> {
             (StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response()
         }
     })
+}
+
+/// `invalid_grant`, AADSTS65001, suberror `consent_required`: the user has not consented.
+pub(crate) fn consent_required(s: &Shared) -> Response {
+    let body = json!({
+        "error": "invalid_grant",
+        "error_description": format!("AADSTS65001: The user or administrator has not consented to use the application with ID '{}'. Send an interactive authorization request for this user and resource.", s.api_client_id),
+        "error_codes": [65001],
+        "suberror": "consent_required",
+        "trace_id": uuid::Uuid::new_v4().to_string(),
+        "correlation_id": uuid::Uuid::new_v4().to_string(),
+    });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// `interaction_required`, AADSTS50079, with the [`MFA_CLAIMS`] challenge.
+pub(crate) fn mfa_required(s: &Shared) -> Response {
+    let body = json!({
+        "error": "interaction_required",
+        "error_description": format!("AADSTS50079: Due to a configuration change made by your administrator, or because you moved to a new location, you must enroll in multifactor authentication to access '{}'.", s.api_client_id),
+        "error_codes": [50079],
+        "trace_id": uuid::Uuid::new_v4().to_string(),
+        "correlation_id": uuid::Uuid::new_v4().to_string(),
+        "claims": MFA_CLAIMS,
+    });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// `unauthorized_client`, AADSTS700016: not the dev API's client id.
+pub(crate) fn unknown_client() -> Response {
+    entra_error(
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+        700_016,
+        "AADSTS700016: Application was not found in the directory.",
+    )
 }
 
 /// The `claims` Entra sends with the MFA failure (a JSON string, not base64).

@@ -24,7 +24,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/{tenant}/discovery/v2.0/keys", get(jwks_v2))
         .route("/{tenant}/discovery/keys", get(jwks_v1));
-    super::obo::routes(router).with_state(shared)
+    super::authorize::routes(super::obo::routes(router)).with_state(shared)
 }
 
 /// What a tenant path segment resolves to.
@@ -44,7 +44,7 @@ fn segment(shared: &Shared, raw: &str) -> Option<Segment> {
     }
 }
 
-fn unknown_tenant(raw: &str) -> Response {
+pub(crate) fn unknown_tenant(raw: &str) -> Response {
     entra_error(
         StatusCode::BAD_REQUEST,
         "invalid_tenant",
