@@ -694,13 +694,18 @@ fn resolve_oauth(
     if !issuer_ok {
         problem(
             "oauth.issuer",
-            format!("`{issuer}` must be an https URL without query or fragment (http only on loopback)"),
+            format!(
+                "`{issuer}` must be an https URL without query or fragment (http only on loopback)"
+            ),
         );
     }
     let keys = if o.keys.is_empty() {
         problem(
             "oauth.keys",
-            format!("required: at least one secret of {} or more bytes (e.g. `openssl rand -base64 48`)", crate::oauth::MIN_KEY_BYTES),
+            format!(
+                "required: at least one secret of {} or more bytes (e.g. `openssl rand -base64 48`)",
+                crate::oauth::MIN_KEY_BYTES
+            ),
         );
         None
     } else {
@@ -709,7 +714,10 @@ fn resolve_oauth(
         if keys.is_none() {
             problem(
                 "oauth.keys",
-                format!("every key must be at least {} bytes", crate::oauth::MIN_KEY_BYTES),
+                format!(
+                    "every key must be at least {} bytes",
+                    crate::oauth::MIN_KEY_BYTES
+                ),
             );
         }
         keys

@@ -29,8 +29,8 @@ pub mod cli;
 pub use config::{
     DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
     DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY, DEFAULT_REFRESH_TOKEN_LIFETIME,
-    DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, McpConfig, OAuthConfig, OboConfig,
-    ResolvedConfig, ServerConfig, TokenConfig,
+    DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, McpConfig, OAuthConfig, OboConfig, ResolvedConfig,
+    ServerConfig, TokenConfig,
 };
 pub use entra::TenantMode;
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};

@@ -13,6 +13,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::routing::get;
@@ -34,7 +36,10 @@ fn oauth_config() -> OAuthConfig {
     }
 }
 
-fn configure(entra: &DevEntra, oauth: OAuthConfig) -> impl FnOnce(IdGuardBuilder) -> IdGuardBuilder + use<> {
+fn configure(
+    entra: &DevEntra,
+    oauth: OAuthConfig,
+) -> impl FnOnce(IdGuardBuilder) -> IdGuardBuilder + use<> {
     let obo = OboConfig {
         client_secret: Some(Secret::new(entra.client_secret())),
         apis: BTreeMap::from([(
@@ -51,7 +56,9 @@ async fn proxy_stack_with(oauth: OAuthConfig) -> Stack {
     let entra = DevEntra::builder().start().await.unwrap();
     let configure = configure(&entra, oauth);
     let stack = stack_with(entra, configure).await;
-    stack.entra.allow_redirect_uri(format!("{}/callback", stack.base));
+    stack
+        .entra
+        .allow_redirect_uri(format!("{}/callback", stack.base));
     stack.entra.set_sign_in_user(Some("alice")).unwrap();
     stack
 }
@@ -215,7 +222,12 @@ async fn consent(b: &mut Browser, s: &Stack, client_id: &str, challenge: &str) -
 /// Follows Entra (auto sign-in) back to the proxy's callback URL.
 async fn through_entra(b: &mut Browser, entra_url: &str) -> String {
     let res = b.get(entra_url).await;
-    assert_eq!(res.status(), 302, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(
+        res.status(),
+        302,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
     location(&res)
 }
 
@@ -225,7 +237,12 @@ async fn sign_in(s: &Stack, client_id: &str, challenge: &str) -> HashMap<String,
     let entra_url = consent(&mut b, s, client_id, challenge).await;
     let callback = through_entra(&mut b, &entra_url).await;
     let res = b.get(&callback).await;
-    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(
+        res.status(),
+        303,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
     let back = location(&res);
     assert!(back.starts_with(CLIENT_REDIRECT), "{back}");
     query(&back)
@@ -281,13 +298,19 @@ async fn metadata_names_the_proxy() {
         .await
         .unwrap();
     assert_eq!(asm["issuer"], s.base);
-    assert_eq!(asm["authorization_endpoint"], format!("{}/authorize", s.base));
+    assert_eq!(
+        asm["authorization_endpoint"],
+        format!("{}/authorize", s.base)
+    );
     assert_eq!(asm["token_endpoint"], format!("{}/token", s.base));
     assert_eq!(asm["registration_endpoint"], format!("{}/register", s.base));
     assert_eq!(asm["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(asm["client_id_metadata_document_supported"], true);
     assert_eq!(asm["authorization_response_iss_parameter_supported"], true);
-    assert_eq!(asm["token_endpoint_auth_methods_supported"], json!(["none"]));
+    assert_eq!(
+        asm["token_endpoint_auth_methods_supported"],
+        json!(["none"])
+    );
     assert_eq!(
         asm["grant_types_supported"],
         json!(["authorization_code", "refresh_token"])
@@ -304,7 +327,10 @@ async fn metadata_names_the_proxy() {
     assert_eq!(oidc, asm);
     let prm: Value = s
         .http
-        .get(format!("{}/.well-known/oauth-protected-resource/api", s.base))
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource/api",
+            s.base
+        ))
         .send()
         .await
         .unwrap()
@@ -343,8 +369,17 @@ async fn the_whole_flow_then_refresh_with_rotation() {
     assert!(claims.get("tid").is_none() && claims.get("name").is_none());
 
     let me: Value = s.me(Some(access)).await.json().await.unwrap();
-    let alice = &s.entra.users().iter().find(|u| u.key == "alice").unwrap().object_id;
-    assert_eq!(&me["object_id"], alice, "same principal as a direct Entra token");
+    let alice = &s
+        .entra
+        .users()
+        .iter()
+        .find(|u| u.key == "alice")
+        .unwrap()
+        .object_id;
+    assert_eq!(
+        &me["object_id"], alice,
+        "same principal as a direct Entra token"
+    );
     // A direct Entra token still works (pre-authorized clients).
     let direct = s.entra.token_for("alice").unwrap().mint().unwrap();
     assert_eq!(s.me(Some(&direct)).await.status(), 200);
@@ -359,10 +394,16 @@ async fn the_whole_flow_then_refresh_with_rotation() {
 
     // Reusing the rotated token revokes the whole family: the new tokens stop working.
     let (status, err) = refresh(&s, &client_id, rt1).await;
-    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     assert_eq!(s.me(Some(access2)).await.status(), 401);
     let (status, err) = refresh(&s, &client_id, rt2).await;
-    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
 }
 
 #[tokio::test]
@@ -376,8 +417,15 @@ async fn a_code_is_single_use_and_a_replay_revokes_what_it_issued() {
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(s.me(Some(access)).await.status(), 200);
     let (status, err) = redeem(&s, &client_id, &back["code"], &verifier).await;
-    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
-    assert_eq!(s.me(Some(access)).await.status(), 401, "replay revoked the session");
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        s.me(Some(access)).await.status(),
+        401,
+        "replay revoked the session"
+    );
 }
 
 #[tokio::test]
@@ -389,7 +437,10 @@ async fn the_verifier_redirect_and_client_must_match_the_code() {
     let back = sign_in(&s, &client_id, &challenge).await;
     let wrong = "w".repeat(43);
     let (status, err) = redeem(&s, &client_id, &back["code"], &wrong).await;
-    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     let (status, _) = redeem(&s, &client_id, &back["code"], &verifier).await;
     assert_eq!(status, 400, "a failed redemption used the code up");
 
@@ -405,12 +456,18 @@ async fn the_verifier_redirect_and_client_must_match_the_code() {
         ],
     )
     .await;
-    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
 
     let back = sign_in(&s, &client_id, &challenge).await;
     let other = register(&s, CLIENT_REDIRECT).await;
     let (status, err) = redeem(&s, &other, &back["code"], &verifier).await;
-    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
 }
 
 #[tokio::test]
@@ -421,19 +478,34 @@ async fn unknown_clients_and_unregistered_redirects_are_never_redirected_to() {
     let mut b = Browser::new();
     // An open redirect: a URI the client never registered.
     let res = b
-        .get(&authorize_url(&s, &client_id, "https://attacker.example/cb", &challenge))
+        .get(&authorize_url(
+            &s,
+            &client_id,
+            "https://attacker.example/cb",
+            &challenge,
+        ))
         .await;
     assert_eq!(res.status(), 400);
     assert!(res.headers().get("location").is_none());
     // A near miss of the registered URI.
     let res = b
-        .get(&authorize_url(&s, &client_id, "http://127.0.0.1:33418/callback/x", &challenge))
+        .get(&authorize_url(
+            &s,
+            &client_id,
+            "http://127.0.0.1:33418/callback/x",
+            &challenge,
+        ))
         .await;
     assert_eq!(res.status(), 400);
     assert!(res.headers().get("location").is_none());
     // Loopback: only the port may vary (RFC 8252).
     let res = b
-        .get(&authorize_url(&s, &client_id, "http://127.0.0.1:50123/callback", &challenge))
+        .get(&authorize_url(
+            &s,
+            &client_id,
+            "http://127.0.0.1:50123/callback",
+            &challenge,
+        ))
         .await;
     assert_eq!(res.status(), 200);
     // A tampered registration: one character of the sealed client id changed.
@@ -448,7 +520,12 @@ async fn unknown_clients_and_unregistered_redirects_are_never_redirected_to() {
     assert!(res.headers().get("location").is_none());
     // A client id made up by the caller.
     let res = b
-        .get(&authorize_url(&s, "my-own-client", CLIENT_REDIRECT, &challenge))
+        .get(&authorize_url(
+            &s,
+            "my-own-client",
+            CLIENT_REDIRECT,
+            &challenge,
+        ))
         .await;
     assert_eq!(res.status(), 400);
 }
@@ -532,7 +609,11 @@ async fn consent_needs_its_csrf_token_and_cookie() {
     let res = b
         .post_form(
             &consent_url,
-            &[("txn", &other_txn), ("csrf", &csrf), ("decision", "approve")],
+            &[
+                ("txn", &other_txn),
+                ("csrf", &csrf),
+                ("decision", "approve"),
+            ],
         )
         .await;
     assert_eq!(res.status(), 403);
@@ -587,7 +668,10 @@ async fn state_is_single_use_and_must_be_known() {
     let forged = callback.replace(&query(&callback)["state"], "forged-state");
     assert_eq!(b.get(&forged).await.status(), 400);
     // No state at all.
-    assert_eq!(b.get(&format!("{}/callback?code=x", s.base)).await.status(), 400);
+    assert_eq!(
+        b.get(&format!("{}/callback?code=x", s.base)).await.status(),
+        400
+    );
 }
 
 #[tokio::test]
@@ -603,7 +687,12 @@ async fn a_second_client_cannot_ride_on_the_first_clients_consent() {
     let client_b = register(&s, "https://attacker.example/cb").await;
     let mut attacker = Browser::new();
     let res = attacker
-        .get(&authorize_url(&s, &client_b, "https://attacker.example/cb", &challenge))
+        .get(&authorize_url(
+            &s,
+            &client_b,
+            "https://attacker.example/cb",
+            &challenge,
+        ))
         .await;
     let html = res.text().await.unwrap();
     let res = attacker
@@ -639,13 +728,16 @@ async fn registration_validates_metadata_and_is_rate_limited() {
     .await;
     let url = format!("{}/register", s.base);
     let post = |body: Value| s.http.post(&url).json(&body).send();
-    let res = post(json!({"redirect_uris": ["http://evil.example/cb"]})).await.unwrap();
+    let res = post(json!({"redirect_uris": ["http://evil.example/cb"]}))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"], "invalid_redirect_uri");
-    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT], "grant_types": ["client_credentials"]}))
-        .await
-        .unwrap();
+    let res =
+        post(json!({"redirect_uris": [CLIENT_REDIRECT], "grant_types": ["client_credentials"]}))
+            .await
+            .unwrap();
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"], "invalid_client_metadata");
     let res = s
@@ -658,9 +750,13 @@ async fn registration_validates_metadata_and_is_rate_limited() {
         .unwrap();
     assert_eq!(res.status(), 413);
     // Refused requests count too: the third is the last one this minute.
-    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT]})).await.unwrap();
+    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT]}))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
-    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT]})).await.unwrap();
+    let res = post(json!({"redirect_uris": [CLIENT_REDIRECT]}))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 429);
     assert!(res.headers().get("retry-after").is_some());
 }
@@ -713,9 +809,10 @@ async fn an_entra_claims_challenge_signs_in_again_with_the_claims() {
     assert!(me["auth_methods"].to_string().contains("mfa"), "{me}");
 }
 
-/// Serves client-id metadata documents on loopback: `/good.json` names itself,
-/// `/liar.json` claims another id.
-async fn document_server() -> String {
+/// Serves client-id metadata documents on loopback: `/good.json` names itself (cacheable
+/// for 10 minutes, fetches counted), `/liar.json` claims another id, `/moved.json`
+/// redirects to `/good.json`, `/big.json` is over the size limit.
+async fn document_server() -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -731,16 +828,35 @@ async fn document_server() -> String {
         "client_name": "Liar",
         "redirect_uris": [CLIENT_REDIRECT],
     });
+    let big = json!({
+        "client_id": format!("{base}/big.json"),
+        "client_name": "x".repeat(6000),
+        "redirect_uris": [CLIENT_REDIRECT],
+    });
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let moved = format!("{base}/good.json");
     let app = Router::new()
-        .route("/good.json", get(move || async move { axum::Json(good) }))
-        .route("/liar.json", get(move || async move { axum::Json(liar) }));
+        .route(
+            "/good.json",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { ([("cache-control", "max-age=600")], axum::Json(good)) }
+            }),
+        )
+        .route("/liar.json", get(move || async move { axum::Json(liar) }))
+        .route("/big.json", get(move || async move { axum::Json(big) }))
+        .route(
+            "/moved.json",
+            get(move || async move { axum::response::Redirect::temporary(&moved) }),
+        );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    (base, fetches)
 }
 
 #[tokio::test]
 async fn client_id_metadata_documents_under_the_development_allowance() {
-    let docs = document_server().await;
+    let (docs, fetches) = document_server().await;
     let s = proxy_stack_with(OAuthConfig {
         cimd_allow_loopback: true,
         ..oauth_config()
@@ -759,15 +875,44 @@ async fn client_id_metadata_documents_under_the_development_allowance() {
     assert_eq!(status, 200);
     assert_eq!(s.me(tokens["access_token"].as_str()).await.status(), 200);
 
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "cached per Cache-Control"
+    );
+
+    // Redirects are not followed; oversized documents are not read.
+    for (path, why) in [("moved.json", "HTTP 307"), ("big.json", "larger than")] {
+        let res = b
+            .get(&authorize_url(
+                &s,
+                &format!("{docs}/{path}"),
+                CLIENT_REDIRECT,
+                &challenge,
+            ))
+            .await;
+        assert_eq!(res.status(), 400, "{path}");
+        assert!(res.text().await.unwrap().contains(why), "{path}");
+    }
     // A document whose `client_id` is not its own URL.
     let res = b
-        .get(&authorize_url(&s, &format!("{docs}/liar.json"), CLIENT_REDIRECT, &challenge))
+        .get(&authorize_url(
+            &s,
+            &format!("{docs}/liar.json"),
+            CLIENT_REDIRECT,
+            &challenge,
+        ))
         .await;
     assert_eq!(res.status(), 400);
     assert!(res.text().await.unwrap().contains("not its URL"));
     // A redirect URI the document does not list.
     let res = b
-        .get(&authorize_url(&s, &client_id, "http://127.0.0.1:33418/elsewhere", &challenge))
+        .get(&authorize_url(
+            &s,
+            &client_id,
+            "http://127.0.0.1:33418/elsewhere",
+            &challenge,
+        ))
         .await;
     assert_eq!(res.status(), 400);
     // Private and metadata addresses stay refused even with the allowance.
@@ -776,14 +921,16 @@ async fn client_id_metadata_documents_under_the_development_allowance() {
         "http://169.254.169.254/latest/meta-data/client.json",
         "https://192.168.1.10/client.json",
     ] {
-        let res = b.get(&authorize_url(&s, url, CLIENT_REDIRECT, &challenge)).await;
+        let res = b
+            .get(&authorize_url(&s, url, CLIENT_REDIRECT, &challenge))
+            .await;
         assert_eq!(res.status(), 400, "{url}");
     }
 }
 
 #[tokio::test]
 async fn client_id_metadata_documents_on_internal_addresses_are_refused() {
-    let docs = document_server().await;
+    let (docs, fetches) = document_server().await;
     let s = proxy_stack().await;
     let (_, challenge) = pkce();
     let mut b = Browser::new();
@@ -797,7 +944,9 @@ async fn client_id_metadata_documents_on_internal_addresses_are_refused() {
         "https://10.1.2.3/client.json".to_owned(),
         "https://[fd00:ec2::254]/client.json".to_owned(),
     ] {
-        let res = b.get(&authorize_url(&s, &url, CLIENT_REDIRECT, &challenge)).await;
+        let res = b
+            .get(&authorize_url(&s, &url, CLIENT_REDIRECT, &challenge))
+            .await;
         assert_eq!(res.status(), 400, "{url}");
         let page = res.text().await.unwrap();
         assert!(
@@ -805,4 +954,78 @@ async fn client_id_metadata_documents_on_internal_addresses_are_refused() {
             "{url}: {page}"
         );
     }
+    assert_eq!(fetches.load(Ordering::SeqCst), 0, "nothing was fetched");
+}
+
+#[tokio::test]
+async fn registrations_survive_key_rotation_until_the_old_key_is_removed() {
+    let old = proxy_stack().await;
+    let client_id = register(&old, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    const NEW: &str = "rotated-proxy-key-abcdefghijklmnopqrstuvwxyz";
+    let rotated = proxy_stack_with(OAuthConfig {
+        keys: vec![Secret::new(NEW), Secret::new(KEY)],
+        ..oauth_config()
+    })
+    .await;
+    let res = Browser::new()
+        .get(&authorize_url(
+            &rotated,
+            &client_id,
+            CLIENT_REDIRECT,
+            &challenge,
+        ))
+        .await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the old key still opens its registrations"
+    );
+    let retired = proxy_stack_with(OAuthConfig {
+        keys: vec![Secret::new(NEW)],
+        ..oauth_config()
+    })
+    .await;
+    let res = Browser::new()
+        .get(&authorize_url(
+            &retired,
+            &client_id,
+            CLIENT_REDIRECT,
+            &challenge,
+        ))
+        .await;
+    assert_eq!(res.status(), 400, "removing the old key retires them");
+}
+
+#[tokio::test]
+async fn entra_is_asked_for_downstream_consent_without_resource() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
+    let q = query(&entra_url);
+    let scopes: Vec<&str> = q["scope"].split(' ').collect();
+    let api = format!("api://{}/mcp.tools", s.entra.api_client_id());
+    for want in [
+        api.as_str(),
+        "https://graph.microsoft.com/User.Read",
+        "offline_access",
+        "openid",
+    ] {
+        assert!(scopes.contains(&want), "{want} in {scopes:?}");
+    }
+    assert!(!q.contains_key("resource"), "Entra v2 refuses `resource`");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], s.entra.api_client_id());
+    assert_eq!(q["redirect_uri"], format!("{}/callback", s.base));
+    // The client's own challenge never reaches Entra: the proxy runs its own PKCE.
+    assert_ne!(q["code_challenge"], challenge);
+
+    // An overlong client state is refused before anything is stored.
+    let long = "s".repeat(2000);
+    let url =
+        authorize_url(&s, &client_id, CLIENT_REDIRECT, &challenge).replace("client-state-1", &long);
+    let res = b.get(&url).await;
+    assert_eq!(query(&location(&res))["error"], "invalid_request");
 }

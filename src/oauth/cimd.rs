@@ -110,9 +110,8 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let policy = self.policy;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut allowed = Vec::with_capacity(addrs.len());
             for addr in addrs {
                 // One refused address refuses the name: a name that mixes public and
@@ -319,7 +318,12 @@ fn check_document(url: &str, doc: Document) -> Result<Client, CimdError> {
     }
     let name = doc
         .client_name
-        .map(|n| n.chars().filter(|c| !c.is_control()).take(120).collect::<String>())
+        .map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(120)
+                .collect::<String>()
+        })
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| url.to_owned());
     Ok(Client {
@@ -392,7 +396,11 @@ mod tests {
             "::ffff:169.254.169.254",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(strict.check(ip), Err(CimdError::Forbidden(ip.to_canonical())), "{ip}");
+            assert_eq!(
+                strict.check(ip),
+                Err(CimdError::Forbidden(ip.to_canonical())),
+                "{ip}"
+            );
         }
         assert!(strict.check("20.190.160.1".parse().unwrap()).is_ok());
         assert!(strict.check("2603:1030::1".parse().unwrap()).is_ok());
@@ -407,9 +415,15 @@ mod tests {
     fn cache_lifetime_follows_cache_control() {
         let mut h = http::HeaderMap::new();
         assert_eq!(ttl_of(&h), Some(DEFAULT_TTL));
-        h.insert(http::header::CACHE_CONTROL, "public, max-age=600".parse().unwrap());
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "public, max-age=600".parse().unwrap(),
+        );
         assert_eq!(ttl_of(&h), Some(Duration::from_secs(600)));
-        h.insert(http::header::CACHE_CONTROL, "max-age=999999".parse().unwrap());
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "max-age=999999".parse().unwrap(),
+        );
         assert_eq!(ttl_of(&h), Some(MAX_TTL));
         h.insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
         assert_eq!(ttl_of(&h), None);
@@ -421,7 +435,10 @@ mod tests {
             allow_loopback: false,
         })
         .unwrap();
-        assert!(docs.check_url("https://app.example.com/client.json").is_ok());
+        assert!(
+            docs.check_url("https://app.example.com/client.json")
+                .is_ok()
+        );
         for bad in [
             "http://app.example.com/client.json",
             "https://app.example.com/",

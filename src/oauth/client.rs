@@ -100,7 +100,9 @@ pub(crate) fn register(
     }
     let application_type = req.application_type.unwrap_or_else(|| "web".to_owned());
     if !matches!(application_type.as_str(), "web" | "native") {
-        return Err(metadata_error("`application_type` must be `web` or `native`"));
+        return Err(metadata_error(
+            "`application_type` must be `web` or `native`",
+        ));
     }
     if let Some(grants) = &req.grant_types
         && grants
@@ -186,7 +188,9 @@ pub(crate) fn is_loopback_host(host: &url::Host<&str>) -> bool {
 /// without fragment or credentials.
 pub(crate) fn check_redirect_uri(uri: &str) -> Result<(), String> {
     if uri.len() > MAX_URI_BYTES {
-        return Err(format!("a redirect URI is longer than {MAX_URI_BYTES} bytes"));
+        return Err(format!(
+            "a redirect URI is longer than {MAX_URI_BYTES} bytes"
+        ));
     }
     let url = url::Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URL: {e}"))?;
     if url.fragment().is_some() {
@@ -195,9 +199,7 @@ pub(crate) fn check_redirect_uri(uri: &str) -> Result<(), String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("`{uri}` carries credentials"));
     }
-    let host = url
-        .host()
-        .ok_or_else(|| format!("`{uri}` has no host"))?;
+    let host = url.host().ok_or_else(|| format!("`{uri}` has no host"))?;
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback_host(&host) => Ok(()),

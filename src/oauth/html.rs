@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use axum::response::{Html, IntoResponse, Response};
-use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
 
 use super::keys::digest_b64;
 
@@ -60,7 +60,10 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         ),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -112,7 +115,9 @@ pub(crate) fn consent_page(c: &Consent<'_>) -> Response {
             escape(c.client_id)
         );
     } else {
-        body.push_str("<p>This client registered itself; idguard has not verified who runs it.</p>");
+        body.push_str(
+            "<p>This client registered itself; idguard has not verified who runs it.</p>",
+        );
     }
     let _ = write!(
         body,

@@ -219,7 +219,12 @@ mod tests {
         // Rotation: a new first key still opens what the old one sealed.
         let rotated = ProxyKeys::new(&[B, A]).unwrap();
         assert_eq!(rotated.open(Purpose::Client, &sealed).unwrap(), b"hello");
-        assert!(ProxyKeys::new(&[B]).unwrap().open(Purpose::Client, &sealed).is_none());
+        assert!(
+            ProxyKeys::new(&[B])
+                .unwrap()
+                .open(Purpose::Client, &sealed)
+                .is_none()
+        );
         // Any flipped character is refused.
         let mut tampered = sealed.into_bytes();
         let last = tampered.len() - 3;

@@ -25,8 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -42,6 +42,8 @@ use crate::obo::{ClientAuth, ClientCredential, EntraError, admin_consent_url};
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const STATE_TTL: Duration = Duration::from_secs(600);
 const CODE_TTL: Duration = Duration::from_secs(120);
+/// Longest client `state` kept (it is stored until the callback).
+const MAX_STATE_BYTES: usize = 1024;
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The fixed start of every idguard access token header (before the key id).
@@ -207,8 +209,7 @@ fn pkce_s256(verifier: &str) -> String {
 /// RFC 7636 §4.1: 43–128 characters of `[A-Za-z0-9-._~]`.
 fn valid_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len())
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
@@ -490,7 +491,11 @@ impl Proxy {
     /// Scopes for the client's request: the API's, narrowed to what it asked for.
     fn requested_scopes(&self, scope: Option<&str>) -> Result<Vec<String>, String> {
         let mut chosen = Vec::new();
-        for s in scope.unwrap_or_default().split(' ').filter(|s| !s.is_empty()) {
+        for s in scope
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+        {
             if OIDC_SCOPES.contains(&s) {
                 continue;
             }
@@ -532,11 +537,19 @@ impl Proxy {
             .first()
             .and_then(|s| s.rsplit_once('/').map(|(r, _)| r.to_owned()))
             .unwrap_or_default();
-        admin_consent_url(&self.authority, &self.tenant_segment, &self.client_id, &resource)
+        admin_consent_url(
+            &self.authority,
+            &self.tenant_segment,
+            &self.client_id,
+            &resource,
+        )
     }
 
     /// A request to Entra's token endpoint with the confidential credential.
-    async fn entra_token(&self, mut form: Vec<(&str, String)>) -> Result<EntraTokens, EntraFailure> {
+    async fn entra_token(
+        &self,
+        mut form: Vec<(&str, String)>,
+    ) -> Result<EntraTokens, EntraFailure> {
         let auth = self
             .credential
             .client_auth(&self.client_id, &self.token_endpoint)
@@ -565,21 +578,25 @@ impl Proxy {
         let status = res.status().as_u16();
         let body: EntraError = res.json().await.unwrap_or_default();
         tracing::debug!(target: "idguard::oauth", status, error = %body.error, codes = ?body.error_codes, "Entra refused the token request");
-        Err(if body.error_codes.contains(&65_001) || body.suberror.as_deref() == Some("consent_required")
-        {
-            EntraFailure::Consent
-        } else if let Some(claims) = body.claims.filter(|_| body.error == "interaction_required")
-        {
-            EntraFailure::Claims(claims)
-        } else if body.error == "invalid_grant" {
-            EntraFailure::InvalidGrant
-        } else {
-            EntraFailure::Other(format!(
-                "{} (AADSTS{})",
-                body.error,
-                body.error_codes.first().copied().unwrap_or_default()
-            ))
-        })
+        Err(
+            if body.error_codes.contains(&65_001)
+                || body.suberror.as_deref() == Some("consent_required")
+            {
+                EntraFailure::Consent
+            } else if let Some(claims) =
+                body.claims.filter(|_| body.error == "interaction_required")
+            {
+                EntraFailure::Claims(claims)
+            } else if body.error == "invalid_grant" {
+                EntraFailure::InvalidGrant
+            } else {
+                EntraFailure::Other(format!(
+                    "{} (AADSTS{})",
+                    body.error,
+                    body.error_codes.first().copied().unwrap_or_default()
+                ))
+            },
+        )
     }
 }
 
@@ -617,7 +634,6 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
         .route("/token", post(token))
         .with_state(guard.clone())
 }
-
 
 async fn register(State(guard): State<IdGuard>, body: axum::body::Bytes) -> Response {
     let Some(p) = guard.oauth_proxy() else {
@@ -714,6 +730,9 @@ async fn authorize(
         }
         to_client(&redirect_uri, &params, iss)
     };
+    if state.is_some_and(|s| s.len() > MAX_STATE_BYTES) {
+        return fail("invalid_request", "`state` is too long");
+    }
     if q.response_type.as_deref() != Some("code") {
         return fail("unsupported_response_type", "only `code` is supported");
     }
@@ -721,10 +740,16 @@ async fn authorize(
         return fail("invalid_request", "PKCE is required: send `code_challenge`");
     };
     if q.code_challenge_method.as_deref() != Some("S256") {
-        return fail("invalid_request", "PKCE `code_challenge_method` must be `S256`");
+        return fail(
+            "invalid_request",
+            "PKCE `code_challenge_method` must be `S256`",
+        );
     }
     if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).is_err() {
-        return fail("invalid_request", "`code_challenge` is not an S256 challenge");
+        return fail(
+            "invalid_request",
+            "`code_challenge` is not an S256 challenge",
+        );
     }
     if let Some(resource) = q.resource.as_deref()
         && resource.trim_end_matches('/') != p.resource
@@ -909,7 +934,10 @@ async fn callback(
             match leg {
                 Some(leg) => leg,
                 None => {
-                    return html::error_page(StatusCode::BAD_REQUEST, "The sign-in state is invalid.");
+                    return html::error_page(
+                        StatusCode::BAD_REQUEST,
+                        "The sign-in state is invalid.",
+                    );
                 }
             }
         }
@@ -995,7 +1023,10 @@ async fn callback(
         Ok(_) => return client_error("access_denied", "not a user sign-in"),
         Err(e) => {
             tracing::warn!(target: "idguard::oauth", reason = %e, "Entra issued a token this API refuses");
-            return client_error("access_denied", "the signed-in account cannot use this server");
+            return client_error(
+                "access_denied",
+                "the signed-in account cannot use this server",
+            );
         }
     };
     let sid = random_token(32);
@@ -1152,7 +1183,10 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
         .as_deref()
         .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
     let key = digest_b64(token);
-    let Some(record) = p.take_json::<Refresh>(RecordKind::RefreshToken, &key).await? else {
+    let Some(record) = p
+        .take_json::<Refresh>(RecordKind::RefreshToken, &key)
+        .await?
+    else {
         // Reuse of a rotated token: someone else holds the family; revoke it.
         if let Some(used) = p
             .get_json::<Refresh>(RecordKind::UsedRefreshToken, &key)

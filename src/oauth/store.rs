@@ -45,8 +45,13 @@ pub struct StoreError(pub String);
 /// the value), which is what makes codes, states and refresh tokens single use.
 pub trait OAuthStore: Send + Sync + fmt::Debug + 'static {
     /// Stores `value` under `(kind, key)` for `ttl`, replacing any previous value.
-    fn put(&self, kind: RecordKind, key: &str, value: Vec<u8>, ttl: Duration)
-    -> StoreFuture<'_, ()>;
+    fn put(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, ()>;
     /// The value under `(kind, key)`, if present and not expired.
     fn get(&self, kind: RecordKind, key: &str) -> StoreFuture<'_, Option<Vec<u8>>>;
     /// Removes and returns the value under `(kind, key)`, atomically.
@@ -167,10 +172,19 @@ mod tests {
     async fn take_is_single_use_and_kinds_are_separate() {
         let store = MemoryStore::default();
         let hour = Duration::from_secs(3600);
-        store.put(RecordKind::Code, "k", b"v".to_vec(), hour).await.unwrap();
+        store
+            .put(RecordKind::Code, "k", b"v".to_vec(), hour)
+            .await
+            .unwrap();
         assert!(store.get(RecordKind::State, "k").await.unwrap().is_none());
-        assert_eq!(store.get(RecordKind::Code, "k").await.unwrap().unwrap(), b"v");
-        assert_eq!(store.take(RecordKind::Code, "k").await.unwrap().unwrap(), b"v");
+        assert_eq!(
+            store.get(RecordKind::Code, "k").await.unwrap().unwrap(),
+            b"v"
+        );
+        assert_eq!(
+            store.take(RecordKind::Code, "k").await.unwrap().unwrap(),
+            b"v"
+        );
         assert!(store.take(RecordKind::Code, "k").await.unwrap().is_none());
     }
 }

@@ -210,7 +210,7 @@ async def run(label: str, mcp_url: str, report: Report, client_metadata_url: str
     async def record(request) -> None:
         requests.append(f"{request.method} {urlsplit(str(request.url)).path}")
 
-    async def list_tools() -> set[str]:
+    async def list_tools(profile: list[str] | None = None) -> set[str]:
         client = create_mcp_http_client(auth=provider)
         client.event_hooks["request"].append(record)
         async with client:
@@ -219,10 +219,19 @@ async def run(label: str, mcp_url: str, report: Report, client_metadata_url: str
                 async with ClientSession(read, write) as session:
                     await session.initialize()
                     result = await session.list_tools()
+                    if profile is not None:
+                        called = await session.call_tool("my_profile", {})
+                        profile.extend(getattr(c, "text", "") for c in called.content)
                     return {t.name for t in result.tools}
 
-    tools = await list_tools()
+    profile: list[str] = []
+    tools = await list_tools(profile)
     report.check(tools == ALICE_TOOLS, f"{label}: signed in as alice, tools/list answered", f"got {sorted(tools)}")
+    report.check(
+        any("alice@" in text.lower() for text in profile),
+        f"{label}: my_profile reached Graph on alice's behalf (OBO with the stored Entra token)",
+        f"got {profile}",
+    )
     report.check(
         "GET /.well-known/oauth-protected-resource/mcp" in requests
         and "GET /.well-known/oauth-authorization-server" in requests,
