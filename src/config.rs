@@ -986,6 +986,57 @@ mod tests {
     }
 
     #[test]
+    fn oauth_problems_name_their_keys() {
+        let err = IdGuardConfig {
+            token: valid(),
+            oauth: Some(OAuthConfig {
+                keys: vec![Secret::new("too short")],
+                access_token_lifetime: Some("5s".into()),
+                issuer: Some("http://mcp.contoso.com".into()),
+                ..OAuthConfig::default()
+            }),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(ConfigProblem::key).collect();
+        for key in [
+            "oauth",
+            "oauth.scopes",
+            "oauth.issuer",
+            "oauth.keys",
+            "oauth.access_token_lifetime",
+        ] {
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
+        let ok = IdGuardConfig {
+            token: TokenConfig {
+                required_scopes: vec!["mcp.tools".into()],
+                ..valid()
+            },
+            obo: Some(OboConfig {
+                client_secret: Some(Secret::new("s")),
+                apis: BTreeMap::from([(
+                    "graph".to_owned(),
+                    vec!["https://graph.microsoft.com/User.Read".to_owned()],
+                )]),
+                ..OboConfig::default()
+            }),
+            oauth: Some(OAuthConfig {
+                keys: vec![Secret::new("k".repeat(32))],
+                ..OAuthConfig::default()
+            }),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let o = ok.oauth.unwrap();
+        assert_eq!(o.issuer, "https://mcp.contoso.com");
+        assert_eq!(o.scopes, ["mcp.tools"]);
+        assert_eq!(o.consent_scopes, ["https://graph.microsoft.com/User.Read"]);
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_key() {
         let cfg = TokenConfig {
             authority: Some("http://login.example.com".into()),

@@ -95,12 +95,13 @@ pub(crate) fn manifest(config: &IdGuardConfig, roles: &[String]) -> Value {
         )
         .to_string()
     };
-    let scopes: Vec<String> = if config.token.required_scopes.is_empty() {
-        vec!["mcp.tools".into()]
-    } else {
-        config.token.required_scopes.clone()
+    let oauth_scopes = config.oauth.as_ref().and_then(|o| o.scopes.clone());
+    let scopes: Vec<String> = match oauth_scopes {
+        Some(s) if !s.is_empty() => s,
+        _ if config.token.required_scopes.is_empty() => vec!["mcp.tools".into()],
+        _ => config.token.required_scopes.clone(),
     };
-    json!({
+    let mut manifest = json!({
         "identifierUris": [identifier],
         "api": {
             "requestedAccessTokenVersion": 2,
@@ -129,7 +130,27 @@ pub(crate) fn manifest(config: &IdGuardConfig, roles: &[String]) -> Value {
             {"name": "acrs"},
         ]},
         "groupMembershipClaims": "SecurityGroup",
-    })
+    });
+    // The OAuth proxy signs users in as this app: Entra must know its callback.
+    if let Some(oauth) = &config.oauth {
+        let issuer = oauth
+            .issuer
+            .clone()
+            .or_else(|| {
+                let resource = config.token.resource.as_deref()?;
+                url::Url::parse(resource)
+                    .ok()
+                    .map(|u| u.origin().ascii_serialization())
+            })
+            .unwrap_or_else(|| "<issuer>".into());
+        if let Some(m) = manifest.as_object_mut() {
+            m.insert(
+                "web".into(),
+                json!({"redirectUris": [format!("{}/callback", issuer.trim_end_matches('/'))]}),
+            );
+        }
+    }
+    manifest
 }
 
 /// The v2 admin-consent URL for `client_id` in `tenant` (`.default`: everything the app
@@ -300,6 +321,18 @@ mod tests {
                 "abc"
             ),
             "https://login.microsoftonline.com/contoso.example/v2.0/adminconsent?client_id=abc&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        );
+    }
+
+    #[test]
+    fn the_proxy_callback_is_a_web_redirect_uri() {
+        let mut config = IdGuardConfig::default();
+        config.token.resource = Some("https://mcp.contoso.com/mcp".into());
+        assert!(manifest(&config, &[]).get("web").is_none());
+        config.oauth = Some(crate::OAuthConfig::default());
+        assert_eq!(
+            manifest(&config, &[])["web"]["redirectUris"],
+            json!(["https://mcp.contoso.com/callback"])
         );
     }
 }
