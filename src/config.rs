@@ -322,9 +322,9 @@ pub struct OAuthConfig {
     pub cimd_allow_loopback: bool,
     /// Dynamic registrations accepted per minute (all clients together), default 60.
     pub registration_rate_limit: Option<u32>,
-    /// Records the in-memory state store holds, default
-    /// [`DEFAULT_MEMORY_STORE_CAPACITY`](crate::oauth::DEFAULT_MEMORY_STORE_CAPACITY).
-    pub store_capacity: Option<u64>,
+    /// Bytes the in-memory state store may hold, default
+    /// [`DEFAULT_MEMORY_STORE_BYTES`](crate::oauth::DEFAULT_MEMORY_STORE_BYTES).
+    pub store_max_bytes: Option<u64>,
 }
 
 /// Default lifetime of idguard-issued access tokens.
@@ -344,7 +344,7 @@ pub(crate) struct OAuthSettings {
     pub(crate) cimd: bool,
     pub(crate) cimd_allow_loopback: bool,
     pub(crate) registration_rate_limit: u32,
-    pub(crate) store_capacity: u64,
+    pub(crate) store_max_bytes: u64,
 }
 
 /// `[token]`: how inbound Entra access tokens are validated.
@@ -686,17 +686,25 @@ fn resolve_oauth(
         })
         .trim_end_matches('/')
         .to_owned();
+    // The proxy's routes live at the root, so the issuer is an origin: no path.
     let issuer_ok = url::Url::parse(&issuer).is_ok_and(|u| {
         u.query().is_none()
             && u.fragment().is_none()
+            && u.path() == "/"
             && (u.scheme() == "https" || is_loopback_url(&issuer))
     });
     if !issuer_ok {
         problem(
             "oauth.issuer",
             format!(
-                "`{issuer}` must be an https URL without query or fragment (http only on loopback)"
+                "`{issuer}` must be an https origin, without path, query or fragment (http only on loopback)"
             ),
+        );
+    }
+    if o.cimd_allow_loopback && !is_loopback_url(&issuer) {
+        problem(
+            "oauth.cimd_allow_loopback",
+            "is for development only: allowed when the issuer is on loopback".into(),
         );
     }
     let keys = if o.keys.is_empty() {
@@ -789,9 +797,9 @@ fn resolve_oauth(
         cimd: o.cimd.unwrap_or(true),
         cimd_allow_loopback: o.cimd_allow_loopback,
         registration_rate_limit,
-        store_capacity: o
-            .store_capacity
-            .unwrap_or(crate::oauth::DEFAULT_MEMORY_STORE_CAPACITY),
+        store_max_bytes: o
+            .store_max_bytes
+            .unwrap_or(crate::oauth::DEFAULT_MEMORY_STORE_BYTES),
     })
 }
 

@@ -217,7 +217,7 @@ impl IdGuard {
         let oauth = match (&config.oauth, &config.obo) {
             (Some(settings), Some(obo)) => {
                 let store = store.unwrap_or_else(|| {
-                    Arc::new(MemoryStore::new(settings.store_capacity)) as Arc<dyn OAuthStore>
+                    Arc::new(MemoryStore::new(settings.store_max_bytes)) as Arc<dyn OAuthStore>
                 });
                 Some(
                     Proxy::new(
@@ -309,11 +309,13 @@ impl IdGuard {
         if let Some(proxy) = &self.inner.oauth
             && proxy.is_own_token(token)
         {
-            let entra = proxy
+            let (entra, scopes) = proxy
                 .entra_token_for(token, self.inner.config.leeway.as_secs())
                 .await
                 .ok_or(TokenError::SessionEnded)?;
-            return Box::pin(self.validate(&entra)).await;
+            return Box::pin(self.validate(&entra))
+                .await
+                .map(|p| p.with_scopes_within(&scopes));
         }
         match self.validate_now(token, &mut None) {
             Err(TokenError::UnknownKey) => {
@@ -422,7 +424,7 @@ impl IdGuard {
         let Some(proxy) = &self.inner.oauth else {
             return Err(self.reject(&TokenError::SessionEnded));
         };
-        let Some(entra) = proxy
+        let Some((entra, scopes)) = proxy
             .entra_token_for(&token, self.inner.config.leeway.as_secs())
             .await
         else {
@@ -430,7 +432,8 @@ impl IdGuard {
         };
         match self.validate(&entra).await {
             Ok(principal) => {
-                let principal = self.admit(principal)?;
+                // What the client signed in for, even if Entra granted more.
+                let principal = self.admit(principal.with_scopes_within(&scopes))?;
                 let token = BearerToken::new(entra);
                 if self.needs_groups(&principal) {
                     self.resolve_groups(principal, token).await

@@ -204,6 +204,17 @@ impl Principal {
         Principal(Arc::new(inner))
     }
 
+    /// The same caller with its delegated scopes narrowed to `granted` (what an OAuth
+    /// proxy client signed in for: Entra may grant more than the client asked).
+    pub(crate) fn with_scopes_within(&self, granted: &[String]) -> Self {
+        if self.0.scopes.iter().all(|s| granted.contains(s)) {
+            return self.clone();
+        }
+        let mut inner = Inner::clone(&self.0);
+        inner.scopes.retain(|s| granted.contains(s));
+        Principal(Arc::new(inner))
+    }
+
     /// The tenant id (`tid`): the directory the caller signed in to.
     pub fn tenant_id(&self) -> &str {
         &self.0.tenant_id
@@ -392,6 +403,23 @@ mod tests {
         assert!(!user.is_app_only());
         assert_eq!(user.scopes(), ["a", "b"]);
         assert!(user.has_scope("b"));
+    }
+
+    #[test]
+    fn scopes_narrow_to_what_was_granted() {
+        let p = Principal::from_unvalidated_claims(&serde_json::json!({
+            "tid": "t", "oid": "o", "sub": "s", "ver": "2.0", "scp": "mcp.read mcp.write",
+        }))
+        .unwrap();
+        let narrowed = p.with_scopes_within(&["mcp.read".to_owned()]);
+        assert_eq!(narrowed.scopes(), ["mcp.read"]);
+        assert!(!narrowed.has_scope("mcp.write"));
+        assert_eq!(
+            p.with_scopes_within(&["mcp.read".into(), "mcp.write".into()])
+                .scopes()
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -125,8 +125,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         };
         // The OAuth proxy, so MCP clients can sign in through the emulator: fresh keys
         // each start, and client-id metadata documents allowed on loopback.
+        let key = crate::oauth::random_token(48).ok_or("no randomness for the proxy key")?;
         let oauth = crate::OAuthConfig {
-            keys: vec![crate::obo::Secret::new(crate::oauth::random_token(48))],
+            keys: vec![crate::obo::Secret::new(key)],
             scopes: Some(vec![crate::dev::DEV_SCOPE.to_owned()]),
             cimd_allow_loopback: true,
             ..crate::OAuthConfig::default()

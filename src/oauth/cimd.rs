@@ -33,7 +33,7 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const MIN_TTL: Duration = Duration::from_secs(60);
 
 /// Why a client-id metadata document was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum CimdError {
     #[error("the client id is not an https URL with a path: {0}")]
     BadUrl(String),
@@ -73,7 +73,7 @@ impl AddressPolicy {
 }
 
 fn forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local() // 169.254.0.0/16, with 169.254.169.254
@@ -83,19 +83,23 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space, 100.100.100.200
-        || (a == 192 && b == 0 && ip.octets().get(2) == Some(&0)) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
         || a >= 240 // reserved
 }
 
+/// IPv6: only global unicast (`2000::/3`) is allowed, minus the ranges that embed or
+/// relay to IPv4 or are reserved. Everything else (loopback, unique local with
+/// `fd00:ec2::254`, link local, site local, IPv4-compatible, NAT64, discard) is refused.
 fn forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments().first().copied().unwrap_or(0);
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local, with fd00:ec2::254
-        || (first & 0xffc0) == 0xfe80 // link local
-        || first == 0x64 // 64:ff9b::/96 NAT64 maps onto IPv4 we cannot check
-        || first == 0x2001 && ip.segments().get(1) == Some(&0x0db8) // documentation
+    let [s0, s1, ..] = ip.segments();
+    let global_unicast = (s0 & 0xe000) == 0x2000;
+    !global_unicast
+        || (s0 == 0x2001 && s1 == 0) // Teredo
+        || (s0 == 0x2001 && s1 == 0x0db8) // documentation
+        || (s0 == 0x2001 && s1 < 0x0200) // other IETF protocol assignments
+        || s0 == 0x2002 // 6to4
 }
 
 /// A resolver that answers only with addresses the policy allows: what reqwest connects
@@ -128,6 +132,20 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+impl CimdError {
+    /// What the sign-in page may say: the document's own problems, but nothing about the
+    /// network behind idguard (addresses, connection errors), which would make it an
+    /// oracle for internal names.
+    pub(crate) fn public_message(&self) -> String {
+        match self {
+            Self::BadUrl(_) | Self::Invalid(_) => self.to_string(),
+            Self::Forbidden(_) | Self::Fetch(_) => {
+                "the client metadata document could not be fetched".to_owned()
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Document {
     client_id: Option<String>,
@@ -144,7 +162,16 @@ pub(crate) struct MetadataDocuments {
     http: reqwest::Client,
     policy: AddressPolicy,
     cache: moka::future::Cache<String, (Arc<Client>, Duration)>,
+    /// Recent failures, so a bad URL does not cause a fetch per request.
+    failures: moka::future::Cache<String, CimdError>,
+    /// Fetches in flight, all URLs together.
+    fetches: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many documents are fetched at once.
+const MAX_CONCURRENT_FETCHES: usize = 16;
+/// How long a failure is remembered.
+const FAILURE_TTL: Duration = Duration::from_secs(60);
 
 struct TtlExpiry;
 
@@ -180,22 +207,41 @@ impl MetadataDocuments {
                 .max_capacity(10_000)
                 .expire_after(TtlExpiry)
                 .build(),
+            failures: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FAILURE_TTL)
+                .build(),
+            fetches: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES)),
         })
     }
 
-    /// The client `url` describes, from the cache or fetched.
+    /// The client `url` describes, from the cache or fetched (one fetch per URL at a
+    /// time; failures remembered for a minute).
     pub(crate) async fn client(&self, url: &str) -> Result<Arc<Client>, CimdError> {
-        if let Some((client, _)) = self.cache.get(url).await {
-            return Ok(client);
+        if let Some(e) = self.failures.get(url).await {
+            return Err(e);
         }
-        let (client, ttl) = self.fetch(url).await?;
-        let client = Arc::new(client);
-        if let Some(ttl) = ttl {
-            self.cache
-                .insert(url.to_owned(), (client.clone(), ttl))
-                .await;
+        let fetched = self
+            .cache
+            .try_get_with(url.to_owned(), async {
+                let _permit = self
+                    .fetches
+                    .acquire()
+                    .await
+                    .map_err(|_| CimdError::Fetch("shutting down".into()))?;
+                self.fetch(url)
+                    .await
+                    .map(|(client, ttl)| (Arc::new(client), ttl))
+            })
+            .await;
+        match fetched {
+            Ok((client, _)) => Ok(client),
+            Err(e) => {
+                let e = (*e).clone();
+                self.failures.insert(url.to_owned(), e.clone()).await;
+                Err(e)
+            }
         }
-        Ok(client)
     }
 
     fn check_url(&self, raw: &str) -> Result<url::Url, CimdError> {
@@ -218,19 +264,17 @@ impl MetadataDocuments {
             "http" if loopback && self.policy.allow_loopback => {}
             _ => return Err(bad("only https")),
         }
-        // Literal addresses never reach the resolver: check them here.
+        // Literal addresses never reach the resolver: check them here. Names (with
+        // `localhost`) are checked by the resolver, on every address they resolve to.
         match host {
             url::Host::Ipv4(ip) => self.policy.check(IpAddr::V4(ip))?,
             url::Host::Ipv6(ip) => self.policy.check(IpAddr::V6(ip))?,
-            url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
-                self.policy.check(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
-            }
             url::Host::Domain(_) => {}
         }
         Ok(url)
     }
 
-    async fn fetch(&self, raw: &str) -> Result<(Client, Option<Duration>), CimdError> {
+    async fn fetch(&self, raw: &str) -> Result<(Client, Duration), CimdError> {
         let url = self.check_url(raw)?;
         let fetch_err = |e: reqwest::Error| {
             // A refusal by the resolver surfaces as a connect error; name it.
@@ -334,42 +378,31 @@ fn check_document(url: &str, doc: Document) -> Result<Client, CimdError> {
     })
 }
 
-/// How long a document may be cached: `None` for `no-store`/`no-cache`.
-fn ttl_of(headers: &http::HeaderMap) -> Option<Duration> {
+/// How long a document is cached: its `max-age`, within [1 minute, 1 day]; `no-store`,
+/// `no-cache` and `max-age=0` get the minute too (how long the authorization server keeps
+/// what it fetched is its own decision, and a per-request fetch would be a lever for
+/// floods).
+fn ttl_of(headers: &http::HeaderMap) -> Duration {
     let Some(cc) = headers
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
     else {
-        return Some(DEFAULT_TTL);
+        return DEFAULT_TTL;
     };
     let mut ttl = DEFAULT_TTL;
     for directive in cc.split(',').map(str::trim) {
         let lower = directive.to_ascii_lowercase();
         if lower == "no-store" || lower == "no-cache" {
-            return None;
+            return MIN_TTL;
         }
         if let Some(secs) = lower
             .strip_prefix("max-age=")
             .and_then(|v| v.parse::<u64>().ok())
         {
-            if secs == 0 {
-                return None;
-            }
             ttl = Duration::from_secs(secs).clamp(MIN_TTL, MAX_TTL);
         }
     }
-    Some(ttl)
-}
-
-impl Clone for CimdError {
-    fn clone(&self) -> Self {
-        match self {
-            Self::BadUrl(s) => Self::BadUrl(s.clone()),
-            Self::Forbidden(ip) => Self::Forbidden(*ip),
-            Self::Fetch(s) => Self::Fetch(s.clone()),
-            Self::Invalid(s) => Self::Invalid(s.clone()),
-        }
-    }
+    ttl
 }
 
 #[cfg(test)]
@@ -394,6 +427,14 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "100::1",
+            "64:ff9b::a9fe:a9fe",
+            "198.18.0.1",
+            "192.88.99.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(
@@ -414,19 +455,19 @@ mod tests {
     #[test]
     fn cache_lifetime_follows_cache_control() {
         let mut h = http::HeaderMap::new();
-        assert_eq!(ttl_of(&h), Some(DEFAULT_TTL));
+        assert_eq!(ttl_of(&h), DEFAULT_TTL);
         h.insert(
             http::header::CACHE_CONTROL,
             "public, max-age=600".parse().unwrap(),
         );
-        assert_eq!(ttl_of(&h), Some(Duration::from_secs(600)));
+        assert_eq!(ttl_of(&h), Duration::from_secs(600));
         h.insert(
             http::header::CACHE_CONTROL,
             "max-age=999999".parse().unwrap(),
         );
-        assert_eq!(ttl_of(&h), Some(MAX_TTL));
+        assert_eq!(ttl_of(&h), MAX_TTL);
         h.insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
-        assert_eq!(ttl_of(&h), None);
+        assert_eq!(ttl_of(&h), MIN_TTL);
     }
 
     #[test]
@@ -448,7 +489,6 @@ mod tests {
             "https://127.0.0.1/c",
             "http://127.0.0.1/c",
             "https://[::1]/c",
-            "https://localhost/c",
             "https://169.254.169.254/latest/meta-data",
         ] {
             assert!(docs.check_url(bad).is_err(), "{bad}");

@@ -13,6 +13,11 @@ use super::keys::{ProxyKeys, Purpose};
 pub(crate) const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 const MAX_REDIRECT_URIS: usize = 10;
 const MAX_URI_BYTES: usize = 2000;
+/// All redirect URIs of a registration together: keeps client ids (which carry them, and
+/// which pending sign-ins store) small.
+const MAX_TOTAL_URI_BYTES: usize = 4096;
+/// Query parameters the proxy adds to redirects; a registered URI may not carry them.
+const RESERVED_PARAMS: [&str; 5] = ["code", "state", "iss", "error", "error_description"];
 const MAX_NAME_CHARS: usize = 120;
 
 /// A client the proxy knows: registered, or described by a metadata document.
@@ -95,6 +100,11 @@ pub(crate) fn register(
             "at most {MAX_REDIRECT_URIS} redirect URIs"
         )));
     }
+    if uris.iter().map(String::len).sum::<usize>() > MAX_TOTAL_URI_BYTES {
+        return Err(redirect_error(format!(
+            "the redirect URIs total more than {MAX_TOTAL_URI_BYTES} bytes"
+        )));
+    }
     for uri in &uris {
         check_redirect_uri(uri).map_err(redirect_error)?;
     }
@@ -135,7 +145,7 @@ pub(crate) fn register(
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "Unnamed MCP client".to_owned());
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if name.chars().count() > MAX_NAME_CHARS || !printable(&name) {
         return Err(metadata_error(format!(
             "`client_name` must be at most {MAX_NAME_CHARS} printable characters"
         )));
@@ -149,7 +159,7 @@ pub(crate) fn register(
     };
     let json = serde_json::to_vec(&sealed).map_err(|e| metadata_error(e.to_string()))?;
     let client_id = keys
-        .seal(Purpose::Client, &json)
+        .seal(Purpose::Client, b"", &json)
         .ok_or_else(|| metadata_error("cannot issue a client id"))?;
     Ok(Registered {
         client_id,
@@ -165,13 +175,24 @@ pub(crate) fn register(
 
 /// The client a sealed id describes; `None` if it is not one of ours or was altered.
 pub(crate) fn open_registered(keys: &ProxyKeys, client_id: &str) -> Option<Client> {
-    let json = keys.open(Purpose::Client, client_id)?;
+    let json = keys.open(Purpose::Client, b"", client_id)?;
     let sealed: Sealed = serde_json::from_slice(&json).ok()?;
     (sealed.v == 1).then(|| Client {
         id: client_id.to_owned(),
         name: sealed.n,
         redirect_uris: sealed.r,
         metadata_document: false,
+    })
+}
+
+/// Text a consent page may show as is: no control characters, no invisible formatting
+/// (bidirectional overrides, zero-width characters) that could disguise a name.
+pub(crate) fn printable(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c.is_control()
+            || matches!(c,
+                '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{00AD}' | '\u{061C}' | '\u{180E}')
     })
 }
 
@@ -195,6 +216,22 @@ pub(crate) fn check_redirect_uri(uri: &str) -> Result<(), String> {
     let url = url::Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URL: {e}"))?;
     if url.fragment().is_some() {
         return Err(format!("`{uri}` has a fragment"));
+    }
+    // Matching is by exact string, and the redirect goes where the parsed URL points:
+    // the two must be the same text.
+    if url.as_str() != uri {
+        return Err(format!(
+            "`{uri}` is not in canonical form (it would be sent as `{}`)",
+            url.as_str()
+        ));
+    }
+    if url
+        .query_pairs()
+        .any(|(k, _)| RESERVED_PARAMS.contains(&k.as_ref()))
+    {
+        return Err(format!(
+            "`{uri}` carries a parameter the authorization response sets (code, state, iss, error)"
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("`{uri}` carries credentials"));
@@ -290,6 +327,9 @@ mod tests {
             "https://app.example.com/cb#frag",
             "https://user:pw@app.example.com/cb",
             "/relative",
+            "https://app.example.com/a/../cb",
+            "https://APP.example.com/cb",
+            "https://app.example.com/cb?code=1",
         ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }

@@ -88,6 +88,8 @@ pub(crate) struct Consent<'a> {
     pub(crate) redirect_uri: &'a str,
     pub(crate) scopes: &'a [String],
     pub(crate) downstream: &'a [String],
+    /// The MCP server the user is about to let the client use.
+    pub(crate) resource: &'a str,
     pub(crate) txn: &'a str,
     pub(crate) csrf: &'a str,
 }
@@ -105,8 +107,10 @@ pub(crate) fn consent_page(c: &Consent<'_>) -> Response {
     let mut body = String::new();
     let _ = write!(
         body,
-        "<h1>Allow {name}?</h1><p><strong>{name}</strong> wants to use this MCP server as you.</p>",
-        name = escape(c.client_name)
+        "<h1>Allow {name}?</h1><p><strong>{name}</strong> wants to use the MCP server \
+         <code>{server}</code> as you.</p>",
+        name = escape(c.client_name),
+        server = escape(c.resource)
     );
     if c.metadata_document {
         let _ = write!(
@@ -114,6 +118,17 @@ pub(crate) fn consent_page(c: &Consent<'_>) -> Response {
             "<p>Client described at <code>{}</code>.</p>",
             escape(c.client_id)
         );
+        let client_host = url::Url::parse(c.client_id)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        if !loopback && client_host.as_deref() != Some(host.as_str()) {
+            let _ = write!(
+                body,
+                "<p class=\"warn\">The answer goes to <strong>{}</strong>, not to the host that \
+                 describes this client.</p>",
+                escape(&host)
+            );
+        }
     } else {
         body.push_str(
             "<p>This client registered itself; idguard has not verified who runs it.</p>",

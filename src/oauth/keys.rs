@@ -20,10 +20,18 @@ pub(crate) const MIN_KEY_BYTES: usize = 32;
 pub(crate) enum Purpose {
     /// A registered client, carried in its client id.
     Client,
+    /// An authorization request waiting for consent, at rest in the store.
+    Pending,
+    /// The Entra leg of an approved request, at rest in the store.
+    State,
+    /// An authorization code's record, at rest in the store.
+    Code,
     /// The Entra tokens of a session, at rest in the store.
     Session,
     /// idguard-issued access tokens.
     AccessToken,
+    /// idguard-issued refresh tokens.
+    RefreshToken,
     /// The consent page's CSRF token.
     Csrf,
     /// The cookie binding a browser to the consent it gave.
@@ -34,8 +42,12 @@ impl Purpose {
     fn label(self) -> &'static [u8] {
         match self {
             Self::Client => b"idguard/oauth/client/v1",
+            Self::Pending => b"idguard/oauth/pending/v1",
+            Self::State => b"idguard/oauth/state/v1",
+            Self::Code => b"idguard/oauth/code/v1",
             Self::Session => b"idguard/oauth/session/v1",
             Self::AccessToken => b"idguard/oauth/access-token/v1",
+            Self::RefreshToken => b"idguard/oauth/refresh-token/v1",
             Self::Csrf => b"idguard/oauth/csrf/v1",
             Self::Consent => b"idguard/oauth/consent/v1",
         }
@@ -60,16 +72,12 @@ impl std::fmt::Debug for ProxyKeys {
     }
 }
 
-/// Cryptographically random bytes, base64url (`n` bytes of entropy).
-pub(crate) fn random_token(n: usize) -> String {
+/// Cryptographically random bytes, base64url (`n` bytes of entropy); `None` only if the
+/// operating system's generator fails, and then nothing may be issued.
+pub(crate) fn random_token(n: usize) -> Option<String> {
     let mut buf = vec![0u8; n];
-    // `fill` fails only when the OS has no entropy source; an all-zero value would be
-    // guessable, so fall back to a v4 UUID's randomness rather than return it.
-    if rand::fill(&mut buf).is_err() {
-        buf = uuid::Uuid::new_v4().as_bytes().repeat(n.div_ceil(16));
-        buf.truncate(n);
-    }
-    URL_SAFE_NO_PAD.encode(buf)
+    rand::fill(&mut buf).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(buf))
 }
 
 /// SHA-256, base64url: how secrets are named in the store.
@@ -79,7 +87,25 @@ pub(crate) fn digest_b64(value: &str) -> String {
 
 /// Equality in time independent of where the inputs differ.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// Associated data: the purpose label, a separator, the context.
+fn aad(purpose: Purpose, context: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(purpose.label().len() + 1 + context.len());
+    v.extend_from_slice(purpose.label());
+    v.push(0);
+    v.extend_from_slice(context);
+    v
+}
+
+/// HKDF output length of key ids.
+struct IdLen;
+
+impl hkdf::KeyType for IdLen {
+    fn len(&self) -> usize {
+        6
+    }
 }
 
 impl ProxyKeys {
@@ -102,11 +128,14 @@ impl ProxyKeys {
                 .expand(&[b"mac"], hmac::HMAC_SHA256)
                 .ok()
                 .map(hmac::Key::from)?;
-            let id = URL_SAFE_NO_PAD
-                .encode(digest::digest(&digest::SHA256, secret))
-                .chars()
-                .take(8)
-                .collect();
+            // The key id is published in tokens and client ids: derived, not a hash of
+            // the secret itself.
+            let mut raw_id = [0u8; 6];
+            prk.expand(&[b"key id"], IdLen)
+                .ok()?
+                .fill(&mut raw_id)
+                .ok()?;
+            let id = URL_SAFE_NO_PAD.encode(raw_id);
             keys.push(Material { id, seal, mac });
         }
         (!keys.is_empty()).then_some(Self { keys })
@@ -125,8 +154,14 @@ impl ProxyKeys {
         self.current().map_or("", |k| k.id.as_str())
     }
 
-    /// `{key id}.{base64url(nonce ‖ ciphertext ‖ tag)}`.
-    pub(crate) fn seal(&self, purpose: Purpose, plaintext: &[u8]) -> Option<String> {
+    /// `{key id}.{base64url(nonce ‖ ciphertext ‖ tag)}`, bound to `purpose` and `context`
+    /// (e.g. the store key the value lives under: moved elsewhere, it does not open).
+    pub(crate) fn seal(
+        &self,
+        purpose: Purpose,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Option<String> {
         let key = self.current()?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce).ok()?;
@@ -134,7 +169,7 @@ impl ProxyKeys {
         key.seal
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(purpose.label()),
+                Aad::from(aad(purpose, context)),
                 &mut buf,
             )
             .ok()?;
@@ -145,8 +180,8 @@ impl ProxyKeys {
     }
 
     /// The plaintext of a [`seal`](Self::seal)ed value; `None` if it was tampered with,
-    /// sealed for another purpose, or by a key no longer configured.
-    pub(crate) fn open(&self, purpose: Purpose, sealed: &str) -> Option<Vec<u8>> {
+    /// sealed for another purpose or context, or by a key no longer configured.
+    pub(crate) fn open(&self, purpose: Purpose, context: &[u8], sealed: &str) -> Option<Vec<u8>> {
         let (id, body) = sealed.split_once('.')?;
         let key = self.by_id(id)?;
         let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
@@ -155,7 +190,7 @@ impl ProxyKeys {
         let mut buf = ciphertext.to_vec();
         let plain = key
             .seal
-            .open_in_place(nonce, Aad::from(purpose.label()), &mut buf)
+            .open_in_place(nonce, Aad::from(aad(purpose, context)), &mut buf)
             .ok()?;
         Some(plain.to_vec())
     }
@@ -213,24 +248,30 @@ mod tests {
     #[test]
     fn seal_opens_only_for_its_purpose_and_keys() {
         let keys = ProxyKeys::new(&[A]).unwrap();
-        let sealed = keys.seal(Purpose::Client, b"hello").unwrap();
-        assert_eq!(keys.open(Purpose::Client, &sealed).unwrap(), b"hello");
-        assert!(keys.open(Purpose::Session, &sealed).is_none());
+        let sealed = keys.seal(Purpose::Client, b"k1", b"hello").unwrap();
+        assert_eq!(
+            keys.open(Purpose::Client, b"k1", &sealed).unwrap(),
+            b"hello"
+        );
+        assert!(keys.open(Purpose::Session, b"k1", &sealed).is_none());
+        assert!(
+            keys.open(Purpose::Client, b"k2", &sealed).is_none(),
+            "bound to its context"
+        );
         // Rotation: a new first key still opens what the old one sealed.
         let rotated = ProxyKeys::new(&[B, A]).unwrap();
-        assert_eq!(rotated.open(Purpose::Client, &sealed).unwrap(), b"hello");
-        assert!(
-            ProxyKeys::new(&[B])
-                .unwrap()
-                .open(Purpose::Client, &sealed)
-                .is_none()
+        assert_eq!(
+            rotated.open(Purpose::Client, b"k1", &sealed).unwrap(),
+            b"hello"
         );
+        let retired = ProxyKeys::new(&[B]).unwrap();
+        assert!(retired.open(Purpose::Client, b"k1", &sealed).is_none());
         // Any flipped character is refused.
         let mut tampered = sealed.into_bytes();
         let last = tampered.len() - 3;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
-        assert!(keys.open(Purpose::Client, &tampered).is_none());
+        assert!(keys.open(Purpose::Client, b"k1", &tampered).is_none());
     }
 
     #[test]

@@ -22,10 +22,10 @@ mod metadata;
 pub(crate) mod proxy;
 mod store;
 
-pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 #[cfg(all(feature = "dev", feature = "rmcp"))]
 pub(crate) use keys::random_token;
+pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 pub use metadata::ProtectedResourceMetadata;
 pub use store::{
-    DEFAULT_MEMORY_STORE_CAPACITY, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,
+    DEFAULT_MEMORY_STORE_BYTES, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,
 };

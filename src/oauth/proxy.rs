@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{DefaultBodyLimit, Form, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -93,6 +93,8 @@ struct Pending {
     client_name: String,
     metadata_document: bool,
     redirect_uri: String,
+    /// Whether the client sent `redirect_uri` (then `/token` must repeat it).
+    redirect_presented: bool,
     state: Option<String>,
     challenge: String,
     scopes: Vec<String>,
@@ -104,25 +106,23 @@ struct Leg {
     pending: Pending,
     verifier: String,
     claims: Option<String>,
+    /// Claims challenges answered so far (bounded: no loops).
+    rounds: u8,
 }
 
-/// An authorization code issued to a client.
+/// An authorization code issued to a client; kept after redemption, marked used, so a
+/// replay revokes what the first redemption issued.
 #[derive(Serialize, Deserialize)]
 struct Code {
     client_id: String,
     redirect_uri: String,
+    redirect_presented: bool,
     challenge: String,
     sid: String,
+    used: bool,
 }
 
-/// A refresh token issued to a client.
-#[derive(Serialize, Deserialize)]
-struct Refresh {
-    client_id: String,
-    sid: String,
-}
-
-/// The Entra tokens behind a client's tokens (sealed at rest).
+/// The Entra tokens behind a client's tokens, and the refresh-token generation.
 #[derive(Serialize, Deserialize)]
 struct Session {
     client_id: String,
@@ -131,6 +131,13 @@ struct Session {
     access_token: String,
     refresh_token: Option<String>,
     expires_at: u64,
+    /// The generation of the one valid refresh token; older ones are reuse.
+    generation: u64,
+    /// When the session (and its refresh tokens) end.
+    ends_at: u64,
+    /// When the refresh token was last rotated.
+    #[serde(default)]
+    rotated_at: u64,
 }
 
 /// The claims of an idguard access token (RFC 9068).
@@ -152,9 +159,20 @@ struct AccessClaims {
 struct EntraTokens {
     access_token: String,
     refresh_token: Option<String>,
-    #[serde(default)]
+    /// Entra always sends it; an hour if not.
+    #[serde(default = "default_expires_in")]
     expires_in: u64,
 }
+
+fn default_expires_in() -> u64 {
+    3600
+}
+
+/// A refresh token rotated this recently is refused without revoking its family.
+const ROTATION_GRACE_SECS: u64 = 5;
+
+/// Claims challenges answered in one sign-in before giving up.
+const MAX_CLAIMS_ROUNDS: u8 = 2;
 
 /// An RFC 6749 §5.2 error.
 struct OAuthError {
@@ -335,7 +353,9 @@ impl Proxy {
 
     fn issue_access_token(&self, session: &Session, sid: &str) -> Option<(String, u64)> {
         let now = unix_now();
-        let exp = (now + self.settings.access_token_lifetime.as_secs()).min(session.expires_at);
+        let exp = now
+            .saturating_add(self.settings.access_token_lifetime.as_secs())
+            .min(session.expires_at);
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
             aud: self.resource.clone(),
@@ -344,7 +364,7 @@ impl Proxy {
             scope: session.scopes.join(" "),
             iat: now,
             exp,
-            jti: random_token(16),
+            jti: random_token(16)?,
             sid: sid.to_owned(),
         };
         let header = format!("{TOKEN_HEADER_START}{}\"}}", self.keys.current_id());
@@ -357,8 +377,8 @@ impl Proxy {
         Some((format!("{input}.{tag}"), exp.saturating_sub(now)))
     }
 
-    /// The session id of a valid idguard access token.
-    fn verify_access_token(&self, token: &str, leeway: u64) -> Option<String> {
+    /// The claims of a valid idguard access token.
+    fn verify_access_token(&self, token: &str, leeway: u64) -> Option<AccessClaims> {
         let (input, tag) = token.rsplit_once('.')?;
         let (header, payload) = input.split_once('.')?;
         let header: serde_json::Value =
@@ -378,59 +398,87 @@ impl Proxy {
         let now = unix_now();
         (claims.iss == self.settings.issuer
             && claims.aud == self.resource
-            && claims.exp + leeway > now
-            && claims.iat <= now + leeway)
-            .then_some(claims.sid)
+            && claims.exp.saturating_add(leeway) > now
+            && claims.iat <= now.saturating_add(leeway))
+        .then_some(claims)
     }
 
-    /// The Entra access token behind a valid idguard access token.
-    pub(crate) async fn entra_token_for(&self, token: &str, leeway: u64) -> Option<String> {
-        let sid = self.verify_access_token(token, leeway)?;
-        let session = self.session(&sid).await?;
-        Some(session.access_token)
+    /// The Entra access token behind a valid idguard access token, and the API scopes
+    /// (short names) the client signed in for.
+    pub(crate) async fn entra_token_for(
+        &self,
+        token: &str,
+        leeway: u64,
+    ) -> Option<(String, Vec<String>)> {
+        let claims = self.verify_access_token(token, leeway)?;
+        let (session, _) = self
+            .get_sealed::<Session>(RecordKind::Session, &claims.sid)
+            .await
+            .ok()??;
+        if session.client_id != claims.client_id {
+            return None;
+        }
+        let scopes = claims
+            .scope
+            .split(' ')
+            .map(|s| s.rsplit_once('/').map_or(s, |(_, short)| short).to_owned())
+            .collect();
+        Some((session.access_token, scopes))
     }
 
-    async fn session(&self, sid: &str) -> Option<Session> {
-        let sealed = self.store.get(RecordKind::Session, sid).await.ok()??;
-        let sealed = String::from_utf8(sealed).ok()?;
-        let json = self.keys.open(Purpose::Session, &sealed)?;
+    fn seal_record<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, OAuthError> {
+        serde_json::to_vec(value)
+            .ok()
+            .and_then(|json| self.keys.seal(purpose_of(kind), key.as_bytes(), &json))
+            .map(String::into_bytes)
+            .ok_or_else(|| OAuthError::new("server_error", "cannot seal a record"))
+    }
+
+    fn open_record<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        bytes: &[u8],
+    ) -> Option<T> {
+        let sealed = std::str::from_utf8(bytes).ok()?;
+        let json = self.keys.open(purpose_of(kind), key.as_bytes(), sealed)?;
         serde_json::from_slice(&json).ok()
     }
 
-    async fn put_session(&self, sid: &str, session: &Session) -> Result<(), OAuthError> {
-        let json = serde_json::to_vec(session)
-            .map_err(|_| OAuthError::new("server_error", "cannot store the session"))?;
-        let sealed = self
-            .keys
-            .seal(Purpose::Session, &json)
-            .ok_or_else(|| OAuthError::new("server_error", "cannot seal the session"))?;
-        self.store
-            .put(
-                RecordKind::Session,
-                sid,
-                sealed.into_bytes(),
-                self.settings.refresh_token_lifetime,
-            )
-            .await
-            .map_err(|e| store_failed(&e))
-    }
-
-    async fn put_json<T: Serialize>(
+    async fn put_sealed<T: Serialize>(
         &self,
         kind: RecordKind,
         key: &str,
         value: &T,
         ttl: Duration,
     ) -> Result<(), OAuthError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|_| OAuthError::new("server_error", "cannot encode a record"))?;
+        let bytes = self.seal_record(kind, key, value)?;
         self.store
             .put(kind, key, bytes, ttl)
             .await
             .map_err(|e| store_failed(&e))
     }
 
-    async fn take_json<T: serde::de::DeserializeOwned>(
+    /// The record and its stored bytes (for [`OAuthStore::swap`]).
+    async fn get_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+    ) -> Result<Option<(T, Vec<u8>)>, OAuthError> {
+        let found = self
+            .store
+            .get(kind, key)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        Ok(found.and_then(|b| self.open_record(kind, key, &b).map(|v| (v, b))))
+    }
+
+    async fn take_sealed<T: serde::de::DeserializeOwned>(
         &self,
         kind: RecordKind,
         key: &str,
@@ -440,20 +488,51 @@ impl Proxy {
             .take(kind, key)
             .await
             .map_err(|e| store_failed(&e))?;
-        Ok(found.and_then(|b| serde_json::from_slice(&b).ok()))
+        Ok(found.and_then(|b| self.open_record(kind, key, &b)))
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
+    /// Replaces a record only if it is unchanged since it was read; `false` otherwise.
+    async fn swap_sealed<T: Serialize>(
         &self,
         kind: RecordKind,
         key: &str,
-    ) -> Result<Option<T>, OAuthError> {
-        let found = self
-            .store
-            .get(kind, key)
+        current: &[u8],
+        value: &T,
+        ttl: Duration,
+    ) -> Result<bool, OAuthError> {
+        let bytes = self.seal_record(kind, key, value)?;
+        self.store
+            .swap(kind, key, current, bytes, ttl)
             .await
-            .map_err(|e| store_failed(&e))?;
-        Ok(found.and_then(|b| serde_json::from_slice(&b).ok()))
+            .map_err(|e| store_failed(&e))
+    }
+
+    fn session_ttl(session: &Session) -> Duration {
+        Duration::from_secs(session.ends_at.saturating_sub(unix_now()).max(1))
+    }
+
+    /// `{sid}.{generation}.{nonce}.{key id}.{tag}`: names its session and generation, and
+    /// only the proxy can make one (so an old generation is proof of reuse).
+    fn refresh_token(&self, sid: &str, generation: u64) -> Option<String> {
+        let body = format!("{sid}.{generation}.{}", random_token(16)?);
+        let (kid, tag) = self.keys.sign(Purpose::RefreshToken, body.as_bytes())?;
+        Some(format!("{body}.{kid}.{tag}"))
+    }
+
+    /// The session id and generation of a refresh token the proxy issued.
+    fn parse_refresh_token<'t>(&self, token: &'t str) -> Option<(&'t str, u64)> {
+        let mut parts = token.rsplitn(3, '.');
+        let (tag, kid, body) = (parts.next()?, parts.next()?, parts.next()?);
+        if !self
+            .keys
+            .verify(Purpose::RefreshToken, kid, body.as_bytes(), tag)
+        {
+            return None;
+        }
+        let mut fields = body.splitn(3, '.');
+        let sid = fields.next()?;
+        let generation = fields.next()?.parse().ok()?;
+        Some((sid, generation))
     }
 
     // ---------------------------------------------------------------- clients
@@ -463,7 +542,10 @@ impl Proxy {
             let Some(docs) = &self.documents else {
                 return Err("client-id metadata documents are turned off".into());
             };
-            return docs.client(client_id).await.map_err(|e| e.to_string());
+            return docs.client(client_id).await.map_err(|e| {
+                tracing::debug!(target: "idguard::oauth", error = %e, "client metadata document refused");
+                e.public_message()
+            });
         }
         client::open_registered(&self.keys, client_id)
             .map(Arc::new)
@@ -607,6 +689,20 @@ enum EntraFailure {
     Other(String),
 }
 
+fn purpose_of(kind: RecordKind) -> Purpose {
+    match kind {
+        RecordKind::Pending => Purpose::Pending,
+        RecordKind::State => Purpose::State,
+        RecordKind::Code => Purpose::Code,
+        RecordKind::Session => Purpose::Session,
+    }
+}
+
+/// A fresh random value, or a refusal when the system cannot make one.
+fn fresh(bytes: usize) -> Result<String, OAuthError> {
+    random_token(bytes).ok_or_else(|| OAuthError::new("server_error", "no randomness available"))
+}
+
 fn store_failed(e: &super::store::StoreError) -> OAuthError {
     tracing::error!(target: "idguard::oauth", error = %e, "state store failed");
     OAuthError::new("temporarily_unavailable", "the state store is unavailable")
@@ -627,31 +723,63 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
             get(as_metadata.clone()),
         )
         .route("/.well-known/openid-configuration", get(as_metadata))
-        .route("/register", post(register))
+        .route(
+            "/register",
+            post(register).layer(DefaultBodyLimit::max(client::MAX_REGISTRATION_BYTES)),
+        )
         .route("/authorize", get(authorize))
-        .route("/consent", post(consent))
+        .route(
+            "/consent",
+            post(consent).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
         .route("/callback", get(callback))
-        .route("/token", post(token))
+        .route(
+            "/token",
+            post(token).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
         .with_state(guard.clone())
 }
 
-async fn register(State(guard): State<IdGuard>, body: axum::body::Bytes) -> Response {
+/// Largest consent or token form.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+fn json_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        no_store(),
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// At most `max` characters of caller-supplied text, for logs.
+fn excerpt(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+async fn register(
+    State(guard): State<IdGuard>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if body.len() > client::MAX_REGISTRATION_BYTES {
-        return (
+    let Ok(body) = body else {
+        return json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"error": "invalid_client_metadata", "error_description": "the registration is too large"})),
-        )
-            .into_response();
-    }
+            "invalid_client_metadata",
+            "the registration is too large",
+        );
+    };
     if let Err(wait) = p.allow_registration() {
-        let mut res = (
+        let mut res = json_error(
             StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": "temporarily_unavailable", "error_description": "too many registrations; retry later"})),
-        )
-            .into_response();
+            "temporarily_unavailable",
+            "too many registrations; retry later",
+        );
         if let Ok(v) = HeaderValue::try_from(wait.to_string()) {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
@@ -660,11 +788,11 @@ async fn register(State(guard): State<IdGuard>, body: axum::body::Bytes) -> Resp
     let req: RegistrationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return (
+            return json_error(
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "invalid_client_metadata", "error_description": format!("not a registration request: {e}")})),
-            )
-                .into_response();
+                "invalid_client_metadata",
+                &format!("not a registration request: {e}"),
+            );
         }
     };
     match client::register(&p.keys, req, unix_now()) {
@@ -672,11 +800,7 @@ async fn register(State(guard): State<IdGuard>, body: axum::body::Bytes) -> Resp
             tracing::info!(target: "idguard::oauth", "client registered");
             (StatusCode::CREATED, no_store(), Json(reg)).into_response()
         }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": e.code, "error_description": e.description})),
-        )
-            .into_response(),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, e.code, &e.description),
     }
 }
 
@@ -692,6 +816,9 @@ struct AuthorizeParams {
     resource: Option<String>,
 }
 
+/// Longest client id accepted (a sealed registration, or a metadata-document URL).
+const MAX_CLIENT_ID_BYTES: usize = 8 * 1024;
+
 async fn authorize(
     State(guard): State<IdGuard>,
     headers: HeaderMap,
@@ -700,104 +827,101 @@ async fn authorize(
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    // Until client and redirect URI are verified, errors are shown, never redirected.
-    let Some(client_id) = q.client_id.as_deref().filter(|c| !c.is_empty()) else {
-        return html::error_page(StatusCode::BAD_REQUEST, "The request names no client.");
+    // Nothing is redirected before the user approves: the redirect URI of a client that
+    // registered itself is not trusted enough for an automatic redirect (RFC 9700
+    // §4.11.2), so every problem here is shown on a page.
+    let refuse = |message: &str| html::error_page(StatusCode::BAD_REQUEST, message);
+    let Some(client_id) = q
+        .client_id
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= MAX_CLIENT_ID_BYTES)
+    else {
+        return refuse("The request names no valid client.");
     };
     let client = match p.client(client_id).await {
         Ok(c) => c,
         Err(why) => {
-            tracing::info!(target: "idguard::oauth", reason = %why, "authorize: client refused");
-            return html::error_page(
-                StatusCode::BAD_REQUEST,
-                &format!("This client cannot sign in here: {why}."),
-            );
+            tracing::info!(target: "idguard::oauth", reason = %excerpt(&why, 200), "authorize: client refused");
+            return refuse(&format!("This client cannot sign in here: {why}."));
         }
     };
     let Some(redirect_uri) = client.redirect_uri(q.redirect_uri.as_deref()) else {
         tracing::info!(target: "idguard::oauth", "authorize: redirect URI not registered");
-        return html::error_page(
-            StatusCode::BAD_REQUEST,
-            "The redirect URI is not registered for this client.",
-        );
+        return refuse("The redirect URI is not registered for this client.");
     };
-    let iss = p.issuer();
-    let state = q.state.as_deref();
-    let fail = |error: &str, description: &str| {
-        let mut params = vec![("error", error), ("error_description", description)];
-        if let Some(s) = state {
-            params.push(("state", s));
-        }
-        to_client(&redirect_uri, &params, iss)
-    };
-    if state.is_some_and(|s| s.len() > MAX_STATE_BYTES) {
-        return fail("invalid_request", "`state` is too long");
+    if q.state
+        .as_deref()
+        .is_some_and(|s| s.len() > MAX_STATE_BYTES)
+    {
+        return refuse("The request's `state` is too long.");
     }
     if q.response_type.as_deref() != Some("code") {
-        return fail("unsupported_response_type", "only `code` is supported");
+        return refuse("Only `response_type=code` is supported.");
     }
     let Some(challenge) = q.code_challenge.as_deref().filter(|c| !c.is_empty()) else {
-        return fail("invalid_request", "PKCE is required: send `code_challenge`");
+        return refuse("PKCE is required: the client must send `code_challenge`.");
     };
     if q.code_challenge_method.as_deref() != Some("S256") {
-        return fail(
-            "invalid_request",
-            "PKCE `code_challenge_method` must be `S256`",
-        );
+        return refuse("PKCE `code_challenge_method` must be `S256`.");
     }
     if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).is_err() {
-        return fail(
-            "invalid_request",
-            "`code_challenge` is not an S256 challenge",
-        );
+        return refuse("`code_challenge` is not an S256 challenge.");
     }
     if let Some(resource) = q.resource.as_deref()
         && resource.trim_end_matches('/') != p.resource
     {
-        return fail("invalid_target", "`resource` is not this server");
+        return refuse("The requested `resource` is not this server.");
     }
     let scopes = match p.requested_scopes(q.scope.as_deref()) {
         Ok(s) => s,
-        Err(why) => return fail("invalid_scope", &why),
+        Err(why) => return refuse(&why),
     };
     let pending = Pending {
         client_id: client.id.clone(),
         client_name: client.name.clone(),
         metadata_document: client.metadata_document,
+        redirect_presented: q.redirect_uri.is_some(),
         redirect_uri,
         state: q.state.clone(),
         challenge: challenge.to_owned(),
         scopes,
     };
-    let txn = random_token(32);
-    if let Err(e) = p
-        .put_json(RecordKind::Pending, &txn, &pending, PENDING_TTL)
-        .await
-    {
-        return e.into_response();
+    match consent_page(p, &headers, &pending).await {
+        Ok(page) => page,
+        Err(e) => e.into_response(),
     }
-    let nonce = html::cookie_value(&headers, html::CSRF_COOKIE)
-        .filter(|n| n.len() >= 22)
-        .map_or_else(|| random_token(24), str::to_owned);
-    let Some(csrf) = p
+}
+
+/// Stores the request and renders the consent page with its CSRF token and cookie.
+async fn consent_page(
+    p: &Proxy,
+    headers: &HeaderMap,
+    pending: &Pending,
+) -> Result<Response, OAuthError> {
+    let txn = fresh(32)?;
+    p.put_sealed(RecordKind::Pending, &txn, pending, PENDING_TTL)
+        .await?;
+    let nonce = match html::cookie_value(headers, html::CSRF_COOKIE).filter(|n| n.len() >= 32) {
+        Some(n) => n.to_owned(),
+        None => fresh(24)?,
+    };
+    let csrf = p
         .keys
         .stamp(Purpose::Csrf, format!("{txn}|{nonce}").as_bytes())
-    else {
-        return html::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot render consent.");
-    };
-    let downstream = &p.settings.consent_scopes;
+        .ok_or_else(|| OAuthError::new("server_error", "cannot render consent"))?;
     let mut res = html::consent_page(&html::Consent {
         client_name: &pending.client_name,
         client_id: &pending.client_id,
         metadata_document: pending.metadata_document,
         redirect_uri: &pending.redirect_uri,
         scopes: &pending.scopes,
-        downstream,
+        downstream: &p.settings.consent_scopes,
+        resource: &p.resource,
         txn: &txn,
         csrf: &csrf,
     });
     html::set_cookie(&mut res, html::CSRF_COOKIE, &nonce, PENDING_TTL);
-    res
+    Ok(res)
 }
 
 #[derive(Deserialize)]
@@ -810,14 +934,28 @@ struct ConsentForm {
 async fn consent(
     State(guard): State<IdGuard>,
     headers: HeaderMap,
-    Form(form): Form<ConsentForm>,
+    form: Result<Form<ConsentForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let Ok(Form(form)) = form else {
+        return html::error_page(StatusCode::BAD_REQUEST, "The consent form is malformed.");
+    };
     let (Some(txn), Some(csrf)) = (form.txn.as_deref(), form.csrf.as_deref()) else {
         return html::error_page(StatusCode::FORBIDDEN, "The consent form is incomplete.");
     };
+    // Defence in depth on top of the CSRF token: browsers say where a form came from.
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site")
+    {
+        return html::error_page(
+            StatusCode::FORBIDDEN,
+            "The consent form came from another site.",
+        );
+    }
     let Some(nonce) = html::cookie_value(&headers, html::CSRF_COOKIE) else {
         return html::error_page(
             StatusCode::FORBIDDEN,
@@ -832,7 +970,7 @@ async fn consent(
         return html::error_page(StatusCode::FORBIDDEN, "The consent form is not valid.");
     }
     // Single use: one consent per authorization request.
-    let pending: Pending = match p.take_json(RecordKind::Pending, txn).await {
+    let pending: Pending = match p.take_sealed(RecordKind::Pending, txn).await {
         Ok(Some(pending)) => pending,
         Ok(None) => {
             return html::error_page(
@@ -854,29 +992,30 @@ async fn consent(
         return to_client(&pending.redirect_uri, &params, p.issuer());
     }
     tracing::info!(target: "idguard::oauth", "consent given");
+    let verifier = match fresh(48) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
     let leg = Leg {
         pending,
-        verifier: random_token(48),
+        verifier,
         claims: None,
+        rounds: 0,
     };
     start_entra_leg(p, leg).await
 }
 
 /// Stores the leg under a fresh state, binds the browser to it, and redirects to Entra.
 async fn start_entra_leg(p: &Proxy, leg: Leg) -> Response {
-    let state = random_token(32);
-    let sealed = serde_json::to_vec(&leg)
-        .ok()
-        .and_then(|json| p.keys.seal(Purpose::Session, &json));
-    let Some(sealed) = sealed else {
-        return html::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot start sign-in.");
+    let state = match fresh(32) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = p
-        .store
-        .put(RecordKind::State, &state, sealed.into_bytes(), STATE_TTL)
+        .put_sealed(RecordKind::State, &state, &leg, STATE_TTL)
         .await
     {
-        return store_failed(&e).into_response();
+        return e.into_response();
     }
     let Some(binding) = p.keys.stamp(
         Purpose::Consent,
@@ -901,6 +1040,12 @@ async fn start_entra_leg(p: &Proxy, leg: Leg) -> Response {
         params.push(("claims", claims));
     }
     let mut res = Redirect::to(&url_with(&p.authorize_endpoint, &params)).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     html::set_cookie(&mut res, &html::binding_cookie(&state), &binding, STATE_TTL);
     res
 }
@@ -921,37 +1066,32 @@ async fn callback(
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
+    let Some(state) = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+    else {
         return html::error_page(StatusCode::BAD_REQUEST, "The sign-in answer has no state.");
     };
-    // Single use: a replayed or forged state finds nothing.
-    let leg: Leg = match p.store.take(RecordKind::State, state).await {
-        Ok(Some(bytes)) => {
-            let leg = String::from_utf8(bytes)
-                .ok()
-                .and_then(|s| p.keys.open(Purpose::Session, &s))
-                .and_then(|json| serde_json::from_slice(&json).ok());
-            match leg {
-                Some(leg) => leg,
-                None => {
-                    return html::error_page(
-                        StatusCode::BAD_REQUEST,
-                        "The sign-in state is invalid.",
-                    );
-                }
-            }
-        }
+    let unknown = || {
+        html::error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in answer is unknown, expired or was already used; start again.",
+        )
+    };
+    // Read, check the browser, then take: someone who merely learned the state cannot
+    // spend it.
+    let leg: Leg = match p.get_sealed::<Leg>(RecordKind::State, state).await {
+        Ok(Some((leg, _))) => leg,
         Ok(None) => {
             tracing::warn!(target: "idguard::oauth", "callback: unknown or reused state");
-            return html::error_page(
-                StatusCode::BAD_REQUEST,
-                "This sign-in answer is unknown, expired or was already used; start again.",
-            );
+            return unknown();
         }
-        Err(e) => return store_failed(&e).into_response(),
+        Err(e) => return e.into_response(),
     };
     // The browser that gave consent must be the one coming back.
-    let bound = html::cookie_value(&headers, &html::binding_cookie(state)).is_some_and(|v| {
+    let binding = html::binding_cookie(state);
+    let bound = html::cookie_value(&headers, &binding).is_some_and(|v| {
         p.keys.check_stamp(
             Purpose::Consent,
             format!("{}|{state}", leg.pending.client_id).as_bytes(),
@@ -965,6 +1105,18 @@ async fn callback(
             "This browser did not approve this sign-in. Start again from your MCP client.",
         );
     }
+    match p.take_sealed::<Leg>(RecordKind::State, state).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return unknown(),
+        Err(e) => return e.into_response(),
+    }
+    let mut res = finish_sign_in(p, &guard, leg, &q).await;
+    html::clear_cookie(&mut res, &binding);
+    res
+}
+
+/// After the callback's checks: Entra's answer, the code redemption, the client's code.
+async fn finish_sign_in(p: &Proxy, guard: &IdGuard, leg: Leg, q: &CallbackParams) -> Response {
     let pending = &leg.pending;
     let client_error = |error: &str, description: &str| {
         let mut params = vec![("error", error), ("error_description", description)];
@@ -975,7 +1127,7 @@ async fn callback(
     };
     if let Some(error) = q.error.as_deref() {
         let description = q.error_description.as_deref().unwrap_or_default();
-        tracing::info!(target: "idguard::oauth", error, "Entra refused the sign-in");
+        tracing::info!(target: "idguard::oauth", error = %excerpt(error, 64), "Entra refused the sign-in");
         if error == "consent_required" || description.contains("AADSTS65001") {
             return html::admin_consent_page(&p.admin_consent_url());
         }
@@ -1000,17 +1152,22 @@ async fn callback(
     let tokens = match p.entra_token(form).await {
         Ok(t) => t,
         Err(EntraFailure::Consent) => return html::admin_consent_page(&p.admin_consent_url()),
-        Err(EntraFailure::Claims(claims)) => {
+        Err(EntraFailure::Claims(claims)) if leg.rounds < MAX_CLAIMS_ROUNDS => {
             // A claims challenge (MFA, a conditional access policy): sign in again with it.
+            let verifier = match fresh(48) {
+                Ok(v) => v,
+                Err(e) => return e.into_response(),
+            };
             let again = Leg {
                 pending: leg.pending.clone(),
-                verifier: random_token(48),
+                verifier,
                 claims: Some(claims),
+                rounds: leg.rounds + 1,
             };
             return start_entra_leg(p, again).await;
         }
-        Err(EntraFailure::InvalidGrant) => {
-            return client_error("access_denied", "the identity provider refused the code");
+        Err(EntraFailure::Claims(_) | EntraFailure::InvalidGrant) => {
+            return client_error("access_denied", "the identity provider refused the sign-in");
         }
         Err(EntraFailure::Other(why)) => {
             tracing::warn!(target: "idguard::oauth", reason = %why, "code redemption failed");
@@ -1029,39 +1186,58 @@ async fn callback(
             );
         }
     };
-    let sid = random_token(32);
+    match issue_code(p, pending, tokens, principal.object_id()).await {
+        Ok(code) => {
+            tracing::debug!(target: "idguard::oauth", tenant = principal.tenant_id(), oid = principal.object_id(), "signed in; code issued");
+            let mut params = vec![("code", code.as_str())];
+            if let Some(s) = pending.state.as_deref() {
+                params.push(("state", s));
+            }
+            to_client(&pending.redirect_uri, &params, p.issuer())
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Stores the session and the client's authorization code; returns the code.
+async fn issue_code(
+    p: &Proxy,
+    pending: &Pending,
+    tokens: EntraTokens,
+    oid: &str,
+) -> Result<String, OAuthError> {
+    let now = unix_now();
+    let sid = fresh(32)?;
     let session = Session {
         client_id: pending.client_id.clone(),
         scopes: pending.scopes.clone(),
-        oid: principal.object_id().to_owned(),
+        oid: oid.to_owned(),
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
-        expires_at: unix_now() + tokens.expires_in,
+        expires_at: now.saturating_add(tokens.expires_in),
+        generation: 0,
+        ends_at: now.saturating_add(p.settings.refresh_token_lifetime.as_secs()),
+        rotated_at: 0,
     };
-    if let Err(e) = p.put_session(&sid, &session).await {
-        return e.into_response();
-    }
-    let code = random_token(32);
+    p.put_sealed(
+        RecordKind::Session,
+        &sid,
+        &session,
+        p.settings.refresh_token_lifetime,
+    )
+    .await?;
+    let code = fresh(32)?;
     let record = Code {
         client_id: pending.client_id.clone(),
         redirect_uri: pending.redirect_uri.clone(),
+        redirect_presented: pending.redirect_presented,
         challenge: pending.challenge.clone(),
         sid,
+        used: false,
     };
-    if let Err(e) = p
-        .put_json(RecordKind::Code, &digest_b64(&code), &record, CODE_TTL)
-        .await
-    {
-        return e.into_response();
-    }
-    tracing::info!(target: "idguard::oauth", tenant = principal.tenant_id(), oid = principal.object_id(), "signed in; code issued");
-    let mut params = vec![("code", code.as_str())];
-    if let Some(s) = pending.state.as_deref() {
-        params.push(("state", s));
-    }
-    let mut res = to_client(&pending.redirect_uri, &params, p.issuer());
-    html::clear_cookie(&mut res, &html::binding_cookie(state));
-    res
+    p.put_sealed(RecordKind::Code, &digest_b64(&code), &record, CODE_TTL * 5)
+        .await?;
+    Ok(code)
 }
 
 #[derive(Deserialize)]
@@ -1075,9 +1251,19 @@ struct TokenForm {
     resource: Option<String>,
 }
 
-async fn token(State(guard): State<IdGuard>, Form(form): Form<TokenForm>) -> Response {
+async fn token(
+    State(guard): State<IdGuard>,
+    form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(Form(form)) = form else {
+        return OAuthError::new(
+            "invalid_request",
+            "send an application/x-www-form-urlencoded body",
+        )
+        .into_response();
     };
     if let Some(resource) = form.resource.as_deref()
         && resource.trim_end_matches('/') != p.resource
@@ -1107,32 +1293,42 @@ async fn redeem_code(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, O
         .client_id
         .as_deref()
         .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
-    let key = digest_b64(code);
-    let Some(record) = p.take_json::<Code>(RecordKind::Code, &key).await? else {
-        // A replayed code: revoke what the first redemption issued (OAuth 2.1 §4.1.3).
-        if let Some(used) = p.get_json::<Refresh>(RecordKind::UsedCode, &key).await? {
-            tracing::warn!(target: "idguard::oauth", "authorization code replayed; session revoked");
-            p.store
-                .remove(RecordKind::Session, &used.sid)
-                .await
-                .map_err(|e| store_failed(&e))?;
-        }
-        return Err(OAuthError::new(
+    let spent = || {
+        OAuthError::new(
             "invalid_grant",
             "the code is invalid, expired or already used",
-        ));
+        )
     };
-    let used = Refresh {
-        client_id: record.client_id.clone(),
-        sid: record.sid.clone(),
+    let key = digest_b64(code);
+    let Some((mut record, current)) = p.get_sealed::<Code>(RecordKind::Code, &key).await? else {
+        return Err(spent());
     };
-    p.put_json(RecordKind::UsedCode, &key, &used, CODE_TTL * 5)
-        .await?;
+    if record.used {
+        // A replayed code: revoke what the first redemption issued (OAuth 2.1 §4.1.3).
+        tracing::warn!(target: "idguard::oauth", "authorization code replayed; session revoked");
+        p.store
+            .remove(RecordKind::Session, &record.sid)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        return Err(spent());
+    }
+    // Mark it used atomically: of two concurrent redemptions, one wins.
+    record.used = true;
+    if !p
+        .swap_sealed(RecordKind::Code, &key, &current, &record, CODE_TTL * 5)
+        .await?
+    {
+        return Err(spent());
+    }
     let refuse = |why: &str| Err(OAuthError::new("invalid_grant", why));
     if record.client_id != client_id {
         return refuse("the code was issued to another client");
     }
-    if form.redirect_uri.as_deref() != Some(record.redirect_uri.as_str()) {
+    let redirect_ok = match form.redirect_uri.as_deref() {
+        Some(r) => r == record.redirect_uri,
+        None => !record.redirect_presented,
+    };
+    if !redirect_ok {
         return refuse("`redirect_uri` differs from the authorization request");
     }
     let verifier = form.code_verifier.as_deref().unwrap_or_default();
@@ -1141,29 +1337,19 @@ async fn redeem_code(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, O
     {
         return refuse("the PKCE `code_verifier` does not match");
     }
-    let session = p
-        .session(&record.sid)
-        .await
+    let (session, _) = p
+        .get_sealed::<Session>(RecordKind::Session, &record.sid)
+        .await?
         .ok_or_else(|| OAuthError::new("invalid_grant", "the sign-in session ended"))?;
-    issue(p, &session, &record.sid).await
+    issue(p, &session, &record.sid)
 }
 
-async fn issue(p: &Proxy, session: &Session, sid: &str) -> Result<serde_json::Value, OAuthError> {
-    let (access, expires_in) = p
-        .issue_access_token(session, sid)
-        .ok_or_else(|| OAuthError::new("server_error", "cannot issue a token"))?;
-    let refresh = random_token(32);
-    let record = Refresh {
-        client_id: session.client_id.clone(),
-        sid: sid.to_owned(),
-    };
-    p.put_json(
-        RecordKind::RefreshToken,
-        &digest_b64(&refresh),
-        &record,
-        p.settings.refresh_token_lifetime,
-    )
-    .await?;
+fn issue(p: &Proxy, session: &Session, sid: &str) -> Result<serde_json::Value, OAuthError> {
+    let failed = || OAuthError::new("server_error", "cannot issue a token");
+    let (access, expires_in) = p.issue_access_token(session, sid).ok_or_else(failed)?;
+    let refresh = p
+        .refresh_token(sid, session.generation)
+        .ok_or_else(failed)?;
     Ok(json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -1182,46 +1368,43 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
         .client_id
         .as_deref()
         .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
-    let key = digest_b64(token);
-    let Some(record) = p
-        .take_json::<Refresh>(RecordKind::RefreshToken, &key)
-        .await?
-    else {
-        // Reuse of a rotated token: someone else holds the family; revoke it.
-        if let Some(used) = p
-            .get_json::<Refresh>(RecordKind::UsedRefreshToken, &key)
-            .await?
-        {
-            tracing::warn!(target: "idguard::oauth", "refresh token reused; session revoked");
-            p.store
-                .remove(RecordKind::Session, &used.sid)
-                .await
-                .map_err(|e| store_failed(&e))?;
-        }
-        return Err(OAuthError::new(
+    let invalid = || {
+        OAuthError::new(
             "invalid_grant",
-            "the refresh token is invalid, expired or already used",
-        ));
+            "the refresh token is invalid, expired or was revoked",
+        )
     };
-    p.put_json(
-        RecordKind::UsedRefreshToken,
-        &key,
-        &record,
-        p.settings.refresh_token_lifetime,
-    )
-    .await?;
-    if record.client_id != client_id {
-        return Err(OAuthError::new(
-            "invalid_grant",
-            "the refresh token was issued to another client",
-        ));
+    let (sid, generation) = p.parse_refresh_token(token).ok_or_else(invalid)?;
+    let (mut session, current) = p
+        .get_sealed::<Session>(RecordKind::Session, sid)
+        .await?
+        .ok_or_else(invalid)?;
+    if session.client_id != client_id {
+        return Err(invalid());
     }
-    let mut session = p
-        .session(&record.sid)
-        .await
-        .ok_or_else(|| OAuthError::new("invalid_grant", "the session was revoked or expired"))?;
-    // Renew the Entra token when it would end before the new access token.
-    let needed = unix_now() + p.settings.access_token_lifetime.as_secs();
+    if generation + 1 == session.generation
+        && unix_now().saturating_sub(session.rotated_at) <= ROTATION_GRACE_SECS
+    {
+        // The token rotated a moment ago: a client that refreshed twice at once (a
+        // reconnect), not a thief. Refuse without revoking (RFC 9700 §4.14.2 allows it).
+        return Err(invalid());
+    }
+    if generation < session.generation {
+        // A rotated token came back: whoever holds it is not the only holder of the
+        // family. Revoke the family (RFC 9700 §4.14.2).
+        tracing::warn!(target: "idguard::oauth", "refresh token reused; session revoked");
+        p.store
+            .remove(RecordKind::Session, sid)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        return Err(invalid());
+    }
+    if generation != session.generation {
+        return Err(invalid());
+    }
+    // Renew the Entra token when it would end before the new access token. A transient
+    // failure leaves the refresh token valid, so the client can retry.
+    let needed = unix_now().saturating_add(p.settings.access_token_lifetime.as_secs());
     if session.expires_at < needed {
         let Some(entra_refresh) = session.refresh_token.clone() else {
             return Err(OAuthError::new("invalid_grant", "sign in again"));
@@ -1237,8 +1420,7 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
                 if t.refresh_token.is_some() {
                     session.refresh_token = t.refresh_token;
                 }
-                session.expires_at = unix_now() + t.expires_in;
-                p.put_session(&record.sid, &session).await?;
+                session.expires_at = unix_now().saturating_add(t.expires_in);
             }
             Err(EntraFailure::Other(why)) => {
                 tracing::warn!(target: "idguard::oauth", reason = %why, "Entra refresh failed");
@@ -1249,12 +1431,27 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
             }
             Err(_) => {
                 p.store
-                    .remove(RecordKind::Session, &record.sid)
+                    .remove(RecordKind::Session, sid)
                     .await
                     .map_err(|e| store_failed(&e))?;
                 return Err(OAuthError::new("invalid_grant", "sign in again"));
             }
         }
     }
-    issue(p, &session, &record.sid).await
+    // Rotate: the next generation, only if nobody rotated meanwhile.
+    session.generation += 1;
+    session.rotated_at = unix_now();
+    if !p
+        .swap_sealed(
+            RecordKind::Session,
+            sid,
+            &current,
+            &session,
+            Proxy::session_ttl(&session),
+        )
+        .await?
+    {
+        return Err(invalid());
+    }
+    issue(p, &session, sid)
 }
