@@ -405,16 +405,18 @@ impl IdGuard {
         generation: u64,
     ) -> Result<Admitted, Rejection> {
         match self.validate_after_refresh(&token, generation).await {
-            Ok(principal) => {
-                let principal = self.admit(principal)?;
-                let token = BearerToken::new(token);
-                if self.needs_groups(&principal) {
-                    self.resolve_groups(principal, token).await
-                } else {
-                    Ok(self.admitted(principal, || token))
-                }
-            }
+            Ok(principal) => self.finish(principal, BearerToken::new(token)).await,
             Err(e) => Err(self.reject(&e)),
+        }
+    }
+
+    /// After validation on a slow path: the scope gate, then groups or admission.
+    async fn finish(self, principal: Principal, token: BearerToken) -> Result<Admitted, Rejection> {
+        let principal = self.admit(principal)?;
+        if self.needs_groups(&principal) {
+            self.resolve_groups(principal, token).await
+        } else {
+            Ok(self.admitted(principal, || token))
         }
     }
 
@@ -431,15 +433,10 @@ impl IdGuard {
             return Err(self.reject(&TokenError::SessionEnded));
         };
         match self.validate(&entra).await {
+            // What the client signed in for, even if Entra granted more.
             Ok(principal) => {
-                // What the client signed in for, even if Entra granted more.
-                let principal = self.admit(principal.with_scopes_within(&scopes))?;
-                let token = BearerToken::new(entra);
-                if self.needs_groups(&principal) {
-                    self.resolve_groups(principal, token).await
-                } else {
-                    Ok(self.admitted(principal, || token))
-                }
+                let principal = principal.with_scopes_within(&scopes);
+                self.finish(principal, BearerToken::new(entra)).await
             }
             Err(e) => Err(self.reject(&e)),
         }

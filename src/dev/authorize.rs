@@ -60,6 +60,7 @@ use super::obo::{
 };
 use super::server::{entra_error, unknown_tenant};
 use super::{DEV_SCOPE, DevEndpoint, DevError, DevSignInFailure, DevUser, Shared, TokenMint};
+use crate::oauth::escape;
 
 /// `grant_type` of code redemption.
 pub(crate) const AUTHORIZATION_CODE: &str = "authorization_code";
@@ -489,21 +490,6 @@ pub(crate) fn find_user<'a>(s: &'a Shared, hint: &str) -> Option<&'a DevUser> {
     s.users
         .iter()
         .find(|u| u.key == hint || u.upn.eq_ignore_ascii_case(hint))
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn page(title: &str, body: &str) -> String {

@@ -22,6 +22,8 @@ mod metadata;
 pub(crate) mod proxy;
 mod store;
 
+#[cfg(feature = "dev")]
+pub(crate) use html::escape;
 #[cfg(all(feature = "dev", feature = "rmcp"))]
 pub(crate) use keys::random_token;
 pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};

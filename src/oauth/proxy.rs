@@ -1284,15 +1284,14 @@ async fn token(
     }
 }
 
+/// A form field that must be present.
+fn required<'a>(value: Option<&'a str>, name: &str) -> Result<&'a str, OAuthError> {
+    value.ok_or_else(|| OAuthError::new("invalid_request", format!("`{name}` is required")))
+}
+
 async fn redeem_code(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuthError> {
-    let code = form
-        .code
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "`code` is required"))?;
-    let client_id = form
-        .client_id
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
+    let code = required(form.code.as_deref(), "code")?;
+    let client_id = required(form.client_id.as_deref(), "client_id")?;
     let spent = || {
         OAuthError::new(
             "invalid_grant",
@@ -1360,14 +1359,8 @@ fn issue(p: &Proxy, session: &Session, sid: &str) -> Result<serde_json::Value, O
 }
 
 async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuthError> {
-    let token = form
-        .refresh_token
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "`refresh_token` is required"))?;
-    let client_id = form
-        .client_id
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is required"))?;
+    let token = required(form.refresh_token.as_deref(), "refresh_token")?;
+    let client_id = required(form.client_id.as_deref(), "client_id")?;
     let invalid = || {
         OAuthError::new(
             "invalid_grant",

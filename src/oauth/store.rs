@@ -139,6 +139,20 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn read(&self, kind: RecordKind) -> std::sync::RwLockReadGuard<'_, Shelf> {
+        self.shelf(kind)
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self, kind: RecordKind) -> std::sync::RwLockWriteGuard<'_, Shelf> {
+        self.shelf(kind)
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn size(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
@@ -222,18 +236,12 @@ impl OAuthStore for MemoryStore {
         value: Vec<u8>,
         ttl: Duration,
     ) -> StoreFuture<'_, ()> {
-        let mut shelf = self
-            .shelf(kind)
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shelf = self.write(kind);
         ready(shelf.insert(key, value, ttl))
     }
 
     fn get(&self, kind: RecordKind, key: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
-        let shelf = self
-            .shelf(kind)
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shelf = self.read(kind);
         let now = Instant::now();
         let found = shelf
             .map
@@ -244,10 +252,7 @@ impl OAuthStore for MemoryStore {
     }
 
     fn take(&self, kind: RecordKind, key: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
-        let mut shelf = self
-            .shelf(kind)
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shelf = self.write(kind);
         let now = Instant::now();
         let found = shelf
             .remove(key)
@@ -264,10 +269,7 @@ impl OAuthStore for MemoryStore {
         new: Vec<u8>,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let mut shelf = self
-            .shelf(kind)
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shelf = self.write(kind);
         let now = Instant::now();
         let same = shelf
             .map
@@ -280,10 +282,7 @@ impl OAuthStore for MemoryStore {
     }
 
     fn remove(&self, kind: RecordKind, key: &str) -> StoreFuture<'_, ()> {
-        let mut shelf = self
-            .shelf(kind)
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shelf = self.write(kind);
         shelf.remove(key);
         ready(Ok(()))
     }
