@@ -83,7 +83,7 @@ pub struct McpConfig {
 }
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: [&str; 7] = [
+const LIST_KEYS: [&str; 8] = [
     "audiences",
     "allowed_tenants",
     "required_scopes",
@@ -91,6 +91,7 @@ const LIST_KEYS: [&str; 7] = [
     "keys",
     "consent_scopes",
     "scopes",
+    "allowed_redirect_hosts",
 ];
 
 /// Sections of the configuration, as written in the file.
@@ -320,6 +321,10 @@ pub struct OAuthConfig {
     /// over plain http. Private, link-local and metadata addresses stay refused.
     #[serde(default)]
     pub cimd_allow_loopback: bool,
+    /// Hosts that `https` redirect URIs may name (exact host names); empty: any host.
+    /// Loopback redirect URIs are always allowed: they reach only the user's machine.
+    #[serde(default)]
+    pub allowed_redirect_hosts: Vec<String>,
     /// Dynamic registrations accepted per minute (all clients together), default 60.
     pub registration_rate_limit: Option<u32>,
     /// Bytes the in-memory state store may hold, default
@@ -343,6 +348,7 @@ pub(crate) struct OAuthSettings {
     pub(crate) consent_scopes: Vec<String>,
     pub(crate) cimd: bool,
     pub(crate) cimd_allow_loopback: bool,
+    pub(crate) allowed_redirect_hosts: Vec<String>,
     pub(crate) registration_rate_limit: u32,
     pub(crate) store_max_bytes: u64,
 }
@@ -796,6 +802,11 @@ fn resolve_oauth(
         consent_scopes,
         cimd: o.cimd.unwrap_or(true),
         cimd_allow_loopback: o.cimd_allow_loopback,
+        allowed_redirect_hosts: o
+            .allowed_redirect_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
         registration_rate_limit,
         store_max_bytes: o
             .store_max_bytes

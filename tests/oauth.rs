@@ -1134,3 +1134,70 @@ async fn a_callback_without_the_binding_cookie_does_not_spend_the_state() {
     // The user's own browser still completes.
     assert_eq!(b.get(&callback).await.status(), 303);
 }
+
+#[tokio::test]
+async fn a_client_can_revoke_its_session() {
+    let s = proxy_stack().await;
+    let client_id = register(&s, CLIENT_REDIRECT).await;
+    let (verifier, challenge) = pkce();
+    let back = sign_in(&s, &client_id, &challenge).await;
+    let (_, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let rt = tokens["refresh_token"].as_str().unwrap();
+    let revoke = |token: String, client: String| {
+        let http = s.http.clone();
+        let url = format!("{}/revoke", s.base);
+        async move {
+            http.post(url)
+                .form(&[("token", token), ("client_id", client)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Another client cannot revoke it.
+    let other = register(&s, CLIENT_REDIRECT).await;
+    assert_eq!(revoke(rt.to_owned(), other).await, 401);
+    assert_eq!(s.me(Some(access)).await.status(), 200);
+    // Its own client can: access and refresh tokens stop working.
+    assert_eq!(revoke(rt.to_owned(), client_id.clone()).await, 200);
+    assert_eq!(s.me(Some(access)).await.status(), 401);
+    let (status, _) = refresh(&s, &client_id, rt).await;
+    assert_eq!(status, 400);
+    // Unknown tokens are answered 200 (RFC 7009 §2.2).
+    assert_eq!(revoke("nonsense".into(), client_id).await, 200);
+}
+
+#[tokio::test]
+async fn operators_can_restrict_redirect_hosts() {
+    let s = proxy_stack_with(OAuthConfig {
+        allowed_redirect_hosts: vec!["app.contoso.example".into()],
+        ..oauth_config()
+    })
+    .await;
+    let res = s
+        .http
+        .post(format!("{}/register", s.base))
+        .json(&json!({"redirect_uris": ["https://attacker.example/cb"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // Listed hosts and loopback are fine.
+    let _ = register(&s, "https://app.contoso.example/cb").await;
+    let _ = register(&s, CLIENT_REDIRECT).await;
+    // A registration made before the list existed (same key) is refused at authorize.
+    let open = proxy_stack().await;
+    let earlier = register(&open, "https://attacker.example/cb").await;
+    let (_, challenge) = pkce();
+    let res = Browser::new()
+        .get(&authorize_url(
+            &s,
+            &earlier,
+            "https://attacker.example/cb",
+            &challenge,
+        ))
+        .await;
+    assert_eq!(res.status(), 400);
+}

@@ -51,6 +51,13 @@ pub(crate) struct RegistrationRequest {
     token_endpoint_auth_method: Option<String>,
 }
 
+impl RegistrationRequest {
+    /// The redirect URIs asked for (none if absent).
+    pub(crate) fn redirect_uris(&self) -> &[String] {
+        self.redirect_uris.as_deref().unwrap_or_default()
+    }
+}
+
 /// An RFC 7591 §3.2.2 error.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RegistrationError {

@@ -333,6 +333,8 @@ impl Proxy {
             "authorization_endpoint": format!("{i}/authorize"),
             "token_endpoint": format!("{i}/token"),
             "registration_endpoint": format!("{i}/register"),
+            "revocation_endpoint": format!("{i}/revoke"),
+            "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": scopes,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -552,6 +554,17 @@ impl Proxy {
             .ok_or_else(|| "unknown client (not registered here, or altered)".into())
     }
 
+    /// Whether `uri` names a host the operator allows (`oauth.allowed_redirect_hosts`).
+    fn redirect_allowed(&self, uri: &str) -> bool {
+        let allowed = &self.settings.allowed_redirect_hosts;
+        allowed.is_empty()
+            || url::Url::parse(uri).is_ok_and(|u| match u.host() {
+                Some(h) if client::is_loopback_host(&h) => true,
+                Some(h) => allowed.iter().any(|a| *a == h.to_string()),
+                None => false,
+            })
+    }
+
     fn allow_registration(&self) -> Result<(), u64> {
         let per_minute = f64::from(self.settings.registration_rate_limit);
         let mut b = self
@@ -737,6 +750,10 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
             "/token",
             post(token).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
         )
+        .route(
+            "/revoke",
+            post(revoke).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
         .with_state(guard.clone())
 }
 
@@ -785,7 +802,14 @@ async fn register(
         }
         return res;
     }
-    let req: RegistrationRequest = match serde_json::from_slice(&body) {
+    let req = match serde_json::from_slice::<RegistrationRequest>(&body) {
+        Ok(r) if !r.redirect_uris().iter().all(|u| p.redirect_allowed(u)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_redirect_uri",
+                "a redirect URI names a host this server does not allow",
+            );
+        }
         Ok(r) => r,
         Err(e) => {
             return json_error(
@@ -849,6 +873,9 @@ async fn authorize(
         tracing::info!(target: "idguard::oauth", "authorize: redirect URI not registered");
         return refuse("The redirect URI is not registered for this client.");
     };
+    if !p.redirect_allowed(&redirect_uri) {
+        return refuse("The redirect URI names a host this server does not allow.");
+    }
     if q.state
         .as_deref()
         .is_some_and(|s| s.len() > MAX_STATE_BYTES)
@@ -1447,4 +1474,57 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
         return Err(invalid());
     }
     issue(p, &session, sid)
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    token: Option<String>,
+    client_id: Option<String>,
+}
+
+/// RFC 7009: ends the session behind a refresh or access token (both kinds stop working).
+/// Unknown or already revoked tokens are answered `200`, as the RFC asks.
+async fn revoke(
+    State(guard): State<IdGuard>,
+    form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(p) = guard.oauth_proxy() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(Form(form)) = form else {
+        return OAuthError::new(
+            "invalid_request",
+            "send an application/x-www-form-urlencoded body",
+        )
+        .into_response();
+    };
+    let (token, client_id) = match (
+        required(form.token.as_deref(), "token"),
+        required(form.client_id.as_deref(), "client_id"),
+    ) {
+        (Ok(t), Ok(c)) => (t, c),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let leeway = guard.config().leeway.as_secs();
+    let sid = match p.parse_refresh_token(token) {
+        Some((sid, _)) => Some(sid.to_owned()),
+        None => p.verify_access_token(token, leeway).map(|c| c.sid),
+    };
+    if let Some(sid) = sid {
+        match p.get_sealed::<Session>(RecordKind::Session, &sid).await {
+            Ok(Some((session, _))) if session.client_id != client_id => {
+                return OAuthError::new("invalid_client", "the token was issued to another client")
+                    .into_response();
+            }
+            Ok(Some(_)) => {
+                if let Err(e) = p.store.remove(RecordKind::Session, &sid).await {
+                    return store_failed(&e).into_response();
+                }
+                tracing::info!(target: "idguard::oauth", "session revoked by its client");
+            }
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    (StatusCode::OK, no_store()).into_response()
 }
