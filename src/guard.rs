@@ -309,13 +309,13 @@ impl IdGuard {
         if let Some(proxy) = &self.inner.oauth
             && proxy.is_own_token(token)
         {
-            let (entra, scopes) = proxy
+            let session = proxy
                 .entra_token_for(token, self.inner.config.leeway.as_secs())
                 .await
                 .ok_or(TokenError::SessionEnded)?;
-            return Box::pin(self.validate(&entra))
+            return Box::pin(self.validate(&session.entra_token))
                 .await
-                .map(|p| p.with_scopes_within(&scopes));
+                .map(|p| p.via_oauth_client(&session.scopes, &session.client));
         }
         match self.validate_now(token, &mut None) {
             Err(TokenError::UnknownKey) => {
@@ -426,17 +426,17 @@ impl IdGuard {
         let Some(proxy) = &self.inner.oauth else {
             return Err(self.reject(&TokenError::SessionEnded));
         };
-        let Some((entra, scopes)) = proxy
+        let Some(session) = proxy
             .entra_token_for(&token, self.inner.config.leeway.as_secs())
             .await
         else {
             return Err(self.reject(&TokenError::SessionEnded));
         };
-        match self.validate(&entra).await {
-            // What the client signed in for, even if Entra granted more.
+        match self.validate(&session.entra_token).await {
             Ok(principal) => {
-                let principal = principal.with_scopes_within(&scopes);
-                self.finish(principal, BearerToken::new(entra)).await
+                let principal = principal.via_oauth_client(&session.scopes, &session.client);
+                self.finish(principal, BearerToken::new(session.entra_token))
+                    .await
             }
             Err(e) => Err(self.reject(&e)),
         }

@@ -204,14 +204,14 @@ impl Principal {
         Principal(Arc::new(inner))
     }
 
-    /// The same caller with its delegated scopes narrowed to `granted` (what an OAuth
-    /// proxy client signed in for: Entra may grant more than the client asked).
-    pub(crate) fn with_scopes_within(&self, granted: &[String]) -> Self {
-        if self.0.scopes.iter().all(|s| granted.contains(s)) {
-            return self.clone();
-        }
+    /// The same caller as seen through an OAuth proxy session: delegated scopes narrowed
+    /// to what the client signed in for (Entra may grant more than it asked), and the
+    /// client application (`app_id`, Cedar's `client_app`) set to the proxy's client
+    /// (`client`), since the token's own `azp` names idguard itself.
+    pub(crate) fn via_oauth_client(&self, granted: &[String], client: &str) -> Self {
         let mut inner = Inner::clone(&self.0);
         inner.scopes.retain(|s| granted.contains(s));
+        inner.app_id = Some(client.to_owned());
         Principal(Arc::new(inner))
     }
 
@@ -406,20 +406,16 @@ mod tests {
     }
 
     #[test]
-    fn scopes_narrow_to_what_was_granted() {
+    fn proxy_sessions_narrow_scopes_and_name_their_client() {
         let p = Principal::from_unvalidated_claims(&serde_json::json!({
             "tid": "t", "oid": "o", "sub": "s", "ver": "2.0", "scp": "mcp.read mcp.write",
+            "azp": "idguard-app",
         }))
         .unwrap();
-        let narrowed = p.with_scopes_within(&["mcp.read".to_owned()]);
-        assert_eq!(narrowed.scopes(), ["mcp.read"]);
-        assert!(!narrowed.has_scope("mcp.write"));
-        assert_eq!(
-            p.with_scopes_within(&["mcp.read".into(), "mcp.write".into()])
-                .scopes()
-                .len(),
-            2
-        );
+        let seen = p.via_oauth_client(&["mcp.read".to_owned()], "https://app.example/c.json");
+        assert_eq!(seen.scopes(), ["mcp.read"]);
+        assert!(!seen.has_scope("mcp.write"));
+        assert_eq!(seen.app_id(), Some("https://app.example/c.json"));
     }
 
     #[test]

@@ -393,6 +393,8 @@ async fn the_whole_flow_then_refresh_with_rotation() {
         &me["object_id"], alice,
         "same principal as a direct Entra token"
     );
+    // Policies and logs see the proxy's client, not idguard's own app id.
+    assert!(me["app_id"].as_str().unwrap().starts_with("dcr:"), "{me}");
     // A direct Entra token still works (pre-authorized clients).
     let direct = s.entra.token_for("alice").unwrap().mint().unwrap();
     assert_eq!(s.me(Some(&direct)).await.status(), 200);
@@ -878,7 +880,17 @@ async fn client_id_metadata_documents_under_the_development_allowance() {
     let back = sign_in(&s, &client_id, &challenge).await;
     let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
     assert_eq!(status, 200);
-    assert_eq!(s.me(tokens["access_token"].as_str()).await.status(), 200);
+    let me: Value = s
+        .me(tokens["access_token"].as_str())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["app_id"],
+        client_id.as_str(),
+        "the document URL names the client"
+    );
 
     assert_eq!(
         fetches.load(Ordering::SeqCst),

@@ -405,13 +405,9 @@ impl Proxy {
         .then_some(claims)
     }
 
-    /// The Entra access token behind a valid idguard access token, and the API scopes
-    /// (short names) the client signed in for.
-    pub(crate) async fn entra_token_for(
-        &self,
-        token: &str,
-        leeway: u64,
-    ) -> Option<(String, Vec<String>)> {
+    /// The Entra access token behind a valid idguard access token, with what the caller
+    /// is through this client.
+    pub(crate) async fn entra_token_for(&self, token: &str, leeway: u64) -> Option<ProxySession> {
         let claims = self.verify_access_token(token, leeway)?;
         let (session, _) = self
             .get_sealed::<Session>(RecordKind::Session, &claims.sid)
@@ -425,7 +421,11 @@ impl Proxy {
             .split(' ')
             .map(|s| s.rsplit_once('/').map_or(s, |(_, short)| short).to_owned())
             .collect();
-        Some((session.access_token, scopes))
+        Some(ProxySession {
+            entra_token: session.access_token,
+            scopes,
+            client: client_label(&claims.client_id),
+        })
     }
 
     fn seal_record<T: Serialize>(
@@ -708,6 +708,28 @@ fn purpose_of(kind: RecordKind) -> Purpose {
         RecordKind::State => Purpose::State,
         RecordKind::Code => Purpose::Code,
         RecordKind::Session => Purpose::Session,
+    }
+}
+
+/// What an idguard access token stands for.
+pub(crate) struct ProxySession {
+    /// The Entra access token: the caller's identity and on-behalf-of assertion.
+    pub(crate) entra_token: String,
+    /// The API scopes (short names) the client signed in for.
+    pub(crate) scopes: Vec<String>,
+    /// The client, as policies and logs name it (see [`client_label`]).
+    pub(crate) client: String,
+}
+
+/// How a proxy client is named to policies (`context.client_app`) and in logs: a
+/// metadata-document client by its URL; a registered one by `dcr:` and a digest of its
+/// (long, sealed) id.
+pub(crate) fn client_label(client_id: &str) -> String {
+    if is_metadata_url(client_id) {
+        client_id.to_owned()
+    } else {
+        let digest: String = digest_b64(client_id).chars().take(22).collect();
+        format!("dcr:{digest}")
     }
 }
 
