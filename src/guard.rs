@@ -270,6 +270,11 @@ impl IdGuard {
         self.inner.oauth.as_ref()
     }
 
+    /// The OAuth proxy's counters, when `[oauth]` is configured.
+    pub fn oauth_stats(&self) -> Option<crate::oauth::OAuthStats> {
+        self.inner.oauth.as_ref().map(Proxy::stats)
+    }
+
     /// The on-behalf-of client, when `[obo]` is configured.
     pub fn obo_client(&self) -> Option<&OboClient> {
         self.inner.obo.as_ref()

@@ -431,6 +431,13 @@ async fn the_whole_flow_then_refresh_with_rotation() {
     let forged = format!("{}.9.x.y.z", rt3.split('.').next().unwrap());
     let (status, _) = refresh(&s, &client_id, &forged).await;
     assert_eq!(status, 400);
+
+    let stats = s.guard.oauth_stats().unwrap();
+    assert_eq!(
+        (stats.registrations, stats.consents, stats.sign_ins),
+        (1, 1, 1)
+    );
+    assert_eq!((stats.refreshes, stats.reuse_revocations), (2, 1));
 }
 
 #[tokio::test]

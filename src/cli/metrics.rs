@@ -51,6 +51,7 @@ impl Metrics {
         tokens: &TokenStats,
         policies: &PolicyEngine,
         obo: Option<crate::obo::OboStats>,
+        oauth: Option<crate::oauth::OAuthStats>,
     ) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, help: &str, kind: &str, samples: &[(String, u64)]| {
@@ -155,6 +156,21 @@ impl Metrics {
                 "On-behalf-of exchanges that failed.",
                 "counter",
                 &[(String::new(), o.errors)],
+            );
+        }
+        if let Some(o) = oauth {
+            metric(
+                "idguard_oauth_events_total",
+                "OAuth proxy events.",
+                "counter",
+                &[
+                    ("{event=\"registration\"}".into(), o.registrations),
+                    ("{event=\"consent\"}".into(), o.consents),
+                    ("{event=\"sign_in\"}".into(), o.sign_ins),
+                    ("{event=\"refresh\"}".into(), o.refreshes),
+                    ("{event=\"reuse_revocation\"}".into(), o.reuse_revocations),
+                    ("{event=\"revocation\"}".into(), o.revocations),
+                ],
             );
         }
         out

@@ -324,7 +324,8 @@ async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     let obo = s.guard.obo_client().map(crate::obo::OboClient::stats);
-    let body = s.metrics.render(&s.guard.stats(), &s.policies, obo);
+    let oauth = s.guard.oauth_stats();
+    let body = s.metrics.render(&s.guard.stats(), &s.policies, obo, oauth);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,

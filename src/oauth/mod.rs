@@ -28,6 +28,7 @@ pub(crate) use html::escape;
 pub(crate) use keys::random_token;
 pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 pub use metadata::ProtectedResourceMetadata;
+pub use proxy::OAuthStats;
 pub use store::{
     DEFAULT_MEMORY_STORE_BYTES, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,
 };

@@ -16,6 +16,7 @@
 //! session's Entra access token, so the [`Principal`](crate::Principal) is the same and
 //! on-behalf-of uses the Entra token as its assertion.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,38 @@ pub(crate) struct Proxy {
     /// base64url of [`TOKEN_HEADER_START`], cut to whole 3-byte groups.
     token_prefix: String,
     registrations: Mutex<Bucket>,
+    events: [AtomicU64; EVENTS],
+}
+
+/// What the proxy counts, in [`OAuthStats`] order.
+#[derive(Clone, Copy)]
+enum Event {
+    Registered,
+    Consented,
+    SignedIn,
+    Refreshed,
+    ReuseRevoked,
+    Revoked,
+}
+
+const EVENTS: usize = 6;
+
+/// Counters of the OAuth proxy, for metrics ([`IdGuard::oauth_stats`](crate::IdGuard::oauth_stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OAuthStats {
+    /// Dynamic client registrations accepted.
+    pub registrations: u64,
+    /// Consent pages approved.
+    pub consents: u64,
+    /// Sign-ins completed (an authorization code issued to a client).
+    pub sign_ins: u64,
+    /// Refresh-token rotations.
+    pub refreshes: u64,
+    /// Sessions revoked because a code or rotated refresh token was replayed.
+    pub reuse_revocations: u64,
+    /// Sessions revoked by their client (RFC 7009).
+    pub revocations: u64,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -301,12 +334,39 @@ impl Proxy {
                 .map(|s| format!("{}/{s}", config.identifier_uri))
                 .collect(),
             token_prefix,
+            events: Default::default(),
             registrations: Mutex::new(Bucket {
                 tokens: f64::from(settings.registration_rate_limit),
                 last: tokio::time::Instant::now(),
             }),
             settings,
         })
+    }
+
+    fn count(&self, event: Event) {
+        if let Some(c) = self.events.get(event as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> OAuthStats {
+        let [
+            registrations,
+            consents,
+            sign_ins,
+            refreshes,
+            reuse_revocations,
+            revocations,
+        ] = self.events.each_ref().map(|c| c.load(Ordering::Relaxed));
+        OAuthStats {
+            registrations,
+            consents,
+            sign_ins,
+            refreshes,
+            reuse_revocations,
+            revocations,
+        }
     }
 
     /// The proxy's issuer identifier.
@@ -843,6 +903,7 @@ async fn register(
     };
     match client::register(&p.keys, req, unix_now()) {
         Ok(reg) => {
+            p.count(Event::Registered);
             tracing::info!(target: "idguard::oauth", "client registered");
             (StatusCode::CREATED, no_store(), Json(reg)).into_response()
         }
@@ -1040,6 +1101,7 @@ async fn consent(
         }
         return to_client(&pending.redirect_uri, &params, p.issuer());
     }
+    p.count(Event::Consented);
     tracing::info!(target: "idguard::oauth", "consent given");
     let verifier = match fresh(48) {
         Ok(v) => v,
@@ -1237,6 +1299,7 @@ async fn finish_sign_in(p: &Proxy, guard: &IdGuard, leg: Leg, q: &CallbackParams
     };
     match issue_code(p, pending, tokens, principal.object_id()).await {
         Ok(code) => {
+            p.count(Event::SignedIn);
             tracing::debug!(target: "idguard::oauth", tenant = principal.tenant_id(), oid = principal.object_id(), "signed in; code issued");
             let mut params = vec![("code", code.as_str())];
             if let Some(s) = pending.state.as_deref() {
@@ -1354,6 +1417,7 @@ async fn redeem_code(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, O
     if record.used {
         // A replayed code: revoke what the first redemption issued (OAuth 2.1 §4.1.3).
         tracing::warn!(target: "idguard::oauth", "authorization code replayed; session revoked");
+        p.count(Event::ReuseRevoked);
         p.store
             .remove(RecordKind::Session, &record.sid)
             .await
@@ -1435,6 +1499,7 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
         // A rotated token came back: whoever holds it is not the only holder of the
         // family. Revoke the family (RFC 9700 §4.14.2).
         tracing::warn!(target: "idguard::oauth", "refresh token reused; session revoked");
+        p.count(Event::ReuseRevoked);
         p.store
             .remove(RecordKind::Session, sid)
             .await
@@ -1495,6 +1560,7 @@ async fn refresh(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, OAuth
     {
         return Err(invalid());
     }
+    p.count(Event::Refreshed);
     issue(p, &session, sid)
 }
 
@@ -1542,6 +1608,7 @@ async fn revoke(
                 if let Err(e) = p.store.remove(RecordKind::Session, &sid).await {
                     return store_failed(&e).into_response();
                 }
+                p.count(Event::Revoked);
                 tracing::info!(target: "idguard::oauth", "session revoked by its client");
             }
             Ok(None) => {}
