@@ -1,6 +1,7 @@
 //! MCP interception, in process, in one run: one `tools/call` through the full stack
 //! (`ValidateTokenLayer` + `AuthorizeMcpLayer`, warm token cache) against the bare inner
-//! service; and a 1000-tool `tools/list` reply filtered for a caller, as JSON and as SSE,
+//! service, with the decision answered from the call-decision cache (the sample policies)
+//! and evaluated every time (the same policies plus one that reads `context.now`); and a 1000-tool `tools/list` reply filtered for a caller, as JSON and as SSE,
 //! against the bare service returning it unfiltered.
 //!
 //! `cargo bench --bench mcp`
@@ -110,8 +111,29 @@ fn bench(c: &mut Criterion) {
         let token = entra.token_for("bob").unwrap().mint().unwrap();
         (entra, guard, token)
     });
-    let policies =
-        PolicyEngine::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policies = PolicyEngine::from_dir(&dir).unwrap();
+    // A policy that reads the clock makes every decision it can apply to uncacheable.
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    files.push((
+        "clock.cedar".into(),
+        "@id(\"clock\")\nforbid (principal, action, resource) when { context.now < 0 };\n".into(),
+    ));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let uncached = PolicyEngine::from_sources(
+        &read("schema.cedarschema"),
+        Some(&read("arguments.cedarschema")),
+        files.iter().map(|(n, s)| (n.as_str(), s.as_str())),
+    )
+    .unwrap();
     let list = Bytes::from(tool_list(1000));
     let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
     let list_req = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
@@ -138,6 +160,15 @@ fn bench(c: &mut Criterion) {
             g.bench_function("call_full_stack", |b| {
                 b.to_async(&rt).iter(|| run(&stack, &token, call))
             });
+            let evaluating = ServiceBuilder::new()
+                .layer(guard.validate_token_layer())
+                .layer(guard.authorize_mcp_layer(uncached.clone()))
+                .service(inner(list.clone(), sse));
+            rt.block_on(run(&evaluating, &token, list_req));
+            rt.block_on(run(&evaluating, &token, call));
+            g.bench_function("call_full_stack_uncached", |b| {
+                b.to_async(&rt).iter(|| run(&evaluating, &token, call))
+            });
         }
         g.bench_function(format!("list_1000_bare_{kind}"), |b| {
             b.to_async(&rt).iter(|| run(&bare, &token, list_req))
@@ -147,6 +178,15 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    assert!(
+        policies.stats().call_cached > 0,
+        "the cached stack used the cache"
+    );
+    assert_eq!(
+        uncached.stats().call_cached,
+        0,
+        "the clock policy disables the cache"
+    );
     drop(entra);
 }
 

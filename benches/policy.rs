@@ -1,6 +1,8 @@
 //! Policy decisions: one call-phase `decide` with the sample policies and with 200 more
-//! generated ones; filtering 100 and 1000 tools for one caller, cold (new caller) and warm
-//! (cached decisions), in one run.
+//! generated ones (a tool whose policies read the arguments: always evaluated); the same
+//! decision for a tool whose policies do not, evaluated (a new caller each time) and
+//! answered from the call-decision cache; filtering 100 and 1000 tools for one caller, cold
+//! (new caller) and warm (cached decisions), in one run.
 //!
 //! `cargo bench --bench policy`
 #![allow(
@@ -91,6 +93,19 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(large.decide(&bob, &transfer, Phase::Call, args)))
     });
     let next = AtomicU64::new(0);
+    let read = Item::Tool(load_tools(&dir).unwrap()["read_document"].clone());
+    g.bench_function("decide_call_evaluated", |b| {
+        b.iter_batched(
+            || caller(&format!("call-{}", next.fetch_add(1, Ordering::Relaxed))),
+            |p| black_box(samples.decide(&p, &read, Phase::Call, None)),
+            BatchSize::SmallInput,
+        )
+    });
+    assert!(samples.decide(&bob, &read, Phase::Call, None).is_allow());
+    g.bench_function("decide_call_cached", |b| {
+        b.iter(|| black_box(samples.decide(&bob, &read, Phase::Call, None)))
+    });
+    assert!(samples.stats().call_cached > 0, "the cache answered");
     for n in [100, 1000] {
         let items = tools(n);
         g.bench_function(format!("list_{n}_tools_cold"), |b| {

@@ -12,6 +12,14 @@
 //! ```sh
 //! cargo run --release --example load_fixture -- --tools 100 [--bare] [--port 0] [--users 6]
 //! ```
+//!
+//! `--distinct-users N` measures memory instead of serving: it mints N tokens with distinct
+//! `oid`s (roles cycling as above), sends one `tools/call` and one `tools/list` per token
+//! through the guarded service in process, and prints `VmRSS`/`VmHWM` before and after.
+//!
+//! ```sh
+//! cargo run --release --example load_fixture -- --distinct-users 100000
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +120,93 @@ impl ServerHandler for Fixture {
     }
 }
 
+/// `VmRSS` and `VmHWM` of this process, in KiB.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Drives `n` distinct callers' tokens through `app` (one call and one list each) and
+/// reports the memory of the process.
+async fn distinct_users_rss(
+    entra: &DevEntra,
+    app: Router,
+    n: usize,
+    roles: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures_util::StreamExt;
+    use tower::ServiceExt;
+
+    let allowed = ["tool_007", "tool_057", "tool_091"];
+    let (rss0, hwm0) = rss();
+    println!("before: VmRSS {rss0} KiB, VmHWM {hwm0} KiB");
+    let started = std::time::Instant::now();
+    let failures = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let app = app.clone();
+            let role = i % roles.max(1);
+            let token = entra
+                .token_for(&format!("user{role}"))
+                .map(|t| {
+                    t.claim("oid", format!("10ad0000-0000-4000-9000-{i:012}"))
+                        .lifetime(Duration::from_secs(3600))
+                })
+                .and_then(|t| t.mint());
+            async move {
+                let Ok(token) = token else { return 2 };
+                let tool = allowed.get(role).copied().unwrap_or("tool_007");
+                let bodies = [
+                    format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"a":{i}}}}}}}"#),
+                    r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#.to_owned(),
+                ];
+                let mut failed = 0;
+                for body in bodies {
+                    let req = http::Request::post("/mcp")
+                        .header("host", "127.0.0.1")
+                        .header("authorization", format!("Bearer {token}"))
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-protocol-version", "2025-06-18")
+                        .body(axum::body::Body::from(body));
+                    let ok = match req {
+                        Ok(req) => match app.clone().oneshot(req).await {
+                            Ok(r) if r.status().is_success() => true,
+                            Ok(r) => {
+                                if i < 3 {
+                                    use http_body_util::BodyExt;
+                                    let status = r.status();
+                                    let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                    eprintln!("user {i}: {status} {}", String::from_utf8_lossy(&body));
+                                }
+                                false
+                            }
+                            Err(_) => false,
+                        },
+                        Err(_) => false,
+                    };
+                    failed += usize::from(!ok);
+                }
+                failed
+            }
+        })
+        .buffer_unordered(8)
+        .fold(0, |acc, f| async move { acc + f })
+        .await;
+    let (rss1, hwm1) = rss();
+    println!(
+        "after {n} distinct users ({:.1} s, {failures} failed requests): VmRSS {rss1} KiB, VmHWM {hwm1} KiB",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
         .position(|a| a == name)
@@ -126,6 +221,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = arg(&args, "--tools", 100);
     let port: u16 = arg(&args, "--port", 0);
     let users: usize = arg(&args, "--users", 6);
+    let distinct_users: usize = arg(&args, "--distinct-users", 0);
     let bare = args.iter().any(|a| a == "--bare");
 
     let fixture = Fixture::new(n);
@@ -181,6 +277,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .service(mcp),
         )
     };
+
+    if distinct_users > 0 {
+        return distinct_users_rss(&entra, app, distinct_users, roles.len().min(users)).await;
+    }
 
     println!("IDGUARD_LOAD_URL={base}/mcp");
     for u in 0..users {

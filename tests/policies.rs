@@ -219,6 +219,129 @@ fn a_reload_invalidates_list_decisions_at_once() {
 }
 
 #[test]
+fn a_reload_changes_cached_call_decisions_at_once() {
+    let dir = Scratch::new("call-cache");
+    let engine = PolicyEngine::from_dir(&dir.0).unwrap();
+    let bob = user("bob");
+    let list = tool("list_documents");
+    assert!(engine.decide(&bob, &list, Phase::Call, None).is_allow());
+    assert!(engine.decide(&bob, &list, Phase::Call, None).is_allow());
+    let before = engine.stats();
+    assert_eq!(
+        before.call_cached, 1,
+        "the second call is answered from the cache"
+    );
+    assert_eq!(before.allowed, 2, "cached calls are still counted");
+
+    dir.write("roles.cedar", "// readers lost their permit\n");
+    engine.reload().unwrap();
+    assert!(!engine.decide(&bob, &list, Phase::Call, None).is_allow());
+    assert!(!engine.decide(&bob, &list, Phase::Call, None).is_allow());
+    assert_eq!(
+        engine.stats().call_cached,
+        2,
+        "the deny is cached in the new epoch"
+    );
+
+    dir.write(
+        "extra.cedar",
+        "@id(\"all\")\npermit (principal, action, resource);\n",
+    );
+    engine.reload().unwrap();
+    assert!(engine.decide(&bob, &list, Phase::Call, None).is_allow());
+}
+
+#[test]
+fn call_decisions_are_cached_per_caller_and_tool() {
+    let engine = PolicyEngine::from_dir(samples()).unwrap();
+    let tools = idguard::policy::cases::load_tools(&samples()).unwrap();
+    let delete = Item::Tool(tools["delete_document"].clone());
+    // The same person, with and without MFA, with and without a role: different callers.
+    let with_mfa = caller(Some("alice"), &Map::new(), Some(true)).unwrap();
+    let no_mfa = caller(Some("alice"), &Map::new(), Some(false)).unwrap();
+    let no_role = caller(
+        Some("alice"),
+        &serde_json::from_value(json!({"roles": []})).unwrap(),
+        Some(true),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert!(
+            engine
+                .decide(&with_mfa, &delete, Phase::Call, None)
+                .is_allow()
+        );
+        match engine.decide(&no_mfa, &delete, Phase::Call, None) {
+            Decision::Deny(d) => assert_eq!(d.step_up.as_deref(), Some("mfa")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !engine
+                .decide(&no_role, &delete, Phase::Call, None)
+                .is_allow()
+        );
+    }
+    // The same name with other annotations is another tool.
+    let mut harmless = tools["delete_document"].clone();
+    harmless.destructive = false;
+    assert!(
+        engine
+            .decide(&no_mfa, &Item::Tool(harmless), Phase::Call, None)
+            .is_allow()
+    );
+    assert_eq!(engine.stats().call_cached, 6);
+}
+
+#[test]
+fn decisions_that_read_arguments_are_never_cached() {
+    let engine = PolicyEngine::from_dir(samples()).unwrap();
+    let tools = idguard::policy::cases::load_tools(&samples()).unwrap();
+    let transfer = Item::Tool(tools["transfer_funds"].clone());
+    let alice = user("alice");
+    let small = json!({"amount": 250, "to": "ACME"});
+    let large = json!({"amount": 20000, "to": "ACME"});
+    for _ in 0..3 {
+        assert!(
+            engine
+                .decide(&alice, &transfer, Phase::Call, small.as_object())
+                .is_allow()
+        );
+        assert!(
+            !engine
+                .decide(&alice, &transfer, Phase::Call, large.as_object())
+                .is_allow()
+        );
+    }
+    assert_eq!(engine.stats().call_cached, 0);
+}
+
+#[test]
+fn decisions_that_read_the_time_are_never_cached() {
+    let dir = Scratch::new("call-cache-now");
+    // Forbidden from a moment that is always in the past: reads `context.now`.
+    dir.write(
+        "window.cedar",
+        "@id(\"closed\")\nforbid (principal, action, resource == Tool::\"list_documents\") when { context.now > 0 };\n",
+    );
+    let engine = PolicyEngine::from_dir(&dir.0).unwrap();
+    let bob = user("bob");
+    for _ in 0..3 {
+        assert!(
+            !engine
+                .decide(&bob, &tool("list_documents"), Phase::Call, None)
+                .is_allow()
+        );
+        assert!(
+            engine
+                .decide(&bob, &tool("whoami"), Phase::Call, None)
+                .is_allow()
+        );
+    }
+    // Only `whoami`, which no time-reading policy can apply to, was answered from the cache.
+    assert_eq!(engine.stats().call_cached, 2);
+}
+
+#[test]
 fn concurrent_decisions_never_see_a_mixed_set() {
     let dir = Scratch::new("mixed");
     for f in std::fs::read_dir(&dir.0).unwrap() {

@@ -3,13 +3,19 @@
 # wrk over loopback. Bounded: DURATION per scenario (default 20s), CONNECTIONS (default 64).
 #
 #   benches/load/run.sh            # needs wrk (Debian: apt-get install wrk)
+#   SCENARIOS="call list" CONNECTIONS=1 THREADS=1 benches/load/run.sh   # a subset, latency-bound
+# The fixture binary is taken from $CARGO_TARGET_DIR (default target/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet --example load_fixture
+FIXTURE=${FIXTURE:-}   # a prebuilt fixture binary (skips the build)
+if [ -z "$FIXTURE" ]; then
+  cargo build --release --quiet --example load_fixture
+  FIXTURE="${CARGO_TARGET_DIR:-target}/release/examples/load_fixture"
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -18,7 +24,7 @@ trap cleanup EXIT
 start() { # name args...
   local name=$1; shift
   mkfifo "$work/$name.in"
-  target/release/examples/load_fixture "$@" < "$work/$name.in" > "$work/$name.out" 2>/dev/null &
+  "$FIXTURE" "$@" < "$work/$name.in" > "$work/$name.out" 2>/dev/null &
   pids+=($!); echo $! > "$work/$name.pid"
   exec {fd}>"$work/$name.in"   # keep stdin open
   for _ in $(seq 1 600); do grep -q IDGUARD_LOAD_TOKEN "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
@@ -43,9 +49,13 @@ run() { # label server scenario tokens
 }
 
 echo "scenario | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (KiB)"
-run "bare tools/call"            bare    call  bare
-run "idguard tools/call"         idguard call  idguard
-run "bare tools/list (100)"      bare    list  bare
-run "idguard tools/list (100)"   idguard list  idguard
-run "idguard invalid token"      idguard list  invalid
-run "idguard no token"           idguard list  none
+for s in ${SCENARIOS:-call list invalid none}; do
+  case $s in
+    call) run "bare tools/call"          bare    call bare
+          run "idguard tools/call"       idguard call idguard ;;
+    list) run "bare tools/list (100)"    bare    list bare
+          run "idguard tools/list (100)" idguard list idguard ;;
+    invalid) run "idguard invalid token" idguard list invalid ;;
+    none) run "idguard no token"         idguard list none ;;
+  esac
+done

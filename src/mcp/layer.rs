@@ -206,7 +206,6 @@ where
         tracing::error!(target: "idguard::rejection", "no principal: put ValidateTokenLayer before AuthorizeMcpLayer");
         return reject(RejectionKind::Internal);
     };
-    let owner = session_owner(&principal);
     let session = parts
         .headers
         .get(MCP_SESSION_ID)
@@ -214,7 +213,7 @@ where
         .map(str::to_owned);
     if let Some(sid) = &session
         && let Some(bound) = shared.state.sessions.get(sid)
-        && bound != owner
+        && *bound != *session_owner(&principal)
     {
         tracing::warn!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "mcp session presented by a caller other than its owner");
         return reject(RejectionKind::Forbidden);
@@ -310,7 +309,10 @@ where
             .get(MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
     {
-        shared.state.sessions.insert(sid.to_owned(), owner);
+        shared
+            .state
+            .sessions
+            .insert(sid.to_owned(), session_owner(&principal));
     }
     if pending.is_empty() {
         return res.map(Body::new);

@@ -1,4 +1,4 @@
-//! The list-phase decision cache.
+//! The list-phase and call-phase decision caches, and the entities cache.
 //!
 //! Keyed by (policy epoch, caller's policy-relevant attributes); each entry maps items to
 //! their list-phase decision. Listing the same items again for the same caller costs one
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
+use super::Decision;
 use super::entities::{Item, Scene};
 use crate::principal::Principal;
 
@@ -150,5 +151,54 @@ impl SceneCache {
         let scene = Arc::new(build()?);
         self.scenes.insert(key, scene.clone());
         Ok(scene)
+    }
+}
+
+/// Call-phase decisions of (policy epoch, caller, item), for items whose applicable
+/// policies read nothing of the request but the caller (no `context.arguments`, no
+/// `context.now`: see `slice::reads_request`). Such a decision is a function of the key, so
+/// reusing it is exact, not an approximation: there is no staleness to bound. A reload
+/// bumps the epoch, so older entries are never consulted again; they age out after five
+/// minutes or when the cache is full. Decisions that carry evaluation errors are never
+/// stored.
+#[derive(Debug)]
+pub(crate) struct CallCache {
+    decisions: Cache<(CallerKey, Item), Decision, Hasher>,
+}
+
+impl CallCache {
+    pub(crate) fn new(capacity: u64) -> Self {
+        Self {
+            decisions: Cache::builder()
+                .name("idguard-call-decisions")
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(300))
+                .build_with_hasher(Hasher::default()),
+        }
+    }
+
+    fn key(epoch: u64, principal: &Principal, item: &Item) -> (CallerKey, Item) {
+        (
+            CallerKey {
+                epoch,
+                principal: principal.clone(),
+            },
+            item.clone(),
+        )
+    }
+
+    pub(crate) fn get(&self, epoch: u64, principal: &Principal, item: &Item) -> Option<Decision> {
+        self.decisions.get(&Self::key(epoch, principal, item))
+    }
+
+    pub(crate) fn insert(
+        &self,
+        epoch: u64,
+        principal: &Principal,
+        item: &Item,
+        decision: Decision,
+    ) {
+        self.decisions
+            .insert(Self::key(epoch, principal, item), decision);
     }
 }

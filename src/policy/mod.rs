@@ -10,7 +10,11 @@
 //! - obligations come from annotations on the determining policies: `@redact("a,b")` on
 //!   permits, `@reason("…")` and `@step_up("mfa")` on forbids;
 //! - list-phase decisions are cached per (policy epoch, caller, item), so listing the same
-//!   tools again for the same caller costs hash lookups, and a reload invalidates them.
+//!   tools again for the same caller costs hash lookups, and a reload invalidates them;
+//! - call-phase decisions are cached the same way when none of the policies that can apply
+//!   to the item reads the request beyond the caller (`context.arguments`, `context.now`):
+//!   such a decision is a function of the key, so the cache never answers differently from
+//!   an evaluation. Every call is still counted and audited.
 //!
 //! ```
 //! use idguard::policy::{Item, PolicyEngine, Phase, ToolInfo};
@@ -54,7 +58,7 @@ pub use reload::PolicyWatch;
 pub use store::{PolicyLoadError, PolicyProblem};
 
 use crate::principal::Principal;
-use cache::{ListCache, SceneCache};
+use cache::{CallCache, ListCache, SceneCache};
 use store::Snapshot;
 
 /// Which MCP operation a decision is about.
@@ -185,9 +189,10 @@ struct Inner {
     reload_lock: Mutex<()>,
     status: tokio::sync::watch::Sender<PolicyStatus>,
     list_cache: ListCache,
+    call_cache: CallCache,
     scenes: SceneCache,
     authorizer: Authorizer,
-    counters: [AtomicU64; 4],
+    counters: [AtomicU64; 5],
 }
 
 /// Decision counters of a [`PolicyEngine`], for metrics.
@@ -202,12 +207,16 @@ pub struct PolicyStats {
     pub list_cached: u64,
     /// List items evaluated.
     pub list_evaluated: u64,
+    /// Call-phase decisions answered from the call-decision cache (also counted in
+    /// `allowed` or `denied`).
+    pub call_cached: u64,
 }
 
 const ALLOWED: usize = 0;
 const DENIED: usize = 1;
 const LIST_CACHED: usize = 2;
 const LIST_EVALUATED: usize = 3;
+const CALL_CACHED: usize = 4;
 
 impl PolicyEngine {
     /// Loads every policy in `dir` (see the [module docs](self)).
@@ -257,6 +266,7 @@ impl PolicyEngine {
                 reload_lock: Mutex::new(()),
                 status: tokio::sync::watch::Sender::new(status),
                 list_cache: ListCache::new(10_000),
+                call_cache: CallCache::new(10_000),
                 scenes: SceneCache::new(10_000),
                 authorizer: Authorizer::new(),
                 counters: Default::default(),
@@ -344,6 +354,7 @@ impl PolicyEngine {
             denied: c(DENIED),
             list_cached: c(LIST_CACHED),
             list_evaluated: c(LIST_EVALUATED),
+            call_cached: c(CALL_CACHED),
         }
     }
 
@@ -376,7 +387,9 @@ impl PolicyEngine {
     }
 
     /// Decides whether `principal` may use `item` in `phase`, with the tool `arguments` of a
-    /// call. Call-phase decisions are audited (tracing target `idguard::audit`).
+    /// call. Call-phase decisions are audited (tracing target `idguard::audit`), whether
+    /// they were evaluated or answered from the call-decision cache (see the
+    /// [module docs](self)).
     pub fn decide(
         &self,
         principal: &Principal,
@@ -385,21 +398,83 @@ impl PolicyEngine {
         arguments: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Decision {
         let snapshot = self.inner.snapshot.load();
+        let cache = &self.inner.call_cache;
+        let cached = match phase {
+            Phase::Call => cache.get(snapshot.epoch, principal, item),
+            Phase::List => None,
+        };
+        let decision = match cached {
+            Some(decision) => {
+                self.count(CALL_CACHED, 1);
+                decision
+            }
+            None => {
+                let mut reads_request = false;
+                let decision = self.decide_uncached(
+                    &snapshot,
+                    principal,
+                    item,
+                    phase,
+                    arguments,
+                    &mut reads_request,
+                );
+                if phase == Phase::Call && !reads_request {
+                    cache.insert(snapshot.epoch, principal, item, decision.clone());
+                }
+                decision
+            }
+        };
+        if phase == Phase::Call {
+            self.count(if decision.is_allow() { ALLOWED } else { DENIED }, 1);
+            audit(principal, item, &decision);
+        }
+        decision
+    }
+
+    /// [`decide`](Self::decide) without the call cache, counters and audit. Sets
+    /// `reads_request` when the decision may depend on more than (snapshot, caller, item)
+    /// or could not be made cleanly (an error), i.e. when it must not be reused.
+    fn decide_uncached(
+        &self,
+        snapshot: &Snapshot,
+        principal: &Principal,
+        item: &Item,
+        phase: Phase,
+        arguments: Option<&serde_json::Map<String, serde_json::Value>>,
+        reads_request: &mut bool,
+    ) -> Decision {
         let one = std::slice::from_ref(item);
-        let mut decision = self.first(&snapshot, principal, one, phase, arguments, principal.mfa());
+        let mut decision = self.first(
+            snapshot,
+            principal,
+            one,
+            phase,
+            arguments,
+            principal.mfa(),
+            reads_request,
+        );
         // Offer a step-up only when it would help: with MFA, would the call be allowed?
         if let Decision::Deny(denied) = &decision
             && denied.step_up.as_deref() == Some("mfa")
             && !principal.mfa()
         {
-            let with_mfa = self.first(&snapshot, principal, one, phase, arguments, true);
+            let with_mfa = self.first(
+                snapshot,
+                principal,
+                one,
+                phase,
+                arguments,
+                true,
+                reads_request,
+            );
             if !with_mfa.is_allow() {
                 decision = with_mfa;
             }
         }
-        if phase == Phase::Call {
-            self.count(if decision.is_allow() { ALLOWED } else { DENIED }, 1);
-            audit(principal, item, &decision);
+        if let Decision::Deny(denied) = &decision
+            && !denied.errors.is_empty()
+        {
+            *reads_request = true;
         }
         decision
     }
@@ -439,6 +514,7 @@ impl PolicyEngine {
             Phase::List,
             None,
             principal.mfa(),
+            &mut false,
         );
         let mut known = decisions.write();
         for ((i, item), decision) in missing.iter().zip(todo).zip(results) {
@@ -451,6 +527,7 @@ impl PolicyEngine {
         visible
     }
 
+    #[expect(clippy::too_many_arguments, reason = "internal; mirrors evaluate")]
     fn first(
         &self,
         snapshot: &Snapshot,
@@ -459,13 +536,28 @@ impl PolicyEngine {
         phase: Phase,
         arguments: Option<&serde_json::Map<String, serde_json::Value>>,
         mfa: bool,
+        reads_request: &mut bool,
     ) -> Decision {
-        self.evaluate(snapshot, principal, items, phase, arguments, mfa)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| deny_error("no decision".into()))
+        self.evaluate(
+            snapshot,
+            principal,
+            items,
+            phase,
+            arguments,
+            mfa,
+            reads_request,
+        )
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| deny_error("no decision".into()))
     }
 
+    /// One decision per item, in order. Sets `reads_request` when a slice used reads the
+    /// request (see `slice::reads_request`) or something failed.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "internal; the inputs of one evaluation"
+    )]
     fn evaluate(
         &self,
         snapshot: &Snapshot,
@@ -474,6 +566,7 @@ impl PolicyEngine {
         phase: Phase,
         arguments: Option<&serde_json::Map<String, serde_json::Value>>,
         mfa: bool,
+        reads_request: &mut bool,
     ) -> Vec<Decision> {
         let scene = match items {
             // Single decisions repeat (a caller calling a tool again): reuse the entities.
@@ -500,20 +593,28 @@ impl PolicyEngine {
         });
         let (scene, requests) = match requests {
             Ok(parts) => parts,
-            Err(e) => return items.iter().map(|_| deny_error(e.clone())).collect(),
+            Err(e) => {
+                *reads_request = true;
+                return items.iter().map(|_| deny_error(e.clone())).collect();
+            }
         };
         requests
             .into_iter()
             .map(|request| {
-                let (request, action, resource) = request?;
-                let slice = snapshot.slicer.slice(&scene.caller, &action, &resource)?;
-                let response =
-                    self.inner
-                        .authorizer
-                        .is_authorized(&request, &slice, &scene.entities);
-                Ok(snapshot.to_decision(&response))
+                let decided = request.and_then(|(request, action, resource)| {
+                    let slice = snapshot.slicer.slice(&scene.caller, &action, &resource)?;
+                    *reads_request |= slice.reads_request;
+                    let response =
+                        self.inner
+                            .authorizer
+                            .is_authorized(&request, &slice.set, &scene.entities);
+                    Ok(snapshot.to_decision(&response))
+                });
+                decided.unwrap_or_else(|e| {
+                    *reads_request = true;
+                    deny_error(e)
+                })
             })
-            .map(|d: Result<Decision, String>| d.unwrap_or_else(deny_error))
             .collect()
     }
 }
