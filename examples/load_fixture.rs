@@ -263,6 +263,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .tenant(entra.tenant_id())
             .client_id(entra.api_client_id())
             .resource(format!("{base}/mcp"))
+            .with_cache_capacity(arg(
+                &args,
+                "--token-cache",
+                idguard::DEFAULT_TOKEN_CACHE_CAPACITY,
+            ))
             .build()
             .await?;
         let policies = PolicyEngine::from_dir(concat!(

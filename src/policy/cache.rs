@@ -58,8 +58,9 @@ impl Hash for CallerKey {
 /// from servers, so a fixed-key hash would invite collision floods).
 type Hasher = foldhash::fast::RandomState;
 
-/// Item → decision for one caller.
-pub(crate) type Decisions = HashMap<Item, bool, Hasher>;
+/// Item → decision for one caller. Items are shared (interned by [`ListCache::intern`]):
+/// a caller's map holds a pointer and a flag per item, not a copy of every tool.
+pub(crate) type Decisions = HashMap<Arc<Item>, bool, Hasher>;
 
 /// One caller's list decisions.
 #[derive(Debug, Default)]
@@ -82,7 +83,12 @@ impl CallerDecisions {
 #[derive(Debug)]
 pub(crate) struct ListCache {
     callers: Cache<CallerKey, Arc<CallerDecisions>, Hasher>,
+    /// One shared copy of each item seen in a list.
+    items: Cache<Item, Arc<Item>, Hasher>,
 }
+
+/// Distinct items kept for sharing (tools, resources and prompts of all servers).
+const INTERNED_ITEMS: u64 = 100_000;
 
 impl ListCache {
     pub(crate) fn new(callers: u64) -> Self {
@@ -92,7 +98,21 @@ impl ListCache {
                 .max_capacity(callers)
                 .time_to_live(Duration::from_secs(60))
                 .build_with_hasher(Hasher::default()),
+            items: Cache::builder()
+                .name("idguard-list-items")
+                .max_capacity(INTERNED_ITEMS)
+                .time_to_idle(Duration::from_secs(600))
+                .build_with_hasher(Hasher::default()),
         }
+    }
+
+    /// The shared copy of `item` (equal to it in every field).
+    pub(crate) fn intern(&self, item: Item) -> Arc<Item> {
+        if let Some(shared) = self.items.get(&item) {
+            return shared;
+        }
+        let shared = Arc::new(item);
+        self.items.get_with(Item::clone(&shared), || shared.clone())
     }
 
     /// The decisions of this caller under this epoch (empty at first).

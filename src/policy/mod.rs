@@ -267,7 +267,7 @@ impl PolicyEngine {
                 status: tokio::sync::watch::Sender::new(status),
                 list_cache: ListCache::new(10_000),
                 call_cache: CallCache::new(10_000),
-                scenes: SceneCache::new(10_000),
+                scenes: SceneCache::new(2_000),
                 authorizer: Authorizer::new(),
                 counters: Default::default(),
             }),
@@ -522,7 +522,7 @@ impl PolicyEngine {
             if let Some(slot) = visible.get_mut(*i) {
                 *slot = allowed;
             }
-            known.insert(item, allowed);
+            known.insert(self.inner.list_cache.intern(item), allowed);
         }
         visible
     }
