@@ -120,6 +120,12 @@ impl Metrics {
             ],
         );
         metric(
+            "idguard_policy_call_cached_total",
+            "Call-phase decisions answered by the call-decision cache (of the decisions above).",
+            "counter",
+            &[(String::new(), p.call_cached)],
+        );
+        metric(
             "idguard_policy_list_items_total",
             "List items decided, by whether the decision cache answered.",
             "counter",
