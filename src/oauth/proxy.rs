@@ -43,6 +43,8 @@ use crate::obo::{ClientAuth, ClientCredential, EntraError, admin_consent_url};
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const STATE_TTL: Duration = Duration::from_secs(600);
 const CODE_TTL: Duration = Duration::from_secs(120);
+/// How long a code's record is kept: past its lifetime, so a late replay is recognised.
+const CODE_RECORD_TTL: Duration = Duration::from_secs(600);
 /// Longest client `state` kept (it is stored until the callback).
 const MAX_STATE_BYTES: usize = 1024;
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
@@ -153,6 +155,9 @@ struct Code {
     challenge: String,
     sid: String,
     used: bool,
+    /// Unix seconds after which the code no longer redeems (the record itself lives
+    /// longer, to recognise a replay).
+    expires_at: u64,
 }
 
 /// The Entra tokens behind a client's tokens, and the refresh-token generation.
@@ -1346,8 +1351,9 @@ async fn issue_code(
         challenge: pending.challenge.clone(),
         sid,
         used: false,
+        expires_at: unix_now().saturating_add(CODE_TTL.as_secs()),
     };
-    p.put_sealed(RecordKind::Code, &digest_b64(&code), &record, CODE_TTL * 5)
+    p.put_sealed(RecordKind::Code, &digest_b64(&code), &record, CODE_RECORD_TTL)
         .await?;
     Ok(code)
 }
@@ -1424,10 +1430,13 @@ async fn redeem_code(p: &Proxy, form: &TokenForm) -> Result<serde_json::Value, O
             .map_err(|e| store_failed(&e))?;
         return Err(spent());
     }
+    if unix_now() >= record.expires_at {
+        return Err(spent());
+    }
     // Mark it used atomically: of two concurrent redemptions, one wins.
     record.used = true;
     if !p
-        .swap_sealed(RecordKind::Code, &key, &current, &record, CODE_TTL * 5)
+        .swap_sealed(RecordKind::Code, &key, &current, &record, CODE_RECORD_TTL)
         .await?
     {
         return Err(spent());
