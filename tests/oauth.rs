@@ -244,11 +244,17 @@ async fn through_entra(b: &mut Browser, entra_url: &str) -> String {
     location(&res)
 }
 
-/// The whole browser part: the client's redirect with `code`, `state` and `iss`.
-async fn sign_in(s: &Stack, client_id: &str, challenge: &str) -> HashMap<String, String> {
+/// A fresh browser that consented and signed in at Entra: it and the callback URL.
+async fn to_callback(s: &Stack, client_id: &str, challenge: &str) -> (Browser, String) {
     let mut b = Browser::new();
     let entra_url = consent(&mut b, s, client_id, challenge).await;
     let callback = through_entra(&mut b, &entra_url).await;
+    (b, callback)
+}
+
+/// The whole browser part: the client's redirect with `code`, `state` and `iss`.
+async fn sign_in(s: &Stack, client_id: &str, challenge: &str) -> HashMap<String, String> {
+    let (mut b, callback) = to_callback(s, client_id, challenge).await;
     let res = b.get(&callback).await;
     assert_eq!(
         res.status(),
@@ -681,9 +687,7 @@ async fn state_is_single_use_and_must_be_known() {
     let s = proxy_stack().await;
     let client_id = register(&s, CLIENT_REDIRECT).await;
     let (_, challenge) = pkce();
-    let mut b = Browser::new();
-    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
-    let callback = through_entra(&mut b, &entra_url).await;
+    let (mut b, callback) = to_callback(&s, &client_id, &challenge).await;
     assert_eq!(b.get(&callback).await.status(), 303);
     // Replay of the same answer.
     assert_eq!(b.get(&callback).await.status(), 400);
@@ -783,9 +787,7 @@ async fn entra_consent_missing_shows_the_admin_consent_link() {
         .unwrap();
     let client_id = register(&s, CLIENT_REDIRECT).await;
     let (_, challenge) = pkce();
-    let mut b = Browser::new();
-    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
-    let callback = through_entra(&mut b, &entra_url).await;
+    let (mut b, callback) = to_callback(&s, &client_id, &challenge).await;
     let res = b.get(&callback).await;
     assert_eq!(res.status(), 403);
     let html = res.text().await.unwrap();
@@ -800,9 +802,7 @@ async fn an_entra_claims_challenge_signs_in_again_with_the_claims() {
         .unwrap();
     let client_id = register(&s, CLIENT_REDIRECT).await;
     let (verifier, challenge) = pkce();
-    let mut b = Browser::new();
-    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
-    let callback = through_entra(&mut b, &entra_url).await;
+    let (mut b, callback) = to_callback(&s, &client_id, &challenge).await;
     let res = b.get(&callback).await;
     // Back to Entra with the claims Entra asked for.
     assert_eq!(res.status(), 303);
@@ -1145,9 +1145,7 @@ async fn a_callback_without_the_binding_cookie_does_not_spend_the_state() {
     let s = proxy_stack().await;
     let client_id = register(&s, CLIENT_REDIRECT).await;
     let (_, challenge) = pkce();
-    let mut b = Browser::new();
-    let entra_url = consent(&mut b, &s, &client_id, &challenge).await;
-    let callback = through_entra(&mut b, &entra_url).await;
+    let (mut b, callback) = to_callback(&s, &client_id, &challenge).await;
     // Someone who learned the callback URL, in another browser.
     assert_eq!(Browser::new().get(&callback).await.status(), 403);
     // The user's own browser still completes.

@@ -1353,8 +1353,13 @@ async fn issue_code(
         used: false,
         expires_at: unix_now().saturating_add(CODE_TTL.as_secs()),
     };
-    p.put_sealed(RecordKind::Code, &digest_b64(&code), &record, CODE_RECORD_TTL)
-        .await?;
+    p.put_sealed(
+        RecordKind::Code,
+        &digest_b64(&code),
+        &record,
+        CODE_RECORD_TTL,
+    )
+    .await?;
     Ok(code)
 }
 
@@ -1376,12 +1381,9 @@ async fn token(
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let Ok(Form(form)) = form else {
-        return OAuthError::new(
-            "invalid_request",
-            "send an application/x-www-form-urlencoded body",
-        )
-        .into_response();
+    let form = match form_or_error(form) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
     };
     if let Some(resource) = form.resource.as_deref()
         && resource.trim_end_matches('/') != p.resource
@@ -1400,6 +1402,18 @@ async fn token(
         Ok(body) => (StatusCode::OK, no_store(), Json(body)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The form of a token-endpoint style request, or the RFC 6749 JSON error.
+fn form_or_error<T>(
+    form: Result<Form<T>, axum::extract::rejection::FormRejection>,
+) -> Result<T, OAuthError> {
+    form.map(|Form(f)| f).map_err(|_| {
+        OAuthError::new(
+            "invalid_request",
+            "send an application/x-www-form-urlencoded body",
+        )
+    })
 }
 
 /// A form field that must be present.
@@ -1588,12 +1602,9 @@ async fn revoke(
     let Some(p) = guard.oauth_proxy() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let Ok(Form(form)) = form else {
-        return OAuthError::new(
-            "invalid_request",
-            "send an application/x-www-form-urlencoded body",
-        )
-        .into_response();
+    let form = match form_or_error(form) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
     };
     let (token, client_id) = match (
         required(form.token.as_deref(), "token"),
