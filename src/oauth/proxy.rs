@@ -192,6 +192,14 @@ struct AccessClaims {
     sid: String,
 }
 
+/// The header of an idguard access token.
+#[derive(Deserialize)]
+struct TokenHeader<'a> {
+    alg: &'a str,
+    typ: &'a str,
+    kid: &'a str,
+}
+
 /// What Entra's token endpoint returned.
 #[derive(Deserialize)]
 struct EntraTokens {
@@ -448,15 +456,14 @@ impl Proxy {
     fn verify_access_token(&self, token: &str, leeway: u64) -> Option<AccessClaims> {
         let (input, tag) = token.rsplit_once('.')?;
         let (header, payload) = input.split_once('.')?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
-        if header.get("alg")?.as_str()? != "HS256" || header.get("typ")?.as_str()? != "at+jwt" {
+        let header = URL_SAFE_NO_PAD.decode(header).ok()?;
+        let header: TokenHeader<'_> = serde_json::from_slice(&header).ok()?;
+        if header.alg != "HS256" || header.typ != "at+jwt" {
             return None;
         }
-        let kid = header.get("kid")?.as_str()?;
         if !self
             .keys
-            .verify(Purpose::AccessToken, kid, input.as_bytes(), tag)
+            .verify(Purpose::AccessToken, header.kid, input.as_bytes(), tag)
         {
             return None;
         }
