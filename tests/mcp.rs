@@ -505,3 +505,57 @@ async fn guarded_rmcp_handler_filters_in_process() {
         set(&["summarize"])
     );
 }
+
+/// A server whose list replies are not JSON (trailing bytes, a truncated event): what a
+/// client might still read is never passed on unfiltered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_replies_that_are_not_json_are_never_passed_on() {
+    let (entra, guard, policies, listener, base) = parts().await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "delete_document", "inputSchema": {"type": "object"},
+         "annotations": {"destructiveHint": true}}]}});
+    let server = tower::service_fn(move |req: http::Request<axum::body::Body>| {
+        let list = list.clone();
+        async move {
+            let sse = req.headers().get("x-test-sse").is_some();
+            let res = if sse {
+                http::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(axum::body::Body::from(format!("data: {list} trailing\n\n")))
+            } else {
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(format!("{list} trailing")))
+            };
+            Ok::<_, std::convert::Infallible>(res.unwrap())
+        }
+    });
+    let app = Router::new().nest_service(
+        "/mcp",
+        ServiceBuilder::new()
+            .layer(guard.validate_token_layer())
+            .layer(guard.authorize_mcp_layer(policies))
+            .service(server),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let token = entra.token_for("bob").unwrap().mint().unwrap();
+    let send = |sse: bool| {
+        let mut req = reqwest::Client::new()
+            .post(format!("{base}/mcp"))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string());
+        if sse {
+            req = req.header("x-test-sse", "1");
+        }
+        req.send()
+    };
+    let json_reply = send(false).await.unwrap();
+    assert_eq!(json_reply.status(), 500);
+    assert!(!json_reply.text().await.unwrap().contains("delete_document"));
+    let sse_reply = send(true).await.unwrap();
+    assert_eq!(sse_reply.status(), 200);
+    let text = sse_reply.text().await.unwrap();
+    assert!(!text.contains("delete_document"), "{text}");
+}

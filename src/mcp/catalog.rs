@@ -3,13 +3,18 @@
 //! tool's real annotations.
 
 use std::hash::BuildHasher as _;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use moka::sync::Cache;
 
 use super::filter::Shape;
 use super::jsonrpc::ListKind;
 use crate::policy::ToolInfo;
+
+/// How many recently used list results are tried before a reply is parsed.
+pub(crate) const RECENT_SHAPES: usize = 4;
 
 /// Tool metadata by name. Cheap to clone (shared).
 #[derive(Clone, Debug)]
@@ -18,7 +23,10 @@ pub(crate) struct ToolCatalog {
     /// Fingerprint of the last list learned: the same list again costs no inserts.
     last: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Parsed list results by content.
-    shapes: Cache<u64, std::sync::Arc<Shape>>,
+    shapes: Cache<u64, Arc<Shape>>,
+    /// The shapes used last, most recent first: a reply that ends with one of these results
+    /// is filtered without parsing or hashing the result (`ReplyRewriter`).
+    recent: Arc<ArcSwap<Vec<Arc<Shape>>>>,
     /// Hashes list results (tens of KiB each) for `shapes` and `last`: foldhash is several
     /// times faster than SipHash on long inputs, and a collision costs nothing but a miss
     /// (a shape is used only if its text equals the result).
@@ -39,8 +47,37 @@ impl ToolCatalog {
                 .max_capacity(64)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            recent: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
         }
+    }
+
+    /// The list results used last, most recent first (at most [`RECENT_SHAPES`]).
+    pub(crate) fn recent(&self) -> arc_swap::Guard<Arc<Vec<Arc<Shape>>>> {
+        self.recent.load()
+    }
+
+    /// Puts `shape` first among the recent shapes (no write when it already is).
+    fn remember(&self, shape: &Arc<Shape>) {
+        if self
+            .recent
+            .load()
+            .first()
+            .is_some_and(|s| Arc::ptr_eq(s, shape))
+        {
+            return;
+        }
+        self.recent.rcu(|old| {
+            let mut next = Vec::with_capacity(RECENT_SHAPES);
+            next.push(shape.clone());
+            next.extend(
+                old.iter()
+                    .filter(|s| !Arc::ptr_eq(s, shape))
+                    .take(RECENT_SHAPES - 1)
+                    .cloned(),
+            );
+            next
+        });
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<ToolInfo> {
@@ -54,16 +91,18 @@ impl ToolCatalog {
         kind: ListKind,
         result: &str,
         compute: impl FnOnce() -> Option<Shape>,
-    ) -> Option<std::sync::Arc<Shape>> {
+    ) -> Option<Arc<Shape>> {
         let key = self.hasher.hash_one((kind as u8, result));
         if let Some(shape) = self.shapes.get(&key)
             && shape.kind == kind
             && &*shape.result == result
         {
+            self.remember(&shape);
             return Some(shape);
         }
-        let shape = std::sync::Arc::new(compute()?);
+        let shape = Arc::new(compute()?);
         self.shapes.insert(key, shape.clone());
+        self.remember(&shape);
         Some(shape)
     }
 

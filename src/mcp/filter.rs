@@ -147,6 +147,8 @@ fn remove_fields(v: &mut Value, fields: &[String]) {
 /// result (servers answer the same list again and again) and cached by the catalog.
 #[derive(Debug)]
 pub(crate) struct Shape {
+    /// Unique in the process: callers' flags for this list are remembered under it.
+    id: u64,
     /// The list and result text this shape describes (compared on lookup: no hash is
     /// trusted).
     pub(crate) kind: ListKind,
@@ -178,7 +180,9 @@ impl Shape {
             .collect();
         let items: Vec<Option<Item>> = entries.iter().map(|raw| head(kind, raw.get())).collect();
         let known = items.iter().flatten().cloned().collect();
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Some(Self {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             kind,
             result: result.into(),
             spans,
@@ -228,21 +232,57 @@ impl ReplyRewriter {
         true
     }
 
-    /// Rewrites a JSON body (one message or a batch); `None` when nothing changed or the
-    /// body is not JSON.
-    pub(crate) fn rewrite_json(&self, body: &[u8]) -> Option<Vec<u8>> {
-        let text = std::str::from_utf8(body).ok()?;
-        if let Some(fast) = self.filter_list_in_place(text) {
-            return fast;
+    /// Rewrites a JSON body (one message or a batch): `Ok(None)` when nothing changed,
+    /// [`Unreadable`] when the body is not JSON (it may carry what must be filtered).
+    pub(crate) fn rewrite_json(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Unreadable> {
+        let text = std::str::from_utf8(body).map_err(|_| Unreadable)?;
+        if let Some(fast) = self.filter_seen_list(text) {
+            return Ok(fast);
         }
-        let mut v: Value = serde_json::from_slice(body).ok()?;
+        if let Some(fast) = self.filter_list_in_place(text) {
+            return Ok(fast);
+        }
+        let mut v: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
         let changed = match &mut v {
             Value::Array(msgs) => msgs
                 .iter_mut()
                 .fold(false, |acc, m| self.rewrite_message(m) | acc),
             msg => self.rewrite_message(msg),
         };
-        changed.then(|| v.to_string().into_bytes())
+        Ok(changed.then(|| v.to_string().into_bytes()))
+    }
+
+    /// The cheapest path, for a server answering the same list again: the body is a reply
+    /// whose last member is `"result": R`, where R is, byte for byte, a list result used
+    /// recently. R is compared, not parsed; only the envelope before it is parsed (with
+    /// `0` in R's place, which must be read as the `result` exactly where R was). `None` when the body is
+    /// not that: the next path handles it.
+    fn filter_seen_list(&self, text: &str) -> Option<Option<Vec<u8>>> {
+        let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+        let inner = text
+            .trim_end_matches(ws)
+            .strip_suffix('}')?
+            .trim_end_matches(ws);
+        let recent = self.catalog.recent();
+        let shape = recent
+            .iter()
+            .find(|s| inner.ends_with(&*s.result) && inner.len() > s.result.len())?;
+        let head = inner.get(..inner.len() - shape.result.len())?;
+        let mut envelope = String::with_capacity(head.len() + 2);
+        envelope.push_str(head);
+        envelope.push_str("0}");
+        let reply: Reply<'_> = serde_json::from_str(&envelope).ok()?;
+        let result = reply.result?.get();
+        if result.as_ptr() as usize != envelope.as_ptr() as usize + head.len() {
+            return None;
+        }
+        let id = reply.id?;
+        match self.pending.iter().find(|(p, _)| *p == id)? {
+            (_, Pending::List(kind)) if *kind == shape.kind => {}
+            _ => return None,
+        }
+        let after = text.get(inner.len()..)?;
+        Some(self.cut(shape, head, after))
     }
 
     /// The fast path for the common case, a single list reply: the entries are located as
@@ -250,13 +290,6 @@ impl ReplyRewriter {
     /// output is the body with the hidden entries cut out (no tree is built and no JSON is
     /// re-serialized). `None` when the reply is not that shape: the general path handles it.
     fn filter_list_in_place(&self, text: &str) -> Option<Option<Vec<u8>>> {
-        use serde_json::value::RawValue;
-        #[derive(serde::Deserialize)]
-        struct Reply<'a> {
-            id: Option<Value>,
-            #[serde(borrow)]
-            result: Option<&'a RawValue>,
-        }
         let reply: Reply<'_> = serde_json::from_str(text).ok()?;
         let id = reply.id?;
         let (_, pending) = self.pending.iter().find(|(p, _)| *p == id)?;
@@ -273,40 +306,92 @@ impl ReplyRewriter {
                 }));
             Some(shape)
         })?;
-        let (Some(&(start, _)), Some(&(_, end))) = (shape.spans.first(), shape.spans.last()) else {
-            return Some(None);
-        };
         let offset = result.as_ptr() as usize - text.as_ptr() as usize;
-        let before = text.get(..offset + start)?;
-        let after = text.get(offset + end..)?;
-        let mut visible = self
+        let before = text.get(..offset)?;
+        let after = text.get(offset + result.len()..)?;
+        Some(self.cut(&shape, before, after))
+    }
+
+    /// `before`, then the shape's result with the entries the caller may not see cut out,
+    /// then `after`. `None` when nothing is cut (the reply stays as it is).
+    fn cut(&self, shape: &Shape, before: &str, after: &str) -> Option<Vec<u8>> {
+        let result = &*shape.result;
+        let (Some(&(start, _)), Some(&(_, end))) = (shape.spans.first(), shape.spans.last()) else {
+            return None;
+        };
+        let visible = self
             .engine
-            .visible(&self.principal, &shape.known)
-            .into_iter();
-        let mut out = String::with_capacity(text.len());
+            .visible_list(&self.principal, shape.id, &shape.known);
+        let mut visible = visible.iter();
+        let keep: Vec<bool> = shape
+            .items
+            .iter()
+            .map(|item| item.is_some() && visible.next().copied().unwrap_or(false))
+            .collect();
+        if keep.iter().all(|k| *k) {
+            return None;
+        }
+        let mut out = String::with_capacity(before.len() + result.len() + after.len());
         out.push_str(before);
-        let mut first_kept = true;
-        for (&(from, to), item) in shape.spans.iter().zip(&shape.items) {
-            if item.is_some() && visible.next().unwrap_or(false) {
-                if !first_kept {
+        out.push_str(result.get(..start)?);
+        // Runs of neighbouring kept entries are copied whole, separators included.
+        let mut run: Option<(usize, usize)> = None;
+        let mut first_run = true;
+        let mut flush = |out: &mut String, run: Option<(usize, usize)>| -> Option<()> {
+            if let Some((from, to)) = run {
+                if !first_run {
                     out.push(',');
                 }
                 out.push_str(result.get(from..to)?);
-                first_kept = false;
+                first_run = false;
             }
+            Some(())
+        };
+        let mut previous_kept = false;
+        for (&(from, to), kept) in shape.spans.iter().zip(keep) {
+            match (kept, previous_kept, &mut run) {
+                (true, true, Some(r)) => r.1 = to,
+                (true, _, _) => {
+                    flush(&mut out, run.take())?;
+                    run = Some((from, to));
+                }
+                (false, _, _) => {}
+            }
+            previous_kept = kept;
         }
+        flush(&mut out, run)?;
+        out.push_str(result.get(end..)?);
         out.push_str(after);
-        Some(Some(out.into_bytes()))
+        Some(out.into_bytes())
     }
 
-    /// Rewrites the data of one SSE event; `None` leaves the event as it was.
+    /// Rewrites the data of one SSE event; `None` leaves the event as it was. Data that is
+    /// not JSON may carry what must be filtered: the event is emptied (clients skip it).
     pub(crate) fn rewrite_event(&self, data: &str) -> Option<String> {
         if data.is_empty() {
             return None;
         }
-        let bytes = self.rewrite_json(data.as_bytes())?;
-        String::from_utf8(bytes).ok()
+        match self.rewrite_json(data.as_bytes()) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => Some(String::from_utf8(bytes).unwrap_or_default()),
+            Err(Unreadable) => {
+                tracing::warn!(target: "idguard::rejection", "mcp event unreadable where a reply must be filtered: emptied");
+                Some(String::new())
+            }
+        }
     }
+}
+
+/// A reply body that is not JSON where one had to be rewritten.
+#[derive(Debug)]
+pub(crate) struct Unreadable;
+
+/// The members of a reply the fast paths read; `result` stays raw text.
+#[derive(serde::Deserialize)]
+struct Reply<'a> {
+    id: Option<Value>,
+    #[serde(borrow)]
+    result: Option<&'a serde_json::value::RawValue>,
 }
 
 #[cfg(test)]
@@ -352,5 +437,113 @@ mod tests {
             "{\"id\":\"d1\",\"nested\":{}}"
         );
         assert_eq!(result["content"][1]["text"], "plain owner_email text stays");
+    }
+
+    fn rewriter(catalog: &super::super::catalog::ToolCatalog, id: i64) -> ReplyRewriter {
+        let engine = PolicyEngine::from_sources(
+            include_str!("../../policies/schema.cedarschema"),
+            None,
+            [(
+                "p.cedar",
+                r#"@id("keep") permit (principal, action == Action::"call_tool", resource) when { resource.tags.contains("keep") };"#,
+            )],
+        )
+        .unwrap();
+        let principal = Principal::from_unvalidated_claims(
+            &json!({"tid": "t", "oid": "o", "scp": "mcp.tools"}),
+        )
+        .unwrap();
+        ReplyRewriter {
+            engine,
+            principal,
+            pending: vec![(json!(id), Pending::List(ListKind::Tools))],
+            catalog: catalog.clone(),
+        }
+    }
+
+    fn names(body: &[u8]) -> Vec<String> {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_path_filters_a_list_alike() {
+        let catalog = super::super::catalog::ToolCatalog::new();
+        let result = r#"{"tools":[{"name":"keep_1","inputSchema":{},"_meta":{"tags":["keep"]}}, {"name":"keep_2","inputSchema":{},"_meta":{"tags":["keep"]}},{"name":"drop","inputSchema":{}},{"name":"keep_3","inputSchema":{},"_meta":{"tags":["keep"]}}],"nextCursor":"c"}"#;
+        let body = |id: i64| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
+        // First: parsed and remembered. Then: recognised by its result, with another id.
+        for id in [1, 2] {
+            let out = rewriter(&catalog, id)
+                .rewrite_json(body(id).as_bytes())
+                .unwrap()
+                .unwrap();
+            assert_eq!(names(&out), ["keep_1", "keep_2", "keep_3"]);
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                (v["id"].clone(), v["result"]["nextCursor"].clone()),
+                (json!(id), json!("c"))
+            );
+        }
+        assert_eq!(catalog.recent().len(), 1);
+        assert!(rewriter(&catalog, 3).filter_seen_list(&body(3)).is_some());
+        // Neighbours are copied as they were, separators included.
+        let out = rewriter(&catalog, 3)
+            .rewrite_json(body(3).as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains(r#"["keep"]}}, {"name":"keep_2""#)
+        );
+        // A list the caller sees whole is left as it is.
+        let all = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"k","inputSchema":{},"_meta":{"tags":["keep"]}}]}}"#;
+        for _ in 0..2 {
+            assert!(
+                rewriter(&catalog, 1)
+                    .rewrite_json(all.as_bytes())
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // The same result in a reply to an id that is not pending, or nested deeper, or
+        // after a member that makes the envelope not a reply: not filtered as a list.
+        let r = rewriter(&catalog, 1);
+        assert!(r.rewrite_json(body(7).as_bytes()).unwrap().is_none());
+        let nested = format!(r#"{{"jsonrpc":"2.0","id":1,"x":{{"result":{result}}}}}"#);
+        assert!(r.rewrite_json(nested.as_bytes()).unwrap().is_none());
+        let other = format!(r#"{{"jsonrpc":"2.0","id":1,"x":{result}}}"#);
+        assert!(r.rewrite_json(other.as_bytes()).unwrap().is_none());
+        let twice = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{}},"result":{result}}}"#);
+        let out = r.rewrite_json(twice.as_bytes());
+        assert!(!matches!(out, Ok(Some(ref b)) if names(b).contains(&"drop".to_owned())));
+        let in_string = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"note":"\"result\":{}"}}"#,
+            result.replace('"', "\\\"")
+        );
+        assert!(r.rewrite_json(in_string.as_bytes()).unwrap().is_none());
+        // Whitespace around the result is kept as it was.
+        let spaced = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\": {result} }}\n");
+        let out = r.rewrite_json(spaced.as_bytes()).unwrap().unwrap();
+        assert_eq!(names(&out), ["keep_1", "keep_2", "keep_3"]);
+        assert!(out.ends_with(b"} }\n"));
+    }
+
+    #[test]
+    fn a_reply_that_is_not_json_fails_closed() {
+        let catalog = super::super::catalog::ToolCatalog::new();
+        let r = rewriter(&catalog, 1);
+        assert!(
+            r.rewrite_json(b"{\"id\":1,\"result\":{\"tools\":[")
+                .is_err()
+        );
+        assert!(r.rewrite_json(b"\xff").is_err());
+        assert_eq!(r.rewrite_event("not json").as_deref(), Some(""));
+        assert_eq!(r.rewrite_event(""), None);
     }
 }

@@ -464,8 +464,13 @@ where
         };
         parts.headers.remove(CONTENT_LENGTH);
         let out = match rewriter.rewrite_json(&bytes) {
-            Some(rewritten) => Bytes::from(rewritten),
-            None => bytes,
+            Ok(Some(rewritten)) => Bytes::from(rewritten),
+            Ok(None) => bytes,
+            // Not JSON, yet it answers a list or a call to redact: fail closed.
+            Err(_) => {
+                tracing::error!(target: "idguard::rejection", "mcp reply is not JSON where a list or result must be filtered");
+                return reject(RejectionKind::Internal);
+            }
         };
         return Response::from_parts(parts, Body::from(out));
     }

@@ -62,21 +62,48 @@ type Hasher = foldhash::fast::RandomState;
 /// a caller's map holds a pointer and a flag per item, not a copy of every tool.
 pub(crate) type Decisions = HashMap<Arc<Item>, bool, Hasher>;
 
-/// One caller's list decisions.
+/// One caller's list decisions: per item, and for the few whole lists seen last.
 #[derive(Debug, Default)]
-pub(crate) struct CallerDecisions(RwLock<Decisions>);
+pub(crate) struct CallerDecisions {
+    items: RwLock<Decisions>,
+    /// Flags of whole lists by list id (see [`super::PolicyEngine::visible_list`]), most
+    /// recent first: a list seen again costs no per-item lookup.
+    lists: RwLock<Vec<(u64, Arc<[bool]>)>>,
+}
+
+/// Whole lists remembered per caller (a server has a handful of distinct lists).
+const REMEMBERED_LISTS: usize = 4;
 
 impl CallerDecisions {
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Decisions> {
-        self.0
+        self.items
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Decisions> {
-        self.0
+        self.items
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The flags of list `id`, if decided before.
+    pub(crate) fn list(&self, id: u64) -> Option<Arc<[bool]>> {
+        let lists = self
+            .lists
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lists.iter().find(|(l, _)| *l == id).map(|(_, f)| f.clone())
+    }
+
+    pub(crate) fn remember_list(&self, id: u64, flags: Arc<[bool]>) {
+        let mut lists = self
+            .lists
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lists.retain(|(l, _)| *l != id);
+        lists.insert(0, (id, flags));
+        lists.truncate(REMEMBERED_LISTS);
     }
 }
 

@@ -484,6 +484,38 @@ impl PolicyEngine {
     pub fn visible(&self, principal: &Principal, items: &[Item]) -> Vec<bool> {
         let snapshot = self.inner.snapshot.load();
         let decisions = self.inner.list_cache.decisions(snapshot.epoch, principal);
+        self.visible_with(&snapshot, &decisions, principal, items)
+    }
+
+    /// [`Self::visible`] for a list whose items never change under `id` (a process-unique
+    /// id): the caller's flags for the whole list are remembered with its other list
+    /// decisions (same epoch, same lifetime), so the list seen again costs one lookup.
+    pub(crate) fn visible_list(
+        &self,
+        principal: &Principal,
+        id: u64,
+        items: &[Item],
+    ) -> Arc<[bool]> {
+        let snapshot = self.inner.snapshot.load();
+        let decisions = self.inner.list_cache.decisions(snapshot.epoch, principal);
+        if let Some(flags) = decisions.list(id) {
+            self.count(LIST_CACHED, items.len() as u64);
+            return flags;
+        }
+        let flags: Arc<[bool]> = self
+            .visible_with(&snapshot, &decisions, principal, items)
+            .into();
+        decisions.remember_list(id, flags.clone());
+        flags
+    }
+
+    fn visible_with(
+        &self,
+        snapshot: &Snapshot,
+        decisions: &cache::CallerDecisions,
+        principal: &Principal,
+        items: &[Item],
+    ) -> Vec<bool> {
         let mut visible = Vec::with_capacity(items.len());
         let mut missing = Vec::new();
         {
@@ -508,7 +540,7 @@ impl PolicyEngine {
             .filter_map(|&i| items.get(i).cloned())
             .collect();
         let results = self.evaluate(
-            &snapshot,
+            snapshot,
             principal,
             &todo,
             Phase::List,
