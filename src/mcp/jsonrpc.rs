@@ -1,6 +1,10 @@
 //! The minimal JSON-RPC 2.0 envelope idguard reads: what a client asks for, and which
 //! replies to look at.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::policy::{Item, PromptInfo, ResourceInfo};
@@ -52,33 +56,95 @@ pub(crate) struct Message {
 }
 
 /// Parses a POST body: one message or a batch.
+///
+/// Typed and borrowed: the envelope and params are read into structs, not a tree of maps
+/// (the request path's largest cost of idguard's own). Stricter than a tree where it
+/// matters: a duplicated member (`params.name` twice, say) is refused rather than read as
+/// its last value, so idguard and the server can never read a message differently; a
+/// message or `params` that is an array (which derived structs would read by position)
+/// is refused.
 pub(crate) fn parse_body(body: &[u8]) -> Result<Vec<Message>, Malformed> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| Malformed("body is not JSON"))?;
-    match value {
-        Value::Array(items) if items.is_empty() => Err(Malformed("empty batch")),
-        Value::Array(items) => items.into_iter().map(parse_message).collect(),
-        other => Ok(vec![parse_message(other)?]),
+    let not_json = |_| Malformed("body is not JSON");
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(not_json)?;
+            if items.is_empty() {
+                return Err(Malformed("empty batch"));
+            }
+            items.into_iter().map(parse_message).collect()
+        }
+        Some(b'{') => Ok(vec![parse_message(
+            serde_json::from_slice(body).map_err(not_json)?,
+        )?]),
+        _ => {
+            // Valid JSON that is not an object or array is "not a message"; anything else
+            // is not JSON.
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(not_json)?;
+            Err(Malformed("a message is not a JSON object"))
+        }
     }
 }
 
-fn parse_message(v: Value) -> Result<Message, Malformed> {
-    let Value::Object(mut m) = v else {
+/// A member that is present, even as `null` (absent is `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The members of a message idguard reads.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+/// The members of `params` idguard reads.
+#[derive(Default, Deserialize)]
+struct Params<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    uri: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    arguments: Option<&'a RawValue>,
+}
+
+/// A JSON string's value (`None` for any other JSON).
+fn string(raw: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str::<Cow<'_, str>>(raw?.get())
+        .ok()
+        .map(Cow::into_owned)
+}
+
+fn parse_message(raw: &RawValue) -> Result<Message, Malformed> {
+    if !raw.get().starts_with('{') {
         return Err(Malformed("a message is not a JSON object"));
-    };
-    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    }
+    let m: Envelope<'_> =
+        serde_json::from_str(raw.get()).map_err(|_| Malformed("a message is not valid"))?;
+    if string(m.jsonrpc).as_deref() != Some("2.0") {
         return Err(Malformed("`jsonrpc` must be \"2.0\""));
     }
-    let id = m.remove("id");
-    if let Some(id) = &id
-        && !(id.is_string() || id.is_number() || id.is_null())
-    {
-        return Err(Malformed("`id` must be a string or a number"));
-    }
-    let method = match m.remove("method") {
-        Some(Value::String(method)) => method,
-        Some(_) => return Err(Malformed("`method` must be a string")),
+    let id: Option<Id> = match m.id {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            Ok(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
+            _ => return Err(Malformed("`id` must be a string or a number")),
+        },
+    };
+    let method = match m.method {
+        Some(raw) => string(Some(raw)).ok_or(Malformed("`method` must be a string"))?,
         // A response from the client (to a server request): passes through.
-        None if m.contains_key("result") || m.contains_key("error") => {
+        None if m.result.is_some() || m.error.is_some() => {
             return Ok(Message {
                 method: None,
                 name: None,
@@ -87,20 +153,24 @@ fn parse_message(v: Value) -> Result<Message, Malformed> {
         }
         None => return Err(Malformed("neither a request nor a response")),
     };
-    let mut params = match m.remove("params") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(p)) => p,
+    let params: Params<'_> = match m.params.map(RawValue::get) {
+        None | Some("null") => Params::default(),
+        Some(p) if p.starts_with('{') => {
+            serde_json::from_str(p).map_err(|_| Malformed("`params` is not valid"))?
+        }
         Some(_) => return Err(Malformed("`params` must be an object")),
     };
-    let string = |key: &str| params.get(key).and_then(Value::as_str).map(str::to_owned);
     let (name, ask) = match (method.as_str(), id) {
         // Notifications (no id) never get a reply; nothing to decide.
         (_, None) => (None, Ask::Other),
         ("tools/call", Some(id)) => {
-            let name = string("name").ok_or(Malformed("`tools/call` needs `params.name`"))?;
-            let arguments = match params.remove("arguments") {
-                None | Some(Value::Null) => None,
-                Some(Value::Object(a)) => Some(a),
+            let name = string(params.name).ok_or(Malformed("`tools/call` needs `params.name`"))?;
+            let arguments = match params.arguments.map(RawValue::get) {
+                None | Some("null") => None,
+                Some(a) if a.starts_with('{') => Some(
+                    serde_json::from_str::<Map<String, Value>>(a)
+                        .map_err(|_| Malformed("`params.arguments` must be an object"))?,
+                ),
                 Some(_) => return Err(Malformed("`params.arguments` must be an object")),
             };
             (
@@ -113,7 +183,7 @@ fn parse_message(v: Value) -> Result<Message, Malformed> {
             )
         }
         ("resources/read", Some(id)) => {
-            let uri = string("uri").ok_or(Malformed("`resources/read` needs `params.uri`"))?;
+            let uri = string(params.uri).ok_or(Malformed("`resources/read` needs `params.uri`"))?;
             (
                 Some(uri.clone()),
                 Ask::Use {
@@ -123,7 +193,7 @@ fn parse_message(v: Value) -> Result<Message, Malformed> {
             )
         }
         ("prompts/get", Some(id)) => {
-            let name = string("name").ok_or(Malformed("`prompts/get` needs `params.name`"))?;
+            let name = string(params.name).ok_or(Malformed("`prompts/get` needs `params.name`"))?;
             (
                 Some(name.clone()),
                 Ask::Use {
@@ -188,6 +258,33 @@ mod tests {
     }
 
     #[test]
+    fn a_null_id_is_a_request_and_strings_are_decoded() {
+        // `id: null` is not a notification: the call is decided like any other.
+        let msgs = parse_body(
+            br#"{"jsonrpc": "2\u002e0", "id": null, "method": "tools\/call", "params": {"name": "del\u0065te", "arguments": null}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            msgs[0].ask,
+            Ask::CallTool {
+                id: Value::Null,
+                name: "delete".into(),
+                arguments: None
+            }
+        );
+        assert_eq!(msgs[0].method.as_deref(), Some("tools/call"));
+        let msgs = parse_body(br#" {"jsonrpc":"2.0","id":"r","result":null} "#).unwrap();
+        assert_eq!(
+            (msgs[0].method.clone(), msgs[0].ask.clone()),
+            (None, Ask::Other)
+        );
+        let msgs =
+            parse_body(br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://a","extra":[1]}}"#)
+                .unwrap();
+        assert_eq!(msgs[0].name.as_deref(), Some("docs://a"));
+    }
+
+    #[test]
     fn refuses_wrong_shapes() {
         for bad in [
             "not json",
@@ -201,6 +298,17 @@ mod tests {
             r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}"#,
             r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": []}}"#,
             r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": 3}"#,
+            r#"{"jsonrpc": "2.0", "id": 1, "method": null}"#,
+            // What a tree would read as its last value, a server may read otherwise.
+            r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "name": "b"}}"#,
+            r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "method": "tools/call", "params": {"name": "a"}}"#,
+            r#"{"jsonrpc": "2.0", "id": 1, "id": 2, "method": "tools/list"}"#,
+            // Arrays where objects belong (a struct would read them by position).
+            r#"["2.0", 1, "tools/call", {"name": "a"}]"#,
+            r#"[["2.0", 1, "tools/call", {"name": "a"}]]"#,
+            r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["a", {}]}"#,
+            r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a"}} x"#,
+            "",
         ] {
             assert!(parse_body(bad.as_bytes()).is_err(), "{bad}");
         }
