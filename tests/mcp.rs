@@ -389,6 +389,15 @@ async fn bad_requests_never_reach_the_server() {
         .status(),
         400
     );
+    // rmcp reads the id 1.0 as 1 and would answer `"id": 1`: a reply idguard would not
+    // recognise as the list to filter.
+    assert_eq!(
+        send(r#"{"jsonrpc": "2.0", "id": 1.0, "method": "tools/list"}"#.into())
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                       "params": {"name": "whoami", "arguments": {"pad": "x".repeat(100_000)}}});
     assert_eq!(send(huge.to_string()).await.unwrap().status(), 413);

@@ -13,6 +13,10 @@ use super::filter::Shape;
 use super::jsonrpc::ListKind;
 use crate::policy::ToolInfo;
 
+/// How long a parsed list result is used: as long as the catalog keeps the tools it learned
+/// from it.
+pub(crate) const SHAPE_TTL: Duration = Duration::from_secs(600);
+
 /// How many recently used list results are tried before a reply is parsed.
 pub(crate) const RECENT_SHAPES: usize = 4;
 
@@ -39,13 +43,13 @@ impl ToolCatalog {
             tools: Cache::builder()
                 .name("idguard-tool-catalog")
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
+                .time_to_live(SHAPE_TTL)
                 .build(),
             last: std::sync::Arc::default(),
             shapes: Cache::builder()
                 .name("idguard-list-shapes")
                 .max_capacity(64)
-                .time_to_live(Duration::from_secs(600))
+                .time_to_live(SHAPE_TTL)
                 .build(),
             recent: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),

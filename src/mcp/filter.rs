@@ -149,6 +149,9 @@ fn remove_fields(v: &mut Value, fields: &[String]) {
 pub(crate) struct Shape {
     /// Unique in the process: callers' flags for this list are remembered under it.
     id: u64,
+    /// When it was parsed: the fast path uses it for [`super::catalog::SHAPE_TTL`] only, so
+    /// the list is parsed (and its tools learned) again as the catalog's entries expire.
+    pub(crate) born: std::time::Instant,
     /// The list and result text this shape describes (compared on lookup: no hash is
     /// trusted).
     pub(crate) kind: ListKind,
@@ -164,12 +167,16 @@ impl Shape {
     /// the general path rewrites).
     fn of(kind: ListKind, result: &str) -> Option<Self> {
         use serde_json::value::RawValue;
-        let fields: std::collections::HashMap<&str, &RawValue> =
-            serde_json::from_str(result).ok()?;
-        if fields.contains_key("cacheScope") {
+        // Members as written: a duplicated member falls to the general path (a map would
+        // keep the last `tools` and copy an earlier one out unfiltered).
+        let members: Members<'_> = serde_json::from_str(result).ok()?;
+        let mut names: Vec<&str> = members.0.iter().map(|(k, _)| &**k).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w.first() == w.last()) || names.contains(&"cacheScope") {
             return None;
         }
-        let entries: Vec<&RawValue> = serde_json::from_str(fields.get(field(kind))?.get()).ok()?;
+        let (_, list) = members.0.iter().find(|(k, _)| k == field(kind))?;
+        let entries: Vec<&RawValue> = serde_json::from_str(list.get()).ok()?;
         let base = result.as_ptr() as usize;
         let spans = entries
             .iter()
@@ -183,12 +190,39 @@ impl Shape {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Some(Self {
             id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            born: std::time::Instant::now(),
             kind,
             result: result.into(),
             spans,
             items,
             known,
         })
+    }
+}
+
+/// An object's members in order, duplicates kept (a map would keep only the last).
+struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -263,10 +297,16 @@ impl ReplyRewriter {
             .trim_end_matches(ws)
             .strip_suffix('}')?
             .trim_end_matches(ws);
-        let recent = self.catalog.recent();
-        let shape = recent
+        let shape = self
+            .catalog
+            .recent()
             .iter()
-            .find(|s| inner.ends_with(&*s.result) && inner.len() > s.result.len())?;
+            .find(|s| {
+                inner.len() > s.result.len()
+                    && inner.ends_with(&*s.result)
+                    && s.born.elapsed() < super::catalog::SHAPE_TTL
+            })?
+            .clone();
         let head = inner.get(..inner.len() - shape.result.len())?;
         let mut envelope = String::with_capacity(head.len() + 2);
         envelope.push_str(head);
@@ -282,7 +322,7 @@ impl ReplyRewriter {
             _ => return None,
         }
         let after = text.get(inner.len()..)?;
-        Some(self.cut(shape, head, after))
+        self.cut(&shape, head, after)
     }
 
     /// The fast path for the common case, a single list reply: the entries are located as
@@ -309,15 +349,16 @@ impl ReplyRewriter {
         let offset = result.as_ptr() as usize - text.as_ptr() as usize;
         let before = text.get(..offset)?;
         let after = text.get(offset + result.len()..)?;
-        Some(self.cut(&shape, before, after))
+        self.cut(&shape, before, after)
     }
 
     /// `before`, then the shape's result with the entries the caller may not see cut out,
-    /// then `after`. `None` when nothing is cut (the reply stays as it is).
-    fn cut(&self, shape: &Shape, before: &str, after: &str) -> Option<Vec<u8>> {
+    /// then `after`: `Some(None)` when nothing is cut (the reply stays as it is), `None`
+    /// when the shape cannot be cut (the general path then filters the reply).
+    fn cut(&self, shape: &Shape, before: &str, after: &str) -> Option<Option<Vec<u8>>> {
         let result = &*shape.result;
         let (Some(&(start, _)), Some(&(_, end))) = (shape.spans.first(), shape.spans.last()) else {
-            return None;
+            return Some(None);
         };
         let visible = self
             .engine
@@ -329,7 +370,7 @@ impl ReplyRewriter {
             .map(|item| item.is_some() && visible.next().copied().unwrap_or(false))
             .collect();
         if keep.iter().all(|k| *k) {
-            return None;
+            return Some(None);
         }
         let mut out = String::with_capacity(before.len() + result.len() + after.len());
         out.push_str(before);
@@ -362,7 +403,7 @@ impl ReplyRewriter {
         flush(&mut out, run)?;
         out.push_str(result.get(end..)?);
         out.push_str(after);
-        Some(out.into_bytes())
+        Some(Some(out.into_bytes()))
     }
 
     /// Rewrites the data of one SSE event; `None` leaves the event as it was. Data that is
@@ -532,6 +573,17 @@ mod tests {
         let out = r.rewrite_json(spaced.as_bytes()).unwrap().unwrap();
         assert_eq!(names(&out), ["keep_1", "keep_2", "keep_3"]);
         assert!(out.ends_with(b"} }\n"));
+    }
+
+    #[test]
+    fn a_duplicated_list_member_is_never_copied_out() {
+        let catalog = super::super::catalog::ToolCatalog::new();
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"drop","inputSchema":{}}],"tools":[{"name":"keep_1","inputSchema":{},"_meta":{"tags":["keep"]}}]}}"#;
+        for _ in 0..2 {
+            let out = rewriter(&catalog, 1).rewrite_json(body.as_bytes()).unwrap();
+            let out = String::from_utf8(out.unwrap()).unwrap();
+            assert!(!out.contains("drop"), "{out}");
+        }
     }
 
     #[test]

@@ -59,10 +59,12 @@ pub(crate) struct Message {
 ///
 /// Typed and borrowed: the envelope and params are read into structs, not a tree of maps
 /// (the request path's largest cost of idguard's own). Stricter than a tree where it
-/// matters: a duplicated member (`params.name` twice, say) is refused rather than read as
-/// its last value, so idguard and the server can never read a message differently; a
-/// message or `params` that is an array (which derived structs would read by position)
-/// is refused.
+/// matters, so idguard and the server never read a message differently: a duplicated
+/// member of the envelope or of `params` (`params.name` twice, say) is refused rather
+/// than read as its last value (inside `arguments`, the last value counts, as in the
+/// server's own parse); a message or `params` that is an array (which derived structs
+/// would read by position) is refused; an `id` must be a string or an integer written as
+/// one.
 pub(crate) fn parse_body(body: &[u8]) -> Result<Vec<Message>, Malformed> {
     let not_json = |_| Malformed("body is not JSON");
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -137,8 +139,18 @@ fn parse_message(raw: &RawValue) -> Result<Message, Malformed> {
     let id: Option<Id> = match m.id {
         None => None,
         Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
-            Ok(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
-            _ => return Err(Malformed("`id` must be a string or a number")),
+            Ok(id @ (Value::String(_) | Value::Null)) => Some(id),
+            // Integers only, as written: a server may read `1.0`, `1e0` or `-0` as 1 and
+            // answer `"id": 1`, a reply idguard would not know as the one to filter; and
+            // beyond 2^53 a JavaScript server rounds.
+            Ok(Value::Number(n)) if n.as_i64().is_some_and(|i| i.unsigned_abs() < 1 << 53) => {
+                Some(Value::Number(n))
+            }
+            _ => {
+                return Err(Malformed(
+                    "`id` must be a string or an integer (at most 2^53 - 1 in magnitude)",
+                ));
+            }
         },
     };
     let method = match m.method {
@@ -273,6 +285,10 @@ mod tests {
             }
         );
         assert_eq!(msgs[0].method.as_deref(), Some("tools/call"));
+        for id in ["0", "-1", "9007199254740991", "-9007199254740991"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            assert!(parse_body(body.as_bytes()).is_ok(), "{id}");
+        }
         let msgs = parse_body(br#" {"jsonrpc":"2.0","id":"r","result":null} "#).unwrap();
         assert_eq!(
             (msgs[0].method.clone(), msgs[0].ask.clone()),
@@ -308,6 +324,12 @@ mod tests {
             r#"[["2.0", 1, "tools/call", {"name": "a"}]]"#,
             r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["a", {}]}"#,
             r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a"}} x"#,
+            // Ids a server may read as another id (its reply would not be recognised).
+            r#"{"jsonrpc": "2.0", "id": 1.0, "method": "tools/list"}"#,
+            r#"{"jsonrpc": "2.0", "id": 1e0, "method": "tools/list"}"#,
+            r#"{"jsonrpc": "2.0", "id": -0, "method": "tools/list"}"#,
+            r#"{"jsonrpc": "2.0", "id": 9007199254740993, "method": "tools/list"}"#,
+            r#"{"jsonrpc": "2.0", "id": 18446744073709551615, "method": "tools/list"}"#,
             "",
         ] {
             assert!(parse_body(bad.as_bytes()).is_err(), "{bad}");

@@ -468,7 +468,7 @@ where
             Ok(None) => bytes,
             // Not JSON, yet it answers a list or a call to redact: fail closed.
             Err(_) => {
-                tracing::error!(target: "idguard::rejection", "mcp reply is not JSON where a list or result must be filtered");
+                tracing::error!(target: "idguard::rejection", upstream_status = %parts.status, "mcp reply is not JSON where a list or result must be filtered");
                 return reject(RejectionKind::Internal);
             }
         };
