@@ -515,8 +515,8 @@ async fn guarded_rmcp_handler_filters_in_process() {
     );
 }
 
-/// A server whose list replies are not JSON (trailing bytes, a truncated event): what a
-/// client might still read is never passed on unfiltered.
+/// A server whose list replies are not JSON (trailing bytes), or answer another id than
+/// the one asked: what a client might still read is never passed on unfiltered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_replies_that_are_not_json_are_never_passed_on() {
     let (entra, guard, policies, listener, base) = parts().await;
@@ -527,7 +527,14 @@ async fn list_replies_that_are_not_json_are_never_passed_on() {
         let list = list.clone();
         async move {
             let sse = req.headers().get("x-test-sse").is_some();
-            let res = if sse {
+            let res = if req.headers().get("x-test-other-id").is_some() {
+                // Valid JSON, but the answer to another id than the one asked.
+                let mut other = list.clone();
+                other["id"] = json!(99);
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(other.to_string()))
+            } else if sse {
                 http::Response::builder()
                     .header("content-type", "text/event-stream")
                     .body(axum::body::Body::from(format!("data: {list} trailing\n\n")))
@@ -548,7 +555,7 @@ async fn list_replies_that_are_not_json_are_never_passed_on() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let token = entra.token_for("bob").unwrap().mint().unwrap();
-    let send = |sse: bool| {
+    let send = |sse: bool, other_id: bool| {
         let mut req = reqwest::Client::new()
             .post(format!("{base}/mcp"))
             .bearer_auth(&token)
@@ -558,12 +565,18 @@ async fn list_replies_that_are_not_json_are_never_passed_on() {
         if sse {
             req = req.header("x-test-sse", "1");
         }
+        if other_id {
+            req = req.header("x-test-other-id", "1");
+        }
         req.send()
     };
-    let json_reply = send(false).await.unwrap();
+    let other = send(false, true).await.unwrap();
+    assert_eq!(other.status(), 500);
+    assert!(!other.text().await.unwrap().contains("delete_document"));
+    let json_reply = send(false, false).await.unwrap();
     assert_eq!(json_reply.status(), 500);
     assert!(!json_reply.text().await.unwrap().contains("delete_document"));
-    let sse_reply = send(true).await.unwrap();
+    let sse_reply = send(true, false).await.unwrap();
     assert_eq!(sse_reply.status(), 200);
     let text = sse_reply.text().await.unwrap();
     assert!(!text.contains("delete_document"), "{text}");

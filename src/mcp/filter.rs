@@ -241,20 +241,36 @@ pub(crate) struct ReplyRewriter {
     pub(crate) engine: PolicyEngine,
     pub(crate) principal: Principal,
     pub(crate) pending: Vec<(Id, Pending)>,
+    /// The request was one message (so every response in the reply must answer it).
+    pub(crate) sole: bool,
     pub(crate) catalog: super::catalog::ToolCatalog,
 }
 
 impl ReplyRewriter {
-    /// Rewrites one JSON-RPC message if it answers a pending id. `true` when changed.
-    fn rewrite_message(&self, msg: &mut Value) -> bool {
-        let Some(id) = msg.get("id") else {
-            return false;
+    /// Rewrites one JSON-RPC message if it answers a pending id: `Ok(true)` when changed.
+    /// A reply that cannot be the one expected is [`Unreadable`]: a pending id answered
+    /// with a `result` that is not an object, or, when the request was a single message,
+    /// a response to any other id (a server that reads ids otherwise than idguard).
+    fn rewrite_message(&self, msg: &mut Value) -> Result<bool, Unreadable> {
+        let Value::Object(m) = msg else {
+            return Ok(false);
         };
-        let Some((_, pending)) = self.pending.iter().find(|(p, _)| p == id) else {
-            return false;
+        let is_response =
+            !m.contains_key("method") && (m.contains_key("result") || m.contains_key("error"));
+        let pending = m
+            .get("id")
+            .and_then(|id| self.pending.iter().find(|(p, _)| p == id));
+        let Some((_, pending)) = pending else {
+            return if self.sole && is_response {
+                Err(Unreadable)
+            } else {
+                Ok(false)
+            };
         };
-        let Some(Value::Object(result)) = msg.get_mut("result") else {
-            return false;
+        let result = match m.get_mut("result") {
+            None => return Ok(false),
+            Some(Value::Object(result)) => result,
+            Some(_) => return Err(Unreadable),
         };
         match pending {
             Pending::List(kind) => {
@@ -263,7 +279,7 @@ impl ReplyRewriter {
             }
             Pending::Redact(fields) => redact_result(result, fields),
         }
-        true
+        Ok(true)
     }
 
     /// Rewrites a JSON body (one message or a batch): `Ok(None)` when nothing changed,
@@ -278,10 +294,14 @@ impl ReplyRewriter {
         }
         let mut v: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
         let changed = match &mut v {
-            Value::Array(msgs) => msgs
-                .iter_mut()
-                .fold(false, |acc, m| self.rewrite_message(m) | acc),
-            msg => self.rewrite_message(msg),
+            Value::Array(msgs) => {
+                let mut changed = false;
+                for m in msgs {
+                    changed |= self.rewrite_message(m)?;
+                }
+                changed
+            }
+            msg => self.rewrite_message(msg)?,
         };
         Ok(changed.then(|| v.to_string().into_bytes()))
     }
@@ -498,6 +518,7 @@ mod tests {
             engine,
             principal,
             pending: vec![(json!(id), Pending::List(ListKind::Tools))],
+            sole: true,
             catalog: catalog.clone(),
         }
     }
@@ -555,7 +576,17 @@ mod tests {
         // The same result in a reply to an id that is not pending, or nested deeper, or
         // after a member that makes the envelope not a reply: not filtered as a list.
         let r = rewriter(&catalog, 1);
-        assert!(r.rewrite_json(body(7).as_bytes()).unwrap().is_none());
+        // A response to another id, when the request was one message: refused.
+        assert!(r.rewrite_json(body(7).as_bytes()).is_err());
+        let batch = ReplyRewriter {
+            sole: false,
+            ..rewriter(&catalog, 1)
+        };
+        assert!(batch.rewrite_json(body(7).as_bytes()).unwrap().is_none());
+        let not_an_object = r#"{"jsonrpc":"2.0","id":1,"result":[{"name":"drop"}]}"#;
+        assert!(r.rewrite_json(not_an_object.as_bytes()).is_err());
+        let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"no"}}"#;
+        assert!(r.rewrite_json(error.as_bytes()).unwrap().is_none());
         let nested = format!(r#"{{"jsonrpc":"2.0","id":1,"x":{{"result":{result}}}}}"#);
         assert!(r.rewrite_json(nested.as_bytes()).unwrap().is_none());
         let other = format!(r#"{{"jsonrpc":"2.0","id":1,"x":{result}}}"#);

@@ -321,6 +321,7 @@ where
         engine: shared.state.engine.clone(),
         principal,
         pending,
+        sole: messages.len() == 1,
         catalog: shared.state.catalog.clone(),
     };
     rewrite_reply(res, rewriter).await
