@@ -307,30 +307,31 @@ impl ReplyRewriter {
     }
 
     /// The cheapest path, for a server answering the same list again: the body is a reply
-    /// whose last member is `"result": R`, where R is, byte for byte, a list result used
-    /// recently. R is compared, not parsed; only the envelope before it is parsed (with
-    /// `0` in R's place, which must be read as the `result` exactly where R was). `None` when the body is
-    /// not that: the next path handles it.
+    /// with a member `"result": R`, where R is, byte for byte, a list result used recently,
+    /// and R is the last member (as rmcp and the Python SDK write replies) or starts within
+    /// the first bytes (as the TypeScript SDK writes them). R is compared, not parsed; only
+    /// the envelope around it is parsed, with `0` in R's place, which must be read as the
+    /// `result` exactly where R was. `None` when the body is not that: the next path
+    /// handles it.
     fn filter_seen_list(&self, text: &str) -> Option<Option<Vec<u8>>> {
-        let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
-        let inner = text
-            .trim_end_matches(ws)
-            .strip_suffix('}')?
-            .trim_end_matches(ws);
-        let shape = self
-            .catalog
-            .recent()
-            .iter()
-            .find(|s| {
-                inner.len() > s.result.len()
-                    && inner.ends_with(&*s.result)
-                    && s.born.elapsed() < super::catalog::SHAPE_TTL
-            })?
-            .clone();
-        let head = inner.get(..inner.len() - shape.result.len())?;
-        let mut envelope = String::with_capacity(head.len() + 2);
+        let recent = self.catalog.recent();
+        let candidates = ResultCandidates::of(text);
+        let (shape, start) = recent.iter().find_map(|s| {
+            if s.born.elapsed() >= super::catalog::SHAPE_TTL {
+                return None;
+            }
+            candidates.find(text, &s.result).map(|at| (s.clone(), at))
+        })?;
+        drop(recent);
+        let head = text.get(..start)?;
+        let tail = text.get(start + shape.result.len()..)?;
+        if head.len() + tail.len() > MAX_ENVELOPE_BYTES {
+            return None;
+        }
+        let mut envelope = String::with_capacity(head.len() + 1 + tail.len());
         envelope.push_str(head);
-        envelope.push_str("0}");
+        envelope.push('0');
+        envelope.push_str(tail);
         let reply: Reply<'_> = serde_json::from_str(&envelope).ok()?;
         let result = reply.result?.get();
         if result.as_ptr() as usize != envelope.as_ptr() as usize + head.len() {
@@ -341,8 +342,7 @@ impl ReplyRewriter {
             (_, Pending::List(kind)) if *kind == shape.kind => {}
             _ => return None,
         }
-        let after = text.get(inner.len()..)?;
-        self.cut(&shape, head, after)
+        self.cut(&shape, head, tail)
     }
 
     /// The fast path for the common case, a single list reply: the entries are located as
@@ -440,6 +440,61 @@ impl ReplyRewriter {
                 Some(String::new())
             }
         }
+    }
+}
+
+/// The envelope around a list result that the cheapest path parses at most.
+const MAX_ENVELOPE_BYTES: usize = 4096;
+
+/// Where a reply's `result` may start, found without parsing: right after a `"result":`
+/// within the first bytes, or so that it ends the last member. Only candidates: the
+/// envelope's parse decides.
+struct ResultCandidates {
+    /// The end of the body's last member (before the closing brace and whitespace).
+    last_end: Option<usize>,
+    /// Starts of values that follow a `"result"` key near the beginning.
+    early: Vec<usize>,
+}
+
+impl ResultCandidates {
+    /// How far into a body a `"result"` key is looked for.
+    const EARLY: usize = 256;
+
+    fn of(text: &str) -> Self {
+        let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+        let last_end = text
+            .trim_end_matches(ws)
+            .strip_suffix('}')
+            .map(|inner| inner.trim_end_matches(ws).len());
+        let mut cut = Self::EARLY.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let early = text
+            .get(..cut)
+            .unwrap_or_default()
+            .match_indices("\"result\"")
+            .filter_map(|(i, key)| {
+                let rest = text.get(i + key.len()..)?.trim_start_matches(ws);
+                let value = rest.strip_prefix(':')?.trim_start_matches(ws);
+                Some(text.len() - value.len())
+            })
+            .collect();
+        Self { last_end, early }
+    }
+
+    /// Where `result` starts in `text` at one of the candidates.
+    fn find(&self, text: &str, result: &str) -> Option<usize> {
+        if let Some(end) = self.last_end
+            && let Some(start) = end.checked_sub(result.len())
+            && text.get(start..end) == Some(result)
+        {
+            return Some(start);
+        }
+        self.early
+            .iter()
+            .copied()
+            .find(|&at| text.get(at..).is_some_and(|rest| rest.starts_with(result)))
     }
 }
 
@@ -599,6 +654,17 @@ mod tests {
             result.replace('"', "\\\"")
         );
         assert!(r.rewrite_json(in_string.as_bytes()).unwrap().is_none());
+        // The TypeScript SDK writes `result` first.
+        let first = format!(r#"{{"result":{result},"jsonrpc":"2.0","id":1}}"#);
+        assert!(r.filter_seen_list(&first).is_some());
+        let out = r.rewrite_json(first.as_bytes()).unwrap().unwrap();
+        assert_eq!(names(&out), ["keep_1", "keep_2", "keep_3"]);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], json!(1));
+        // A key that only looks like `"result"` (inside a string) is not taken for it.
+        let fake = format!(r#"{{"note":"x\"result\":","jsonrpc":"2.0","id":1,"result":{result}}}"#);
+        let out = r.rewrite_json(fake.as_bytes()).unwrap().unwrap();
+        assert_eq!(names(&out), ["keep_1", "keep_2", "keep_3"]);
         // Whitespace around the result is kept as it was.
         let spaced = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\": {result} }}\n");
         let out = r.rewrite_json(spaced.as_bytes()).unwrap().unwrap();
