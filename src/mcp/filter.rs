@@ -252,7 +252,7 @@ impl ReplyRewriter {
     /// with a `result` that is not an object, or, when the request was a single message,
     /// a response to any other id (a server that reads ids otherwise than idguard).
     fn rewrite_message(&self, msg: &mut Value) -> Result<bool, Unreadable> {
-        let Value::Object(m) = msg else {
+        let Value::Object(m) = &mut *msg else {
             return Ok(false);
         };
         let is_response =
@@ -267,6 +267,20 @@ impl ReplyRewriter {
                 Ok(false)
             };
         };
+        // A call answered with a task (the tasks extension, `resultType: "task"`) would
+        // deliver its result later through `tasks/get`, past the redaction: refused.
+        if let Pending::Redact(_) = pending
+            && m.get("result").and_then(|r| r.get("resultType")) == Some(&Value::from("task"))
+        {
+            let id = m.get("id").cloned().unwrap_or(Value::Null);
+            *msg = super::jsonrpc::error(
+                &id,
+                super::FORBIDDEN_CODE,
+                "forbidden: this tool's results are redacted for this caller, so it cannot run as a task",
+                None,
+            );
+            return Ok(true);
+        }
         let result = match m.get_mut("result") {
             None => return Ok(false),
             Some(Value::Object(result)) => result,
@@ -670,6 +684,25 @@ mod tests {
         let out = r.rewrite_json(spaced.as_bytes()).unwrap().unwrap();
         assert_eq!(names(&out), ["keep_1", "keep_2", "keep_3"]);
         assert!(out.ends_with(b"} }\n"));
+    }
+
+    #[test]
+    fn a_redacted_call_answered_with_a_task_is_refused() {
+        let catalog = super::super::catalog::ToolCatalog::new();
+        let r = ReplyRewriter {
+            pending: vec![(json!(4), Pending::Redact(vec!["secret".into()]))],
+            ..rewriter(&catalog, 4)
+        };
+        let task = r#"{"jsonrpc":"2.0","id":4,"result":{"resultType":"task","taskId":"t1","status":"working","createdAt":"x","lastUpdatedAt":"x"}}"#;
+        let out: Value =
+            serde_json::from_slice(&r.rewrite_json(task.as_bytes()).unwrap().unwrap()).unwrap();
+        assert_eq!(out["id"], json!(4));
+        assert_eq!(out["error"]["code"], json!(super::super::FORBIDDEN_CODE));
+        assert!(!out.to_string().contains("t1"));
+        let done = r#"{"jsonrpc":"2.0","id":4,"result":{"content":[],"structuredContent":{"secret":1,"ok":2}}}"#;
+        let out: Value =
+            serde_json::from_slice(&r.rewrite_json(done.as_bytes()).unwrap().unwrap()).unwrap();
+        assert_eq!(out["result"]["structuredContent"], json!({"ok": 2}));
     }
 
     #[test]

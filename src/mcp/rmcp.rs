@@ -149,6 +149,12 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                     .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
                 Ok(CallToolResponse::Complete(result))
             }
+            // A task would deliver the result later through `tasks/get`, unredacted.
+            CallToolResponse::Task(_) if !redact.is_empty() => Err(ErrorData::new(
+                rmcp::model::ErrorCode(super::FORBIDDEN_CODE as i32),
+                "forbidden: this tool's results are redacted for this caller, so it cannot run as a task",
+                None,
+            )),
             other => Ok(other),
         }
     }
