@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end load: the fixture MCP server bare and behind idguard, side by side, driven by
 # wrk over loopback. Bounded: DURATION per scenario (default 20s), CONNECTIONS (default 64).
+# Each row: req/s, p50/p99, non-2xx, socket errors, the server's peak RSS and its CPU time
+# (user + system) per request.
 #
 #   benches/load/run.sh            # needs wrk (Debian: apt-get install wrk)
 #   SCENARIOS="call list" CONNECTIONS=1 THREADS=1 benches/load/run.sh   # a subset, latency-bound
@@ -41,14 +43,21 @@ run() { # label server scenario tokens
   local label=$1 server=$2 scenario=$3 tokens=$4
   local url; url=$(cat "$work/$server.url")
   local out; out="$work/$(echo "$label" | tr ' /()' '____').wrk"
+  local pid; pid=$(cat "$work/$server.pid")
+  local before; before=$(cpu_ticks "$pid")
   SCENARIO=$scenario TOKENS_FILE="$work/$tokens.tokens" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/load/mcp.lua "$url" \
     > "$out" 2>&1
-  local rss; rss=$(grep VmHWM "/proc/$(cat "$work/$server.pid")/status" | awk '{print $2}')
-  python3 benches/load/summarize.py "$label" "$out" "$rss"
+  local ticks=$(( $(cpu_ticks "$pid") - before ))
+  local rss; rss=$(grep VmHWM "/proc/$pid/status" | awk '{print $2}')
+  python3 benches/load/summarize.py "$label" "$out" "$rss" "$ticks" "$(getconf CLK_TCK)"
 }
 
-echo "scenario | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (KiB)"
+# The server's CPU time so far (user + system, in clock ticks): per request, it is the
+# server's own cost, whatever wrk and the rest of the machine take.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+echo "scenario | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (KiB) | server CPU per request"
 for s in ${SCENARIOS:-call list invalid none}; do
   case $s in
     call) run "bare tools/call"          bare    call bare

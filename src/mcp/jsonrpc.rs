@@ -92,32 +92,82 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// The members of a message idguard reads.
+/// The members of a message idguard reads, in one pass.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     jsonrpc: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present_value")]
+    id: Option<Value>,
     #[serde(default, borrow, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    params: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    params: Params<'a>,
     #[serde(default, borrow, deserialize_with = "present")]
     result: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     error: Option<&'a RawValue>,
 }
 
-/// The members of `params` idguard reads.
-#[derive(Default, Deserialize)]
+/// A member that is present, even as `null` (absent is `None`).
+fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The members of `params` idguard reads. `params` must be an object or `null` (then
+/// empty): anything else, and a member named twice, fails the parse.
+#[derive(Default)]
 struct Params<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
     name: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
     uri: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
     arguments: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Params<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object or null")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Params::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                #[derive(Deserialize)]
+                #[serde(field_identifier, rename_all = "lowercase")]
+                enum Key {
+                    Name,
+                    Uri,
+                    Arguments,
+                    #[serde(other)]
+                    Other,
+                }
+                let mut p = Params::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Name => &mut p.name,
+                        Key::Uri => &mut p.uri,
+                        Key::Arguments => &mut p.arguments,
+                        Key::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.replace(map.next_value()?).is_some() {
+                        return Err(A::Error::custom("a member of `params` is named twice"));
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 /// A JSON string's value (`None` for any other JSON).
@@ -138,12 +188,12 @@ fn parse_message(raw: &RawValue) -> Result<Message, Malformed> {
     }
     let id: Option<Id> = match m.id {
         None => None,
-        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
-            Ok(id @ (Value::String(_) | Value::Null)) => Some(id),
+        Some(id) => match id {
+            Value::String(_) | Value::Null => Some(id),
             // Integers only, as written: a server may read `1.0`, `1e0` or `-0` as 1 and
             // answer `"id": 1`, a reply idguard would not know as the one to filter; and
             // beyond 2^53 a JavaScript server rounds.
-            Ok(Value::Number(n)) if n.as_i64().is_some_and(|i| i.unsigned_abs() < 1 << 53) => {
+            Value::Number(n) if n.as_i64().is_some_and(|i| i.unsigned_abs() < 1 << 53) => {
                 Some(Value::Number(n))
             }
             _ => {
@@ -165,13 +215,7 @@ fn parse_message(raw: &RawValue) -> Result<Message, Malformed> {
         }
         None => return Err(Malformed("neither a request nor a response")),
     };
-    let params: Params<'_> = match m.params.map(RawValue::get) {
-        None | Some("null") => Params::default(),
-        Some(p) if p.starts_with('{') => {
-            serde_json::from_str(p).map_err(|_| Malformed("`params` is not valid"))?
-        }
-        Some(_) => return Err(Malformed("`params` must be an object")),
-    };
+    let params = m.params;
     let (name, ask) = match (method.as_str(), id) {
         // Notifications (no id) never get a reply; nothing to decide.
         (_, None) => (None, Ask::Other),
@@ -298,6 +342,16 @@ mod tests {
             parse_body(br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://a","extra":[1]}}"#)
                 .unwrap();
         assert_eq!(msgs[0].name.as_deref(), Some("docs://a"));
+        // Escaped member names are read as the server reads them.
+        let msgs = parse_body(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"n\u0061me":"t","_meta":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(msgs[0].name.as_deref(), Some("t"));
+        assert!(
+            parse_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","n\u0061me":"b"}}"#)
+                .is_err()
+        );
     }
 
     #[test]

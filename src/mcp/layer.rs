@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use moka::sync::Cache;
@@ -33,7 +33,10 @@ const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// JSON-RPC code of a visible policy denial.
 pub const FORBIDDEN_CODE: i64 = -32001;
 
-const MCP_SESSION_ID: &str = "mcp-session-id";
+// Header names as constants: a lookup by `&str` parses the name on every request.
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -342,8 +345,8 @@ where
 
 /// 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body.
 fn standard_headers_agree(headers: &HeaderMap, messages: &[Message]) -> bool {
-    let method = headers.get("mcp-method").map(HeaderValue::to_str);
-    let name = headers.get("mcp-name").map(HeaderValue::to_str);
+    let method = headers.get(MCP_METHOD).map(HeaderValue::to_str);
+    let name = headers.get(MCP_NAME).map(HeaderValue::to_str);
     if method.is_none() && name.is_none() {
         return true;
     }
@@ -507,7 +510,7 @@ where
         let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
         let mut req = Request::post("/").body(Body::from(body.to_string())).ok()?;
         for (k, v) in headers {
-            if k != CONTENT_LENGTH && k.as_str() != "mcp-method" && k.as_str() != "mcp-name" {
+            if k != CONTENT_LENGTH && k != MCP_METHOD && k != MCP_NAME {
                 req.headers_mut().append(k.clone(), v.clone());
             }
         }
