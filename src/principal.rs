@@ -215,6 +215,11 @@ impl Principal {
         Principal(Arc::new(inner))
     }
 
+    /// Whether both are the same instance (then every field is equal).
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The tenant id (`tid`): the directory the caller signed in to.
     pub fn tenant_id(&self) -> &str {
         &self.0.tenant_id

@@ -7,7 +7,7 @@
 //! stale a list-phase decision that reads `context.now` can be.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher as _, Hash};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -42,7 +42,8 @@ impl CallerKey {
 
 impl PartialEq for CallerKey {
     fn eq(&self, other: &Self) -> bool {
-        self.fields() == other.fields()
+        self.epoch == other.epoch
+            && (self.principal.same(&other.principal) || self.fields() == other.fields())
     }
 }
 
@@ -208,9 +209,21 @@ impl SceneCache {
 /// bumps the epoch, so older entries are never consulted again; they age out after five
 /// minutes or when the cache is full. Decisions that carry evaluation errors are never
 /// stored.
+///
+/// Entries are found by a hash of their key and hold the key itself, compared on every
+/// hit: a lookup copies nothing, and a hash collision is a miss (the later entry replaces
+/// the earlier), never another caller's decision.
 #[derive(Debug)]
 pub(crate) struct CallCache {
-    decisions: Cache<(CallerKey, Item), Decision, Hasher>,
+    decisions: Cache<u64, Arc<CallEntry>, Hasher>,
+    hasher: Hasher,
+}
+
+#[derive(Debug)]
+struct CallEntry {
+    caller: CallerKey,
+    item: Item,
+    decision: Decision,
 }
 
 impl CallCache {
@@ -221,21 +234,22 @@ impl CallCache {
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(300))
                 .build_with_hasher(Hasher::default()),
+            hasher: Hasher::default(),
         }
     }
 
-    fn key(epoch: u64, principal: &Principal, item: &Item) -> (CallerKey, Item) {
-        (
-            CallerKey {
-                epoch,
-                principal: principal.clone(),
-            },
-            item.clone(),
-        )
+    fn key(&self, epoch: u64, principal: &Principal, item: &Item) -> (u64, CallerKey) {
+        let caller = CallerKey {
+            epoch,
+            principal: principal.clone(),
+        };
+        (self.hasher.hash_one((&caller, item)), caller)
     }
 
     pub(crate) fn get(&self, epoch: u64, principal: &Principal, item: &Item) -> Option<Decision> {
-        self.decisions.get(&Self::key(epoch, principal, item))
+        let (hash, caller) = self.key(epoch, principal, item);
+        let entry = self.decisions.get(&hash)?;
+        (entry.caller == caller && entry.item == *item).then(|| entry.decision.clone())
     }
 
     pub(crate) fn insert(
@@ -245,7 +259,42 @@ impl CallCache {
         item: &Item,
         decision: Decision,
     ) {
-        self.decisions
-            .insert(Self::key(epoch, principal, item), decision);
+        let (hash, caller) = self.key(epoch, principal, item);
+        let entry = CallEntry {
+            caller,
+            item: item.clone(),
+            decision,
+        };
+        self.decisions.insert(hash, Arc::new(entry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Denied, ToolInfo};
+
+    fn principal(oid: &str) -> Principal {
+        Principal::from_unvalidated_claims(&serde_json::json!({"tid": "t", "oid": oid, "scp": "x"}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_call_entry_answers_only_its_own_key() {
+        let cache = CallCache::new(10);
+        let (a, b) = (principal("a"), principal("b"));
+        let item = Item::Tool(ToolInfo::new("t"));
+        cache.insert(1, &a, &item, Decision::Deny(Denied::default()));
+        assert!(cache.get(1, &a, &item).is_some());
+        // The same caller from another token (another instance, equal fields) hits.
+        assert!(cache.get(1, &principal("a"), &item).is_some());
+        assert!(cache.get(2, &a, &item).is_none());
+        assert!(cache.get(1, &a, &Item::Tool(ToolInfo::new("u"))).is_none());
+        // A forged collision: a's entry under b's hash is not b's decision.
+        let (ha, _) = cache.key(1, &a, &item);
+        let (hb, _) = cache.key(1, &b, &item);
+        let entry = cache.decisions.get(&ha).unwrap();
+        cache.decisions.insert(hb, entry);
+        assert!(cache.get(1, &b, &item).is_none());
     }
 }
