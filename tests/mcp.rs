@@ -581,3 +581,126 @@ async fn list_replies_that_are_not_json_are_never_passed_on() {
     let text = sse_reply.text().await.unwrap();
     assert!(!text.contains("delete_document"), "{text}");
 }
+
+/// A server that answers every tool call with a task (the tasks extension), as a server
+/// may when the client supports it; otherwise the demo server.
+#[derive(Clone)]
+struct TaskingServer(DemoServer);
+
+impl rmcp::ServerHandler for TaskingServer {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        self.0.get_info()
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        self.0.list_tools(request, context).await
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.0.get_tool(name)
+    }
+
+    async fn call_tool(
+        &self,
+        _request: rmcp::model::CallToolRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let mut task = rmcp::model::Task::default();
+        task.task_id = "task-1".into();
+        Ok(rmcp::model::CallToolResponse::Task(
+            rmcp::model::CreateTaskResult::new(task),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_result_is_redacted_cannot_become_a_task_in_the_layer() {
+    a_call_whose_result_is_redacted_cannot_become_a_task(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_result_is_redacted_cannot_become_a_task_in_guarded() {
+    a_call_whose_result_is_redacted_cannot_become_a_task(true).await;
+}
+
+/// The HTTP layer or the rmcp wrapper in front of a server that answers calls with tasks.
+async fn a_call_whose_result_is_redacted_cannot_become_a_task(guarded: bool) {
+    let (entra, guard, policies, listener, base) = parts().await;
+    let server = TaskingServer(DemoServer::new());
+    let app = if guarded {
+        let handler = idguard::mcp::rmcp::Guarded::new(server, policies);
+        let mcp = StreamableHttpService::new(
+            move || Ok(handler.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        );
+        Router::new().nest_service(
+            "/mcp",
+            ServiceBuilder::new()
+                .layer(guard.validate_token_layer())
+                .service(mcp),
+        )
+    } else {
+        let mcp = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        );
+        Router::new().nest_service(
+            "/mcp",
+            ServiceBuilder::new()
+                .layer(guard.validate_token_layer())
+                .layer(guard.authorize_mcp_layer(policies))
+                .service(mcp),
+        )
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = Stack {
+        entra,
+        url: format!("{base}/mcp"),
+        demo: DemoServer::new(),
+        reached: Arc::default(),
+        http: reqwest::Client::new(),
+    };
+    // A client that supports tasks, so the server may answer with one.
+    let mut bob = Client {
+        stack: &s,
+        token: token(&s, "bob").await,
+        session: None,
+        next_id: 1,
+        last_sse: false,
+    };
+    let init = bob
+        .rpc(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18",
+                   "capabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+                   "clientInfo": {"name": "idguard-tests", "version": "1"}}),
+        )
+        .await;
+    assert!(init.get("result").is_some(), "{init}");
+    let initialized = bob
+        .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    assert_eq!(initialized.status(), 202);
+    // `read_document` is redacted for bob (`owner_email`): its result may not come later.
+    let read = bob
+        .rpc(
+            "tools/call",
+            json!({"name": "read_document", "arguments": {"id": "doc-2"}}),
+        )
+        .await;
+    assert_eq!(
+        read["error"]["code"],
+        json!(idguard::mcp::FORBIDDEN_CODE),
+        "{read}"
+    );
+    assert!(!read.to_string().contains("task-1"), "{read}");
+    // `whoami` redacts nothing: the task passes.
+    let who = bob.rpc("tools/call", json!({"name": "whoami"})).await;
+    assert!(who.to_string().contains("task-1"), "{who}");
+}
