@@ -65,6 +65,18 @@ async fn parts() -> (
     (entra, guard, policies, listener, base)
 }
 
+/// rmcp's streamable HTTP service for `handler`, sessions kept in memory.
+fn streamable<H: rmcp::ServerHandler + Clone + Send + Sync + 'static>(
+    handler: H,
+    config: StreamableHttpServerConfig,
+) -> StreamableHttpService<H, LocalSessionManager> {
+    StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
 async fn stack(
     mode: Mode,
     configure: impl FnOnce(AuthorizeMcpLayer) -> AuthorizeMcpLayer,
@@ -78,11 +90,7 @@ async fn stack(
             .with_legacy_session_mode(false)
             .with_json_response(true);
     }
-    let mcp = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let mcp = streamable(server, config);
     let reached = Arc::new(AtomicUsize::new(0));
     let counter = reached.clone();
     let counted = tower::service_fn(move |req: http::Request<axum::body::Body>| {
@@ -460,11 +468,7 @@ async fn guarded_rmcp_handler_filters_in_process() {
     let (entra, guard, policies, listener, base) = parts().await;
     let demo = DemoServer::new();
     let handler = idguard::mcp::rmcp::Guarded::new(demo.clone(), policies);
-    let mcp = StreamableHttpService::new(
-        move || Ok(handler.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
+    let mcp = streamable(handler, StreamableHttpServerConfig::default());
     // Only the token layer: the policies apply inside the rmcp handler.
     let app = Router::new().nest_service(
         "/mcp",
@@ -633,11 +637,7 @@ async fn a_call_whose_result_is_redacted_cannot_become_a_task(guarded: bool) {
     let server = TaskingServer(DemoServer::new());
     let app = if guarded {
         let handler = idguard::mcp::rmcp::Guarded::new(server, policies);
-        let mcp = StreamableHttpService::new(
-            move || Ok(handler.clone()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default(),
-        );
+        let mcp = streamable(handler, StreamableHttpServerConfig::default());
         Router::new().nest_service(
             "/mcp",
             ServiceBuilder::new()
@@ -645,11 +645,7 @@ async fn a_call_whose_result_is_redacted_cannot_become_a_task(guarded: bool) {
                 .service(mcp),
         )
     } else {
-        let mcp = StreamableHttpService::new(
-            move || Ok(server.clone()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default(),
-        );
+        let mcp = streamable(server, StreamableHttpServerConfig::default());
         Router::new().nest_service(
             "/mcp",
             ServiceBuilder::new()

@@ -300,11 +300,18 @@ impl ReplyRewriter {
     /// [`Unreadable`] when the body is not JSON (it may carry what must be filtered).
     pub(crate) fn rewrite_json(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Unreadable> {
         let text = std::str::from_utf8(body).map_err(|_| Unreadable)?;
-        if let Some(fast) = self.filter_seen_list(text) {
-            return Ok(fast);
-        }
-        if let Some(fast) = self.filter_list_in_place(text) {
-            return Ok(fast);
+        // The fast paths only filter lists: a reply to redact would be read twice.
+        if self
+            .pending
+            .iter()
+            .any(|(_, p)| matches!(p, Pending::List(_)))
+        {
+            if let Some(fast) = self.filter_seen_list(text) {
+                return Ok(fast);
+            }
+            if let Some(fast) = self.filter_list_in_place(text) {
+                return Ok(fast);
+            }
         }
         let mut v: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
         let changed = match &mut v {
@@ -329,6 +336,9 @@ impl ReplyRewriter {
     /// handles it.
     fn filter_seen_list(&self, text: &str) -> Option<Option<Vec<u8>>> {
         let recent = self.catalog.recent();
+        if recent.is_empty() {
+            return None;
+        }
         let candidates = ResultCandidates::of(text);
         let (shape, start) = recent.iter().find_map(|s| {
             if s.born.elapsed() >= super::catalog::SHAPE_TTL {

@@ -88,8 +88,10 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Vec<Message>, Malformed> {
 }
 
 /// A member that is present, even as `null` (absent is `None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// The members of a message idguard reads, in one pass.
@@ -97,7 +99,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 struct Envelope<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     jsonrpc: Option<&'a RawValue>,
-    #[serde(default, deserialize_with = "present_value")]
+    #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
     #[serde(default, borrow, deserialize_with = "present")]
     method: Option<&'a RawValue>,
@@ -107,11 +109,6 @@ struct Envelope<'a> {
     result: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     error: Option<&'a RawValue>,
-}
-
-/// A member that is present, even as `null` (absent is `None`).
-fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
 }
 
 /// The members of `params` idguard reads. `params` must be an object or `null` (then
