@@ -76,6 +76,7 @@ fn inner(
 
 fn request(token: &str, body: &str) -> Request<Body> {
     Request::post("/mcp")
+        .header("host", "mcp.contoso.example")
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -151,7 +152,12 @@ fn bench(c: &mut Criterion) {
             filtered.len() < list.len() / 2 + 1000,
             "the list is filtered"
         );
-        rt.block_on(run(&stack, &token, call));
+        let reply = rt.block_on(run(&stack, &token, call));
+        assert!(
+            reply.starts_with(br#"{"jsonrpc":"2.0","id":1,"result""#),
+            "the call is allowed and answered: {}",
+            String::from_utf8_lossy(&reply)
+        );
         let kind = if sse { "sse" } else { "json" };
         if !sse {
             g.bench_function("call_bare", |b| {

@@ -191,6 +191,22 @@ pub enum RejectionKind {
     ClaimsChallenge,
     /// A wiring error on our side (e.g. no principal where one must be): `500`.
     Internal,
+    /// An MCP session id that this caller does not hold (unknown, forged, another
+    /// caller's, or from before a key change): `404`, so the client starts a new session.
+    SessionNotFound,
+    /// A request body labelled or encoded otherwise than plain `application/json`: `415`.
+    UnsupportedMediaType,
+    /// A path below the MCP endpoint (only the endpoint itself is served): `404`.
+    NotServed,
+    /// A method the MCP endpoint does not serve: `405`.
+    MethodNotAllowed,
+    /// A `Host` or `Origin` that this server does not answer to (DNS rebinding): `403`.
+    ForbiddenOrigin,
+    /// The upstream MCP server is unreachable, or answered what idguard cannot check:
+    /// `502`.
+    BadGateway,
+    /// The upstream MCP server did not start its reply in time: `504`.
+    GatewayTimeout,
 }
 
 impl RejectionKind {
@@ -210,6 +226,12 @@ impl RejectionKind {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             RejectionKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            RejectionKind::SessionNotFound | RejectionKind::NotServed => StatusCode::NOT_FOUND,
+            RejectionKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RejectionKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RejectionKind::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            RejectionKind::BadGateway => StatusCode::BAD_GATEWAY,
+            RejectionKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }

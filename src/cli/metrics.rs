@@ -9,7 +9,7 @@ use crate::TokenStats;
 use crate::error::{Rejection, RejectionKind};
 use crate::policy::PolicyEngine;
 
-const KINDS: [(RejectionKind, &str); 12] = [
+const KINDS: [(RejectionKind, &str); 19] = [
     (RejectionKind::MissingToken, "missing_token"),
     (RejectionKind::InvalidToken, "invalid_token"),
     (RejectionKind::InsufficientScope, "insufficient_scope"),
@@ -22,6 +22,16 @@ const KINDS: [(RejectionKind, &str); 12] = [
     (RejectionKind::Throttled, "throttled"),
     (RejectionKind::ConsentRequired, "consent_required"),
     (RejectionKind::ClaimsChallenge, "claims_challenge"),
+    (RejectionKind::SessionNotFound, "session_not_found"),
+    (
+        RejectionKind::UnsupportedMediaType,
+        "unsupported_media_type",
+    ),
+    (RejectionKind::NotServed, "not_served"),
+    (RejectionKind::MethodNotAllowed, "method_not_allowed"),
+    (RejectionKind::ForbiddenOrigin, "forbidden_origin"),
+    (RejectionKind::BadGateway, "bad_gateway"),
+    (RejectionKind::GatewayTimeout, "gateway_timeout"),
 ];
 
 /// Request and rejection counters of the `idguard` server.
@@ -29,7 +39,7 @@ const KINDS: [(RejectionKind, &str); 12] = [
 pub(crate) struct Metrics {
     /// By status class: 1xx..5xx.
     status: [AtomicU64; 5],
-    rejections: [AtomicU64; 12],
+    rejections: [AtomicU64; KINDS.len()],
 }
 
 impl Metrics {
@@ -201,7 +211,14 @@ mod tests {
             | RejectionKind::Internal
             | RejectionKind::Throttled
             | RejectionKind::ConsentRequired
-            | RejectionKind::ClaimsChallenge => KINDS.iter().any(|(k, _)| *k == kind),
+            | RejectionKind::ClaimsChallenge
+            | RejectionKind::SessionNotFound
+            | RejectionKind::UnsupportedMediaType
+            | RejectionKind::NotServed
+            | RejectionKind::MethodNotAllowed
+            | RejectionKind::ForbiddenOrigin
+            | RejectionKind::BadGateway
+            | RejectionKind::GatewayTimeout => KINDS.iter().any(|(k, _)| *k == kind),
         }
     }
 
@@ -220,6 +237,13 @@ mod tests {
             RejectionKind::Throttled,
             RejectionKind::ConsentRequired,
             RejectionKind::ClaimsChallenge,
+            RejectionKind::SessionNotFound,
+            RejectionKind::UnsupportedMediaType,
+            RejectionKind::NotServed,
+            RejectionKind::MethodNotAllowed,
+            RejectionKind::ForbiddenOrigin,
+            RejectionKind::BadGateway,
+            RejectionKind::GatewayTimeout,
         ];
         for kind in all {
             assert!(labelled(kind), "{kind:?} has no metrics label");

@@ -1,6 +1,7 @@
 //! The `idguard` command line. Not a public API: the binary calls [`main`].
 
 mod entra;
+mod listen;
 mod metrics;
 mod policy;
 mod serve;

@@ -25,7 +25,7 @@ use crate::config::IdGuardConfig;
 use crate::demo::DemoServer;
 use crate::dev::{DevEntra, DevEntraBuilder};
 use crate::gateway::Gateway;
-use crate::mcp::{AuthorizeMcpLayer, Denials};
+use crate::mcp::{AuthorizeMcpLayer, Denials, UnknownMethods};
 use crate::policy::PolicyEngine;
 use crate::{IdGuard, Principal};
 
@@ -94,6 +94,15 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             return Err(format!("`mcp.denials`: `{other}` is not `hidden` or `visible`").into());
         }
     };
+    let unknown_methods = match config.mcp.unknown_methods.as_deref() {
+        None | Some("refuse") => UnknownMethods::Refuse,
+        Some("pass") => UnknownMethods::Pass,
+        Some(other) => {
+            return Err(
+                format!("`mcp.unknown_methods`: `{other}` is not `refuse` or `pass`").into(),
+            );
+        }
+    };
     let inner = match &config.server.upstream {
         None => Inner::Demo,
         Some(url) => Inner::Upstream(
@@ -157,9 +166,25 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let _watch = policies.watch(Duration::from_millis(250));
     let mut mcp_layer = guard
         .authorize_mcp_layer(policies.clone())
-        .with_denials(denials);
+        .with_denials(denials)
+        .with_unknown_methods(unknown_methods)
+        .with_allowed_hosts(config.mcp.allowed_hosts.iter().cloned());
     if let Some(max) = config.mcp.max_body_bytes {
         mcp_layer = mcp_layer.with_max_body_bytes(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    if let Some(max) = config.mcp.max_reply_bytes {
+        mcp_layer = mcp_layer.with_max_reply_bytes(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    if !config.mcp.session_keys.is_empty() {
+        let secrets: Vec<&[u8]> = config
+            .mcp
+            .session_keys
+            .iter()
+            .map(|k| k.expose().as_bytes())
+            .collect();
+        mcp_layer = mcp_layer
+            .with_session_keys(&secrets)
+            .ok_or("`mcp.session_keys`: each key must be at least 32 bytes")?;
     }
 
     let metrics = Arc::new(Metrics::default());
@@ -172,7 +197,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             .timeout(Duration::from_secs(2))
             .build()?,
     };
-    let mcp_service = mcp_router(&guard, mcp_layer, &inner, &mcp_path)?;
+    let server = config.server.settings()?;
+    let mcp_service = mcp_router(&guard, mcp_layer, &inner, &mcp_path, &server)?;
     let mut app = Router::new()
         .route(
             "/me",
@@ -216,9 +242,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         (None, Inner::Demo) => println!("idguard: demo tools at {base}{mcp_path}"),
     }
     tracing::info!(target: "idguard::serve", %base, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    super::listen::serve(listener, app, server, shutdown_signal()).await?;
     tracing::info!(target: "idguard::serve", "stopped");
     Ok(())
 }
@@ -228,6 +252,7 @@ fn mcp_router(
     mcp_layer: AuthorizeMcpLayer,
     inner: &Inner,
     path: &str,
+    server: &crate::config::ServerSettings,
 ) -> Result<Router<AppState>, Box<dyn Error>> {
     let layers = ServiceBuilder::new()
         .layer(guard.validate_token_layer())
@@ -254,9 +279,12 @@ fn mcp_router(
         }
         Inner::Upstream(url) => {
             let client = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
+                .connect_timeout(server.upstream_connect_timeout)
                 .build()?;
-            Router::new().nest_service(path, layers.service(Gateway::new(url.clone(), client)))
+            let gateway = Gateway::new(url.clone(), client)
+                .with_response_timeout(server.upstream_timeout)
+                .with_idle_timeout(server.upstream_idle_timeout);
+            Router::new().nest_service(path, layers.service(gateway))
         }
     })
 }

@@ -2,65 +2,170 @@
 //!
 //! [`Gateway`] is the innermost service when idguard runs in front of an MCP server it does
 //! not host (any language, any SDK): the same `ValidateTokenLayer` and `AuthorizeMcpLayer`
-//! go in front of it. It forwards the request (method, path and query below the MCP path,
-//! end-to-end headers) and streams the reply back as it arrives, so Server-Sent Events
-//! reach the client event by event.
+//! go in front of it. It forwards exactly what was decided on, and streams the reply back
+//! as it arrives, so Server-Sent Events reach the client event by event:
 //!
-//! **The caller's token is never passed upstream**: the `Authorization` header is removed
-//! (MCP forbids token passthrough). Hop-by-hop headers are dropped in both directions.
+//! - **only the endpoint**: the request goes to the configured upstream URL, whatever the
+//!   caller wrote below the MCP path (`/mcp/../sse` and `/mcp/%2e%2e/x` are `404`, never
+//!   another upstream path) and without the caller's query;
+//! - **only the methods of Streamable HTTP**: `POST` (with the body the layer parsed, sent
+//!   with its `Content-Length`), `GET` (a stream), `DELETE` (ends a session); others `405`;
+//! - **only the headers MCP needs**: `Accept`, `Content-Type`, `Mcp-Session-Id`,
+//!   `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`, `Last-Event-ID`,
+//!   `User-Agent`, `X-Request-Id` and trace context. **The caller's token is never passed
+//!   upstream** (MCP forbids token passthrough), nor its cookies, nor forwarding headers it
+//!   wrote: idguard sets `X-Forwarded-Host`, `X-Forwarded-For` and `Forwarded` itself. The
+//!   upstream sees its own host in `Host`; idguard checked the caller's `Host` and `Origin`
+//!   (the DNS-rebinding protection the upstream would otherwise apply).
+//!
+//! Replies keep only `Content-Type`, `Cache-Control`, `Mcp-Session-Id`,
+//! `MCP-Protocol-Version`, `Retry-After` and `WWW-Authenticate`: no cookies from the
+//! upstream, no hop-by-hop headers.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
-use futures_util::TryStreamExt;
+use axum::extract::ConnectInfo;
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderName};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::BodyExt;
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// caller's credentials.
-const DROPPED: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::HOST,
-    header::AUTHORIZATION,
+use crate::error::{Rejection, RejectionKind};
+
+/// Request headers forwarded as the caller sent them.
+const FORWARDED_REQUEST: [HeaderName; 11] = [
+    header::ACCEPT,
+    header::USER_AGENT,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    HeaderName::from_static("mcp-method"),
+    HeaderName::from_static("mcp-name"),
+    HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("baggage"),
 ];
+
+/// Reply headers passed back to the caller.
+const FORWARDED_REPLY: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    header::RETRY_AFTER,
+    header::WWW_AUTHENTICATE,
+];
+
+/// Default longest wait for the upstream's reply to start.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default longest silence between two parts of an upstream reply (events of a stream).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A reverse proxy to one upstream MCP endpoint.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     upstream: reqwest::Url,
     client: reqwest::Client,
+    response_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Gateway {
-    /// Proxies to `upstream` (the upstream's MCP endpoint URL) with `client`.
+    /// Proxies to `upstream` (the upstream's MCP endpoint URL) with `client` (whose own
+    /// settings, such as its connect timeout, apply).
     pub fn new(upstream: reqwest::Url, client: reqwest::Client) -> Self {
-        Self { upstream, client }
+        Self {
+            upstream,
+            client,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+
+    /// How long the upstream may take to start its reply (default
+    /// [`DEFAULT_RESPONSE_TIMEOUT`]): then `504`.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long the upstream may stay silent within a reply (default
+    /// [`DEFAULT_IDLE_TIMEOUT`]): then the reply ends (a stream's client reconnects).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
     }
 }
 
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    let connection_listed: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for (name, value) in from {
-        if DROPPED.contains(name)
-            || name.as_str() == "keep-alive"
-            || connection_listed.iter().any(|c| c == name.as_str())
-        {
-            continue;
+/// Ends a reply stream that stays silent longer than `idle`.
+fn with_idle_timeout(
+    body: impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(Box::pin(body), move |mut body| async move {
+        use futures_util::StreamExt as _;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), body)),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), body)),
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!(target: "idguard::gateway", idle_secs = idle.as_secs(), "upstream reply silent too long: ended");
+                None
+            }
         }
-        to.append(name.clone(), value.clone());
+    })
+}
+
+/// The headers the upstream gets for a request with `from`.
+fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
+    let mut to = HeaderMap::new();
+    for (name, value) in from {
+        if FORWARDED_REQUEST.contains(name) || name.as_str().starts_with("mcp-param-") {
+            to.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(ct) = from.get(header::CONTENT_TYPE) {
+        to.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    let host = from
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
+    if let Some(host) = host
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        to.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+    if let Some(peer) = peer {
+        let ip = peer.ip();
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            to.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        let node = match ip {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let forwarded = match host {
+            Some(h) => format!("for={node};host=\"{h}\""),
+            None => format!("for={node}"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            to.insert(header::FORWARDED, v);
+        }
+    }
+    to
+}
+
+fn reply_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if FORWARDED_REPLY.contains(name) {
+            to.append(name.clone(), value.clone());
+        }
     }
 }
 
@@ -75,38 +180,61 @@ impl tower_service::Service<Request<Body>> for Gateway {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let client = self.client.clone();
-        let mut url = self.upstream.clone();
-        // `nest_service` strips the MCP path: what is left goes below the upstream's path.
-        let rest = req.uri().path().trim_start_matches('/');
-        if !rest.is_empty() {
-            let joined = format!("{}/{rest}", url.path().trim_end_matches('/'));
-            url.set_path(&joined);
+        // `nest_service` strips the MCP path: anything left names another resource.
+        let path = req.uri().path();
+        if !(path.is_empty() || path == "/") {
+            tracing::debug!(target: "idguard::rejection", "a path below the mcp endpoint");
+            return Box::pin(async {
+                Ok(Rejection::new(RejectionKind::NotServed, None).into_response())
+            });
         }
-        url.set_query(req.uri().query());
+        if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
+            return Box::pin(async {
+                Ok(Rejection::new(RejectionKind::MethodNotAllowed, None).into_response())
+            });
+        }
+        let client = self.client.clone();
+        let url = self.upstream.clone();
+        let (response_timeout, idle_timeout) = (self.response_timeout, self.idle_timeout);
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let mut headers = HeaderMap::new();
-            copy_headers(&parts.headers, &mut headers);
-            let upstream = client
-                .request(parts.method, url)
-                .headers(headers)
-                .body(reqwest::Body::wrap_stream(body.into_data_stream()))
-                .send()
-                .await;
-            let res = match upstream {
-                Ok(res) => res,
-                Err(e) => {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            let headers = request_headers(&parts.headers, peer);
+            let mut upstream = client.request(parts.method.clone(), url).headers(headers);
+            if parts.method == Method::POST {
+                // The layer holds the whole body already: sent with its length.
+                let bytes = match body.collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return Ok(Rejection::new(RejectionKind::BadRequest, None).into_response());
+                    }
+                };
+                upstream = upstream.body(bytes);
+            }
+            let res = match tokio::time::timeout(response_timeout, upstream.send()).await {
+                Ok(Ok(res)) => res,
+                Err(_) => {
+                    tracing::error!(target: "idguard::gateway", timeout_secs = response_timeout.as_secs(), "upstream did not answer in time");
+                    return Ok(Rejection::new(RejectionKind::GatewayTimeout, None).into_response());
+                }
+                Ok(Err(e)) => {
                     tracing::error!(target: "idguard::gateway", error = %crate::entra::without_url(&e), "upstream unreachable");
-                    let mut res = Response::new(Body::empty());
-                    *res.status_mut() = StatusCode::BAD_GATEWAY;
-                    return Ok(res);
+                    return Ok(Rejection::new(RejectionKind::BadGateway, None).into_response());
                 }
             };
             let mut out = Response::new(Body::empty());
             *out.status_mut() = res.status();
-            copy_headers(res.headers(), out.headers_mut());
-            *out.body_mut() = Body::from_stream(res.bytes_stream().map_err(std::io::Error::other));
+            reply_headers(res.headers(), out.headers_mut());
+            if res.headers().contains_key(header::CONTENT_ENCODING) {
+                // idguard cannot filter what it cannot read (it asks for identity).
+                tracing::error!(target: "idguard::gateway", "upstream reply is content-encoded");
+                return Ok(Rejection::new(RejectionKind::BadGateway, None).into_response());
+            }
+            *out.body_mut() =
+                Body::from_stream(with_idle_timeout(res.bytes_stream(), idle_timeout));
             Ok(out)
         })
     }
@@ -117,19 +245,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_stay_behind() {
+    fn only_what_mcp_needs_goes_upstream() {
         let mut from = HeaderMap::new();
         from.insert(header::AUTHORIZATION, "Bearer secret".parse().unwrap());
         from.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
         from.insert("x-private", "1".parse().unwrap());
+        from.insert(header::COOKIE, "__Host-idguard=1".parse().unwrap());
+        from.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        from.insert(header::FORWARDED, "for=203.0.113.9".parse().unwrap());
+        from.insert(header::HOST, "mcp.contoso.com".parse().unwrap());
         from.insert("mcp-session-id", "abc".parse().unwrap());
+        from.insert("mcp-param-region", "eu".parse().unwrap());
         from.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        let mut to = HeaderMap::new();
-        copy_headers(&from, &mut to);
-        assert!(to.get(header::AUTHORIZATION).is_none());
-        assert!(to.get("x-private").is_none());
-        assert!(to.get(header::CONNECTION).is_none());
+        let to = request_headers(&from, Some(SocketAddr::from(([127, 0, 0, 7], 9))));
+        for gone in ["authorization", "x-private", "connection", "cookie", "host"] {
+            assert!(to.get(gone).is_none(), "{gone}");
+        }
         assert_eq!(to["mcp-session-id"], "abc");
+        assert_eq!(to["mcp-param-region"], "eu");
         assert_eq!(to[header::CONTENT_TYPE], "application/json");
+        assert_eq!(to["x-forwarded-for"], "127.0.0.7");
+        assert_eq!(to["x-forwarded-host"], "mcp.contoso.com");
+        assert_eq!(
+            to[header::FORWARDED],
+            "for=127.0.0.7;host=\"mcp.contoso.com\""
+        );
+        let mut reply = HeaderMap::new();
+        reply.insert(header::SET_COOKIE, "a=b".parse().unwrap());
+        reply.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        let mut out = HeaderMap::new();
+        reply_headers(&reply, &mut out);
+        assert!(out.get(header::SET_COOKIE).is_none());
+        assert_eq!(out[header::CONTENT_TYPE], "text/event-stream");
     }
 }

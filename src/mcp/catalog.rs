@@ -17,6 +17,9 @@ use crate::policy::ToolInfo;
 /// from it.
 pub(crate) const SHAPE_TTL: Duration = Duration::from_secs(600);
 
+/// How long a name the server did not list is answered as unknown without asking again.
+pub(crate) const UNLISTED_TTL: Duration = Duration::from_secs(30);
+
 /// How many recently used list results are tried before a reply is parsed.
 pub(crate) const RECENT_SHAPES: usize = 4;
 
@@ -26,6 +29,9 @@ pub(crate) struct ToolCatalog {
     tools: Cache<String, ToolInfo>,
     /// Fingerprint of the last list learned: the same list again costs no inserts.
     last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Names the server did not list when last asked: a call to one is refused without
+    /// asking again for a short while.
+    unlisted: Cache<String, ()>,
     /// Parsed list results by content.
     shapes: Cache<u64, Arc<Shape>>,
     /// The shapes used last, most recent first: a reply that ends with one of these results
@@ -46,6 +52,11 @@ impl ToolCatalog {
                 .time_to_live(SHAPE_TTL)
                 .build(),
             last: std::sync::Arc::default(),
+            unlisted: Cache::builder()
+                .name("idguard-unlisted-tools")
+                .max_capacity(10_000)
+                .time_to_live(UNLISTED_TTL)
+                .build(),
             shapes: Cache::builder()
                 .name("idguard-list-shapes")
                 .max_capacity(64)
@@ -88,6 +99,16 @@ impl ToolCatalog {
         self.tools.get(name)
     }
 
+    /// Whether the server did not list `name` when last asked (within [`UNLISTED_TTL`]).
+    pub(crate) fn is_unlisted(&self, name: &str) -> bool {
+        self.unlisted.contains_key(name)
+    }
+
+    /// Remembers that the server does not list `name`.
+    pub(crate) fn unlisted(&self, name: &str) {
+        self.unlisted.insert(name.to_owned(), ());
+    }
+
     /// The shape of a list result: from the cache when this exact result was seen before,
     /// else computed by `compute` (and cached).
     pub(crate) fn shape(
@@ -124,6 +145,7 @@ impl ToolCatalog {
             return;
         }
         for t in tools {
+            self.unlisted.invalidate(&t.name);
             self.tools.insert(t.name.clone(), t);
         }
         self.last.store(fingerprint, Ordering::Relaxed);

@@ -105,24 +105,89 @@ pub(crate) fn filter_list(
         .collect()
 }
 
+/// What replaces content that cannot be redacted field by field.
+pub(crate) const WITHHELD: &str =
+    "[withheld by idguard: this content cannot be redacted for this caller]";
+
 /// Removes `fields` (at any depth) from a `tools/call` result: from `structuredContent`,
-/// and from text content blocks whose text is JSON.
+/// `_meta` and every other member, from text content (and embedded resource text) that is
+/// JSON, and from resource links. Content that is not JSON text (plain text, images,
+/// audio, blobs, unknown kinds) could carry a redacted value in a form idguard cannot read:
+/// it is withheld, replaced by a text block saying so.
 pub(crate) fn redact_result(result: &mut Map<String, Value>, fields: &[String]) {
-    if let Some(structured) = result.get_mut("structuredContent") {
-        remove_fields(structured, fields);
+    for (key, value) in result.iter_mut() {
+        if key == "content" {
+            continue;
+        }
+        remove_fields(value, fields);
     }
-    if let Some(Value::Array(blocks)) = result.get_mut("content") {
-        for block in blocks {
-            let Some(Value::String(text)) = block.get_mut("text") else {
-                continue;
-            };
-            if let Ok(mut json) = serde_json::from_str::<Value>(text)
-                && (json.is_object() || json.is_array())
-            {
-                remove_fields(&mut json, fields);
-                *text = json.to_string();
+    if let Some(content) = result.get_mut("content") {
+        match content {
+            Value::Array(blocks) => {
+                for block in blocks {
+                    redact_block(block, fields);
+                }
+            }
+            other => *other = Value::Array(Vec::new()),
+        }
+    }
+}
+
+/// Redacts one content block in place, or replaces it with the [`WITHHELD`] notice.
+fn redact_block(block: &mut Value, fields: &[String]) {
+    let kind = block
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let redacted = match kind {
+        "text" => block
+            .get_mut("text")
+            .is_some_and(|text| redact_json_text(text, fields)),
+        "resource" => block
+            .get_mut("resource")
+            .and_then(|r| r.as_object_mut())
+            .is_some_and(|r| {
+                !r.contains_key("blob")
+                    && r.get_mut("text")
+                        .is_some_and(|text| redact_json_text(text, fields))
+            }),
+        "resource_link" => true,
+        _ => false,
+    };
+    if redacted {
+        // Annotations and `_meta` of the block too.
+        if let Value::Object(map) = block {
+            for (key, value) in map.iter_mut() {
+                if key != "text" && key != "resource" {
+                    remove_fields(value, fields);
+                }
+            }
+            if let Some(Value::Object(r)) = map.get_mut("resource") {
+                for (key, value) in r.iter_mut() {
+                    if key != "text" {
+                        remove_fields(value, fields);
+                    }
+                }
             }
         }
+    } else {
+        *block = serde_json::json!({"type": "text", "text": WITHHELD});
+    }
+}
+
+/// Removes `fields` from a string holding a JSON object or array: `false` when it holds
+/// anything else.
+fn redact_json_text(text: &mut Value, fields: &[String]) -> bool {
+    let Value::String(s) = text else {
+        return false;
+    };
+    match serde_json::from_str::<Value>(s) {
+        Ok(mut json) if json.is_object() || json.is_array() => {
+            remove_fields(&mut json, fields);
+            *s = json.to_string();
+            true
+        }
+        _ => false,
     }
 }
 
@@ -229,77 +294,309 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
 /// What to do with the reply to one request.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Pending {
+    /// Pass it; task ids in it are bound to the caller.
+    Pass,
     /// Filter the list for the caller.
     List(ListKind),
-    /// Remove these fields from the tool result.
+    /// Remove these fields from the tool result (and withhold what cannot be read).
     Redact(Vec<String>),
+    /// `tasks/list`: the server's tasks cannot be attributed to callers; none are shown.
+    TaskList,
+    /// Drop it (an id a session used for two requests).
+    Drop,
 }
 
-/// Rewrites the replies of one HTTP exchange: which ids to touch, and how.
+/// Requests decided in one session (per process): a stream that replays replies (`GET`
+/// with `Last-Event-ID`) is filtered with them. Bounded: the oldest are forgotten, and
+/// their replies then dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Decided {
+    inner: std::sync::Mutex<DecidedInner>,
+}
+
+#[derive(Debug, Default)]
+struct DecidedInner {
+    by_id: std::collections::HashMap<String, Pending>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// How many decided requests a session remembers.
+const DECIDED_PER_SESSION: usize = 1024;
+
+/// An id as a server may key it: `1` and `"1"` are one (the Python SDK keys its streams by
+/// `str(id)`).
+fn id_key(id: &Id) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Decided {
+    /// Records what was decided for `id`. `false` when the session used the id before: a
+    /// server may route the replies of both requests to either stream, so the request is
+    /// refused, and replies with that id are dropped from then on.
+    pub(crate) fn record(&self, id: &Id, pending: &Pending) -> bool {
+        let Ok(mut d) = self.inner.lock() else {
+            return false;
+        };
+        let key = id_key(id);
+        if let Some(old) = d.by_id.get_mut(&key) {
+            *old = Pending::Drop;
+            return false;
+        }
+        if d.order.len() >= DECIDED_PER_SESSION
+            && let Some(oldest) = d.order.pop_front()
+        {
+            d.by_id.remove(&oldest);
+        }
+        d.order.push_back(key.clone());
+        d.by_id.insert(key, pending.clone());
+        true
+    }
+
+    fn get(&self, id: &Id) -> Option<Pending> {
+        self.inner.lock().ok()?.by_id.get(&id_key(id)).cloned()
+    }
+}
+
+/// Binds the server's task ids to the caller (see [`super::binding`]).
+#[derive(Clone, Debug)]
+pub(crate) struct TaskIds {
+    pub(crate) binder: super::binding::Binder,
+    pub(crate) owner: String,
+}
+
+impl TaskIds {
+    fn wrap(&self, id: &str) -> Option<String> {
+        self.binder
+            .wrap(super::binding::Handle::Task, &self.owner, id)
+    }
+}
+
+/// What happens to one server-to-client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Keep,
+    Changed,
+    Drop,
+}
+
+/// Notifications from the server that pass as they are.
+const PASSING_NOTIFICATIONS: [&str; 6] = [
+    "notifications/message",
+    "notifications/tools/list_changed",
+    "notifications/resources/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/cancelled",
+    "notifications/elicitation/complete",
+];
+
+/// Requests from the server to the client that pass as they are.
+const PASSING_SERVER_REQUESTS: [&str; 4] = [
+    "ping",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+];
+
+/// Where MCP puts the task a message belongs to.
+const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
+
+/// Filters what the server sends back to one caller: every reply must answer a request
+/// idguard decided (in this exchange, or, for a replayed stream, in the session), and is
+/// rewritten as decided; notifications and server requests pass only when they are known
+/// and, where they name an item, the caller may see it.
 #[derive(Clone, Debug)]
 pub(crate) struct ReplyRewriter {
     pub(crate) engine: PolicyEngine,
     pub(crate) principal: Principal,
+    /// Every request of this exchange and what to do with its reply.
     pub(crate) pending: Vec<(Id, Pending)>,
-    /// The request was one message (so every response in the reply must answer it).
-    pub(crate) sole: bool,
+    /// For streams not tied to one exchange (`GET`): the session's decided requests.
+    pub(crate) session: Option<std::sync::Arc<Decided>>,
+    /// Progress tokens of calls whose results are redacted: their progress is redacted too.
+    pub(crate) progress: Vec<(Value, Vec<String>)>,
+    pub(crate) tasks: TaskIds,
     pub(crate) catalog: super::catalog::ToolCatalog,
 }
 
 impl ReplyRewriter {
-    /// Rewrites one JSON-RPC message if it answers a pending id: `Ok(true)` when changed.
-    /// A reply that cannot be the one expected is [`Unreadable`]: a pending id answered
-    /// with a `result` that is not an object, or, when the request was a single message,
-    /// a response to any other id (a server that reads ids otherwise than idguard).
-    fn rewrite_message(&self, msg: &mut Value) -> Result<bool, Unreadable> {
-        let Value::Object(m) = &mut *msg else {
-            return Ok(false);
-        };
-        let is_response =
-            !m.contains_key("method") && (m.contains_key("result") || m.contains_key("error"));
-        let pending = m
-            .get("id")
-            .and_then(|id| self.pending.iter().find(|(p, _)| p == id));
-        let Some((_, pending)) = pending else {
-            return if self.sole && is_response {
-                Err(Unreadable)
-            } else {
-                Ok(false)
-            };
-        };
-        // A call answered with a task (the tasks extension, `resultType: "task"`) would
-        // deliver its result later through `tasks/get`, past the redaction: refused.
-        if let Pending::Redact(_) = pending
-            && m.get("result").and_then(|r| r.get("resultType")) == Some(&Value::from("task"))
-        {
-            let id = m.get("id").cloned().unwrap_or(Value::Null);
-            *msg = super::jsonrpc::error(
-                &id,
-                super::FORBIDDEN_CODE,
-                "forbidden: this tool's results are redacted for this caller, so it cannot run as a task",
-                None,
-            );
-            return Ok(true);
+    fn lookup(&self, id: &Value) -> Option<Pending> {
+        if let Some((_, p)) = self.pending.iter().find(|(p, _)| p == id) {
+            return Some(p.clone());
         }
-        let result = match m.get_mut("result") {
-            None => return Ok(false),
-            Some(Value::Object(result)) => result,
-            Some(_) => return Err(Unreadable),
+        self.session.as_ref()?.get(id)
+    }
+
+    /// Rewrites one server-to-client message as decided.
+    fn rewrite_message(&self, msg: &mut Value) -> Outcome {
+        let Value::Object(m) = msg else {
+            return Outcome::Drop;
+        };
+        if let Some(method) = m.get("method") {
+            let Some(method) = method.as_str().map(str::to_owned) else {
+                return Outcome::Drop;
+            };
+            let method = method.as_str();
+            return if m.contains_key("id") {
+                if PASSING_SERVER_REQUESTS.contains(&method) {
+                    Outcome::Keep
+                } else {
+                    Outcome::Drop
+                }
+            } else {
+                self.rewrite_notification(method, m)
+            };
+        }
+        let is_error = m.contains_key("error");
+        if !is_error && !m.contains_key("result") {
+            return Outcome::Drop;
+        }
+        let pending = match m.get("id") {
+            // A server's error about no request in particular (a parse error, an unknown
+            // session): it answers nothing that was decided, and reveals nothing.
+            None | Some(Value::Null) if is_error => return Outcome::Keep,
+            None | Some(Value::Null) => return Outcome::Drop,
+            Some(id) => match self.lookup(id) {
+                Some(p) => p,
+                None => return Outcome::Drop,
+            },
+        };
+        if is_error {
+            return match &pending {
+                Pending::Drop => Outcome::Drop,
+                Pending::Redact(fields) => {
+                    if let Some(error) = m.get_mut("error") {
+                        remove_fields(error, fields);
+                    }
+                    Outcome::Changed
+                }
+                _ => Outcome::Keep,
+            };
+        }
+        let Some(Value::Object(result)) = m.get_mut("result") else {
+            return Outcome::Drop;
         };
         match pending {
+            Pending::Drop => Outcome::Drop,
             Pending::List(kind) => {
-                let seen = filter_list(&self.engine, &self.principal, *kind, result);
+                let seen = filter_list(&self.engine, &self.principal, kind, result);
                 self.catalog.learn(seen);
+                Outcome::Changed
             }
-            Pending::Redact(fields) => redact_result(result, fields),
+            Pending::Redact(fields) => {
+                // A call answered with a task would deliver its result later through
+                // `tasks/get` or `tasks/result`: refused.
+                if result.get("resultType") == Some(&Value::from("task"))
+                    || result.get("task").is_some_and(Value::is_object)
+                {
+                    let id = m.get("id").cloned().unwrap_or(Value::Null);
+                    *msg = super::jsonrpc::error(
+                        &id,
+                        super::FORBIDDEN_CODE,
+                        "forbidden: this tool's results are redacted for this caller, so it cannot run as a task",
+                        None,
+                    );
+                    return Outcome::Changed;
+                }
+                redact_result(result, &fields);
+                Outcome::Changed
+            }
+            Pending::TaskList => {
+                result.insert("tasks".into(), Value::Array(Vec::new()));
+                result.remove("nextCursor");
+                Outcome::Changed
+            }
+            Pending::Pass => self.bind_tasks(result),
         }
-        Ok(true)
+    }
+
+    /// Replaces the server's task ids in a result with handles bound to the caller.
+    fn bind_tasks(&self, result: &mut Map<String, Value>) -> Outcome {
+        let mut outcome = Outcome::Keep;
+        let mut slots: Vec<&mut Value> = Vec::new();
+        let mut related = None;
+        let mut nested = None;
+        let mut own = None;
+        for (k, v) in result.iter_mut() {
+            match k.as_str() {
+                "taskId" => own = Some(v),
+                "task" => nested = v.get_mut("taskId"),
+                "_meta" => related = v.get_mut(RELATED_TASK).and_then(|r| r.get_mut("taskId")),
+                _ => {}
+            }
+        }
+        slots.extend(own);
+        slots.extend(nested);
+        slots.extend(related);
+        for slot in slots {
+            let wrapped = slot.as_str().and_then(|id| self.tasks.wrap(id));
+            match wrapped {
+                Some(w) => {
+                    *slot = Value::String(w);
+                    outcome = Outcome::Changed;
+                }
+                None => return Outcome::Drop,
+            }
+        }
+        outcome
+    }
+
+    fn rewrite_notification(&self, method: &str, m: &mut Map<String, Value>) -> Outcome {
+        match method {
+            "notifications/resources/updated" => {
+                let uri = m
+                    .get("params")
+                    .and_then(|p| p.get("uri"))
+                    .and_then(Value::as_str);
+                let Some(uri) = uri else {
+                    return Outcome::Drop;
+                };
+                let item = Item::Resource(ResourceInfo {
+                    uri: uri.to_owned(),
+                });
+                if self
+                    .engine
+                    .decide(&self.principal, &item, crate::policy::Phase::Call, None)
+                    .is_allow()
+                {
+                    Outcome::Keep
+                } else {
+                    Outcome::Drop
+                }
+            }
+            "notifications/progress" => {
+                let Some(params) = m.get_mut("params") else {
+                    return Outcome::Drop;
+                };
+                let token = params.get("progressToken");
+                match self.progress.iter().find(|(t, _)| Some(t) == token) {
+                    Some((_, fields)) => {
+                        if let Value::Object(p) = params {
+                            // Free text cannot be redacted field by field: withheld.
+                            p.remove("message");
+                        }
+                        remove_fields(params, fields);
+                        Outcome::Changed
+                    }
+                    None => Outcome::Keep,
+                }
+            }
+            m if PASSING_NOTIFICATIONS.contains(&m) => Outcome::Keep,
+            // Task status carries the server's task ids; anything unknown may carry anything.
+            _ => Outcome::Drop,
+        }
     }
 
     /// Rewrites a JSON body (one message or a batch): `Ok(None)` when nothing changed,
-    /// [`Unreadable`] when the body is not JSON (it may carry what must be filtered).
+    /// [`Unreadable`] when the body is not JSON, or when a message in it is dropped and
+    /// nothing else would be left to send.
     pub(crate) fn rewrite_json(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Unreadable> {
         let text = std::str::from_utf8(body).map_err(|_| Unreadable)?;
+        if let Some(quick) = self.pass_plain_reply(text) {
+            return quick;
+        }
         // The fast paths only filter lists: a reply to redact would be read twice.
         if self
             .pending
@@ -317,14 +614,53 @@ impl ReplyRewriter {
         let changed = match &mut v {
             Value::Array(msgs) => {
                 let mut changed = false;
-                for m in msgs {
-                    changed |= self.rewrite_message(m)?;
+                let mut keep = Vec::with_capacity(msgs.len());
+                for m in msgs.iter_mut() {
+                    let outcome = self.rewrite_message(m);
+                    changed |= outcome != Outcome::Keep;
+                    keep.push(outcome != Outcome::Drop);
+                }
+                let mut keep = keep.into_iter();
+                msgs.retain(|_| keep.next().unwrap_or(false));
+                if msgs.is_empty() {
+                    return Err(Unreadable);
                 }
                 changed
             }
-            msg => self.rewrite_message(msg)?,
+            msg => match self.rewrite_message(msg) {
+                Outcome::Keep => false,
+                Outcome::Changed => true,
+                Outcome::Drop => return Err(Unreadable),
+            },
         };
         Ok(changed.then(|| v.to_string().into_bytes()))
+    }
+
+    /// The common reply that needs no rewriting, recognised without building a tree: one
+    /// response to a request of this exchange that is passed as it is, whose result holds
+    /// no task id. `None` when the reply is anything else.
+    fn pass_plain_reply(&self, text: &str) -> Option<Result<Option<Vec<u8>>, Unreadable>> {
+        if !self.pending.iter().any(|(_, p)| *p == Pending::Pass)
+            || !text.trim_start().starts_with('{')
+        {
+            return None;
+        }
+        let reply: PlainReply<'_> = serde_json::from_str(text).ok()?;
+        if reply.method.is_some() {
+            return None;
+        }
+        let id = reply.id?;
+        let (_, pending) = self.pending.iter().find(|(p, _)| *p == id)?;
+        if *pending != Pending::Pass {
+            return None;
+        }
+        match (reply.result, reply.error) {
+            (Some(r), None) if r.get().starts_with('{') && !r.get().contains("taskId") => {
+                Some(Ok(None))
+            }
+            (None, Some(_)) => Some(Ok(None)),
+            _ => None,
+        }
     }
 
     /// The cheapest path, for a server answering the same list again: the body is a reply
@@ -526,6 +862,18 @@ impl ResultCandidates {
 #[derive(Debug)]
 pub(crate) struct Unreadable;
 
+/// The members of a reply that is passed as it is; `result` stays raw text.
+#[derive(serde::Deserialize)]
+struct PlainReply<'a> {
+    id: Option<Value>,
+    #[serde(borrow)]
+    method: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a serde_json::value::RawValue>,
+}
+
 /// The members of a reply the fast paths read; `result` stays raw text.
 #[derive(serde::Deserialize)]
 struct Reply<'a> {
@@ -562,21 +910,34 @@ mod tests {
     }
 
     #[test]
-    fn redaction_reaches_structured_and_text_json() {
+    fn redaction_reaches_every_part_of_a_result() {
         let mut result = json!({
             "content": [
                 {"type": "text", "text": "{\"id\":\"d1\",\"owner_email\":\"a@b\",\"nested\":{\"owner_email\":\"x\"}}"},
-                {"type": "text", "text": "plain owner_email text stays"}
+                {"type": "text", "text": "plain owner_email: a@b"},
+                {"type": "resource", "resource": {"uri": "docs://d1", "mimeType": "application/json",
+                    "text": "{\"owner_email\":\"a@b\",\"id\":\"d1\"}", "_meta": {"owner_email": "a@b"}}},
+                {"type": "resource", "resource": {"uri": "docs://d1", "blob": "b3duZXJfZW1haWw="}},
+                {"type": "image", "data": "aGk=", "mimeType": "image/png"},
+                {"type": "resource_link", "uri": "docs://d1", "name": "d1", "_meta": {"owner_email": "a@b"}},
+                {"type": "something_new", "owner": "a@b"}
             ],
-            "structuredContent": {"id": "d1", "owner_email": "a@b"}
+            "structuredContent": {"id": "d1", "owner_email": "a@b"},
+            "_meta": {"owner_email": "a@b", "trace": "t"}
         });
         redact_result(result.as_object_mut().unwrap(), &["owner_email".into()]);
         assert_eq!(result["structuredContent"], json!({"id": "d1"}));
-        assert_eq!(
-            result["content"][0]["text"],
-            "{\"id\":\"d1\",\"nested\":{}}"
-        );
-        assert_eq!(result["content"][1]["text"], "plain owner_email text stays");
+        assert_eq!(result["_meta"], json!({"trace": "t"}));
+        let content = result["content"].as_array().unwrap();
+        assert_eq!(content[0]["text"], "{\"id\":\"d1\",\"nested\":{}}");
+        assert_eq!(content[2]["resource"]["text"], "{\"id\":\"d1\"}");
+        assert_eq!(content[2]["resource"]["_meta"], json!({}));
+        assert_eq!(content[5]["_meta"], json!({}));
+        // What cannot be read field by field is withheld, never passed.
+        for i in [1, 3, 4, 6] {
+            assert_eq!(content[i], json!({"type": "text", "text": WITHHELD}), "{i}");
+        }
+        assert!(!result.to_string().contains("a@b"));
     }
 
     fn rewriter(catalog: &super::super::catalog::ToolCatalog, id: i64) -> ReplyRewriter {
@@ -597,7 +958,12 @@ mod tests {
             engine,
             principal,
             pending: vec![(json!(id), Pending::List(ListKind::Tools))],
-            sole: true,
+            session: None,
+            progress: Vec::new(),
+            tasks: TaskIds {
+                binder: super::super::binding::Binder::random(),
+                owner: "t/o".into(),
+            },
             catalog: catalog.clone(),
         }
     }
@@ -655,21 +1021,22 @@ mod tests {
         // The same result in a reply to an id that is not pending, or nested deeper, or
         // after a member that makes the envelope not a reply: not filtered as a list.
         let r = rewriter(&catalog, 1);
-        // A response to another id, when the request was one message: refused.
+        // A response to an id that was not asked for: refused, alone or in a batch.
         assert!(r.rewrite_json(body(7).as_bytes()).is_err());
-        let batch = ReplyRewriter {
-            sole: false,
-            ..rewriter(&catalog, 1)
-        };
-        assert!(batch.rewrite_json(body(7).as_bytes()).unwrap().is_none());
+        let batch = format!("[{},{}]", body(7), body(1));
+        let out: Value =
+            serde_json::from_slice(&r.rewrite_json(batch.as_bytes()).unwrap().unwrap()).unwrap();
+        assert_eq!(out.as_array().unwrap().len(), 1);
+        assert_eq!(out[0]["id"], json!(1));
         let not_an_object = r#"{"jsonrpc":"2.0","id":1,"result":[{"name":"drop"}]}"#;
         assert!(r.rewrite_json(not_an_object.as_bytes()).is_err());
         let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"no"}}"#;
         assert!(r.rewrite_json(error.as_bytes()).unwrap().is_none());
+        // Not a reply at all: nothing is passed.
         let nested = format!(r#"{{"jsonrpc":"2.0","id":1,"x":{{"result":{result}}}}}"#);
-        assert!(r.rewrite_json(nested.as_bytes()).unwrap().is_none());
+        assert!(r.rewrite_json(nested.as_bytes()).is_err());
         let other = format!(r#"{{"jsonrpc":"2.0","id":1,"x":{result}}}"#);
-        assert!(r.rewrite_json(other.as_bytes()).unwrap().is_none());
+        assert!(r.rewrite_json(other.as_bytes()).is_err());
         let twice = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{}},"result":{result}}}"#);
         let out = r.rewrite_json(twice.as_bytes());
         assert!(!matches!(out, Ok(Some(ref b)) if names(b).contains(&"drop".to_owned())));
@@ -677,7 +1044,7 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":1,"note":"\"result\":{}"}}"#,
             result.replace('"', "\\\"")
         );
-        assert!(r.rewrite_json(in_string.as_bytes()).unwrap().is_none());
+        assert!(r.rewrite_json(in_string.as_bytes()).is_err());
         // The TypeScript SDK writes `result` first.
         let first = format!(r#"{{"result":{result},"jsonrpc":"2.0","id":1}}"#);
         assert!(r.filter_seen_list(&first).is_some());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use moka::sync::Cache;
@@ -18,8 +18,9 @@ use serde_json::Value;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::binding::{self, Binder, Handle};
 use super::catalog::ToolCatalog;
-use super::filter::{Pending, ReplyRewriter};
+use super::filter::{Decided, Pending, ReplyRewriter, TaskIds};
 use super::jsonrpc::{self, Ask, Message};
 use super::sse::{RewriteSse, SseRewriter};
 use crate::error::{Rejection, RejectionKind};
@@ -28,15 +29,26 @@ use crate::principal::Principal;
 
 /// Default limit on a JSON-RPC request body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Largest JSON reply (or single SSE event) idguard rewrites.
-const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+/// Default limit on a JSON reply (or one SSE event) idguard reads and rewrites.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// JSON-RPC code of a visible policy denial.
 pub const FORBIDDEN_CODE: i64 = -32001;
+/// JSON-RPC code of a method idguard does not mediate (`Method not found`).
+pub const METHOD_NOT_FOUND_CODE: i64 = -32601;
+/// JSON-RPC code of a header that disagrees with the body (MCP 2026-07-28).
+pub const HEADER_MISMATCH_CODE: i64 = -32020;
+/// Replies larger than this are rewritten only while the rewrite budget allows.
+const LARGE_REPLY_BYTES: usize = 1024 * 1024;
+/// Memory, in MiB, that large rewrites may hold at once (a rewrite costs several times its
+/// input): beyond it, large rewrites wait for each other.
+const REWRITE_BUDGET_MIB: u32 = 256;
 
 // Header names as constants: a lookup by `&str` parses the name on every request.
 const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const ORIGIN: HeaderName = http::header::ORIGIN;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -51,6 +63,18 @@ pub enum Denials {
     Visible,
 }
 
+/// What happens to requests and notifications whose method idguard does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnknownMethods {
+    /// Refused: a request gets `-32601` (method not found) from idguard, a notification is
+    /// not forwarded. A method idguard does not know may name what policies would hide.
+    #[default]
+    Refuse,
+    /// Forwarded undecided (their replies are still filtered like every other reply).
+    Pass,
+}
+
 /// Authorizes MCP traffic per caller. See the [module docs](super).
 #[derive(Clone, Debug)]
 #[must_use]
@@ -63,8 +87,12 @@ pub struct AuthorizeMcpLayer {
 struct Shared {
     state: Arc<State>,
     max_body_bytes: usize,
+    max_reply_bytes: usize,
     denials: Denials,
+    unknown_methods: UnknownMethods,
     step_up_challenge: HeaderValue,
+    hosts: AllowedHosts,
+    binder: Binder,
 }
 
 /// Caches shared by all services of one layer.
@@ -72,30 +100,140 @@ struct Shared {
 struct State {
     engine: PolicyEngine,
     catalog: ToolCatalog,
-    sessions: Cache<String, Arc<str>>,
+    /// Requests decided per (caller, session), for replayed streams.
+    decided: Cache<String, Arc<Decided>>,
+    /// Bounds the memory of concurrent large reply rewrites.
+    rewrites: Arc<tokio::sync::Semaphore>,
+}
+
+/// The hosts (and origins) the MCP endpoint answers to: DNS-rebinding protection.
+#[derive(Clone, Debug, Default)]
+struct AllowedHosts {
+    /// `host` or `host:port`, lowercase.
+    hosts: Vec<String>,
+    /// Any loopback name (`localhost`, `127.0.0.1`, `[::1]`) on any port.
+    loopback: bool,
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host == "[::1]"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `host` (lowercase, brackets kept for IPv6) and port of an authority.
+fn split_authority(authority: &str) -> (String, Option<&str>) {
+    let authority = authority.trim();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') =>
+        {
+            (h, Some(p))
+        }
+        _ => (authority, None),
+    };
+    (host.to_ascii_lowercase(), port)
+}
+
+impl AllowedHosts {
+    fn for_url(url: &str) -> Self {
+        let mut hosts = Self::default();
+        if let Ok(u) = url::Url::parse(url)
+            && let Some(host) = u.host_str()
+        {
+            let host = host.to_ascii_lowercase();
+            if is_loopback(&host) {
+                hosts.loopback = true;
+            }
+            match u.port_or_known_default() {
+                Some(port) => hosts.hosts.push(format!("{host}:{port}")),
+                None => hosts.hosts.push(host),
+            }
+        }
+        hosts
+    }
+
+    fn allows(&self, authority: &str) -> bool {
+        let (host, port) = split_authority(authority);
+        if self.loopback && is_loopback(&host) {
+            return true;
+        }
+        self.hosts
+            .iter()
+            .any(|allowed| match allowed.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => {
+                    *h == host && port.is_none_or(|port| port == p)
+                }
+                _ => *allowed == host,
+            })
+    }
+
+    /// Whether a request's `Host` and `Origin` are ones this endpoint answers to.
+    fn check(&self, parts: &http::request::Parts) -> bool {
+        let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+        let host = match (hosts.next(), hosts.next()) {
+            (Some(h), None) => h.to_str().ok(),
+            (None, None) => parts.uri.authority().map(http::uri::Authority::as_str),
+            _ => return false,
+        };
+        if !host.is_some_and(|h| self.allows(h)) {
+            return false;
+        }
+        let mut origins = parts.headers.get_all(ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, None) => true,
+            (Some(origin), None) => origin
+                .to_str()
+                .ok()
+                .and_then(|o| url::Url::parse(o).ok())
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .and_then(|u| {
+                    let host = u.host_str()?.to_ascii_lowercase();
+                    Some(match u.port() {
+                        Some(p) => format!("{host}:{p}"),
+                        None => host,
+                    })
+                })
+                .is_some_and(|o| self.allows(&o)),
+            _ => false,
+        }
+    }
 }
 
 impl AuthorizeMcpLayer {
-    /// A layer deciding with `engine`; step-up challenges name `resource_metadata_url`.
+    /// A layer deciding with `engine`; step-up challenges name `resource_metadata_url`,
+    /// and requests are answered only for that URL's host (any loopback name when it is a
+    /// loopback one; add others with [`with_allowed_hosts`](Self::with_allowed_hosts)).
+    /// Session and task handles are bound with a random key, valid in this process only
+    /// (set shared keys with [`with_session_keys`](Self::with_session_keys)).
     pub fn new(engine: PolicyEngine, resource_metadata_url: &str) -> Self {
         let challenge = format!(
             "Bearer error=\"insufficient_user_authentication\", error_description=\"multi-factor authentication is required\", resource_metadata=\"{resource_metadata_url}\""
         );
+        let binder = Binder::random();
         Self {
             shared: Shared {
                 state: Arc::new(State {
                     engine,
                     catalog: ToolCatalog::new(),
-                    sessions: Cache::builder()
-                        .name("idguard-mcp-sessions")
-                        .max_capacity(100_000)
+                    decided: Cache::builder()
+                        .name("idguard-mcp-decided")
+                        .max_capacity(10_000)
                         .time_to_idle(Duration::from_secs(24 * 3600))
                         .build(),
+                    rewrites: Arc::new(tokio::sync::Semaphore::new(REWRITE_BUDGET_MIB as usize)),
                 }),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
                 denials: Denials::default(),
+                unknown_methods: UnknownMethods::default(),
                 step_up_challenge: HeaderValue::try_from(challenge)
                     .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+                hosts: AllowedHosts::for_url(resource_metadata_url),
+                binder,
             },
         }
     }
@@ -106,10 +244,44 @@ impl AuthorizeMcpLayer {
         self
     }
 
+    /// Limit on a JSON reply or one SSE event that idguard reads (default
+    /// [`DEFAULT_MAX_REPLY_BYTES`]); a larger one fails closed (`502`, or the stream ends).
+    pub fn with_max_reply_bytes(mut self, max: usize) -> Self {
+        self.shared.max_reply_bytes = max;
+        self
+    }
+
     /// How denials are answered (default [`Denials::Hidden`]).
     pub fn with_denials(mut self, denials: Denials) -> Self {
         self.shared.denials = denials;
         self
+    }
+
+    /// What happens to methods idguard does not know (default [`UnknownMethods::Refuse`]).
+    pub fn with_unknown_methods(mut self, unknown: UnknownMethods) -> Self {
+        self.shared.unknown_methods = unknown;
+        self
+    }
+
+    /// More hosts (`host` or `host:port`) the endpoint answers to, e.g. the public name
+    /// behind a load balancer. `Host` and `Origin` must name one of them.
+    pub fn with_allowed_hosts<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        hosts: I,
+    ) -> Self {
+        self.shared
+            .hosts
+            .hosts
+            .extend(hosts.into_iter().map(|h| h.into().to_ascii_lowercase()));
+        self
+    }
+
+    /// Secrets (at least 32 bytes each) that bind session and task handles to their
+    /// callers: the first signs, all verify. Every replica needs the same secrets. Returns
+    /// `None` when a secret is too short or none is given.
+    pub fn with_session_keys(mut self, secrets: &[&[u8]]) -> Option<Self> {
+        self.shared.binder = Binder::new(secrets)?;
+        Some(self)
     }
 }
 
@@ -177,6 +349,16 @@ fn reject(kind: RejectionKind) -> Response<Body> {
     Rejection::new(kind, None).into_response()
 }
 
+/// A rejection whose body is a JSON-RPC error (for MCP clients, which read it).
+fn reject_rpc(kind: RejectionKind, id: Option<&Value>, code: i64, message: &str) -> Response<Body> {
+    let mut res: Response<Body> = Rejection::new(kind, None).into_response();
+    let body = jsonrpc::error(id.unwrap_or(&Value::Null), code, message, None);
+    *res.body_mut() = Body::from(body.to_string());
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
 fn json_response(value: &Value) -> Response<Body> {
     let mut res = Response::new(Body::from(value.to_string()));
     res.headers_mut()
@@ -184,8 +366,73 @@ fn json_response(value: &Value) -> Response<Body> {
     res
 }
 
-fn session_owner(p: &Principal) -> Arc<str> {
-    Arc::from(format!("{}/{}", p.tenant_id(), p.object_id()))
+/// The `Mcp-Session-Id` of a request: at most one, visible ASCII.
+fn session_header(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let mut values = headers.get_all(MCP_SESSION_ID).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => {
+            let bytes = v.as_bytes();
+            if bytes.is_empty() || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                return Err(());
+            }
+            v.to_str().map(Some).map_err(|_| ())
+        }
+        (Some(_), Some(_)) => Err(()),
+    }
+}
+
+/// Whether a request body is labelled plain `application/json` (UTF-8 at most) and not
+/// encoded: the server must read exactly the bytes idguard decided on.
+fn plain_json(headers: &HeaderMap) -> bool {
+    let encoded = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return false;
+    }
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let (Some(ct), None) = (types.next(), types.next()) else {
+        return false;
+    };
+    let Ok(ct) = ct.to_str() else { return false };
+    media_type_is(ct, "application/json")
+}
+
+/// Whether `value` is the media type `expected` with no parameter but `charset=utf-8`.
+pub(crate) fn media_type_is(value: &str, expected: &str) -> bool {
+    let mut parts = value.split(';');
+    if !parts
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+    {
+        return false;
+    }
+    parts.all(|param| {
+        let Some((name, v)) = param.split_once('=') else {
+            return false;
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        name.trim().eq_ignore_ascii_case("charset")
+            && (v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8"))
+    })
+}
+
+/// The progress token a request asked for (`params._meta.progressToken`).
+fn progress_token(meta: Option<&serde_json::value::RawValue>) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "progressToken")]
+        progress_token: Option<Value>,
+    }
+    serde_json::from_str::<Meta>(meta?.get())
+        .ok()?
+        .progress_token
 }
 
 async fn handle<S, ReqBody, ResBody>(
@@ -204,29 +451,103 @@ where
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let Some(principal) = parts.extensions.get::<Principal>().cloned() else {
         tracing::error!(target: "idguard::rejection", "no principal: put ValidateTokenLayer before AuthorizeMcpLayer");
         return reject(RejectionKind::Internal);
     };
-    let session = parts
-        .headers
-        .get(MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(sid) = &session
-        && let Some(bound) = shared.state.sessions.get(sid)
-        && *bound != *session_owner(&principal)
-    {
-        tracing::warn!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "mcp session presented by a caller other than its owner");
-        return reject(RejectionKind::Forbidden);
+    if !shared.hosts.check(&parts) {
+        tracing::debug!(target: "idguard::rejection", "mcp request for a host or from an origin this endpoint does not serve");
+        return reject_rpc(
+            RejectionKind::ForbiddenOrigin,
+            None,
+            -32600,
+            "forbidden host or origin",
+        );
+    }
+    let owner = binding::owner(&principal);
+    // The caller sees idguard's handle; the server gets its own id back.
+    let session = match session_header(&parts.headers) {
+        Err(()) => {
+            return reject_rpc(
+                RejectionKind::BadRequest,
+                None,
+                -32600,
+                "bad Mcp-Session-Id header",
+            );
+        }
+        Ok(None) => None,
+        Ok(Some(handle)) => match shared.binder.unwrap(Handle::Session, &owner, handle) {
+            Some(id) => Some(id),
+            None => {
+                tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "mcp session id not held by this caller");
+                return reject_rpc(
+                    RejectionKind::SessionNotFound,
+                    None,
+                    -32001,
+                    "Session not found",
+                );
+            }
+        },
+    };
+    if let Some(id) = &session {
+        match HeaderValue::from_str(id) {
+            Ok(v) => {
+                parts.headers.insert(MCP_SESSION_ID, v);
+            }
+            Err(_) => return reject(RejectionKind::BadGateway),
+        }
+    }
+    let decided_key = session.as_ref().map(|s| format!("{owner}\n{s}"));
+    let tasks = TaskIds {
+        binder: shared.binder.clone(),
+        owner: owner.clone(),
+    };
+
+    match parts.method {
+        Method::POST => {}
+        Method::GET => {
+            // A stream of the server's own: notifications, requests, and (when resumed)
+            // replies replayed. Replies pass only for requests decided in this session.
+            let session_record = decided_key
+                .as_ref()
+                .map(|k| shared.state.decided.get_with(k.clone(), Arc::default));
+            let res = call(&mut inner, Request::from_parts(parts, Body::new(body))).await;
+            let rewriter = ReplyRewriter {
+                engine: shared.state.engine.clone(),
+                principal,
+                pending: Vec::new(),
+                session: Some(session_record.unwrap_or_default()),
+                progress: Vec::new(),
+                tasks,
+                catalog: shared.state.catalog.clone(),
+            };
+            return finish(&shared, res, &owner, rewriter).await;
+        }
+        Method::DELETE => {
+            let res = call(&mut inner, Request::from_parts(parts, Body::empty())).await;
+            if let Some(k) = &decided_key {
+                shared.state.decided.invalidate(k);
+            }
+            let (mut rparts, _) = res.into_parts();
+            if !wrap_session(&shared, &owner, &mut rparts.headers) {
+                return reject(RejectionKind::BadGateway);
+            }
+            rparts.headers.remove(CONTENT_LENGTH);
+            return Response::from_parts(rparts, Body::empty());
+        }
+        _ => return reject(RejectionKind::MethodNotAllowed),
     }
 
-    if parts.method != Method::POST {
-        let res = call(&mut inner, Request::from_parts(parts, Body::new(body))).await;
-        return res.map(Body::new);
+    if !plain_json(&parts.headers) {
+        tracing::debug!(target: "idguard::rejection", "mcp request body not plain application/json");
+        return reject_rpc(
+            RejectionKind::UnsupportedMediaType,
+            None,
+            -32600,
+            "the body must be application/json (UTF-8, not encoded)",
+        );
     }
-
     let bytes = match Limited::new(body, shared.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -240,30 +561,63 @@ where
             };
         }
     };
-    let messages = match jsonrpc::parse_body(&bytes) {
+    let messages = match std::str::from_utf8(&bytes)
+        .map_err(|_| jsonrpc::Malformed("the body is not UTF-8"))
+        .and_then(|_| jsonrpc::parse_body(&bytes))
+    {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(target: "idguard::rejection", reason = e.0, "not json-rpc");
-            return reject(RejectionKind::BadRequest);
+            return reject_rpc(RejectionKind::BadRequest, None, -32600, e.0);
         }
     };
     if !standard_headers_agree(&parts.headers, &messages) {
-        return reject(RejectionKind::BadRequest);
+        return reject_rpc(
+            RejectionKind::BadRequest,
+            messages.first().and_then(|m| m.ask.id()),
+            HEADER_MISMATCH_CODE,
+            "header mismatch: Mcp-Method, Mcp-Name or MCP-Protocol-Version disagree with the body",
+        );
     }
 
-    // Decide every call before the server sees any of them.
-    let mut pending = Vec::new();
-    let mut denials = Vec::new();
-    for m in &messages {
+    // Decide every request before the server sees any of them.
+    let mut pending: Vec<(Value, Pending)> = Vec::with_capacity(messages.len());
+    let mut denials: Vec<(Value, Refusal)> = Vec::new();
+    let mut progress = Vec::new();
+    let mut task_ids: Vec<(usize, String)> = Vec::new();
+    let mut unknown_notifications = false;
+    for (index, m) in messages.iter().enumerate() {
         match &m.ask {
             Ask::CallTool {
                 id,
                 name,
                 arguments,
+                task,
             } => {
                 let tool = match shared.state.catalog.get(name) {
-                    Some(t) => Some(t),
-                    None => fetch_tool(&shared, &mut inner, &parts.headers, &principal, name).await,
+                    Some(t) => Ok(Some(t)),
+                    None => {
+                        fetch_tool(
+                            &shared,
+                            &mut inner,
+                            &parts.headers,
+                            &principal,
+                            name,
+                            m.meta.as_deref(),
+                        )
+                        .await
+                    }
+                };
+                let tool = match tool {
+                    Ok(t) => t,
+                    Err(Unreachable) => {
+                        return reject_rpc(
+                            RejectionKind::BadGateway,
+                            Some(id),
+                            -32603,
+                            "the MCP server is unavailable",
+                        );
+                    }
                 };
                 // A tool the server does not list cannot be allowed.
                 let decision = match tool {
@@ -276,58 +630,176 @@ where
                     None => Decision::Deny(crate::policy::Denied::default()),
                 };
                 match decision {
+                    Decision::Allow(a) if !a.redact.is_empty() && *task => {
+                        denials.push((id.clone(), Refusal::RedactedTask));
+                    }
                     Decision::Allow(a) if !a.redact.is_empty() => {
+                        if let Some(token) = progress_token(m.meta.as_deref()) {
+                            progress.push((token, a.redact.clone()));
+                        }
                         pending.push((id.clone(), Pending::Redact(a.redact)));
                     }
-                    Decision::Allow(_) => {}
-                    Decision::Deny(d) => {
-                        denials.push((id.clone(), Item::Tool(ToolInfo::new(name.clone())), d))
-                    }
+                    Decision::Allow(_) => pending.push((id.clone(), Pending::Pass)),
+                    Decision::Deny(d) => denials.push((
+                        id.clone(),
+                        Refusal::Denied(Item::Tool(ToolInfo::new(name.clone())), d),
+                    )),
                 }
             }
-            Ask::Use { id, item } => {
-                if let Decision::Deny(d) =
-                    shared
-                        .state
-                        .engine
-                        .decide(&principal, item, Phase::Call, None)
+            Ask::Use { id, item, list } => {
+                match shared
+                    .state
+                    .engine
+                    .decide(&principal, item, Phase::Call, None)
                 {
-                    denials.push((id.clone(), item.clone(), d));
+                    Decision::Deny(d) => {
+                        denials.push((id.clone(), Refusal::Denied(item.clone(), d)))
+                    }
+                    Decision::Allow(_) => {
+                        pending.push((id.clone(), list.map_or(Pending::Pass, Pending::List)))
+                    }
                 }
             }
             Ask::List { id, kind } => pending.push((id.clone(), Pending::List(*kind))),
+            Ask::Task { id, task_id } => {
+                match shared.binder.unwrap(Handle::Task, &owner, task_id) {
+                    Some(raw) => {
+                        task_ids.push((index, raw));
+                        pending.push((id.clone(), Pending::Pass));
+                    }
+                    None => denials.push((id.clone(), Refusal::UnknownTask)),
+                }
+            }
+            Ask::TaskList { id } => pending.push((id.clone(), Pending::TaskList)),
+            Ask::Plain { id } => pending.push((id.clone(), Pending::Pass)),
+            Ask::Unknown { id } => match shared.unknown_methods {
+                UnknownMethods::Pass => pending.push((id.clone(), Pending::Pass)),
+                UnknownMethods::Refuse => denials.push((id.clone(), Refusal::UnknownMethod)),
+            },
+            Ask::UnknownNotification => {
+                unknown_notifications |= shared.unknown_methods == UnknownMethods::Refuse;
+            }
             Ask::Other => {}
         }
     }
     if !denials.is_empty() {
         return deny(&shared, &messages, denials);
     }
+    if unknown_notifications {
+        if pending.is_empty() {
+            // Only notifications (and client responses): accepted, and not forwarded.
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = StatusCode::ACCEPTED;
+            return res;
+        }
+        return reject_rpc(
+            RejectionKind::BadRequest,
+            None,
+            -32600,
+            "the batch carries a notification idguard does not forward",
+        );
+    }
 
-    let had_session = session.is_some();
-    let req = Request::from_parts(parts, Body::from(bytes));
-    let res = call(&mut inner, req).await;
-    if !had_session
-        && let Some(sid) = res
-            .headers()
-            .get(MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-    {
-        shared
-            .state
-            .sessions
-            .insert(sid.to_owned(), session_owner(&principal));
+    // Task handles become the server's ids again: the body is written anew.
+    let bytes = if task_ids.is_empty() {
+        bytes
+    } else {
+        match with_server_task_ids(&bytes, &task_ids) {
+            Some(b) => Bytes::from(b),
+            None => return reject(RejectionKind::BadRequest),
+        }
+    };
+    if let Some(key) = &decided_key {
+        let record = shared.state.decided.get_with(key.clone(), Arc::default);
+        let mut fresh = true;
+        for (id, p) in &pending {
+            fresh &= record.record(id, p);
+        }
+        if !fresh {
+            tracing::debug!(target: "idguard::rejection", "mcp request id used twice in one session");
+            return reject_rpc(
+                RejectionKind::BadRequest,
+                None,
+                -32600,
+                "a request id was already used in this session",
+            );
+        }
     }
-    if pending.is_empty() {
-        return res.map(Body::new);
-    }
+
+    // The server reads exactly these bytes, labelled so every parser reads them alike.
+    parts.headers.remove(CONTENT_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let res = call(&mut inner, Request::from_parts(parts, Body::from(bytes))).await;
     let rewriter = ReplyRewriter {
         engine: shared.state.engine.clone(),
         principal,
         pending,
-        sole: messages.len() == 1,
+        session: None,
+        progress,
+        tasks,
         catalog: shared.state.catalog.clone(),
     };
-    rewrite_reply(res, rewriter).await
+    finish(&shared, res, &owner, rewriter).await
+}
+
+/// The body with `params.taskId` of the messages at the given indexes replaced.
+fn with_server_task_ids(bytes: &[u8], ids: &[(usize, String)]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    for (index, raw) in ids {
+        let msg = match &mut v {
+            Value::Array(items) => items.get_mut(*index)?,
+            one if *index == 0 => one,
+            _ => return None,
+        };
+        let params = msg.get_mut("params")?.as_object_mut()?;
+        params.insert("taskId".into(), Value::String(raw.clone()));
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// Replaces the server's `Mcp-Session-Id` with the caller's handle; `false` when it cannot.
+fn wrap_session(shared: &Shared, owner: &str, headers: &mut HeaderMap) -> bool {
+    let Some(id) = headers.get(MCP_SESSION_ID) else {
+        return true;
+    };
+    let Some(handle) = id
+        .to_str()
+        .ok()
+        .and_then(|id| shared.binder.wrap(Handle::Session, owner, id))
+    else {
+        tracing::error!(target: "idguard::rejection", "the MCP server's session id cannot be bound (not ASCII, or too long)");
+        return false;
+    };
+    match HeaderValue::from_str(&handle) {
+        Ok(v) => {
+            headers.insert(MCP_SESSION_ID, v);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Binds the reply's session id to the caller and filters its body.
+async fn finish<B>(
+    shared: &Shared,
+    res: Response<B>,
+    owner: &str,
+    rewriter: ReplyRewriter,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = res.into_parts();
+    if !wrap_session(shared, owner, &mut parts.headers) {
+        return reject(RejectionKind::BadGateway);
+    }
+    rewrite_reply(shared, Response::from_parts(parts, body), rewriter).await
 }
 
 async fn call<S, ResBody>(inner: &mut S, req: Request<Body>) -> Response<ResBody>
@@ -343,8 +815,20 @@ where
     }
 }
 
-/// 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body.
+/// 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body, and
+/// `MCP-Protocol-Version` must match the version a message names in its `_meta`.
 fn standard_headers_agree(headers: &HeaderMap, messages: &[Message]) -> bool {
+    if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {
+        let Ok(version) = version.to_str() else {
+            return false;
+        };
+        if messages
+            .iter()
+            .any(|m| meta_protocol_version(m.meta.as_deref()).is_some_and(|v| v != version))
+        {
+            return false;
+        }
+    }
     let method = headers.get(MCP_METHOD).map(HeaderValue::to_str);
     let name = headers.get(MCP_NAME).map(HeaderValue::to_str);
     if method.is_none() && name.is_none() {
@@ -364,14 +848,32 @@ fn standard_headers_agree(headers: &HeaderMap, messages: &[Message]) -> bool {
     method_ok && name_ok
 }
 
-/// Answers a request with denied calls without calling the server.
-fn deny(
-    shared: &Shared,
-    messages: &[Message],
-    denials: Vec<(Value, Item, crate::policy::Denied)>,
-) -> Response<Body> {
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]` of a 2026-07-28 request.
+fn meta_protocol_version(meta: Option<&serde_json::value::RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+        version: Option<String>,
+    }
+    serde_json::from_str::<Meta>(meta?.get()).ok()?.version
+}
+
+/// Why a request is refused before it reaches the server.
+enum Refusal {
+    /// The policies deny it.
+    Denied(Item, crate::policy::Denied),
+    /// A call whose result is redacted asked to run as a task.
+    RedactedTask,
+    /// A task handle this caller does not hold.
+    UnknownTask,
+    /// A method idguard does not mediate.
+    UnknownMethod,
+}
+
+/// Answers a request with refused requests without calling the server.
+fn deny(shared: &Shared, messages: &[Message], denials: Vec<(Value, Refusal)>) -> Response<Body> {
     // One call that MFA would allow: an authentication challenge.
-    if let ([_], [(_, _, denied)]) = (messages, denials.as_slice())
+    if let ([_], [(_, Refusal::Denied(_, denied))]) = (messages, denials.as_slice())
         && denied.step_up.as_deref() == Some("mfa")
     {
         return Rejection::new(
@@ -381,26 +883,34 @@ fn deny(
         .into_response();
     }
     // The rest of a batch is refused with the denied call(s): nothing reaches the server.
-    let denied_ids: Vec<Value> = denials.iter().map(|(id, _, _)| id.clone()).collect();
+    let denied_ids: Vec<Value> = denials.iter().map(|(id, _)| id.clone()).collect();
     let mut all: Vec<Value> = denials
         .into_iter()
-        .map(|(id, item, denied)| match shared.denials {
-            Denials::Hidden => hidden_error(&id, &item),
-            Denials::Visible => {
-                let message = match &denied.reason {
-                    Some(r) => format!("forbidden: {r}"),
-                    None => "forbidden".to_owned(),
-                };
-                jsonrpc::error(&id, FORBIDDEN_CODE, &message, None)
+        .map(|(id, refusal)| match refusal {
+            Refusal::Denied(item, denied) => match shared.denials {
+                Denials::Hidden => hidden_error(&id, &item),
+                Denials::Visible => {
+                    let message = match &denied.reason {
+                        Some(r) => format!("forbidden: {r}"),
+                        None => "forbidden".to_owned(),
+                    };
+                    jsonrpc::error(&id, FORBIDDEN_CODE, &message, None)
+                }
+            },
+            Refusal::RedactedTask => jsonrpc::error(
+                &id,
+                FORBIDDEN_CODE,
+                "forbidden: this tool's results are redacted for this caller, so it cannot run as a task",
+                None,
+            ),
+            Refusal::UnknownTask => jsonrpc::error(&id, -32602, "task not found", None),
+            Refusal::UnknownMethod => {
+                jsonrpc::error(&id, METHOD_NOT_FOUND_CODE, "Method not found", None)
             }
         })
         .collect();
     for m in messages {
-        let id = match &m.ask {
-            Ask::CallTool { id, .. } | Ask::Use { id, .. } | Ask::List { id, .. } => Some(id),
-            Ask::Other => None,
-        };
-        if let Some(id) = id
+        if let Some(id) = m.ask.id()
             && !denied_ids.contains(id)
         {
             all.push(jsonrpc::error(
@@ -437,8 +947,13 @@ fn hidden_error(id: &Value, item: &Item) -> Value {
     }
 }
 
-/// Rewrites list replies and redacts results, as JSON or as a stream of SSE events.
-async fn rewrite_reply<B>(res: Response<B>, rewriter: ReplyRewriter) -> Response<Body>
+/// Filters a reply, as JSON or as a stream of SSE events. What idguard cannot read where
+/// it must filter fails closed: `502`, or the event dropped.
+async fn rewrite_reply<B>(
+    shared: &Shared,
+    res: Response<B>,
+    rewriter: ReplyRewriter,
+) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -449,102 +964,178 @@ where
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .to_ascii_lowercase();
-    if content_type.starts_with("text/event-stream") {
+        .to_owned();
+    let content_type = content_type.as_str();
+    if media_type_is(content_type, "text/event-stream")
+        && parts.headers.get(http::header::CONTENT_ENCODING).is_none()
+    {
         parts.headers.remove(CONTENT_LENGTH);
         let sse = SseRewriter::new(
             move |data: &str| rewriter.rewrite_event(data),
-            MAX_REPLY_BYTES,
+            shared.max_reply_bytes,
         );
         return Response::from_parts(parts, Body::new(RewriteSse::new(body, sse)));
     }
-    if content_type.starts_with("application/json") {
-        let bytes = match Limited::new(body, MAX_REPLY_BYTES).collect().await {
+    if media_type_is(content_type, "application/json")
+        && parts.headers.get(http::header::CONTENT_ENCODING).is_none()
+    {
+        let bytes = match Limited::new(body, shared.max_reply_bytes).collect().await {
             Ok(c) => c.to_bytes(),
             Err(_) => {
                 tracing::error!(target: "idguard::rejection", "mcp reply unreadable or too large to filter");
-                return reject(RejectionKind::Internal);
+                return reject(RejectionKind::BadGateway);
             }
         };
-        parts.headers.remove(CONTENT_LENGTH);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            // No message at all (an accepted notification): nothing to filter.
+            parts.headers.remove(CONTENT_LENGTH);
+            return Response::from_parts(parts, Body::empty());
+        }
+        // A large rewrite costs several times its size: their memory together is bounded.
+        let _permit = if bytes.len() > LARGE_REPLY_BYTES {
+            let mib = u32::try_from(bytes.len().div_ceil(1024 * 1024) * 4)
+                .unwrap_or(REWRITE_BUDGET_MIB)
+                .min(REWRITE_BUDGET_MIB);
+            shared
+                .state
+                .rewrites
+                .clone()
+                .acquire_many_owned(mib)
+                .await
+                .ok()
+        } else {
+            None
+        };
         let out = match rewriter.rewrite_json(&bytes) {
             Ok(Some(rewritten)) => Bytes::from(rewritten),
             Ok(None) => bytes,
-            // Not JSON, yet it answers a list or a call to redact: fail closed.
             Err(_) => {
-                tracing::error!(target: "idguard::rejection", upstream_status = %parts.status, "mcp reply is not JSON where a list or result must be filtered");
-                return reject(RejectionKind::Internal);
+                tracing::error!(target: "idguard::rejection", upstream_status = %parts.status, "mcp reply that is not JSON, or answers no request idguard decided");
+                return reject(RejectionKind::BadGateway);
             }
         };
+        parts.headers.remove(CONTENT_LENGTH);
         return Response::from_parts(parts, Body::from(out));
     }
-    // A reply we cannot read may carry an unfiltered list: fail closed.
-    if parts.status == StatusCode::OK {
-        tracing::error!(target: "idguard::rejection", %content_type, "mcp reply of unknown type where a list or result must be filtered");
-        return reject(RejectionKind::Internal);
+    // Any other type may only be empty (an accepted notification, an error status without
+    // content): a body idguard cannot read may carry what must be filtered.
+    let empty = Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .is_ok_and(|c| c.to_bytes().is_empty());
+    if empty {
+        parts.headers.remove(CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::empty());
     }
-    Response::from_parts(parts, Body::new(body))
+    tracing::error!(target: "idguard::rejection", %content_type, upstream_status = %parts.status, "mcp reply of a type idguard does not read");
+    reject(RejectionKind::BadGateway)
 }
 
-/// Asks the server for its tools (as the caller, in the caller's session) to learn the
-/// annotations of `name`. `None` when the server does not list it.
+/// The MCP server could not be asked.
+#[derive(Debug)]
+struct Unreachable;
+
+/// Asks the server for its tools (as the caller, in the caller's session and protocol
+/// era) to learn the annotations of `name`. `Ok(None)` when the server does not list it
+/// (remembered for a short while, so calls to unlisted names do not each cost a list);
+/// [`Unreachable`] when the server cannot be asked.
 async fn fetch_tool<S, ResBody>(
     shared: &Shared,
     inner: &mut S,
     headers: &HeaderMap,
     principal: &Principal,
     name: &str,
-) -> Option<ToolInfo>
+    meta: Option<&serde_json::value::RawValue>,
+) -> Result<Option<ToolInfo>, Unreachable>
 where
     S: Service<Request<Body>, Response = Response<ResBody>, Error = Infallible>,
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    if shared.state.catalog.is_unlisted(name) {
+        return Ok(None);
+    }
     let mut cursor: Option<String> = None;
+    // Ids no caller can predict: a server routes replies by id, and a caller's request
+    // with the same id must never receive this unfiltered list.
+    let nonce = uuid::Uuid::new_v4().simple();
     for page in 0..20 {
-        let id = format!("idguard-catalog-{page}");
-        let params = match &cursor {
-            Some(c) => serde_json::json!({"cursor": c}),
-            None => serde_json::json!({}),
-        };
+        let id = format!("idguard-catalog-{nonce}-{page}");
+        let mut params = serde_json::Map::new();
+        if let Some(c) = &cursor {
+            params.insert("cursor".into(), Value::from(c.as_str()));
+        }
+        // The 2026-07-28 envelope (protocol version, capabilities, client) travels in
+        // `_meta`: the server answers a list only in the era the caller speaks.
+        if let Some(meta) = meta
+            && let Ok(meta) = serde_json::from_str::<Value>(meta.get())
+        {
+            let meta = match meta {
+                Value::Object(mut m) => {
+                    m.remove("progressToken");
+                    Value::Object(m)
+                }
+                other => other,
+            };
+            params.insert("_meta".into(), meta);
+        }
         let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
-        let mut req = Request::post("/").body(Body::from(body.to_string())).ok()?;
+        let body = body.to_string();
+        let mut req = Request::post("/")
+            .body(Body::from(body.clone()))
+            .map_err(|_| Unreachable)?;
         for (k, v) in headers {
-            if k != CONTENT_LENGTH && k != MCP_METHOD && k != MCP_NAME {
+            if k != CONTENT_LENGTH && k != MCP_METHOD && k != MCP_NAME && k != CONTENT_TYPE {
                 req.headers_mut().append(k.clone(), v.clone());
             }
+        }
+        let h = req.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if headers.contains_key(MCP_METHOD) {
+            h.insert(MCP_METHOD, HeaderValue::from_static("tools/list"));
         }
         req.extensions_mut().insert(principal.clone());
         let res = tokio::time::timeout(Duration::from_secs(10), call(inner, req))
             .await
-            .ok()?;
+            .map_err(|_| Unreachable)?;
+        let status = res.status();
         let bytes = tokio::time::timeout(
             Duration::from_secs(10),
-            Limited::new(res.into_body(), MAX_REPLY_BYTES).collect(),
+            Limited::new(res.into_body(), shared.max_reply_bytes).collect(),
         )
         .await
-        .ok()?
-        .ok()?
+        .map_err(|_| Unreachable)?
+        .map_err(|_| Unreachable)?
         .to_bytes();
-        let reply = find_reply(&bytes, &id)?;
-        let result = reply.get("result")?;
+        if status.is_server_error() {
+            return Err(Unreachable);
+        }
+        let Some(reply) = find_reply(&bytes, &id) else {
+            return Ok(None);
+        };
+        let Some(result) = reply.get("result") else {
+            return Ok(None);
+        };
         let tools: Vec<ToolInfo> = result
-            .get("tools")?
-            .as_array()?
-            .iter()
-            .filter_map(ToolInfo::from_mcp)
-            .collect();
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|t| t.iter().filter_map(ToolInfo::from_mcp).collect())
+            .unwrap_or_default();
         shared.state.catalog.learn(tools);
         if let Some(t) = shared.state.catalog.get(name) {
-            return Some(t);
+            return Ok(Some(t));
         }
         cursor = result
             .get("nextCursor")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        cursor.as_ref()?;
+        if cursor.is_none() {
+            break;
+        }
     }
-    None
+    shared.state.catalog.unlisted(name);
+    Ok(None)
 }
 
 /// The JSON-RPC reply with `id` in a JSON or SSE body.

@@ -2,28 +2,39 @@
 //!
 //! [`AuthorizeMcpLayer`] sits after [`ValidateTokenLayer`](crate::ValidateTokenLayer) in
 //! front of any Streamable HTTP MCP service (an in-process rmcp `StreamableHttpService`, or
-//! the gateway's proxy to an upstream server). For each POST it reads the JSON-RPC body
-//! (size-limited: `413` past it, `400` for what is not JSON-RPC) and:
+//! the gateway's proxy to an upstream server) and mediates everything between them
+//! (`SECURITY.md` has the threat model):
 //!
-//! - decides `tools/call`, `resources/read` and `prompts/get` **before** the server sees
-//!   them; a denied call is answered by idguard, by default exactly like an unknown item
-//!   ([`Denials::Hidden`]), or with the policy's `@reason` ([`Denials::Visible`]); a denial
-//!   that MFA would lift is a `401 insufficient_user_authentication` challenge;
-//! - filters `tools/list`, `resources/list`, `resources/templates/list` and `prompts/list`
-//!   replies for the caller, in `application/json` and in `text/event-stream` replies,
-//!   rewriting SSE event by event as it streams (only the reply to the list request is
-//!   touched; progress and other events pass as they are; cursors are kept; a reply with a
-//!   cache scope is marked private);
-//! - removes `@redact` fields from allowed tool results (`structuredContent`, and text
-//!   content that is JSON);
-//! - binds an MCP session id to the caller (tenant + object id) that created it, refusing
-//!   (`403`) anyone else who presents it; the same caller with a refreshed token continues;
-//! - checks the 2026-07-28 `Mcp-Method`/`Mcp-Name` headers against the body (`400`).
+//! - **one reading of each request**: `Host`/`Origin` must name the resource's host
+//!   (`403`); a `POST` body must be plain `application/json` (`415`), within the size limit
+//!   (`413`), and JSON-RPC that idguard and any server read alike (`400`: duplicated
+//!   members, arrays for objects, odd or `null` ids, ids shared in a batch, resource URIs
+//!   with dot segments); the server gets exactly those bytes, labelled `application/json`;
+//! - **every request that names an item is decided before the server sees it**:
+//!   `tools/call`, `resources/read`, `resources/subscribe`/`unsubscribe`,
+//!   `resources/directory/read`, `prompts/get`, `completion/complete`; a denied one is
+//!   answered by idguard, by default exactly like an unknown item ([`Denials::Hidden`]), or
+//!   with the policy's `@reason` ([`Denials::Visible`]); a denial that MFA would lift is a
+//!   `401 insufficient_user_authentication` challenge; a method idguard does not know is
+//!   refused (`-32601`) unless [`UnknownMethods::Pass`];
+//! - **every reply stream is filtered** (`POST` replies, `GET` streams, resumed streams),
+//!   as JSON or Server-Sent Events rewritten event by event: replies pass only when they
+//!   answer a request decided for this caller; lists are filtered (cursors kept, a cache
+//!   scope marked private); `@redact` fields are removed from results, and content that
+//!   cannot be redacted is withheld; unknown notifications are dropped;
+//! - **session and task ids are bound to their creator**: callers see `idg1.…` handles,
+//!   an HMAC over the caller and the server's id that any replica with the same
+//!   [session keys](AuthorizeMcpLayer::with_session_keys) verifies; anyone else gets `404`
+//!   (sessions) or "task not found";
+//! - checks the 2026-07-28 `Mcp-Method`/`Mcp-Name`/`MCP-Protocol-Version` headers against
+//!   the body (`400`, JSON-RPC `-32020`).
 //!
 //! Tool annotations for call decisions come from the server's own `tools/list` (learned as
-//! lists pass by, fetched in the caller's session when a tool is called before it was
-//! listed); a tool the server does not list is refused.
+//! lists pass by, fetched in the caller's session and protocol era when a tool is called
+//! before it was listed); a tool the server does not list is refused, and an unreachable
+//! server is a `502`.
 
+mod binding;
 mod catalog;
 mod filter;
 mod jsonrpc;
@@ -32,7 +43,10 @@ mod layer;
 pub mod rmcp;
 mod sse;
 
-pub use layer::{AuthorizeMcp, AuthorizeMcpLayer, DEFAULT_MAX_BODY_BYTES, Denials, FORBIDDEN_CODE};
+pub use layer::{
+    AuthorizeMcp, AuthorizeMcpLayer, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REPLY_BYTES, Denials,
+    FORBIDDEN_CODE, HEADER_MISMATCH_CODE, METHOD_NOT_FOUND_CODE, UnknownMethods,
+};
 
 use crate::guard::IdGuard;
 use crate::policy::PolicyEngine;

@@ -5,7 +5,10 @@
 //! [`principal`] reads it. [`Guarded`] wraps any rmcp [`ServerHandler`] and applies the
 //! policies inside the server — lists filtered, denied calls refused as unknown, `@redact`
 //! fields removed — with the same pure core as [`AuthorizeMcpLayer`](super::AuthorizeMcpLayer),
-//! without re-parsing HTTP bodies. Every other handler method is forwarded unchanged.
+//! without re-parsing HTTP bodies. Completions (by their `ref`), subscriptions and
+//! resource directory reads are decided like the item they name; custom requests and
+//! skills (which no policy can name) are refused; every other handler method is forwarded
+//! unchanged.
 
 use std::borrow::Cow;
 
@@ -59,6 +62,23 @@ impl<H> Guarded<H> {
     /// The wrapped handler.
     pub fn get_ref(&self) -> &H {
         &self.inner
+    }
+
+    /// `Ok` when `p` may use `item` (call phase); otherwise the server's own "not found".
+    fn require(&self, p: &Principal, item: &Item) -> Result<(), ErrorData> {
+        if self.engine.decide(p, item, Phase::Call, None).is_allow() {
+            return Ok(());
+        }
+        Err(match item {
+            Item::Resource(r) => ErrorData::resource_not_found(
+                "Resource not found",
+                Some(serde_json::json!({"uri": r.uri})),
+            ),
+            Item::Prompt(pr) => {
+                ErrorData::invalid_params(format!("prompt '{}' not found", pr.name), None)
+            }
+            Item::Tool(_) => tool_not_found(),
+        })
     }
 }
 
@@ -266,6 +286,23 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        let p = caller(&context)?;
+        let item = match &request.r#ref {
+            rmcp::model::Reference::Prompt(r) => Item::Prompt(PromptInfo {
+                name: r.name.clone(),
+            }),
+            rmcp::model::Reference::Resource(r) => {
+                Item::Resource(ResourceInfo { uri: r.uri.clone() })
+            }
+            // A kind of reference no policy can name: refused.
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "unknown completion reference",
+                    None,
+                ));
+            }
+        };
+        self.require(&p, &item)?;
         self.inner.complete(request, context).await
     }
 
@@ -301,6 +338,13 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let p = caller(&context)?;
+        self.require(
+            &p,
+            &Item::Resource(ResourceInfo {
+                uri: request.uri.clone(),
+            }),
+        )?;
         self.inner.subscribe(request, context).await
     }
 
@@ -313,15 +357,27 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let p = caller(&context)?;
+        self.require(
+            &p,
+            &Item::Resource(ResourceInfo {
+                uri: request.uri.clone(),
+            }),
+        )?;
         self.inner.unsubscribe(request, context).await
     }
 
+    /// Refused: a custom method may name what policies would hide.
     async fn on_custom_request(
         &self,
         request: CustomRequest,
-        context: RequestContext<RoleServer>,
+        _context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        self.inner.on_custom_request(request, context).await
+        Err(ErrorData::new(
+            rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+            format!("Method not found: {}", request.method),
+            None,
+        ))
     }
 
     async fn on_cancelled(
@@ -348,14 +404,12 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.on_roots_list_changed(context).await;
     }
 
+    /// Not forwarded: a custom notification may name what policies would hide.
     async fn on_custom_notification(
         &self,
-        notification: CustomNotification,
-        context: NotificationContext<RoleServer>,
+        _notification: CustomNotification,
+        _context: NotificationContext<RoleServer>,
     ) {
-        self.inner
-            .on_custom_notification(notification, context)
-            .await;
     }
 
     fn get_info(&self) -> ServerConfig {
@@ -386,20 +440,30 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.cancel_task(request, context).await
     }
 
+    /// Refused: no policy can name a skill yet.
     async fn list_skills(
         &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
     ) -> Result<ListSkillsResult, ErrorData> {
-        self.inner.list_skills(request, context).await
+        Err(ErrorData::new(
+            rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+            "Method not found",
+            None,
+        ))
     }
 
+    /// Refused: no policy can name a skill yet.
     async fn get_skill(
         &self,
-        request: GetSkillRequestParams,
-        context: RequestContext<RoleServer>,
+        _request: GetSkillRequestParams,
+        _context: RequestContext<RoleServer>,
     ) -> Result<GetSkillResult, ErrorData> {
-        self.inner.get_skill(request, context).await
+        Err(ErrorData::new(
+            rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+            "Method not found",
+            None,
+        ))
     }
 
     async fn read_resource_directory(
@@ -407,6 +471,14 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: ReadResourceDirectoryRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceDirectoryResult, ErrorData> {
-        self.inner.read_resource_directory(request, context).await
+        let p = caller(&context)?;
+        self.require(
+            &p,
+            &Item::Resource(ResourceInfo {
+                uri: request.uri.clone(),
+            }),
+        )?;
+        let result = self.inner.read_resource_directory(request, context).await?;
+        filter_typed(&self.engine, &p, ListKind::Resources, result)
     }
 }

@@ -16,11 +16,13 @@
 //! session's Entra access token, so the [`Principal`](crate::Principal) is the same and
 //! on-behalf-of uses the Entra token as its assertion.
 
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Form, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Form, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -71,6 +73,8 @@ pub(crate) struct Proxy {
     /// base64url of [`TOKEN_HEADER_START`], cut to whole 3-byte groups.
     token_prefix: String,
     registrations: Mutex<Bucket>,
+    /// Sign-ins in progress per client and per address.
+    sign_ins: SignIns,
     events: [AtomicU64; EVENTS],
 }
 
@@ -121,9 +125,176 @@ struct Bucket {
     last: tokio::time::Instant,
 }
 
+/// Sign-ins one address may have in progress at once (an IPv4 address, or an IPv6 /64).
+const MAX_SIGN_INS_PER_ADDRESS: usize = 64;
+/// Sign-ins one client may have in progress at once, from all addresses together.
+const MAX_SIGN_INS_PER_CLIENT: usize = 256;
+
+/// The address a request came from, as the `idguard` listener determined it: the peer, or
+/// with `server.trusted_proxies` the client named by `X-Forwarded-For`. Without it, the
+/// proxy uses axum's [`ConnectInfo`], if the server provides it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientAddress(pub(crate) IpAddr);
+
+/// Sign-ins in progress — a pending authorization request, then the Entra leg of an
+/// approved one — counted per client and per address, so that one client or one address
+/// cannot fill the store's share of pending requests (and answer everyone's sign-in with
+/// `503`). Each place is the deadline of the record it stands for; a consent, a
+/// callback or the deadline frees it. Counted in this process (a replica counts its own).
+struct SignIns {
+    tallies: Mutex<(Tally<String>, Tally<IpAddr>)>,
+}
+
+/// Deadlines per key, at most `limit` live ones each.
+struct Tally<K> {
+    map: HashMap<K, VecDeque<tokio::time::Instant>>,
+    limit: usize,
+    /// Sweep the whole map for expired keys when it grows to this many.
+    sweep_at: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Tally<K> {
+    fn new(limit: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            limit,
+            sweep_at: 1024,
+        }
+    }
+
+    /// How long until `key` has room again; `None` when it has room now.
+    fn wait(&mut self, key: &K, now: tokio::time::Instant) -> Option<Duration> {
+        let places = self.map.get_mut(key)?;
+        while places.front().is_some_and(|d| *d <= now) {
+            places.pop_front();
+        }
+        if places.len() < self.limit {
+            return None;
+        }
+        Some(
+            places
+                .front()
+                .map_or(Duration::ZERO, |d| d.saturating_duration_since(now)),
+        )
+    }
+
+    fn push(&mut self, key: K, deadline: tokio::time::Instant, now: tokio::time::Instant) {
+        if self.map.len() >= self.sweep_at {
+            self.map
+                .retain(|_, places| places.back().is_some_and(|d| *d > now));
+            self.sweep_at = (self.map.len() * 2).max(1024);
+        }
+        let places = self.map.entry(key).or_default();
+        // Deadlines stay in order (ttls are equal or pushed later).
+        let at = places.partition_point(|d| *d <= deadline);
+        places.insert(at, deadline);
+    }
+
+    /// Frees the place that ends first (a finished sign-in's own deadline may be later:
+    /// keeping the later one errs on the strict side).
+    fn pop(&mut self, key: &K) {
+        if let Some(places) = self.map.get_mut(key) {
+            places.pop_front();
+            if places.is_empty() {
+                self.map.remove(key);
+            }
+        }
+    }
+}
+
+impl SignIns {
+    fn new(per_client: usize, per_address: usize) -> Self {
+        Self {
+            tallies: Mutex::new((Tally::new(per_client), Tally::new(per_address))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Tally<String>, Tally<IpAddr>)> {
+        self.tallies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a place for a new sign-in of `pending` for `ttl`; otherwise how long until
+    /// there is room.
+    fn admit(&self, pending: &Pending, ttl: Duration) -> Result<(), Duration> {
+        let (client, address) = sign_in_keys(pending);
+        let now = tokio::time::Instant::now();
+        let mut t = self.lock();
+        let (clients, addresses) = &mut *t;
+        let wait = [
+            clients.wait(&client, now),
+            address.and_then(|a| addresses.wait(&a, now)),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        clients.push(client, now + ttl, now);
+        if let Some(a) = address {
+            addresses.push(a, now + ttl, now);
+        }
+        Ok(())
+    }
+
+    /// Takes a place without checking: for a step that follows a [`release`](Self::release)
+    /// of the same sign-in.
+    fn hold(&self, pending: &Pending, ttl: Duration) {
+        let (client, address) = sign_in_keys(pending);
+        let now = tokio::time::Instant::now();
+        let mut t = self.lock();
+        let (clients, addresses) = &mut *t;
+        clients.push(client, now + ttl, now);
+        if let Some(a) = address {
+            addresses.push(a, now + ttl, now);
+        }
+    }
+
+    /// Frees a place of this sign-in's client and address.
+    fn release(&self, pending: &Pending) {
+        let (client, address) = sign_in_keys(pending);
+        let mut t = self.lock();
+        let (clients, addresses) = &mut *t;
+        clients.pop(&client);
+        if let Some(a) = address {
+            addresses.pop(&a);
+        }
+    }
+}
+
+/// What a sign-in counts against: a digest of its client id, and its address (IPv6 by
+/// its /64, what one host or site usually holds).
+fn sign_in_keys(pending: &Pending) -> (String, Option<IpAddr>) {
+    let address = pending.origin.map(|a| match a.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        v4 => v4,
+    });
+    (digest_b64(&pending.client_id), address)
+}
+
+/// `429` for `/authorize` when the client or the address has too many sign-ins in progress.
+fn too_many_sign_ins(wait: Duration) -> Response {
+    let secs = wait.as_secs().saturating_add(1);
+    let mut res = html::error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "Too many sign-ins are in progress for this client or from this network. Try again in {secs} seconds."
+        ),
+    );
+    let h = res.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 /// An authorization request waiting for consent.
 #[derive(Clone, Serialize, Deserialize)]
 struct Pending {
+    /// The address `/authorize` came from (what [`SignIns`] counts), if known.
+    #[serde(default)]
+    origin: Option<IpAddr>,
     client_id: String,
     client_name: String,
     metadata_document: bool,
@@ -352,6 +523,7 @@ impl Proxy {
                 tokens: f64::from(settings.registration_rate_limit),
                 last: tokio::time::Instant::now(),
             }),
+            sign_ins: SignIns::new(MAX_SIGN_INS_PER_CLIENT, MAX_SIGN_INS_PER_ADDRESS),
             settings,
         })
     }
@@ -941,6 +1113,8 @@ const MAX_CLIENT_ID_BYTES: usize = 8 * 1024;
 async fn authorize(
     State(guard): State<IdGuard>,
     headers: HeaderMap,
+    address: Option<Extension<ClientAddress>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Query(q): Query<AuthorizeParams>,
 ) -> Response {
     let Some(p) = guard.oauth_proxy() else {
@@ -999,6 +1173,9 @@ async fn authorize(
         Err(why) => return refuse(&why),
     };
     let pending = Pending {
+        origin: address
+            .map(|Extension(ClientAddress(a))| a)
+            .or_else(|| peer.map(|Extension(ConnectInfo(p))| p.ip())),
         client_id: client.id.clone(),
         client_name: client.name.clone(),
         metadata_document: client.metadata_document,
@@ -1021,8 +1198,17 @@ async fn consent_page(
     pending: &Pending,
 ) -> Result<Response, OAuthError> {
     let txn = fresh(32)?;
-    p.put_sealed(RecordKind::Pending, &txn, pending, PENDING_TTL)
-        .await?;
+    if let Err(wait) = p.sign_ins.admit(pending, PENDING_TTL) {
+        tracing::debug!(target: "idguard::oauth", client = %client_label(&pending.client_id), origin = ?pending.origin, "authorize: too many sign-ins in progress");
+        return Ok(too_many_sign_ins(wait));
+    }
+    if let Err(e) = p
+        .put_sealed(RecordKind::Pending, &txn, pending, PENDING_TTL)
+        .await
+    {
+        p.sign_ins.release(pending);
+        return Err(e);
+    }
     let nonce = match html::cookie_value(headers, html::CSRF_COOKIE).filter(|n| n.len() >= 32) {
         Some(n) => n.to_owned(),
         None => fresh(24)?,
@@ -1093,7 +1279,11 @@ async fn consent(
     }
     // Single use: one consent per authorization request.
     let pending: Pending = match p.take_sealed(RecordKind::Pending, txn).await {
-        Ok(Some(pending)) => pending,
+        Ok(Some(pending)) => {
+            // The Entra leg (if approved) holds a place of its own.
+            p.sign_ins.release(&pending);
+            pending
+        }
         Ok(None) => {
             return html::error_page(
                 StatusCode::BAD_REQUEST,
@@ -1140,6 +1330,8 @@ async fn start_entra_leg(p: &Proxy, leg: Leg) -> Response {
     {
         return e.into_response();
     }
+    // In place of the pending request (or the previous leg) it follows.
+    p.sign_ins.hold(&leg.pending, STATE_TTL);
     let Some(binding) = p.keys.stamp(
         Purpose::Consent,
         format!("{}|{state}", leg.pending.client_id).as_bytes(),
@@ -1229,7 +1421,7 @@ async fn callback(
         );
     }
     match p.take_sealed::<Leg>(RecordKind::State, state).await {
-        Ok(Some(_)) => {}
+        Ok(Some(_)) => p.sign_ins.release(&leg.pending),
         Ok(None) => return unknown(),
         Err(e) => return e.into_response(),
     }
@@ -1643,4 +1835,82 @@ async fn revoke(
         }
     }
     (StatusCode::OK, no_store()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(client: &str, origin: Option<&str>) -> Pending {
+        Pending {
+            origin: origin.map(|o| o.parse().unwrap()),
+            client_id: client.to_owned(),
+            client_name: String::new(),
+            metadata_document: false,
+            redirect_uri: String::new(),
+            redirect_presented: false,
+            state: None,
+            challenge: String::new(),
+            scopes: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sign_ins_are_limited_per_address_and_per_client() {
+        let ttl = Duration::from_secs(600);
+        let s = SignIns::new(5, 3);
+        for _ in 0..3 {
+            s.admit(&pending("a", Some("10.0.0.1")), ttl).unwrap();
+        }
+        // The address is full; the same client from elsewhere is not.
+        let wait = s.admit(&pending("b", Some("10.0.0.1")), ttl).unwrap_err();
+        assert_eq!(wait, ttl);
+        s.admit(&pending("a", Some("10.0.0.2")), ttl).unwrap();
+        s.admit(&pending("a", None), ttl).unwrap();
+        // The client is full (5), from any address.
+        assert!(s.admit(&pending("a", Some("10.0.0.3")), ttl).is_err());
+        s.admit(&pending("c", Some("10.0.0.3")), ttl).unwrap();
+        // A finished sign-in frees its places.
+        s.release(&pending("a", Some("10.0.0.1")));
+        s.admit(&pending("a", Some("10.0.0.1")), ttl).unwrap();
+        // Places expire with their records.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(
+            s.admit(&pending("d", Some("10.0.0.1")), ttl).unwrap_err(),
+            Duration::from_secs(300)
+        );
+        tokio::time::advance(Duration::from_secs(301)).await;
+        s.admit(&pending("d", Some("10.0.0.1")), ttl).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_network_counts_as_one_address() {
+        let ttl = Duration::from_secs(600);
+        let s = SignIns::new(100, 2);
+        s.admit(&pending("a", Some("2001:db8::1")), ttl).unwrap();
+        s.admit(&pending("b", Some("2001:db8::ffff:2")), ttl)
+            .unwrap();
+        assert!(s.admit(&pending("c", Some("2001:db8::3")), ttl).is_err());
+        s.admit(&pending("c", Some("2001:db8:0:1::3")), ttl)
+            .unwrap();
+        // An IPv4-mapped address is the IPv4 address.
+        s.admit(&pending("a", Some("::ffff:10.0.0.9")), ttl)
+            .unwrap();
+        s.admit(&pending("a", Some("10.0.0.9")), ttl).unwrap();
+        assert!(s.admit(&pending("a", Some("10.0.0.9")), ttl).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_are_swept() {
+        let ttl = Duration::from_secs(10);
+        let s = SignIns::new(1, 1);
+        for i in 0..1000u32 {
+            s.admit(&pending(&i.to_string(), None), ttl).unwrap();
+        }
+        tokio::time::advance(ttl).await;
+        for i in 0..30u32 {
+            s.admit(&pending(&format!("late{i}"), None), ttl).unwrap();
+        }
+        assert!(s.lock().0.map.len() <= 30, "{}", s.lock().0.map.len());
+    }
 }
