@@ -518,6 +518,25 @@ async fn guarded_rmcp_handler_filters_in_process() {
         bob.names("prompts/list", "prompts", "name").await,
         set(&["summarize"])
     );
+    // Methods that name an item are decided in the handler too.
+    let complete = bob
+        .rpc(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "escalate"},
+                   "argument": {"name": "x", "value": ""}}),
+        )
+        .await;
+    assert_eq!(
+        complete["error"]["message"], "prompt 'escalate' not found",
+        "{complete}"
+    );
+    let subscribe = bob
+        .rpc("resources/subscribe", json!({"uri": "docs://private/payroll"}))
+        .await;
+    assert_eq!(
+        subscribe["error"]["message"], "Resource not found",
+        "{subscribe}"
+    );
 }
 
 /// A server whose list replies are not JSON (trailing bytes), or answer another id than
