@@ -318,6 +318,9 @@ pub(crate) struct Decided {
 struct DecidedInner {
     by_id: std::collections::HashMap<String, Pending>,
     order: std::collections::VecDeque<String>,
+    /// Progress tokens of redacted calls, and the fields to remove from their progress.
+    progress: std::collections::HashMap<String, Vec<String>>,
+    progress_order: std::collections::VecDeque<String>,
 }
 
 /// How many decided requests a session remembers.
@@ -357,6 +360,28 @@ impl Decided {
 
     fn get(&self, id: &Id) -> Option<Pending> {
         self.inner.lock().ok()?.by_id.get(&id_key(id)).cloned()
+    }
+
+    /// Records that progress with `token` belongs to a call whose result loses `fields`.
+    pub(crate) fn record_progress(&self, token: &Value, fields: &[String]) {
+        let Ok(mut d) = self.inner.lock() else { return };
+        let key = id_key(token);
+        if d.progress_order.len() >= DECIDED_PER_SESSION
+            && let Some(oldest) = d.progress_order.pop_front()
+        {
+            d.progress.remove(&oldest);
+        }
+        d.progress_order.push_back(key.clone());
+        d.progress.insert(key, fields.to_vec());
+    }
+
+    fn progress_fields(&self, token: &Value) -> Option<Vec<String>> {
+        self.inner
+            .lock()
+            .ok()?
+            .progress
+            .get(&id_key(token))
+            .cloned()
     }
 }
 
@@ -571,13 +596,20 @@ impl ReplyRewriter {
                     return Outcome::Drop;
                 };
                 let token = params.get("progressToken");
-                match self.progress.iter().find(|(t, _)| Some(t) == token) {
-                    Some((_, fields)) => {
+                let fields = token.and_then(|token| {
+                    self.progress
+                        .iter()
+                        .find(|(t, _)| t == token)
+                        .map(|(_, f)| f.clone())
+                        .or_else(|| self.session.as_ref()?.progress_fields(token))
+                });
+                match fields {
+                    Some(fields) => {
                         if let Value::Object(p) = params {
                             // Free text cannot be redacted field by field: withheld.
                             p.remove("message");
                         }
-                        remove_fields(params, fields);
+                        remove_fields(params, &fields);
                         Outcome::Changed
                     }
                     None => Outcome::Keep,
@@ -883,6 +915,39 @@ struct Reply<'a> {
 }
 
 #[cfg(test)]
+impl ReplyRewriter {
+    /// The general path of [`Self::rewrite_json`] alone (no fast path): what the fast paths
+    /// must agree with (`super::proptests`). Keep in step with `rewrite_json`.
+    pub(crate) fn rewrite_general(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Unreadable> {
+        let text = std::str::from_utf8(body).map_err(|_| Unreadable)?;
+        let mut v: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
+        let changed = match &mut v {
+            Value::Array(msgs) => {
+                let mut changed = false;
+                let mut keep = Vec::with_capacity(msgs.len());
+                for m in msgs.iter_mut() {
+                    let outcome = self.rewrite_message(m);
+                    changed |= outcome != Outcome::Keep;
+                    keep.push(outcome != Outcome::Drop);
+                }
+                let mut keep = keep.into_iter();
+                msgs.retain(|_| keep.next().unwrap_or(false));
+                if msgs.is_empty() {
+                    return Err(Unreadable);
+                }
+                changed
+            }
+            msg => match self.rewrite_message(msg) {
+                Outcome::Keep => false,
+                Outcome::Changed => true,
+                Outcome::Drop => return Err(Unreadable),
+            },
+        };
+        Ok(changed.then(|| v.to_string().into_bytes()))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -1080,6 +1145,42 @@ mod tests {
         let out: Value =
             serde_json::from_slice(&r.rewrite_json(done.as_bytes()).unwrap().unwrap()).unwrap();
         assert_eq!(out["result"]["structuredContent"], json!({"ok": 2}));
+    }
+
+    #[test]
+    fn progress_of_a_redacted_call_is_redacted_live_and_replayed() {
+        let catalog = super::super::catalog::ToolCatalog::new();
+        let fields = vec!["owner_email".to_owned()];
+        let live = ReplyRewriter {
+            pending: vec![(json!(4), Pending::Redact(fields.clone()))],
+            progress: vec![(json!("p1"), fields.clone())],
+            ..rewriter(&catalog, 4)
+        };
+        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p1","progress":1,"message":"owner is a@b","owner_email":"a@b"}}"#;
+        let out =
+            String::from_utf8(live.rewrite_json(progress.as_bytes()).unwrap().unwrap()).unwrap();
+        assert!(!out.contains("a@b"), "{out}");
+        // A replay on the session's GET stream: the session record knows the token.
+        let session = std::sync::Arc::new(Decided::default());
+        assert!(session.record(&json!(4), &Pending::Redact(fields.clone())));
+        session.record_progress(&json!("p1"), &fields);
+        let replay = ReplyRewriter {
+            pending: Vec::new(),
+            session: Some(session.clone()),
+            ..rewriter(&catalog, 4)
+        };
+        let out =
+            String::from_utf8(replay.rewrite_json(progress.as_bytes()).unwrap().unwrap()).unwrap();
+        assert!(!out.contains("a@b"), "{out}");
+        // Another call's progress passes; a reply to an id nobody decided is dropped; an id
+        // used twice in the session is refused, and its replies dropped from then on.
+        let other = progress.replace("\"p1\"", "\"p2\"");
+        assert!(replay.rewrite_json(other.as_bytes()).unwrap().is_none());
+        let stray = r#"{"jsonrpc":"2.0","id":9,"result":{"content":[]}}"#;
+        assert!(replay.rewrite_json(stray.as_bytes()).is_err());
+        assert!(!session.record(&json!("4"), &Pending::Pass));
+        let done = r#"{"jsonrpc":"2.0","id":4,"result":{"content":[]}}"#;
+        assert!(replay.rewrite_json(done.as_bytes()).is_err());
     }
 
     #[test]

@@ -715,6 +715,9 @@ where
         for (id, p) in &pending {
             fresh &= record.record(id, p);
         }
+        for (token, fields) in &progress {
+            record.record_progress(token, fields);
+        }
         if !fresh {
             tracing::debug!(target: "idguard::rejection", "mcp request id used twice in one session");
             return reject_rpc(
