@@ -4,6 +4,11 @@
 //! answered from the call-decision cache; filtering 100 and 1000 tools for one caller, cold
 //! (new caller) and warm (cached decisions), in one run.
 //!
+//! The same decisions with a shadow policy set (`*_shadow`: every decision also put to a
+//! second copy of the policies, which agrees) and with a live-trace listener attached
+//! (`*_listener`), next to the plain ones: the shadow set may cost at most another
+//! decision (≤ 2.2×), and without either the plain figures must not move.
+//!
 //! `cargo bench --bench policy`
 #![allow(
     clippy::unwrap_used,
@@ -25,7 +30,8 @@ fn read(dir: &Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file)).unwrap()
 }
 
-fn engines() -> (PolicyEngine, PolicyEngine) {
+/// Two engines over the same sources: plain, and with a shadow copy of them.
+fn engines() -> (PolicyEngine, PolicyEngine, PolicyEngine, PolicyEngine) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let samples = PolicyEngine::from_dir(&dir).unwrap();
     let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
@@ -49,13 +55,20 @@ fn engines() -> (PolicyEngine, PolicyEngine) {
     files.push(("generated.cedar".into(), generated));
     let schema = read(&dir, "schema.cedarschema");
     let arguments = read(&dir, "arguments.cedarschema");
-    let large = PolicyEngine::from_sources(
-        &schema,
-        Some(&arguments),
-        files.iter().map(|(n, s)| (n.as_str(), s.as_str())),
-    )
-    .unwrap();
-    (samples, large)
+    let from_sources = || {
+        PolicyEngine::from_sources(
+            &schema,
+            Some(&arguments),
+            files.iter().map(|(n, s)| (n.as_str(), s.as_str())),
+        )
+        .unwrap()
+    };
+    let large = from_sources();
+    let samples_shadow = PolicyEngine::from_dir(&dir)
+        .unwrap()
+        .with_shadow(PolicyEngine::from_dir(&dir).unwrap());
+    let large_shadow = from_sources().with_shadow(from_sources());
+    (samples, large, samples_shadow, large_shadow)
 }
 
 fn caller(oid: &str) -> Principal {
@@ -78,7 +91,11 @@ fn tools(n: usize) -> Vec<Item> {
 }
 
 fn bench(c: &mut Criterion) {
-    let (samples, large) = engines();
+    let (samples, large, samples_shadow, large_shadow) = engines();
+    // A listener on its own engine, never read: events are built and dropped.
+    let listened =
+        PolicyEngine::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+    let _listener = listened.trace();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let transfer = Item::Tool(load_tools(&dir).unwrap()["transfer_funds"].clone());
     let args = json!({"amount": 250, "to": "ACME"});
@@ -88,6 +105,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("policy");
     g.bench_function("decide_call_samples", |b| {
         b.iter(|| black_box(samples.decide(&bob, &transfer, Phase::Call, args)))
+    });
+    g.bench_function("decide_call_samples_shadow", |b| {
+        b.iter(|| black_box(samples_shadow.decide(&bob, &transfer, Phase::Call, args)))
+    });
+    g.bench_function("decide_call_samples_listener", |b| {
+        b.iter(|| black_box(listened.decide(&bob, &transfer, Phase::Call, args)))
     });
     g.bench_function("decide_call_samples_plus_200", |b| {
         b.iter(|| black_box(large.decide(&bob, &transfer, Phase::Call, args)))
@@ -108,6 +131,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decide_call_cached", |b| {
         b.iter(|| black_box(samples.decide(&bob, &read, Phase::Call, None)))
     });
+    g.bench_function("decide_call_cached_shadow", |b| {
+        b.iter(|| black_box(samples_shadow.decide(&bob, &read, Phase::Call, None)))
+    });
+    g.bench_function("decide_call_cached_listener", |b| {
+        b.iter(|| black_box(listened.decide(&bob, &read, Phase::Call, None)))
+    });
     for n in [100, 1000] {
         let items = tools(n);
         g.bench_function(format!("list_{n}_tools_cold"), |b| {
@@ -120,6 +149,10 @@ fn bench(c: &mut Criterion) {
         large.visible(&bob, &items);
         g.bench_function(format!("list_{n}_tools_warm"), |b| {
             b.iter(|| black_box(large.visible(&bob, &items)))
+        });
+        large_shadow.visible(&bob, &items);
+        g.bench_function(format!("list_{n}_tools_warm_shadow"), |b| {
+            b.iter(|| black_box(large_shadow.visible(&bob, &items)))
         });
     }
     g.finish();

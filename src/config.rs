@@ -71,6 +71,13 @@ pub struct ServerConfig {
     pub mcp_path: Option<String>,
     /// Policy directory, default `policies`.
     pub policies: Option<String>,
+    /// A second policy directory decided alongside `policies` for comparison only (shadow
+    /// policies: counted, logged and traced, never enforced), hot-reloaded the same way;
+    /// default none.
+    pub shadow_policies: Option<String>,
+    /// The app role whose holders may use the admin endpoints (`GET /admin/decisions`, the
+    /// live decision trace); default none: no admin endpoints (dev mode: `Tools.Admin`).
+    pub admin_role: Option<String>,
     /// Most connections open at once, default 1024 (keep it below the process's open-file
     /// limit). Beyond it, new connections wait in the listen backlog until one closes (an
     /// idle or stalled one closes after `header_timeout`).
@@ -102,6 +109,9 @@ pub struct ServerConfig {
 /// Default of `server.upstream_connect_timeout`.
 pub(crate) const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The port of the default `server.listen` (`127.0.0.1:8400`).
+pub(crate) const DEFAULT_PORT: u16 = 8400;
+
 /// Default of `server.max_connections`.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default of `server.header_timeout`.
@@ -118,6 +128,14 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     allow(dead_code, reason = "read by the `idguard` binary only")
 )]
 pub(crate) struct ServerSettings {
+    /// `server.listen`, default `127.0.0.1:8400`.
+    pub(crate) listen: std::net::SocketAddr,
+    /// `server.mcp_path`, default `/mcp`.
+    pub(crate) mcp_path: String,
+    /// `server.policies`, default `policies`.
+    pub(crate) policies: PathBuf,
+    /// `server.upstream`: gateway mode.
+    pub(crate) upstream: Option<url::Url>,
     pub(crate) max_connections: usize,
     pub(crate) header_timeout: Duration,
     pub(crate) body_timeout: Duration,
@@ -184,10 +202,7 @@ impl ServerConfig {
     /// # Errors
     ///
     /// A [`ConfigError`] listing every problem, each naming its key.
-    #[cfg_attr(
-        not(all(feature = "dev", feature = "rmcp")),
-        allow(dead_code, reason = "read by the `idguard` binary only")
-    )]
+    #[cfg(test)]
     pub(crate) fn settings(&self) -> Result<ServerSettings, ConfigError> {
         let mut problems = Vec::new();
         let settings = self.check(&mut problems);
@@ -268,7 +283,58 @@ impl ServerConfig {
                 )),
             }
         }
+        let listen = match &self.listen {
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            Some(text) => text.trim().parse().unwrap_or_else(|_| {
+                problems.push(ConfigProblem::new(
+                    "server.listen",
+                    format!("`{text}` is not an address and port like `127.0.0.1:8400` or `0.0.0.0:8400`"),
+                ));
+                std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))
+            }),
+        };
+        let mcp_path = self.mcp_path.clone().unwrap_or_else(|| "/mcp".into());
+        let path_ok = mcp_path.len() >= 2
+            && mcp_path.starts_with('/')
+            && !mcp_path.ends_with('/')
+            && !mcp_path.contains("//")
+            && mcp_path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~'));
+        if !path_ok {
+            problems.push(ConfigProblem::new(
+                "server.mcp_path",
+                format!("`{mcp_path}` must be a path like `/mcp`: starts with `/`, not `/` alone, no trailing `/`, letters, digits and `-_.~` only"),
+            ));
+        }
+        let policies = PathBuf::from(self.policies.as_deref().unwrap_or("policies"));
+        if policies.as_os_str().is_empty() {
+            problems.push(ConfigProblem::new(
+                "server.policies",
+                "is empty: the policy directory, e.g. `policies`",
+            ));
+        }
+        let upstream = self.upstream.as_deref().and_then(|text| {
+            let parsed = url::Url::parse(text.trim()).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+            });
+            if parsed.is_none() {
+                problems.push(ConfigProblem::new(
+                    "server.upstream",
+                    format!("`{text}` must be an http or https URL with a host, e.g. `http://127.0.0.1:9000/mcp`"),
+                ));
+            }
+            parsed
+        });
         ServerSettings {
+            listen,
+            mcp_path,
+            policies,
+            upstream,
             max_connections,
             header_timeout,
             body_timeout,
@@ -323,6 +389,293 @@ const LIST_KEYS: [&str; 11] = [
 /// Sections of the configuration, as written in the file.
 const SECTIONS: [&str; 5] = ["token", "server", "mcp", "obo", "oauth"];
 
+/// `[mcp]`, checked.
+#[derive(Clone, Debug)]
+#[cfg_attr(
+    not(all(feature = "dev", feature = "rmcp")),
+    allow(dead_code, reason = "read by the `idguard` binary only")
+)]
+pub(crate) struct McpSettings {
+    pub(crate) denials: crate::mcp::Denials,
+    pub(crate) unknown_methods: crate::mcp::UnknownMethods,
+}
+
+impl McpConfig {
+    /// Checks `[mcp]`, adding each problem under its key.
+    fn check(&self, problems: &mut Vec<ConfigProblem>) -> McpSettings {
+        use crate::mcp::{Denials, UnknownMethods};
+        let denials = match self.denials.as_deref() {
+            None | Some("hidden") => Denials::Hidden,
+            Some("visible") => Denials::Visible,
+            Some(other) => {
+                problems.push(ConfigProblem::new(
+                    "mcp.denials",
+                    format!("`{other}` is not `hidden` or `visible`"),
+                ));
+                Denials::Hidden
+            }
+        };
+        let unknown_methods = match self.unknown_methods.as_deref() {
+            None | Some("refuse") => UnknownMethods::Refuse,
+            Some("pass") => UnknownMethods::Pass,
+            Some(other) => {
+                problems.push(ConfigProblem::new(
+                    "mcp.unknown_methods",
+                    format!("`{other}` is not `refuse` or `pass`"),
+                ));
+                UnknownMethods::Refuse
+            }
+        };
+        for (key, value) in [
+            ("mcp.max_body_bytes", self.max_body_bytes),
+            ("mcp.max_reply_bytes", self.max_reply_bytes),
+        ] {
+            if value == Some(0) {
+                problems.push(ConfigProblem::new(key, "must be more than zero"));
+            }
+        }
+        check_secrets(
+            "mcp.session_keys",
+            &self.session_keys,
+            MIN_SESSION_KEY_BYTES,
+            problems,
+        );
+        for host in &self.allowed_hosts {
+            let ok = !host.is_empty()
+                && !host.contains(['/', '@', ' ', '?', '#'])
+                && url::Url::parse(&format!("http://{host}"))
+                    .is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+            if !ok {
+                problems.push(ConfigProblem::new(
+                    "mcp.allowed_hosts",
+                    format!("`{host}` is not a host or `host:port` (no scheme, no path)"),
+                ));
+            }
+        }
+        McpSettings {
+            denials,
+            unknown_methods,
+        }
+    }
+}
+
+/// Shortest `mcp.session_keys` secret.
+const MIN_SESSION_KEY_BYTES: usize = 32;
+
+/// Whether a secret is the placeholder of an example rather than a secret: the example
+/// file's `change-me-…`, `<…>` and the like.
+fn is_placeholder(secret: &str) -> bool {
+    let s = secret.trim().to_ascii_lowercase();
+    s.starts_with('<')
+        || s.contains('…')
+        || s.contains("...")
+        || [
+            "change-me",
+            "changeme",
+            "change_me",
+            "replace-me",
+            "replaceme",
+            "placeholder",
+            "your-secret",
+            "random-bytes",
+        ]
+        .iter()
+        .any(|p| s.contains(p))
+}
+
+/// Checks a list of secrets: each long enough and not an example's placeholder. Never
+/// quotes a secret.
+fn check_secrets(key: &str, secrets: &[Secret], min: usize, problems: &mut Vec<ConfigProblem>) {
+    for (i, secret) in secrets.iter().enumerate() {
+        let n = i + 1;
+        if is_placeholder(secret.expose()) {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("secret {n} is an example's placeholder: generate one, e.g. `openssl rand -base64 48`"),
+            ));
+        } else if secret.expose().len() < min {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("secret {n} is shorter than {min} bytes (e.g. `openssl rand -base64 48`)"),
+            ));
+        }
+    }
+}
+
+/// What the `idguard` binary runs with, every key checked. `idguard serve` and `idguard
+/// config check` both build it with [`check_binary`], so a configuration `config check`
+/// accepts is one `serve` starts with.
+#[cfg(all(feature = "dev", feature = "rmcp"))]
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub(crate) config: IdGuardConfig,
+    /// `None` in dev mode: the emulator stands in for `[token]`, `[obo]` and `[oauth]`.
+    pub(crate) resolved: Option<ResolvedConfig>,
+    pub(crate) server: ServerSettings,
+    pub(crate) mcp: McpSettings,
+    pub(crate) origins: Origins,
+}
+
+/// Command-line options that stand in for keys (`--port`, `--policies`, `--denials`,
+/// `--unknown-methods`); problems with them are named by the option.
+#[cfg(all(feature = "dev", feature = "rmcp"))]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Overrides {
+    pub(crate) port: Option<u16>,
+    pub(crate) policies: Option<PathBuf>,
+    pub(crate) denials: Option<crate::mcp::Denials>,
+    pub(crate) unknown_methods: Option<crate::mcp::UnknownMethods>,
+}
+
+/// Reads and checks everything the binary needs: the file and the `IDGUARD_*`
+/// environment (unknown keys, types), `[server]` and `[mcp]`, the policy directory (it
+/// must load), and outside dev mode [`IdGuardConfig::resolve`]. Every problem at once, each
+/// named as the operator wrote it: `IDGUARD_MCP_DENIALS` when the environment set it,
+/// `mcp.denials` when the file did, `--policies` for an option.
+///
+/// # Errors
+///
+/// A [`ConfigError`] with every problem.
+#[cfg(all(feature = "dev", feature = "rmcp"))]
+pub(crate) fn check_binary(
+    path: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+    dev: bool,
+) -> Result<Checked, ConfigError> {
+    let Loaded {
+        config,
+        origins,
+        mut problems,
+    } = IdGuardConfig::read(path, env)?;
+    let mut server = config.server.check(&mut problems);
+    let mut mcp = config.mcp.check(&mut problems);
+    let resolved = if dev {
+        None
+    } else {
+        match config.clone().resolve() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // A key left out for its type shows once, not again as "required".
+                let known: Vec<String> = problems.iter().map(|p| p.key().to_owned()).collect();
+                for p in e.problems() {
+                    if !known.iter().any(|k| k == p.key()) && !problems.contains(p) {
+                        problems.push(p.clone());
+                    }
+                }
+                None
+            }
+        }
+    };
+    if let Some(port) = overrides.port {
+        server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    }
+    let policies_key = if overrides.policies.is_some() {
+        "--policies"
+    } else {
+        "server.policies"
+    };
+    if let Some(dir) = &overrides.policies {
+        server.policies.clone_from(dir);
+    }
+    if let Some(d) = overrides.denials {
+        mcp.denials = d;
+    }
+    if let Some(u) = overrides.unknown_methods {
+        mcp.unknown_methods = u;
+    }
+    let dir = &server.policies;
+    if !dir.as_os_str().is_empty() {
+        if !dir.is_dir() {
+            problems.push(ConfigProblem::new(
+                policies_key,
+                format!(
+                    "`{}` is not a directory: the Cedar policies (`schema.cedarschema` and `*.cedar`; start from a copy of idguard's `policies/`)",
+                    dir.display()
+                ),
+            ));
+        } else if let Err(e) = crate::policy::PolicyEngine::from_dir(dir) {
+            let mut message = format!(
+                "the policies in `{}` do not load (`idguard policy validate {}` shows them):",
+                dir.display(),
+                dir.display()
+            );
+            for p in e.problems() {
+                message.push_str(&format!("\n      {}/{p}", dir.display()));
+            }
+            problems.push(ConfigProblem::new(policies_key, message));
+        }
+    }
+    if problems.is_empty() {
+        Ok(Checked {
+            config,
+            resolved,
+            server,
+            mcp,
+            origins,
+        })
+    } else {
+        Err(ConfigError::from_problems(origins.rename(problems)))
+    }
+}
+
+/// Where the keys of a configuration came from, so that problems name what the operator
+/// wrote: the environment variable (`IDGUARD_MCP_DENIALS`) or the file's key
+/// (`mcp.denials`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Origins {
+    /// `section.key` → the environment variable that set it.
+    env: BTreeMap<String, String>,
+}
+
+impl Origins {
+    /// `key` (`section.key`, or a deeper one such as `obo.apis.graph`) as the operator
+    /// wrote it: the variable that set it, else the key itself.
+    pub(crate) fn name(&self, key: &str) -> String {
+        if let Some(var) = self.env.get(key) {
+            return var.clone();
+        }
+        self.env
+            .iter()
+            .find(|(k, _)| {
+                key.strip_prefix(k.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+            })
+            .map_or_else(|| key.to_owned(), |(_, var)| var.clone())
+    }
+
+    /// The same problems, each under the name the operator wrote.
+    pub(crate) fn rename(&self, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+        problems
+            .into_iter()
+            .map(|p| ConfigProblem::new(self.name(p.key()), p.message().to_owned()))
+            .collect()
+    }
+
+    /// The configuration variables set in the environment.
+    #[cfg(all(feature = "dev", feature = "rmcp"))]
+    pub(crate) fn variables(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.env.values().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// A configuration as read, with what was wrong with it. Keys that could not be read
+/// (unknown, or of the wrong type) are left out and their problems recorded, so the rest
+/// can still be checked: every problem is reported at once.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) config: IdGuardConfig,
+    pub(crate) origins: Origins,
+    /// Problems by `section.key` (see [`Origins::rename`]).
+    pub(crate) problems: Vec<ConfigProblem>,
+}
+
+/// Keys holding secrets: their type errors never quote the value.
+const SECRET_KEYS: [&str; 3] = ["client_secret", "keys", "session_keys"];
+
 impl IdGuardConfig {
     /// Reads `path` (TOML; optional) and applies `IDGUARD_<SECTION>_<KEY>` environment
     /// overrides (`IDGUARD_TOKEN_CLIENT_ID` sets `token.client_id`; list keys take
@@ -330,12 +683,33 @@ impl IdGuardConfig {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming every unknown key, unreadable file or badly typed value.
+    /// [`ConfigError`] naming every unknown key, unreadable file or badly typed value, each
+    /// as the operator wrote it: the environment variable when one set it.
     pub fn load(
         path: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let loaded = Self::read(path, env)?;
+        if loaded.problems.is_empty() {
+            Ok(loaded.config)
+        } else {
+            Err(ConfigError::from_problems(
+                loaded.origins.rename(loaded.problems),
+            ))
+        }
+    }
+
+    /// [`load`](Self::load), keeping what could be read when some keys could not.
+    ///
+    /// # Errors
+    ///
+    /// Only a file that cannot be read or is not TOML.
+    pub(crate) fn read(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
         let mut problems = Vec::new();
+        let mut origins = Origins::default();
         let mut table = match path {
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(text) => match text.parse::<toml::Table>() {
@@ -356,6 +730,21 @@ impl IdGuardConfig {
             },
             None => toml::Table::new(),
         };
+        // Sections first: an unknown one, or one that is not a table, is left out whole.
+        let names: Vec<String> = table.keys().cloned().collect();
+        for name in names {
+            if !SECTIONS.contains(&name.as_str()) {
+                table.remove(&name);
+                let hint = suggestion(&name, SECTIONS.iter().copied());
+                problems.push(ConfigProblem::new(name, format!("unknown section{hint}")));
+            } else if !table.get(&name).is_some_and(toml::Value::is_table) {
+                table.remove(&name);
+                let message = format!("must be a section: `[{name}]` and its keys");
+                problems.push(ConfigProblem::new(name, message));
+            }
+        }
+        // The environment wins over the file; each value remembers its variable.
+        let mut raw_env: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("IDGUARD_") else {
                 continue;
@@ -368,11 +757,12 @@ impl IdGuardConfig {
                 lower
                     .strip_prefix(s)
                     .and_then(|k| k.strip_prefix('_'))
+                    .filter(|k| !k.is_empty())
                     .map(|k| (*s, k))
             }) else {
                 problems.push(ConfigProblem::new(
                     name,
-                    "not a configuration key".to_owned(),
+                    "not a configuration variable: idguard reads `IDGUARD_<SECTION>_<KEY>` (sections `token`, `server`, `mcp`, `obo`, `oauth`) and `IDGUARD_LOG`",
                 ));
                 continue;
             };
@@ -390,8 +780,11 @@ impl IdGuardConfig {
             } else if let Ok(i) = value.parse::<i64>() {
                 toml::Value::Integer(i)
             } else {
-                toml::Value::String(value)
+                toml::Value::String(value.clone())
             };
+            let dotted = format!("{section}.{key}");
+            origins.env.insert(dotted.clone(), name);
+            raw_env.insert(dotted, value);
             if let toml::Value::Table(sec) = table
                 .entry(section.to_owned())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -399,65 +792,154 @@ impl IdGuardConfig {
                 sec.insert(key.to_owned(), parsed);
             }
         }
-        // Report every unknown key, not just the first serde meets.
-        loop {
-            match toml::Value::Table(table.clone()).try_into::<IdGuardConfig>() {
-                Ok(config) if problems.is_empty() => return Ok(config),
-                Ok(_) => return Err(ConfigError::from_problems(problems)),
-                Err(e) => {
-                    let message = e.message().to_owned();
-                    let unknown = message
-                        .strip_prefix("unknown field `")
-                        .and_then(|m| m.split('`').next())
-                        .map(str::to_owned);
-                    let Some(field) = unknown else {
-                        problems.push(ConfigProblem::new(
-                            key_of(&table, &message),
-                            message.trim().to_owned(),
-                        ));
-                        return Err(ConfigError::from_problems(problems));
-                    };
-                    let section = if table.contains_key(&field) {
-                        None
-                    } else {
-                        table
-                            .iter()
-                            .find(|(_, v)| v.as_table().is_some_and(|t| t.contains_key(&field)))
-                            .map(|(k, _)| k.clone())
-                    };
-                    match section {
-                        Some(sec) => {
-                            if let Some(toml::Value::Table(t)) = table.get_mut(&sec) {
-                                t.remove(&field);
-                            }
-                            problems.push(ConfigProblem::new(
-                                format!("{sec}.{field}"),
-                                "unknown key".to_owned(),
-                            ));
-                        }
-                        None => {
-                            table.remove(&field);
-                            problems.push(ConfigProblem::new(field, "unknown section".to_owned()));
-                        }
+        // Then every key on its own: unknown keys and type errors are all reported, and
+        // left out so that the rest can still be checked.
+        for (section, value) in &mut table {
+            let Some(keys) = value.as_table_mut() else {
+                continue;
+            };
+            let names: Vec<String> = keys.keys().cloned().collect();
+            for key in names {
+                let dotted = format!("{section}.{key}");
+                let Some(v) = keys.get(&key) else { continue };
+                let Err(message) = check_key(section, &key, v) else {
+                    continue;
+                };
+                // A variable's value that read as a number or boolean may be a string.
+                if let Some(raw) = raw_env.get(&dotted)
+                    && !v.is_str()
+                    && !v.is_array()
+                {
+                    let text = toml::Value::String(raw.clone());
+                    if check_key(section, &key, &text).is_ok() {
+                        keys.insert(key, text);
+                        continue;
                     }
                 }
+                keys.remove(&key);
+                let message = if let Some(expected) = message.strip_prefix("unknown field `") {
+                    let known = expected
+                        .split('`')
+                        .skip(2)
+                        .step_by(2)
+                        .filter(|k| !k.is_empty());
+                    let hint = suggestion(&key, known);
+                    if origins.env.contains_key(&dotted) {
+                        format!(
+                            "not a configuration variable: `[{section}]` has no key `{key}`{hint}"
+                        )
+                    } else {
+                        format!("unknown key{hint}")
+                    }
+                } else if SECRET_KEYS.contains(&key.as_str()) {
+                    if key == "client_secret" {
+                        "must be a string in quotes".to_owned()
+                    } else {
+                        "must be a list of strings, like `[\"…\"]`".to_owned()
+                    }
+                } else {
+                    type_problem(&key, &message)
+                };
+                problems.push(ConfigProblem::new(dotted, message));
             }
         }
+        let config = match toml::Value::Table(table).try_into::<IdGuardConfig>() {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(ConfigProblem::new(
+                    "configuration",
+                    e.message().trim().to_owned(),
+                ));
+                IdGuardConfig::default()
+            }
+        };
+        Ok(Loaded {
+            config,
+            origins,
+            problems,
+        })
     }
 }
 
-/// Best effort: the key a type error is about (`section.key` when the message names it).
-fn key_of(table: &toml::Table, message: &str) -> String {
-    for (section, value) in table {
-        if let Some(t) = value.as_table() {
-            for key in t.keys() {
-                if message.contains(&format!("`{key}`")) || message.contains(key.as_str()) {
-                    return format!("{section}.{key}");
-                }
+/// A type error in the operator's words: what the key takes, and what was found.
+fn type_problem(key: &str, message: &str) -> String {
+    let found = message
+        .strip_prefix("invalid type: ")
+        .and_then(|m| m.split(", expected").next())
+        .map(|f| format!(" (found {f})"))
+        .unwrap_or_default();
+    let duration = ["leeway", "timeout", "interval", "lifetime", "skew", "grace"]
+        .iter()
+        .any(|d| key.contains(d));
+    let wants = if message.contains("expected a string") && duration {
+        "must be a duration in quotes, like `\"60s\"`, `\"5m\"` or `\"12h\"`"
+    } else if message.contains("expected a string") {
+        "must be a string in quotes"
+    } else if message.contains("expected u64")
+        || message.contains("expected u32")
+        || message.contains("expected i64")
+    {
+        "must be a whole number"
+    } else if message.contains("expected a boolean") {
+        "must be `true` or `false`"
+    } else if message.contains("expected a sequence") {
+        "must be a list, like `[\"a\", \"b\"]`"
+    } else if message.contains("expected a map") {
+        "must be a table"
+    } else {
+        return message.to_owned();
+    };
+    format!("{wants}{found}")
+}
+
+/// Whether `value` alone deserializes as key `key` of section `section`; the problem if not.
+fn check_key(section: &str, key: &str, value: &toml::Value) -> Result<(), String> {
+    let mut one = toml::Table::new();
+    one.insert(key.to_owned(), value.clone());
+    let one = toml::Value::Table(one);
+    let result = match section {
+        "token" => one.try_into::<TokenConfig>().map(drop),
+        "server" => one.try_into::<ServerConfig>().map(drop),
+        "mcp" => one.try_into::<McpConfig>().map(drop),
+        "obo" => one.try_into::<OboConfig>().map(drop),
+        "oauth" => one.try_into::<OAuthConfig>().map(drop),
+        _ => Ok(()),
+    };
+    result.map_err(|e| e.message().trim().replace('\n', " "))
+}
+
+/// ` (did you mean `x`?)` when one of `known` is one or two edits away from `name`.
+fn suggestion<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance (names are short).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row.first().copied().unwrap_or(0);
+        if let Some(first) = row.first_mut() {
+            *first = i + 1;
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let above = row.get(j + 1).copied().unwrap_or(usize::MAX);
+            let left = row.get(j).copied().unwrap_or(usize::MAX);
+            let value = (prev + usize::from(ca != *cb))
+                .min(above.saturating_add(1))
+                .min(left.saturating_add(1));
+            prev = above;
+            if let Some(cell) = row.get_mut(j + 1) {
+                *cell = value;
             }
         }
     }
-    "configuration".to_owned()
+    row.last().copied().unwrap_or(0)
 }
 
 /// `[obo]`: the middle tier's credential and the downstream APIs it calls for its callers.
@@ -621,6 +1103,11 @@ pub struct TokenConfig {
     /// Validated-token cache size, default [`DEFAULT_TOKEN_CACHE_CAPACITY`]; `0` turns the
     /// cache off (every request then verifies a signature).
     pub cache_capacity: Option<u64>,
+    /// A file where the last signing keys fetched are kept (with the discovery results
+    /// they belong to). A start that cannot reach the identity provider starts from it
+    /// instead of failing. Default: none. Public keys only, but whoever can write it can
+    /// add keys: give it the permissions of the configuration file.
+    pub jwks_cache_file: Option<PathBuf>,
 }
 
 /// A configuration that passed every check. Built only by [`IdGuardConfig::resolve`].
@@ -640,6 +1127,7 @@ pub struct ResolvedConfig {
     pub(crate) jwks_refresh_interval: Duration,
     pub(crate) jwks_min_refresh_interval: Duration,
     pub(crate) cache_capacity: u64,
+    pub(crate) jwks_cache_file: Option<PathBuf>,
     pub(crate) obo: Option<OboSettings>,
     pub(crate) oauth: Option<OAuthSettings>,
 }
@@ -669,7 +1157,31 @@ impl ResolvedConfig {
     pub fn identifier_uri(&self) -> &str {
         &self.identifier_uri
     }
+
+    /// The scopes clients are told to request, fully qualified with the identifier URI
+    /// (`api://…/mcp.tools`): the protected-resource metadata's `scopes_supported` and the
+    /// challenges' `scope`. `token.required_scopes`; without them the OAuth proxy's
+    /// `oauth.scopes`; without either [`DEFAULT_SCOPE`], the scope `idguard entra
+    /// manifest` exposes. A client that asks Entra for no scope of this API gets a token
+    /// for another one.
+    pub(crate) fn advertised_scopes(&self) -> Vec<String> {
+        let short: Vec<&str> = if !self.required_scopes.is_empty() {
+            self.required_scopes.iter().map(String::as_str).collect()
+        } else if let Some(o) = self.oauth.as_ref().filter(|o| !o.scopes.is_empty()) {
+            o.scopes.iter().map(String::as_str).collect()
+        } else {
+            vec![DEFAULT_SCOPE]
+        };
+        short
+            .into_iter()
+            .map(|s| format!("{}/{s}", self.identifier_uri))
+            .collect()
+    }
 }
+
+/// The delegated scope `idguard entra manifest` exposes when `token.required_scopes` names
+/// none, and that metadata and challenges then advertise.
+pub(crate) const DEFAULT_SCOPE: &str = "mcp.tools";
 
 impl IdGuardConfig {
     /// Checks every key and returns the validated configuration.
@@ -680,6 +1192,7 @@ impl IdGuardConfig {
     pub fn resolve(self) -> Result<ResolvedConfig, ConfigError> {
         let mut problems = Vec::new();
         self.server.check(&mut problems);
+        self.mcp.check(&mut problems);
         let t = self.token;
         let mut problem = |key: &str, msg: String| problems.push(ConfigProblem::new(key, msg));
 
@@ -835,6 +1348,18 @@ impl IdGuardConfig {
                 );
             }
         }
+        // A scope as the token carries it (`scp` holds short names): a qualified one would
+        // never match, and challenges would qualify it twice.
+        for s in &t.required_scopes {
+            if let Some((_, short)) = s.rsplit_once('/').filter(|_| s.contains(['/', ':'])) {
+                problem(
+                    "token.required_scopes",
+                    format!(
+                        "`{s}`: write the scope's short name as tokens carry it in `scp` (`{short}`); challenges and metadata qualify it with `token.identifier_uri`"
+                    ),
+                );
+            }
+        }
         let cache_capacity = t.cache_capacity.unwrap_or(DEFAULT_TOKEN_CACHE_CAPACITY);
         let oauth = self.oauth.map(|o| {
             resolve_oauth(
@@ -865,6 +1390,7 @@ impl IdGuardConfig {
                 jwks_refresh_interval,
                 jwks_min_refresh_interval,
                 cache_capacity,
+                jwks_cache_file: t.jwks_cache_file.filter(|p| !p.as_os_str().is_empty()),
                 obo: obo.flatten(),
                 oauth: oauth.flatten(),
             }),
@@ -940,7 +1466,13 @@ fn resolve_oauth(
             "is for development only: allowed when the issuer is on loopback".into(),
         );
     }
-    let keys = if o.keys.is_empty() {
+    let placeholders = problems.len();
+    check_secrets("oauth.keys", &o.keys, crate::oauth::MIN_KEY_BYTES, problems);
+    let bad_keys = problems.len() > placeholders;
+    let mut problem = |key: &str, msg: String| problems.push(ConfigProblem::new(key, msg));
+    let keys = if bad_keys {
+        None
+    } else if o.keys.is_empty() {
         problem(
             "oauth.keys",
             format!(
@@ -1069,6 +1601,13 @@ fn resolve_obo(o: OboConfig, problems: &mut Vec<ConfigProblem>) -> Option<OboSet
         }
         (_, Some(secret), ..) if secret.expose().trim().is_empty() => {
             problem("obo.client_secret", "is empty".into());
+            None
+        }
+        (_, Some(secret), ..) if is_placeholder(secret.expose()) => {
+            problem(
+                "obo.client_secret",
+                "is an example's placeholder: a client secret of the app registration (prefer a certificate or a federated credential)".into(),
+            );
             None
         }
         (_, Some(secret), ..) => Some(ClientCredential::secret(secret)),
@@ -1556,5 +2095,226 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(err.problems().len(), 5);
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn problems_name_the_variable_that_set_a_key() {
+        let err = IdGuardConfig::load(
+            None,
+            env(&[
+                ("IDGUARD_MCP_URL", "http://127.0.0.1:8400/mcp"),
+                ("IDGUARD_SERVER_MAX_CONNECTIONS", "many"),
+                ("IDGUARD_TOKEN", "eyJ"),
+            ]),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(ConfigProblem::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "IDGUARD_TOKEN",
+                "IDGUARD_MCP_URL",
+                "IDGUARD_SERVER_MAX_CONNECTIONS"
+            ],
+            "{err}"
+        );
+        assert!(!err.to_string().contains("mcp.url"), "{err}");
+        assert!(
+            !err.to_string().contains("eyJ"),
+            "values are not echoed: {err}"
+        );
+        // Resolution problems too: the variable, not the file.
+        let loaded =
+            IdGuardConfig::read(None, env(&[("IDGUARD_TOKEN_TENANT", "contoso")])).unwrap();
+        let err = loaded.config.resolve().unwrap_err();
+        let named = loaded.origins.rename(err.problems().to_vec());
+        assert!(
+            named.iter().any(|p| p.key() == "IDGUARD_TOKEN_TENANT"),
+            "{named:?}"
+        );
+    }
+
+    #[test]
+    fn a_variable_that_reads_as_a_number_may_be_a_string() {
+        let config = IdGuardConfig::load(
+            None,
+            env(&[
+                ("IDGUARD_OBO_CLIENT_SECRET", "12345"),
+                ("IDGUARD_SERVER_MAX_CONNECTIONS", "64"),
+                ("IDGUARD_TOKEN_ACCEPT_V1", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.obo.unwrap().client_secret.unwrap().expose(), "12345");
+        assert_eq!(config.server.max_connections, Some(64));
+    }
+
+    #[test]
+    fn every_type_error_and_unknown_key_is_reported_and_the_rest_still_read() {
+        let dir = std::env::temp_dir().join(format!("idguard-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("idguard.toml");
+        std::fs::write(
+            &path,
+            "[token]\ntenant = \"organizations\"\nleeway = 5\ncache_capacity = \"lots\"\n[server]\nmax_connections = \"many\"\n[mcp]\ndenyals = \"visible\"\n[oauth]\nkeys = [1]\n",
+        )
+        .unwrap();
+        let loaded = IdGuardConfig::read(Some(&path), []).unwrap();
+        let problems: Vec<(&str, &str)> = loaded
+            .problems
+            .iter()
+            .map(|p| (p.key(), p.message()))
+            .collect();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| *k).collect();
+        for key in [
+            "token.leeway",
+            "token.cache_capacity",
+            "server.max_connections",
+            "mcp.denyals",
+            "oauth.keys",
+        ] {
+            assert!(keys.contains(&key), "{key} in {problems:?}");
+        }
+        assert!(
+            problems
+                .iter()
+                .any(|(k, m)| *k == "mcp.denyals" && m.contains("did you mean `denials`"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|(k, m)| *k == "token.leeway" && m.contains("duration in quotes"))
+        );
+        // What could be read was read.
+        assert_eq!(loaded.config.token.tenant.as_deref(), Some("organizations"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn scopes_are_short_names_and_the_default_is_advertised() {
+        let err = IdGuardConfig {
+            token: TokenConfig {
+                required_scopes: vec![
+                    "api://8c1a5e6f-0000-4000-8000-000000000001/mcp.tools".into(),
+                ],
+                ..valid()
+            },
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(err.problems()[0].key(), "token.required_scopes");
+        assert!(
+            err.problems()[0].message().contains("(`mcp.tools`)"),
+            "{err}"
+        );
+        let r = IdGuardConfig {
+            token: valid(),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            r.advertised_scopes(),
+            ["api://8c1a5e6f-0000-4000-8000-000000000001/mcp.tools"]
+        );
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        for placeholder in [
+            "change-me-to-48-random-bytes-from-openssl-rand-base64-48",
+            "<at least 32 random bytes, e.g. openssl rand -base64 48>",
+            "…at least 32 random bytes…",
+        ] {
+            assert!(is_placeholder(placeholder), "{placeholder}");
+        }
+        assert!(!is_placeholder(
+            "k3Jx9Qv0P1u5e8ZbN2m7R4t6Y0w3S5d8F1h4J7l0Z2x5C8v1B4n7M0q3W6e9R2t5"
+        ));
+        let err = IdGuardConfig {
+            token: valid(),
+            mcp: McpConfig {
+                session_keys: vec![Secret::new("change-me-change-me-change-me-change-me")],
+                ..McpConfig::default()
+            },
+            obo: Some(OboConfig {
+                client_secret: Some(Secret::new("change-me")),
+                ..OboConfig::default()
+            }),
+            oauth: Some(OAuthConfig {
+                keys: vec![Secret::new(
+                    "change-me-to-48-random-bytes-from-openssl-rand-base64-48",
+                )],
+                scopes: Some(vec!["mcp.tools".into()]),
+                ..OAuthConfig::default()
+            }),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(ConfigProblem::key).collect();
+        assert_eq!(
+            keys,
+            ["mcp.session_keys", "oauth.keys", "obo.client_secret"],
+            "{err}"
+        );
+        assert!(!err.to_string().contains("change-me-to"), "{err}");
+    }
+
+    #[test]
+    fn server_and_mcp_keys_serve_reads_are_checked_by_resolve() {
+        let err = IdGuardConfig {
+            token: valid(),
+            server: ServerConfig {
+                listen: Some("8400".into()),
+                mcp_path: Some("mcp".into()),
+                upstream: Some("127.0.0.1:9000/mcp".into()),
+                ..ServerConfig::default()
+            },
+            mcp: McpConfig {
+                denials: Some("loud".into()),
+                unknown_methods: Some("ignore".into()),
+                session_keys: vec![Secret::new("short")],
+                allowed_hosts: vec!["https://mcp.contoso.com/".into()],
+                ..McpConfig::default()
+            },
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(ConfigProblem::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "server.mcp_path",
+                "server.upstream",
+                "mcp.denials",
+                "mcp.unknown_methods",
+                "mcp.session_keys",
+                "mcp.allowed_hosts"
+            ],
+            "{err}"
+        );
+        assert!(!err.to_string().contains("`short`"), "{err}");
+    }
+
+    #[test]
+    fn suggestions_are_close_names() {
+        assert_eq!(edit_distance("denyals", "denials"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(
+            suggestion("sever", SECTIONS.iter().copied()),
+            " (did you mean `server`?)"
+        );
+        assert_eq!(suggestion("zzz", SECTIONS.iter().copied()), "");
     }
 }

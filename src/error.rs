@@ -18,7 +18,9 @@ use http::{Response, StatusCode};
 /// Why a bearer token was not accepted.
 ///
 /// The variants are for logs, metrics and tests; on the wire every one of them is the same
-/// `401 invalid_token` (or `503` for [`KeysUnavailable`](Self::KeysUnavailable)).
+/// `401 invalid_token` (or `503` for [`KeysUnavailable`](Self::KeysUnavailable)), except
+/// [`InsufficientScope`](Self::InsufficientScope) (`403 insufficient_scope`) and
+/// [`GroupsUnresolved`](Self::GroupsUnresolved) (answered as the on-behalf-of error is).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
@@ -77,6 +79,45 @@ pub enum TokenError {
     /// resource, or whose session was revoked.
     #[error("idguard-issued token is invalid, expired or revoked")]
     SessionEnded,
+    /// A valid token with none of the required scopes (`token.required_scopes`) and none of
+    /// the required roles (`token.required_roles`).
+    #[error("token carries none of the required scopes or roles")]
+    InsufficientScope,
+    /// The token has a groups overage, and its groups could not be resolved through Graph
+    /// (`[obo] resolve_group_overage`).
+    #[error("the groups of a token with a groups overage could not be resolved: {0}")]
+    GroupsUnresolved(crate::obo::OboError),
+}
+
+impl TokenError {
+    /// The class of problem, for the `error_description` of an `invalid_token` challenge and
+    /// for logs: never token text or a claim's value. Plain ASCII without quotes or
+    /// backslashes, as RFC 6750 requires.
+    pub(crate) fn description(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "no bearer token",
+            TokenError::TooLarge { .. } => "the token is longer than this server accepts",
+            TokenError::Malformed => "the token is not a well-formed JWT",
+            TokenError::UnsupportedAlgorithm => "the token is not signed with RS256",
+            TokenError::UnknownKey => {
+                "the token is signed with a key the identity provider does not publish"
+            }
+            TokenError::BadSignature => "the token signature does not verify",
+            TokenError::Expired => "the token has expired",
+            TokenError::NotYetValid => "the token is not valid yet",
+            TokenError::WrongAudience => {
+                "the token is for another audience: request it with this API's scope"
+            }
+            TokenError::WrongIssuer => "the token issuer does not match its tenant",
+            TokenError::KeyIssuerMismatch => "the token signing key belongs to another issuer",
+            TokenError::TenantNotAllowed => "the token tenant is not allowed here",
+            TokenError::VersionNotAccepted => "the token version is not accepted",
+            TokenError::MissingClaim(_) => "the token lacks a claim this server requires",
+            TokenError::NoScopeOrRole => "the token carries neither scopes nor roles",
+            TokenError::SessionEnded => "the sign-in session has ended: sign in again",
+            _ => "the token is not accepted",
+        }
+    }
 }
 
 /// One problem in a configuration, naming the key as the operator wrote it.
@@ -246,6 +287,7 @@ pub struct Rejection {
     kind: RejectionKind,
     www_authenticate: Option<HeaderValue>,
     retry_after: Option<u64>,
+    description: Option<&'static str>,
 }
 
 impl Rejection {
@@ -254,7 +296,29 @@ impl Rejection {
             kind,
             www_authenticate,
             retry_after: None,
+            description: None,
         }
+    }
+
+    /// `401 invalid_token` for `e`: `challenge` (the prebuilt `Bearer error="invalid_token",
+    /// resource_metadata="…"`) gains an `error_description` naming the class of problem
+    /// (RFC 6750 §3), never the token or a claim's value.
+    pub(crate) fn invalid_token(challenge: &HeaderValue, e: &TokenError) -> Self {
+        let description = e.description();
+        let mut value = challenge.as_bytes().to_vec();
+        value.extend_from_slice(b", error_description=\"");
+        value.extend_from_slice(description.as_bytes());
+        value.push(b'"');
+        let challenge = HeaderValue::from_bytes(&value).unwrap_or_else(|_| challenge.clone());
+        Self {
+            description: Some(description),
+            ..Self::new(RejectionKind::InvalidToken, Some(challenge))
+        }
+    }
+
+    /// Why, in a few words, when the rejection says (the challenge's `error_description`).
+    pub fn description(&self) -> Option<&str> {
+        self.description
     }
 
     /// Sets the `Retry-After` seconds (for throttling answers).
@@ -312,7 +376,83 @@ impl Rejection {
 }
 
 impl axum::response::IntoResponse for Rejection {
+    /// [`Rejection::into_response`], with a JSON body for `400`, `401` and `403`:
+    /// `{"error": "…", "error_description": "…"}` (RFC 6750's code, and the description when
+    /// there is one), so a client that reads bodies rather than headers learns as much.
     fn into_response(self) -> axum::response::Response {
-        Rejection::into_response(self)
+        let code = match self.kind {
+            RejectionKind::BadRequest => Some("invalid_request"),
+            RejectionKind::InvalidToken => Some("invalid_token"),
+            RejectionKind::InsufficientScope => Some("insufficient_scope"),
+            _ => None,
+        };
+        let body = code.map(|code| {
+            let mut body = serde_json::json!({ "error": code });
+            if let (Some(d), Some(map)) = (self.description, body.as_object_mut()) {
+                map.insert("error_description".into(), d.into());
+            }
+            body.to_string()
+        });
+        let mut res: axum::response::Response = Rejection::into_response(self);
+        if let Some(body) = body {
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            *res.body_mut() = axum::body::Body::from(body);
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_token_challenge_says_why_and_the_axum_body_repeats_it() {
+        let base = HeaderValue::from_static(
+            "Bearer error=\"invalid_token\", resource_metadata=\"https://x/.well-known/oauth-protected-resource\"",
+        );
+        let r = Rejection::invalid_token(&base, &TokenError::Expired);
+        assert_eq!(r.kind(), RejectionKind::InvalidToken);
+        assert_eq!(r.description(), Some("the token has expired"));
+        assert_eq!(
+            r.www_authenticate().unwrap(),
+            "Bearer error=\"invalid_token\", resource_metadata=\"https://x/.well-known/oauth-protected-resource\", error_description=\"the token has expired\""
+        );
+        let res = axum::response::IntoResponse::into_response(r);
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn descriptions_are_valid_in_a_challenge() {
+        for e in [
+            TokenError::Missing,
+            TokenError::TooLarge { max: 16 },
+            TokenError::Malformed,
+            TokenError::UnsupportedAlgorithm,
+            TokenError::UnknownKey,
+            TokenError::BadSignature,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+            TokenError::WrongAudience,
+            TokenError::WrongIssuer,
+            TokenError::KeyIssuerMismatch,
+            TokenError::TenantNotAllowed,
+            TokenError::VersionNotAccepted,
+            TokenError::MissingClaim("tid"),
+            TokenError::NoScopeOrRole,
+            TokenError::SessionEnded,
+        ] {
+            let d = e.description();
+            // RFC 6750 §3: %x20-21 / %x23-5B / %x5D-7E.
+            assert!(
+                d.bytes()
+                    .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'),
+                "{d}"
+            );
+        }
     }
 }

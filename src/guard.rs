@@ -21,7 +21,7 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 
 use crate::config::{IdGuardConfig, OAuthConfig, OboConfig, ResolvedConfig, TokenConfig};
-use crate::entra::{TenantMode, fetch_metadata};
+use crate::entra::TenantMode;
 use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
 use crate::oauth::proxy::Proxy;
 use crate::oauth::{MemoryStore, OAuthStore};
@@ -107,7 +107,7 @@ impl Clock {
 /// What the synchronous fast path concluded.
 pub(crate) enum Authn {
     /// Decided without waiting.
-    Done(Result<Admitted, Rejection>),
+    Done(Result<Admitted, Refusal>),
     /// An idguard-issued token (OAuth proxy): look up its session, then decide.
     NeedsSession { token: String },
     /// The token names an unknown `kid`: refresh the keys (once), then decide.
@@ -117,6 +117,27 @@ pub(crate) enum Authn {
         principal: Principal,
         token: BearerToken,
     },
+}
+
+/// Why the authentication path refused a token: the library's [`TokenError`], from which
+/// the layer's [`Rejection`] is made ([`IdGuard::rejection`]) only when the layer answers.
+pub(crate) enum Refusal {
+    /// The token itself, or the scope/role gate ([`TokenError::InsufficientScope`]).
+    Token(TokenError),
+    /// A groups overage that Graph could not resolve: answered like the on-behalf-of error.
+    Groups {
+        error: crate::obo::OboError,
+        principal: Principal,
+    },
+}
+
+impl From<Refusal> for TokenError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Token(e) => e,
+            Refusal::Groups { error, .. } => TokenError::GroupsUnresolved(error),
+        }
+    }
 }
 
 /// An accepted request's extensions: the caller, and with `[obo]` their token and the
@@ -170,27 +191,10 @@ impl IdGuard {
         // (another IdGuard, or the host app) is harmless.
         let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
 
-        let segment = config.tenant.discovery_segment();
-        let v2_url = format!(
-            "{}/{segment}/v2.0/.well-known/openid-configuration",
-            config.authority
-        );
-        let v2 = fetch_metadata(&client, &v2_url).await?;
-        let v1_issuer = if config.accept_v1 {
-            let v1_url = format!(
-                "{}/{segment}/.well-known/openid-configuration",
-                config.authority
-            );
-            Some(fetch_metadata(&client, &v1_url).await?.issuer)
-        } else {
-            None
-        };
-        let keys = KeyStore::load(
-            client.clone(),
-            v2.jwks_uri,
-            config.jwks_min_refresh_interval,
-        )
-        .await?;
+        // Discovery and the signing keys (from `token.jwks_cache_file` when the identity
+        // provider cannot be reached).
+        let (keys, v2) = KeyStore::start(&client, &config).await?;
+        let v1_issuer = v2.v1_issuer.clone();
         let authorization_server = match &config.tenant {
             TenantMode::Single(_) => v2.issuer.clone(),
             TenantMode::AllowList(_) | TenantMode::AnyOrganization => {
@@ -299,29 +303,44 @@ impl IdGuard {
         }
     }
 
+    /// The signing keys' source, age and fetch failures (for health and metrics).
+    #[cfg_attr(
+        not(all(feature = "dev", feature = "rmcp")),
+        allow(dead_code, reason = "read by the `idguard` binary only")
+    )]
+    pub(crate) fn key_status(&self) -> crate::token::jwks::KeyStatus {
+        self.inner.keys.status()
+    }
+
     /// The authorization server named in the protected-resource metadata.
     pub fn authorization_server(&self) -> &str {
         &self.inner.authorization_server
     }
 
-    /// Validates a bearer token (refreshing the keys once if its `kid` is new) and returns
-    /// the caller. Uses the validated-token cache.
+    /// Authenticates a bearer token exactly as [`ValidateTokenLayer`] does, and returns
+    /// the caller the layer would insert: the token validated (with the validated-token
+    /// cache; the keys refreshed once if its `kid` is new; an idguard-issued token through
+    /// its session), then the `token.required_scopes`/`token.required_roles` gate, then a
+    /// groups overage resolved through Graph when `[obo]` resolves overage.
     ///
     /// # Errors
     ///
-    /// The [`TokenError`] that made the token unacceptable.
+    /// The [`TokenError`] that made the token unacceptable;
+    /// [`InsufficientScope`](TokenError::InsufficientScope) where the layer answers `403`;
+    /// [`GroupsUnresolved`](TokenError::GroupsUnresolved) where a groups overage could not
+    /// be resolved.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
-        if let Some(proxy) = &self.inner.oauth
-            && proxy.is_own_token(token)
-        {
-            let session = proxy
-                .entra_token_for(token, self.inner.config.leeway.as_secs())
-                .await
-                .ok_or(TokenError::SessionEnded)?;
-            return Box::pin(self.validate(&session.entra_token))
-                .await
-                .map(|p| p.via_oauth_client(&session.scopes, &session.client));
-        }
+        let admitted = match self.authenticate_token(token) {
+            Authn::Done(done) => done,
+            // Boxed, as in the layer: the slow paths stay out of this future.
+            slow => Box::pin(self.complete(slow)).await,
+        };
+        admitted.map(|a| a.principal).map_err(TokenError::from)
+    }
+
+    /// Validation alone: the cache, then the token against the keys (refreshed once if its
+    /// `kid` is new). No scope/role gate, no groups.
+    async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         match self.validate_now(token, &mut None) {
             Err(TokenError::UnknownKey) => {
                 let generation = self.inner.keys.snapshot().generation();
@@ -372,10 +391,16 @@ impl IdGuard {
 
     /// The layer's synchronous decision for a request's headers.
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Authn {
-        let token = match bearer_token(headers) {
-            Ok(token) => token,
-            Err(e) => return Authn::Done(Err(self.reject(&e))),
-        };
+        match bearer_token(headers) {
+            Ok(token) => self.authenticate_token(token),
+            Err(e) => Authn::Done(Err(Refusal::Token(e))),
+        }
+    }
+
+    /// The one authentication path (the layer's and [`validate`](Self::validate)'s),
+    /// synchronous part: decides without waiting when it can (a cache hit needs no more),
+    /// else says what to wait for; [`complete`](Self::complete) does that.
+    fn authenticate_token(&self, token: &str) -> Authn {
         if let Some(proxy) = &self.inner.oauth
             && proxy.is_own_token(token)
         {
@@ -399,24 +424,38 @@ impl IdGuard {
                 token: token.to_owned(),
                 generation: self.inner.keys.snapshot().generation(),
             },
-            Err(e) => Authn::Done(Err(self.reject(&e))),
+            Err(e) => Authn::Done(Err(Refusal::Token(e))),
         }
     }
 
-    /// The layer's slow path, after an unknown `kid`.
-    pub(crate) async fn authenticate_after_refresh(
-        self,
+    /// The one authentication path, the part that waits: a session, a key refresh, or
+    /// the caller's groups.
+    pub(crate) async fn complete(&self, authn: Authn) -> Result<Admitted, Refusal> {
+        match authn {
+            Authn::Done(done) => done,
+            Authn::NeedsSession { token } => self.authenticate_session(token).await,
+            Authn::NeedsRefresh { token, generation } => {
+                self.authenticate_after_refresh(token, generation).await
+            }
+            Authn::NeedsGroups { principal, token } => self.resolve_groups(principal, token).await,
+        }
+    }
+
+    /// After an unknown `kid`: validation once the keys are refreshed, then the rest.
+    async fn authenticate_after_refresh(
+        &self,
         token: String,
         generation: u64,
-    ) -> Result<Admitted, Rejection> {
-        match self.validate_after_refresh(&token, generation).await {
-            Ok(principal) => self.finish(principal, BearerToken::new(token)).await,
-            Err(e) => Err(self.reject(&e)),
-        }
+    ) -> Result<Admitted, Refusal> {
+        let principal = self
+            .validate_after_refresh(&token, generation)
+            .await
+            .map_err(Refusal::Token)?;
+        self.finish(principal, BearerToken::new(token)).await
     }
 
     /// After validation on a slow path: the scope gate, then groups or admission.
-    async fn finish(self, principal: Principal, token: BearerToken) -> Result<Admitted, Rejection> {
+    async fn finish(&self, principal: Principal, token: BearerToken) -> Result<Admitted, Refusal> {
         let principal = self.admit(principal)?;
         if self.needs_groups(&principal) {
             self.resolve_groups(principal, token).await
@@ -425,34 +464,34 @@ impl IdGuard {
         }
     }
 
-    /// The layer's path for an idguard-issued token: its session's Entra token, validated
-    /// like any other, is the caller's identity and on-behalf-of assertion.
-    pub(crate) async fn authenticate_session(self, token: String) -> Result<Admitted, Rejection> {
+    /// An idguard-issued token: its session's Entra token, validated like any other, is
+    /// the caller's identity and on-behalf-of assertion; the gate then sees the scopes the
+    /// client was granted.
+    async fn authenticate_session(&self, token: String) -> Result<Admitted, Refusal> {
         let Some(proxy) = &self.inner.oauth else {
-            return Err(self.reject(&TokenError::SessionEnded));
+            return Err(Refusal::Token(TokenError::SessionEnded));
         };
         let Some(session) = proxy
             .entra_token_for(&token, self.inner.config.leeway.as_secs())
             .await
         else {
-            return Err(self.reject(&TokenError::SessionEnded));
+            return Err(Refusal::Token(TokenError::SessionEnded));
         };
-        match self.validate(&session.entra_token).await {
-            Ok(principal) => {
-                let principal = principal.via_oauth_client(&session.scopes, &session.client);
-                self.finish(principal, BearerToken::new(session.entra_token))
-                    .await
-            }
-            Err(e) => Err(self.reject(&e)),
-        }
+        let principal = self
+            .verify(&session.entra_token)
+            .await
+            .map_err(Refusal::Token)?
+            .via_oauth_client(&session.scopes, &session.client);
+        self.finish(principal, BearerToken::new(session.entra_token))
+            .await
     }
 
-    /// The layer's slow path for a groups overage: the caller with groups from Graph.
-    pub(crate) async fn resolve_groups(
-        self,
+    /// A groups overage: the caller with groups from Graph.
+    async fn resolve_groups(
+        &self,
         principal: Principal,
         token: BearerToken,
-    ) -> Result<Admitted, Rejection> {
+    ) -> Result<Admitted, Refusal> {
         let Some(obo) = &self.inner.obo else {
             return Ok(Admitted {
                 principal,
@@ -464,7 +503,7 @@ impl IdGuard {
                 principal: resolved,
                 obo: Some((obo.clone(), token)),
             }),
-            Err(e) => Err(obo.rejection(&e, &principal)),
+            Err(error) => Err(Refusal::Groups { error, principal }),
         }
     }
 
@@ -486,7 +525,7 @@ impl IdGuard {
     }
 
     /// The optional scope/role gate: any required scope, or any required role.
-    fn admit(&self, principal: Principal) -> Result<Principal, Rejection> {
+    fn admit(&self, principal: Principal) -> Result<Principal, Refusal> {
         let c = &self.inner.config;
         if c.required_scopes.is_empty() && c.required_roles.is_empty() {
             return Ok(principal);
@@ -497,10 +536,18 @@ impl IdGuard {
             Ok(principal)
         } else {
             tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "required scope or role missing");
-            Err(Rejection::new(
-                RejectionKind::InsufficientScope,
-                Some(self.inner.challenges.insufficient.clone()),
-            ))
+            Err(Refusal::Token(TokenError::InsufficientScope))
+        }
+    }
+
+    /// The layer's answer for a refusal.
+    pub(crate) fn rejection(&self, refusal: Refusal) -> Rejection {
+        match refusal {
+            Refusal::Token(e) => self.reject(&e),
+            Refusal::Groups { error, principal } => match &self.inner.obo {
+                Some(obo) => obo.rejection(&error, &principal),
+                None => self.reject(&TokenError::GroupsUnresolved(error)),
+            },
         }
     }
 
@@ -510,13 +557,24 @@ impl IdGuard {
             TokenError::Missing => {
                 Rejection::new(RejectionKind::MissingToken, Some(ch.missing.clone()))
             }
-            TokenError::KeysUnavailable => {
+            TokenError::InsufficientScope => Rejection::new(
+                RejectionKind::InsufficientScope,
+                Some(ch.insufficient.clone()),
+            ),
+            // Only without `[obo]` (never in practice): the groups service is unavailable.
+            TokenError::GroupsUnresolved(_) => {
                 tracing::error!(target: "idguard::rejection", "{e}");
                 Rejection::new(RejectionKind::Unavailable, None)
             }
+            TokenError::KeysUnavailable => {
+                tracing::error!(target: "idguard::rejection", "{e}");
+                // The time until the key store tries again, not a guess.
+                Rejection::new(RejectionKind::Unavailable, None)
+                    .with_retry_after(self.inner.keys.retry_after())
+            }
             _ => {
                 tracing::debug!(target: "idguard::rejection", reason = %e, "invalid token");
-                Rejection::new(RejectionKind::InvalidToken, Some(ch.invalid.clone()))
+                Rejection::invalid_token(&ch.invalid, e)
             }
         }
     }
@@ -565,12 +623,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
 impl Challenges {
     fn new(c: &ResolvedConfig) -> Self {
         let resource_metadata_url = resource_metadata_url(&c.resource);
-        let scope = c
-            .required_scopes
-            .iter()
-            .map(|s| format!("{}/{s}", c.identifier_uri))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let scope = c.advertised_scopes().join(" ");
         let scope_param = if scope.is_empty() {
             String::new()
         } else {
@@ -721,6 +774,13 @@ impl IdGuardBuilder {
     /// `token.jwks_min_refresh_interval`: minimum gap between unknown-`kid` refreshes.
     pub fn with_jwks_min_refresh_interval(mut self, every: Duration) -> Self {
         self.token.jwks_min_refresh_interval = Some(format!("{}ms", every.as_millis()));
+        self
+    }
+
+    /// `token.jwks_cache_file`: where the last fetched signing keys are kept, to start from
+    /// when the identity provider cannot be reached.
+    pub fn with_jwks_cache_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token.jwks_cache_file = Some(path.into());
         self
     }
 

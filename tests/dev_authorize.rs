@@ -581,20 +581,29 @@ async fn sign_in_user_by_hint_default_or_picker() {
     let scope = api_scope(&entra);
     let (verifier, challenge) = pkce();
 
-    // No hint, no default: the picker lists every user with a link carrying the hint.
+    // No hint, no default: the picker lists the tenant's users, each with a link carrying
+    // the hint; a user of another tenant is not offered on a tenant's path.
     let res = authorize_with(&entra, &params(&entra, None, &scope, &challenge)).await;
     assert_eq!(res.status(), StatusCode::OK);
     let page = res.text().await.unwrap();
-    for upn in [
-        "alice@contoso.example",
-        "bob@contoso.example",
-        "carol@fabrikam.example",
-    ] {
-        assert!(
-            page.contains(&format!("login_hint={}", upn.replace('@', "%40"))),
-            "{page}"
-        );
+    let offers =
+        |page: &str, upn: &str| page.contains(&format!("login_hint={}", upn.replace('@', "%40")));
+    for upn in ["alice@contoso.example", "bob@contoso.example"] {
+        assert!(offers(&page, upn), "{page}");
     }
+    assert!(!offers(&page, "carol@fabrikam.example"), "{page}");
+    // On `organizations`, every user.
+    let res = authorize_at(
+        &entra,
+        "organizations",
+        &params(&entra, None, &scope, &challenge)
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let page = res.text().await.unwrap();
+    assert!(offers(&page, "carol@fabrikam.example"), "{page}");
     // Silent sign-in with nobody to sign in.
     let mut silent = params(&entra, None, &scope, &challenge);
     silent.push(("prompt", "none".to_owned()));

@@ -28,6 +28,18 @@ fn bin() -> String {
     std::env::var("HARDENING_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_idguard").to_owned())
 }
 
+/// The binary, with none of the caller's `IDGUARD_*` variables: they are configuration, and
+/// a test must not depend on the shell it runs in.
+fn idguard() -> Command {
+    let mut command = Command::new(bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("IDGUARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// A spawned `idguard`, killed on drop; its stdout lines are read in the background.
 struct Proc {
     child: Child,
@@ -37,10 +49,9 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str], dir: &Path) -> Self {
-        let mut child = Command::new(bin())
+        let mut child = idguard()
             .args(args)
             .current_dir(dir)
-            .env_remove("IDGUARD_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -141,7 +152,7 @@ impl Server {
 /// `idguard --port 0` in dev mode.
 fn dev(name: &str) -> Server {
     let proc = Proc::spawn(&["--port", "0"], &workdir(name));
-    let url = proc.line("export IDGUARD_MCP_URL=");
+    let url = proc.line("export MCP_URL=");
     let bob = proc.line("export BOB=");
     let addr = url
         .strip_prefix("http://")

@@ -531,7 +531,10 @@ async fn guarded_rmcp_handler_filters_in_process() {
         "{complete}"
     );
     let subscribe = bob
-        .rpc("resources/subscribe", json!({"uri": "docs://private/payroll"}))
+        .rpc(
+            "resources/subscribe",
+            json!({"uri": "docs://private/payroll"}),
+        )
         .await;
     assert_eq!(
         subscribe["error"]["message"], "Resource not found",

@@ -687,13 +687,29 @@ async fn groups_overage_is_resolved_through_graph_and_policies_use_it() {
     // Policies see the resolved groups: Finance may transfer, the raw token may not.
     let engine = PolicyEngine::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies")).unwrap();
     let (item, args) = transfer();
-    let raw = s.guard.validate(&dave).await.unwrap();
+    // The token's own claims: an overage, no groups.
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(dave.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let raw = Principal::from_unvalidated_claims(&claims).unwrap();
     assert!(raw.groups_overage() && raw.groups().is_empty());
     assert!(
         !engine
             .decide(&raw, &item, Phase::Call, Some(&args))
             .is_allow()
     );
+    // `validate`, like the layer, resolves them (from the cache).
+    let validated = s.guard.validate(&dave).await.unwrap();
+    assert!(!validated.groups_overage() && validated.groups().len() == 230);
+    assert!(
+        engine
+            .decide(&validated, &item, Phase::Call, Some(&args))
+            .is_allow()
+    );
+    assert_eq!(s.entra.requests(DevEndpoint::Graph), 4);
     let resolved = s
         .guard
         .obo_client()

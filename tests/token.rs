@@ -166,11 +166,13 @@ async fn missing_token_gets_a_challenge_without_error() {
     let s = stack().await;
     let res = s.me(None).await;
     assert_eq!(res.status(), 401);
+    // The scope to ask for: without `required_scopes`, the one `entra manifest` exposes.
     assert_eq!(
         Stack::challenge(&res),
         format!(
-            "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/api\"",
-            s.base
+            "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/api\", scope=\"api://{}/mcp.tools\"",
+            s.base,
+            s.entra.api_client_id()
         )
     );
     assert_eq!(
@@ -645,4 +647,114 @@ async fn startup_fails_clearly_without_keys() {
         err.to_string().contains("cannot load OpenID metadata"),
         "{err}"
     );
+}
+
+/// `validate` is the layer's path: it refuses what the layer refuses with `403`.
+#[tokio::test]
+async fn validate_applies_the_scope_and_role_gate_like_the_layer() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let s = stack_with(entra, |b| {
+        b.required_scopes(["admin.write"])
+            .required_roles(["Tools.Admin"])
+    })
+    .await;
+    // Bob has neither the scope nor the role.
+    let bob = s.entra.token_for("bob").unwrap().mint().unwrap();
+    assert_eq!(s.me(Some(&bob)).await.status(), 403);
+    assert_eq!(
+        s.guard.validate(&bob).await.unwrap_err(),
+        TokenError::InsufficientScope
+    );
+    assert!(!TokenError::InsufficientScope.to_string().contains(&bob));
+    // Served from the validated-token cache now: still refused.
+    assert_eq!(
+        s.guard.validate(&bob).await.unwrap_err(),
+        TokenError::InsufficientScope
+    );
+    assert_eq!(s.me(Some(&bob)).await.status(), 403);
+    // The scope, or the role, is enough for both.
+    let scoped = s
+        .entra
+        .token_for("bob")
+        .unwrap()
+        .scopes(["admin.write"])
+        .mint()
+        .unwrap();
+    let alice = s.entra.token_for("alice").unwrap().mint().unwrap();
+    for token in [&scoped, &alice] {
+        assert_eq!(s.me(Some(token)).await.status(), 200);
+        assert!(s.guard.validate(token).await.is_ok());
+    }
+}
+
+/// `validate` resolves a groups overage as the layer does, with the same Graph cache.
+#[tokio::test]
+async fn validate_resolves_groups_overage_like_the_layer() {
+    use idguard::OboConfig;
+    use idguard::dev::{DevOboFailure, FINANCE_GROUP_ID, overage_user};
+    use idguard::obo::{OboError, Secret};
+
+    // Dave and Erin: more groups than a token holds.
+    let mut erin = overage_user();
+    erin.key = "erin".into();
+    erin.object_id = "e1e10000-0000-4000-8000-0000000e1e10".into();
+    let entra = DevEntra::builder()
+        .user(overage_user())
+        .user(erin)
+        .start()
+        .await
+        .unwrap();
+    let obo = OboConfig {
+        client_secret: Some(Secret::new(entra.client_secret())),
+        graph_url: Some(entra.graph_url()),
+        apis: std::collections::BTreeMap::from([(
+            "graph".to_owned(),
+            vec!["https://graph.microsoft.com/.default".to_owned()],
+        )]),
+        resolve_group_overage: true,
+        ..OboConfig::default()
+    };
+    let s = stack_with(entra, |b| b.obo(obo)).await;
+    let dave = s
+        .entra
+        .token_for("dave")
+        .unwrap()
+        .groups_overage()
+        .mint()
+        .unwrap();
+    let p = s.guard.validate(&dave).await.unwrap();
+    assert!(!p.groups_overage());
+    assert_eq!(p.groups().len(), 230, "all of Dave's groups");
+    assert!(p.groups().iter().any(|g| g == FINANCE_GROUP_ID));
+    let graph = s.entra.requests(DevEndpoint::Graph);
+    assert!(graph > 0);
+    // The layer's caller is the same, from the same membership cache.
+    let res = s.me(Some(&dave)).await;
+    assert_eq!(res.status(), 200);
+    let me: Value = res.json().await.unwrap();
+    assert_eq!(me["groups_overage"], false);
+    assert_eq!(me["groups"], json!(p.groups()));
+    assert_eq!(s.entra.requests(DevEndpoint::Graph), graph, "cached");
+
+    // When the groups cannot be had (here: nobody consented to Graph), both refuse.
+    s.entra
+        .set_obo_failure("erin", Some(DevOboFailure::ConsentRequired))
+        .unwrap();
+    let erin = s
+        .entra
+        .token_for("erin")
+        .unwrap()
+        .groups_overage()
+        .mint()
+        .unwrap();
+    let err = s.guard.validate(&erin).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TokenError::GroupsUnresolved(OboError::ConsentRequired { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains(&erin));
+    assert_eq!(s.me(Some(&erin)).await.status(), 403);
 }

@@ -7,7 +7,7 @@ use axum::response::Response;
 
 use crate::TokenStats;
 use crate::error::{Rejection, RejectionKind};
-use crate::policy::PolicyEngine;
+use crate::policy::{Disagreement, PolicyEngine};
 
 const KINDS: [(RejectionKind, &str); 19] = [
     (RejectionKind::MissingToken, "missing_token"),
@@ -157,6 +157,70 @@ impl Metrics {
             "gauge",
             &[(String::new(), u64::from(status.last_error.is_some()))],
         );
+        if let (Some(shadow), Some(stats)) = (policies.shadow(), policies.shadow_stats()) {
+            let status = shadow.status();
+            metric(
+                "idguard_policy_shadow_epoch",
+                "Epoch of the shadow policies (increases on every successful reload).",
+                "gauge",
+                &[(String::new(), status.epoch)],
+            );
+            metric(
+                "idguard_policy_shadow_reload_failing",
+                "1 when the last shadow policy reload failed and older shadow policies are still loaded.",
+                "gauge",
+                &[(String::new(), u64::from(status.last_error.is_some()))],
+            );
+            metric(
+                "idguard_policy_shadow_compared_total",
+                "Decisions also put to the shadow policies, by phase (list: one per listed item).",
+                "counter",
+                &[
+                    ("{phase=\"list\"}".into(), stats.list_compared),
+                    ("{phase=\"call\"}".into(), stats.call_compared),
+                ],
+            );
+            let mut samples = Vec::new();
+            for (phase, counts) in [
+                ("list", stats.list_disagreements),
+                ("call", stats.call_disagreements),
+            ] {
+                for (kind, n) in Disagreement::ALL.iter().zip(counts) {
+                    samples.push((
+                        format!("{{phase=\"{phase}\",direction=\"{}\"}}", kind.as_str()),
+                        n,
+                    ));
+                }
+            }
+            metric(
+                "idguard_policy_shadow_disagreements_total",
+                "Decisions the shadow policies answer differently, by phase and direction.",
+                "counter",
+                &samples,
+            );
+            let mut samples = Vec::new();
+            for item in &stats.items {
+                for (kind, n) in Disagreement::ALL.iter().zip(item.counts) {
+                    if n > 0 {
+                        samples.push((
+                            format!(
+                                "{{action=\"{}\",item=\"{}\",direction=\"{}\"}}",
+                                item.action.as_str(),
+                                label_value(&item.item),
+                                kind.as_str()
+                            ),
+                            n,
+                        ));
+                    }
+                }
+            }
+            metric(
+                "idguard_policy_shadow_item_disagreements_total",
+                "Shadow disagreements by item and direction (both phases; the first 1000 items, then item=\"(other)\").",
+                "counter",
+                &samples,
+            );
+        }
         if let Some(o) = obo {
             metric(
                 "idguard_obo_tokens_total",
@@ -193,9 +257,63 @@ impl Metrics {
     }
 }
 
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn shadow_metrics_only_with_a_shadow_set() {
+        let schema = include_str!("../../policies/schema.cedarschema");
+        let rules = [(
+            "a.cedar",
+            r#"@id("all") permit (principal, action, resource);"#,
+        )];
+        let none = [("a.cedar", "")];
+        let alone = PolicyEngine::from_sources(schema, None, rules).unwrap();
+        let metrics = Metrics::default();
+        let tokens = TokenStats::default();
+        let text = metrics.render(&tokens, &alone, None, None);
+        assert!(!text.contains("shadow"), "{text}");
+
+        let shadowed = PolicyEngine::from_sources(schema, None, rules)
+            .unwrap()
+            .with_shadow(PolicyEngine::from_sources(schema, None, none).unwrap());
+        let p = crate::Principal::from_unvalidated_claims(
+            &serde_json::json!({"tid": "t", "oid": "o", "scp": "s"}),
+        )
+        .unwrap();
+        let item = crate::policy::Item::Tool(crate::policy::ToolInfo::new("a\"b"));
+        assert!(
+            shadowed
+                .decide(&p, &item, crate::policy::Phase::Call, None)
+                .is_allow()
+        );
+        let text = metrics.render(&tokens, &shadowed, None, None);
+        assert!(
+            text.contains("idguard_policy_shadow_disagreements_total{phase=\"call\",direction=\"enforced_allow_shadow_deny\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idguard_policy_shadow_item_disagreements_total{action=\"call_tool\",item=\"a\\\"b\",direction=\"enforced_allow_shadow_deny\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idguard_policy_shadow_compared_total{phase=\"call\"} 1"),
+            "{text}"
+        );
+    }
 
     /// Adding a rejection kind breaks this match until it gets a metrics label.
     fn labelled(kind: RejectionKind) -> bool {

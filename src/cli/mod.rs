@@ -1,9 +1,12 @@
 //! The `idguard` command line. Not a public API: the binary calls [`main`].
 
+mod admin;
 mod entra;
 mod listen;
 mod metrics;
 mod policy;
+mod review;
+mod scaffold;
 mod serve;
 
 use std::process::ExitCode;
@@ -30,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run idguard (the default). Without configuration: dev mode with a local Entra emulator.
     Serve(serve::ServeArgs),
-    /// Policy author tools: validate, test, explain, schema.
+    /// Policy author tools: validate, test, explain, diff, matrix, schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Entra app registration: manifest, consent-url, doctor.
@@ -46,8 +49,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Report every problem of the configuration (file and IDGUARD_* environment), each
-    /// with its key.
+    /// Report every problem `serve` would refuse (file, IDGUARD_* environment, policy
+    /// directory), each named as written.
     Check {
         /// The configuration file (default: `idguard.toml`).
         #[arg(long)]
@@ -57,10 +60,12 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Print a fresh token for a demo user from a running dev-mode server.
+    /// Print a fresh token for a demo user or app from a running dev-mode server.
     Mint {
-        /// The demo user: alice, bob or carol.
-        #[arg(long)]
+        /// Who: `alice` (Tools.Admin, MFA) or `bob` (Tools.Read) of tenant Contoso, the
+        /// daemon app `reporter` (app-only, Tools.Read), or `carol` of tenant Fabrikam
+        /// (dev mode accepts Contoso only: her token shows a wrong-tenant refusal).
+        #[arg(long, visible_alias = "app")]
         user: String,
         /// The dev-mode server.
         #[arg(long, default_value = "http://127.0.0.1:8400")]
@@ -73,6 +78,7 @@ enum TokenCommand {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     // Tools print their own results; only a server logs at info by default.
     init_tracing(match cli.command {
@@ -119,8 +125,32 @@ pub fn main() -> ExitCode {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDGUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal: not in files, pipes or log collectors.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
+}
+
+/// Output piped into a reader that stopped (`idguard policy test | head`): end quietly
+/// with the status a shell gives a process ended by `SIGPIPE` (128 + 13), as other
+/// command-line tools do, rather than with a panic. Rust ignores `SIGPIPE`, so the write
+/// fails, and `println!` panics on a failed write.
+fn quiet_broken_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        previous(info);
+    }));
 }

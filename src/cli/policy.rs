@@ -29,6 +29,12 @@ pub(crate) enum PolicyCommand {
     },
     /// Explain one decision: which policies determined it, where they are, obligations.
     Explain(ExplainArgs),
+    /// Show every decision that differs between two policy directories, with the policies
+    /// that determined each side. Exits 1 when something differs.
+    Diff(super::review::DiffArgs),
+    /// One table of callers × items: list and call decisions with obligations (`--html`
+    /// writes a page for reviewers).
+    Matrix(super::review::MatrixArgs),
     /// Generate the Cedar type of tool arguments (arguments.cedarschema) from tools/list.
     Schema {
         /// A tools/list result as a JSON file, or the URL of a running MCP server.
@@ -84,10 +90,12 @@ pub(crate) async fn run(command: PolicyCommand) -> Result<ExitCode, Box<dyn Erro
         PolicyCommand::Test { dir } => test(&dir),
         PolicyCommand::Explain(args) => explain(&args),
         PolicyCommand::Schema { tools, token, dir } => schema(&tools, token.as_deref(), &dir).await,
+        PolicyCommand::Diff(args) => super::review::diff(&args).await,
+        PolicyCommand::Matrix(args) => super::review::matrix(&args).await,
     }
 }
 
-fn load(dir: &Path) -> Option<PolicyEngine> {
+pub(super) fn load(dir: &Path) -> Option<PolicyEngine> {
     match PolicyEngine::from_dir(dir) {
         Ok(engine) => Some(engine),
         Err(e) => {
@@ -166,11 +174,13 @@ fn explain(args: &ExplainArgs) -> Result<ExitCode, Box<dyn Error>> {
     }
     let principal = cases::caller(args.user.as_deref(), &claims, None)?;
     let item = match (&args.tool, &args.resource, &args.prompt) {
-        (Some(tool), None, None) => Item::Tool(
-            cases::load_tools(&args.dir)?
-                .remove(tool)
-                .unwrap_or_else(|| ToolInfo::new(tool.clone())),
-        ),
+        (Some(tool), None, None) => {
+            let mut known = cases::load_tools(&args.dir)?;
+            Item::Tool(known.remove(tool).unwrap_or_else(|| {
+                super::scaffold::warn_unknown_tool(tool, &known, &args.dir);
+                ToolInfo::new(tool.clone())
+            }))
+        }
         (None, Some(uri), None) => Item::Resource(ResourceInfo { uri: uri.clone() }),
         (None, None, Some(name)) => Item::Prompt(PromptInfo { name: name.clone() }),
         _ => return Err("give exactly one of --tool, --resource, --prompt".into()),
@@ -247,6 +257,12 @@ async fn schema(tools: &str, token: Option<&str>, dir: &Path) -> Result<ExitCode
             for n in notes {
                 println!("note: {n}");
             }
+            for n in super::scaffold::prepare_policy_dir(dir)? {
+                println!("{n}");
+            }
+            if tools.starts_with("http://") || tools.starts_with("https://") {
+                println!("{}", super::scaffold::save_tools(dir, &list)?);
+            }
             let path = dir.join(ARGUMENTS_SCHEMA_FILE);
             std::fs::write(&path, schema)?;
             println!("wrote {}", path.display());
@@ -263,7 +279,10 @@ async fn schema(tools: &str, token: Option<&str>, dir: &Path) -> Result<ExitCode
 
 /// `initialize`, `notifications/initialized`, then `tools/list` against a Streamable HTTP
 /// server; reads JSON or SSE replies.
-async fn fetch_tools_list(url: &str, token: Option<&str>) -> Result<Value, Box<dyn Error>> {
+pub(super) async fn fetch_tools_list(
+    url: &str,
+    token: Option<&str>,
+) -> Result<Value, Box<dyn Error>> {
     let http = reqwest::Client::new();
     let mut session: Option<String> = None;
     let mut call = async |body: Value| -> Result<Option<Value>, Box<dyn Error>> {

@@ -1,10 +1,12 @@
 //! `idguard serve` (and plain `idguard`): dev mode without configuration, otherwise the
 //! configured stack — in front of the demo tools, or as a gateway to an upstream server.
 
+use std::convert::Infallible;
 use std::error::Error;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
@@ -16,18 +18,18 @@ use http::StatusCode;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt as _};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use super::metrics::Metrics;
-use crate::config::IdGuardConfig;
+use crate::config::{IdGuardConfig, ResolvedConfig};
 use crate::demo::DemoServer;
 use crate::dev::{DevEntra, DevEntraBuilder};
 use crate::gateway::Gateway;
 use crate::mcp::{AuthorizeMcpLayer, Denials, UnknownMethods};
 use crate::policy::PolicyEngine;
-use crate::{IdGuard, Principal};
+use crate::{IdGuard, Principal, StartupError};
 
 /// Options of `idguard serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -41,9 +43,57 @@ pub(crate) struct ServeArgs {
     /// Policy directory (overrides `server.policies`). Default `policies`.
     #[arg(long)]
     policies: Option<PathBuf>,
+    /// Shadow policy directory, decided alongside for comparison only (overrides
+    /// `server.shadow_policies`).
+    #[arg(long)]
+    shadow_policies: Option<PathBuf>,
     /// Dev mode: port of the dev Entra emulator on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     entra_port: u16,
+    /// Dev mode even with an idguard.toml or IDGUARD_* variables: the emulator stands in
+    /// for [token], [obo] and [oauth]; [server] and [mcp] still apply.
+    #[arg(long)]
+    dev: bool,
+    /// How denied calls are answered (overrides `mcp.denials`): `hidden` (like an unknown
+    /// tool) or `visible` (a "forbidden" error with the policy's @reason).
+    #[arg(long, value_enum)]
+    denials: Option<DenialsArg>,
+    /// Methods idguard does not mediate (overrides `mcp.unknown_methods`): `refuse` or
+    /// `pass`.
+    #[arg(long, value_enum)]
+    unknown_methods: Option<UnknownMethodsArg>,
+}
+
+/// `--denials`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum DenialsArg {
+    Hidden,
+    Visible,
+}
+
+impl From<DenialsArg> for Denials {
+    fn from(d: DenialsArg) -> Self {
+        match d {
+            DenialsArg::Hidden => Denials::Hidden,
+            DenialsArg::Visible => Denials::Visible,
+        }
+    }
+}
+
+/// `--unknown-methods`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum UnknownMethodsArg {
+    Refuse,
+    Pass,
+}
+
+impl From<UnknownMethodsArg> for UnknownMethods {
+    fn from(u: UnknownMethodsArg) -> Self {
+        match u {
+            UnknownMethodsArg::Refuse => UnknownMethods::Refuse,
+            UnknownMethodsArg::Pass => UnknownMethods::Pass,
+        }
+    }
 }
 
 /// The configuration file `serve` would use: `--config`, or `./idguard.toml` if present.
@@ -53,8 +103,14 @@ pub(crate) fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from("idguard.toml")).filter(|p| p.exists()))
 }
 
-fn configured_by_env() -> bool {
-    std::env::vars().any(|(k, _)| k.starts_with("IDGUARD_") && k != "IDGUARD_LOG")
+/// The `IDGUARD_*` variables (but `IDGUARD_LOG`) set: any of them means "configured".
+fn configured_by_env() -> Vec<String> {
+    let mut vars: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("IDGUARD_") && k != "IDGUARD_LOG")
+        .collect();
+    vars.sort();
+    vars
 }
 
 /// What serves MCP behind the layers.
@@ -65,186 +121,390 @@ enum Inner {
 
 pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let path = config_path(args.config.as_deref());
-    let dev = path.is_none() && !configured_by_env();
-    let config = IdGuardConfig::load(path.as_deref(), std::env::vars())?;
-    let listen: SocketAddr = match (args.port, &config.server.listen) {
-        (Some(port), _) => SocketAddr::from(([127, 0, 0, 1], port)),
-        (None, Some(listen)) => listen
-            .parse()
-            .map_err(|e| format!("`server.listen`: `{listen}` is not an address: {e}"))?,
-        (None, None) => SocketAddr::from(([127, 0, 0, 1], 8400)),
+    let by_env = configured_by_env();
+    let dev = args.dev || (path.is_none() && by_env.is_empty());
+    let overrides = crate::config::Overrides {
+        port: args.port,
+        policies: args.policies.clone(),
+        denials: args.denials.map(Into::into),
+        unknown_methods: args.unknown_methods.map(Into::into),
     };
-    let mcp_path = config
-        .server
-        .mcp_path
-        .clone()
-        .unwrap_or_else(|| "/mcp".into());
-    if !mcp_path.starts_with('/') || mcp_path.len() < 2 {
-        return Err(format!("`server.mcp_path`: `{mcp_path}` must start with `/`").into());
-    }
-    let policy_dir = args
-        .policies
-        .clone()
-        .or_else(|| config.server.policies.clone().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("policies"));
-    let denials = match config.mcp.denials.as_deref() {
-        None | Some("hidden") => Denials::Hidden,
-        Some("visible") => Denials::Visible,
-        Some(other) => {
-            return Err(format!("`mcp.denials`: `{other}` is not `hidden` or `visible`").into());
-        }
-    };
-    let unknown_methods = match config.mcp.unknown_methods.as_deref() {
-        None | Some("refuse") => UnknownMethods::Refuse,
-        Some("pass") => UnknownMethods::Pass,
-        Some(other) => {
-            return Err(
-                format!("`mcp.unknown_methods`: `{other}` is not `refuse` or `pass`").into(),
+    // The same check as `idguard config check`: every problem at once, named as written.
+    let checked = match crate::config::check_binary(
+        path.as_deref(),
+        std::env::vars(),
+        &overrides,
+        dev,
+    ) {
+        Ok(checked) => checked,
+        Err(e) => {
+            let file = path.as_ref().map_or_else(
+                || "(no configuration file)".to_owned(),
+                |p| p.display().to_string(),
             );
+            let mut text = String::from("invalid configuration, idguard did not start:");
+            for line in super::entra::problem_lines(&e, &file) {
+                text.push_str("\n  ");
+                text.push_str(&line);
+            }
+            if path.is_none() && !args.dev {
+                text.push_str(&format!(
+                    "\nThere is no idguard.toml here, yet the environment sets {}: that turns dev mode off. Unset them for dev mode (`{} serve --denials visible` and `--unknown-methods pass` tune it), or pass --dev.",
+                    by_env.join(", "),
+                    command_prefix()
+                ));
+            }
+            return Err(text.into());
         }
     };
-    let inner = match &config.server.upstream {
+    if args.dev && (path.is_some() || !by_env.is_empty()) {
+        println!(
+            "idguard --dev: the dev Entra emulator stands in for [token], [obo] and [oauth]; [server] and [mcp] apply."
+        );
+    }
+    let crate::config::Checked {
+        config,
+        resolved: checked_resolved,
+        server,
+        mcp: mcp_settings,
+        ..
+    } = checked;
+    let listen = server.listen;
+    let mcp_path = server.mcp_path.clone();
+    let policy_dir = server.policies.clone();
+    let denials = mcp_settings.denials;
+    let unknown_methods = mcp_settings.unknown_methods;
+    let inner = match &server.upstream {
         None => Inner::Demo,
-        Some(url) => Inner::Upstream(
-            reqwest::Url::parse(url).map_err(|e| format!("`server.upstream`: `{url}`: {e}"))?,
-        ),
+        Some(url) => Inner::Upstream(url.clone()),
     };
-
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e} (try --port)"))?;
-    let base = format!("http://{}", listener.local_addr()?);
-
-    let (entra, guard) = if dev {
-        let entra = DevEntraBuilder::default()
-            .addr(SocketAddr::from(([127, 0, 0, 1], args.entra_port)))
-            .start()
-            .await?;
-        // On-behalf-of to the emulated Graph, so `my_profile` works out of the box.
-        let obo = crate::OboConfig {
-            client_secret: Some(crate::obo::Secret::new(entra.client_secret())),
-            apis: [(
-                crate::obo::GRAPH_API.to_owned(),
-                vec!["https://graph.microsoft.com/User.Read".to_owned()],
-            )]
-            .into_iter()
-            .collect(),
-            graph_url: Some(entra.graph_url()),
-            ..crate::OboConfig::default()
-        };
-        // The OAuth proxy, so MCP clients can sign in through the emulator: fresh keys
-        // each start, and client-id metadata documents allowed on loopback.
-        let key = crate::oauth::random_token(48).ok_or("no randomness for the proxy key")?;
-        let oauth = crate::OAuthConfig {
-            keys: vec![crate::obo::Secret::new(key)],
-            scopes: Some(vec![crate::dev::DEV_SCOPE.to_owned()]),
-            cimd_allow_loopback: true,
-            ..crate::OAuthConfig::default()
-        };
-        entra.allow_redirect_uri(format!("{base}/callback"));
-        let guard = IdGuard::builder()
-            .authority(entra.url())
-            .tenant(entra.tenant_id())
-            .client_id(entra.api_client_id())
-            .resource(format!("{base}{mcp_path}"))
-            .obo(obo)
-            .oauth(oauth)
-            .build()
-            .await?;
-        (Some(Arc::new(entra)), guard)
-    } else {
-        let resolved = config.clone().resolve()?;
-        (None, IdGuard::new(resolved).await?)
-    };
-
+    // Policies do not depend on the identity provider: a broken directory stops the start.
     let policies = PolicyEngine::from_dir(&policy_dir).map_err(|e| {
         format!(
             "cannot load the policies in `{}`:\n{e}",
             policy_dir.display()
         )
     })?;
-    let _watch = policies.watch(Duration::from_millis(250));
-    let mut mcp_layer = guard
-        .authorize_mcp_layer(policies.clone())
-        .with_denials(denials)
-        .with_unknown_methods(unknown_methods)
-        .with_allowed_hosts(config.mcp.allowed_hosts.iter().cloned());
-    if let Some(max) = config.mcp.max_body_bytes {
-        mcp_layer = mcp_layer.with_max_body_bytes(usize::try_from(max).unwrap_or(usize::MAX));
-    }
-    if let Some(max) = config.mcp.max_reply_bytes {
-        mcp_layer = mcp_layer.with_max_reply_bytes(usize::try_from(max).unwrap_or(usize::MAX));
-    }
-    if !config.mcp.session_keys.is_empty() {
-        let secrets: Vec<&[u8]> = config
-            .mcp
-            .session_keys
-            .iter()
-            .map(|k| k.expose().as_bytes())
-            .collect();
-        mcp_layer = mcp_layer
-            .with_session_keys(&secrets)
-            .ok_or("`mcp.session_keys`: each key must be at least 32 bytes")?;
-    }
-
-    let metrics = Arc::new(Metrics::default());
-    let state = AppState {
-        guard: guard.clone(),
-        policies: policies.clone(),
-        metrics: metrics.clone(),
-        entra: entra.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?,
+    let shadow_dir = args
+        .shadow_policies
+        .clone()
+        .or_else(|| config.server.shadow_policies.clone().map(PathBuf::from));
+    let policies = match &shadow_dir {
+        None => policies,
+        Some(dir) => policies.with_shadow(PolicyEngine::from_dir(dir).map_err(|e| {
+            format!(
+                "`server.shadow_policies`: cannot load the shadow policies in `{}`:\n{e}",
+                dir.display()
+            )
+        })?),
     };
-    let server = config.server.settings()?;
-    let mcp_service = mcp_router(&guard, mcp_layer, &inner, &mcp_path, &server)?;
-    let mut app = Router::new()
-        .route(
-            "/me",
-            get(|p: Principal| async move { Json(p) }).route_layer(guard.validate_token_layer()),
-        )
-        .merge(mcp_service)
-        .merge(guard.oauth_router())
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text));
-    if dev {
-        app = app.route("/dev/token", get(dev_token));
-    }
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(metrics, count))
-        .with_state(state.clone())
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|req: &Request| {
-                            let id = req
-                                .headers()
-                                .get("x-request-id")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default();
-                            tracing::info_span!("request", id, method = %req.method(), path = req.uri().path())
-                        })
-                        .on_response(
-                            tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
-                        ),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        );
+    let _watch = policies.watch(Duration::from_millis(250));
+    let _shadow_watch = policies
+        .shadow()
+        .map(|shadow| shadow.watch(Duration::from_millis(250)));
+    let resolved = checked_resolved;
+    let resolved_resource = resolved.as_ref().map(|r| r.resource().to_owned());
 
-    match (&entra, &inner) {
-        (Some(entra), _) => print_dev_banner(entra, &base, &mcp_path, &policy_dir)?,
-        (None, Inner::Upstream(url)) => {
-            println!("idguard: gateway {base}{mcp_path} -> {url}");
-        }
-        (None, Inner::Demo) => println!("idguard: demo tools at {base}{mcp_path}"),
-    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e} (try --port)"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+
+    let http = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(policies.clone()));
+    let app_parts = AppParts {
+        policies,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        denials,
+        unknown_methods,
+        inner,
+        mcp_path: mcp_path.clone(),
+        server: server.clone(),
+        config: config.clone(),
+        dev,
+    };
+
+    // The app behind the health routes: set once the identity provider's keys are in;
+    // until then other routes answer 503.
+    let ready: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let fatal_signal = Arc::new(tokio::sync::Notify::new());
+    let _dev_entra = if dev {
+        let entra = DevEntraBuilder::default()
+            .addr(SocketAddr::from(([127, 0, 0, 1], args.entra_port)))
+            .start()
+            .await?;
+        let guard = dev_guard(&entra, &base, &mcp_path).await?;
+        let entra = Arc::new(entra);
+        spawn_probe(health.clone(), http, discovery_url(guard.config()));
+        let app = app_parts.build(&guard, Some(entra.clone()))?;
+        health.set_guard(guard);
+        let _ = ready.set(app);
+        print_dev_banner(
+            &entra,
+            &base,
+            &mcp_path,
+            &policy_dir,
+            denials,
+            server.upstream.as_ref(),
+        )?;
+        Some(entra)
+    } else {
+        let resolved = resolved.ok_or("no configuration")?;
+        spawn_probe(health.clone(), http, discovery_url(&resolved));
+        let (health, ready, fatal, fatal_signal, base) = (
+            health.clone(),
+            ready.clone(),
+            fatal.clone(),
+            fatal_signal.clone(),
+            base.clone(),
+        );
+        tokio::spawn(async move {
+            let started = match start_guard(resolved, &health, &base).await {
+                Ok(guard) => app_parts
+                    .build(&guard, None)
+                    .map(|app| (guard, app))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok((guard, app)) => {
+                    health.set_guard(guard);
+                    let _ = ready.set(app);
+                    match &app_parts.inner {
+                        Inner::Upstream(url) => {
+                            println!("idguard: gateway {base}{} -> {url}", app_parts.mcp_path);
+                        }
+                        Inner::Demo => {
+                            println!("idguard: demo tools at {base}{}", app_parts.mcp_path);
+                        }
+                    }
+                }
+                Err(e) => {
+                    *fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    fatal_signal.notify_one();
+                }
+            }
+        });
+        None
+    };
+
+    let answers = Arc::new(Answers {
+        dev,
+        resource: if dev {
+            Some(format!("{base}{mcp_path}"))
+        } else {
+            resolved_resource
+        },
+    });
+    let front = {
+        let ready = ready.clone();
+        Router::new()
+            .route("/livez", get(livez))
+            .route("/readyz", get(readyz))
+            .route("/healthz", get(healthz))
+            .with_state(health)
+            .fallback_service(tower::service_fn(move |req: Request| {
+                let app = ready.get().cloned();
+                async move {
+                    Ok::<_, Infallible>(match app {
+                        Some(app) => app.oneshot(req).await.unwrap_or_else(|e| match e {}),
+                        None => not_ready(),
+                    })
+                }
+            }))
+            .layer(axum::middleware::from_fn_with_state(answers, tune_answers))
+            .layer(axum::middleware::from_fn_with_state(metrics, count))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                    .layer(
+                        TraceLayer::new_for_http()
+                            .make_span_with(|req: &Request| {
+                                let id = req
+                                    .headers()
+                                    .get("x-request-id")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default();
+                                tracing::info_span!("request", id, method = %req.method(), path = req.uri().path())
+                            })
+                            .on_response(
+                                tower_http::trace::DefaultOnResponse::new()
+                                    .level(tracing::Level::INFO),
+                            ),
+                    )
+                    .layer(PropagateRequestIdLayer::x_request_id()),
+            )
+    };
+
     tracing::info!(target: "idguard::serve", %base, "listening");
-    super::listen::serve(listener, app, server, shutdown_signal()).await?;
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = fatal_signal.notified() => {}
+        }
+    };
+    super::listen::serve(listener, front, server, stop).await?;
+    if let Some(e) = fatal.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return Err(e.into());
+    }
     tracing::info!(target: "idguard::serve", "stopped");
     Ok(())
+}
+
+/// Dev mode's guard: the emulator's tenant, on-behalf-of to its Graph, the OAuth proxy.
+async fn dev_guard(
+    entra: &DevEntra,
+    base: &str,
+    mcp_path: &str,
+) -> Result<IdGuard, Box<dyn Error>> {
+    // On-behalf-of to the emulated Graph, so `my_profile` works out of the box.
+    let obo = crate::OboConfig {
+        client_secret: Some(crate::obo::Secret::new(entra.client_secret())),
+        apis: [(
+            crate::obo::GRAPH_API.to_owned(),
+            vec!["https://graph.microsoft.com/User.Read".to_owned()],
+        )]
+        .into_iter()
+        .collect(),
+        graph_url: Some(entra.graph_url()),
+        ..crate::OboConfig::default()
+    };
+    // The OAuth proxy, so MCP clients can sign in through the emulator: fresh keys
+    // each start, and client-id metadata documents allowed on loopback.
+    let key = crate::oauth::random_token(48).ok_or("no randomness for the proxy key")?;
+    let oauth = crate::OAuthConfig {
+        keys: vec![crate::obo::Secret::new(key)],
+        scopes: Some(vec![crate::dev::DEV_SCOPE.to_owned()]),
+        cimd_allow_loopback: true,
+        ..crate::OAuthConfig::default()
+    };
+    entra.allow_redirect_uri(format!("{base}/callback"));
+    Ok(IdGuard::builder()
+        .authority(entra.url())
+        .tenant(entra.tenant_id())
+        .client_id(entra.api_client_id())
+        .resource(format!("{base}{mcp_path}"))
+        .obo(obo)
+        .oauth(oauth)
+        .build()
+        .await?)
+}
+
+/// Builds the guard, retrying while the identity provider cannot be reached (and no key
+/// cache file helps): the process stays up, `/livez` answers, `/readyz` says why it is not
+/// ready. Only a configuration error ends it.
+async fn start_guard(
+    resolved: ResolvedConfig,
+    health: &Health,
+    base: &str,
+) -> Result<IdGuard, String> {
+    let mut failures = 0u32;
+    loop {
+        match IdGuard::new(resolved.clone()).await {
+            Ok(guard) => {
+                if failures > 0 {
+                    tracing::info!(target: "idguard::serve", failures, "identity provider reached: ready");
+                }
+                return Ok(guard);
+            }
+            Err(e @ StartupError::Config(_)) => return Err(e.to_string()),
+            Err(e) => {
+                failures += 1;
+                let wait = START_RETRY_FIRST
+                    .saturating_mul(1 << failures.saturating_sub(1).min(8))
+                    .min(START_RETRY_MAX);
+                tracing::error!(target: "idguard::serve", error = %e, retry_in_secs = wait.as_secs(), "cannot start: not ready; retrying");
+                if failures == 1 {
+                    println!(
+                        "idguard: not ready at {base}: {e} (retrying; /readyz answers 503 until then)"
+                    );
+                }
+                health.set_starting(e.to_string());
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// What the app needs besides the guard.
+struct AppParts {
+    policies: PolicyEngine,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    denials: Denials,
+    unknown_methods: UnknownMethods,
+    inner: Inner,
+    mcp_path: String,
+    server: crate::config::ServerSettings,
+    config: IdGuardConfig,
+    dev: bool,
+}
+
+impl AppParts {
+    /// The routes behind the health routes, for `guard`.
+    fn build(
+        &self,
+        guard: &IdGuard,
+        entra: Option<Arc<DevEntra>>,
+    ) -> Result<Router, Box<dyn Error>> {
+        let config = &self.config;
+        let mut mcp_layer = guard
+            .authorize_mcp_layer(self.policies.clone())
+            .with_denials(self.denials)
+            .with_unknown_methods(self.unknown_methods)
+            .with_allowed_hosts(config.mcp.allowed_hosts.iter().cloned());
+        if let Some(max) = config.mcp.max_body_bytes {
+            mcp_layer = mcp_layer.with_max_body_bytes(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        if let Some(max) = config.mcp.max_reply_bytes {
+            mcp_layer = mcp_layer.with_max_reply_bytes(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        if !config.mcp.session_keys.is_empty() {
+            let secrets: Vec<&[u8]> = config
+                .mcp
+                .session_keys
+                .iter()
+                .map(|k| k.expose().as_bytes())
+                .collect();
+            mcp_layer = mcp_layer
+                .with_session_keys(&secrets)
+                .ok_or("`mcp.session_keys`: each key must be at least 32 bytes")?;
+        }
+        let state = AppState {
+            guard: guard.clone(),
+            policies: self.policies.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            entra,
+        };
+        let mcp_service = mcp_router(guard, mcp_layer, &self.inner, &self.mcp_path, &self.server)?;
+        let mut app = Router::new()
+            .route(
+                "/me",
+                get(|p: Principal| async move { Json(p) })
+                    .route_layer(guard.validate_token_layer()),
+            )
+            .merge(mcp_service)
+            .merge(guard.oauth_router())
+            .route("/metrics", get(metrics_text));
+        if self.dev {
+            app = app.route("/dev/token", get(dev_token));
+        }
+        // Where `idguard entra consent-url` sends the administrator afterwards.
+        app = app.route("/admin-consent", get(admin_consent_landing));
+        let admin_role = config
+            .server
+            .admin_role
+            .clone()
+            .or_else(|| self.dev.then(|| "Tools.Admin".to_owned()));
+        if let Some(role) = admin_role {
+            app = app.merge(super::admin::router(guard, self.policies.clone(), role));
+        }
+        Ok(app.with_state(state))
+    }
 }
 
 fn mcp_router(
@@ -316,9 +576,8 @@ struct AppState {
     guard: IdGuard,
     policies: PolicyEngine,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     entra: Option<Arc<DevEntra>>,
-    /// For `/healthz`'s reachability probe (one client, reused).
-    http: reqwest::Client,
 }
 
 async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
@@ -327,33 +586,225 @@ async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
     res
 }
 
-async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
-    let policy = s.policies.status();
-    let stats = s.guard.stats();
-    let authority = s.guard.config().authority().to_owned();
-    let discovery = format!(
-        "{authority}/{}/v2.0/.well-known/openid-configuration",
-        s.guard.config().tenant().discovery_segment()
-    );
-    let reachable = s
-        .http
-        .get(&discovery)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
-    let ok = policy.last_error.is_none() && reachable;
-    Json(serde_json::json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "policy": policy,
-        "keys": {"age_secs": stats.keys_age_secs},
-        "identity": {"authority": authority, "reachable": reachable},
-    }))
+/// How often the identity provider's reachability is checked in the background.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long one reachability check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Start-up retries while the identity provider cannot be reached: 1 s, doubling, at most
+/// 30 s.
+const START_RETRY_FIRST: Duration = Duration::from_secs(1);
+const START_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the health routes report. Nothing here waits on the network: the identity
+/// provider is checked by a background task ([`spawn_probe`]).
+struct Health {
+    policies: PolicyEngine,
+    /// Set once the signing keys are in (the process is ready).
+    guard: OnceLock<IdGuard>,
+    /// While not ready: why the last start attempt failed.
+    starting: std::sync::Mutex<Option<String>>,
+    identity: std::sync::Mutex<Reachability>,
+}
+
+/// The last background check of the identity provider.
+#[derive(Clone, Default)]
+struct Reachability {
+    url: String,
+    /// `None` until the first check ends.
+    reachable: Option<bool>,
+    checked_at: Option<tokio::time::Instant>,
+    error: Option<String>,
+}
+
+impl Health {
+    fn new(policies: PolicyEngine) -> Self {
+        Self {
+            policies,
+            guard: OnceLock::new(),
+            starting: std::sync::Mutex::default(),
+            identity: std::sync::Mutex::default(),
+        }
+    }
+
+    fn set_guard(&self, guard: IdGuard) {
+        let _ = self.guard.set(guard);
+        *self.starting.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn set_starting(&self, why: String) {
+        *self.starting.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
+    fn identity(&self) -> Reachability {
+        self.identity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The shared body of `/healthz` and `/readyz`.
+    fn report(&self) -> (bool, serde_json::Value) {
+        let policy = self.policies.status();
+        let identity = self.identity();
+        let identity_json = serde_json::json!({
+            "authority_url": identity.url,
+            "reachable": identity.reachable,
+            "checked_secs_ago": identity.checked_at.map(|t| t.elapsed().as_secs()),
+            "error": identity.error,
+        });
+        let Some(guard) = self.guard.get() else {
+            let why = self
+                .starting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            return (
+                false,
+                serde_json::json!({
+                    "status": "starting",
+                    "ready": false,
+                    "reason": why.unwrap_or_else(|| "loading the signing keys".into()),
+                    "policy": policy,
+                    "shadow_policy": self.policies.shadow().map(PolicyEngine::status),
+                    "identity": identity_json,
+                }),
+            );
+        };
+        let keys = guard.key_status();
+        let ok =
+            policy.last_error.is_none() && identity.reachable != Some(false) && keys.failures == 0;
+        (
+            true,
+            serde_json::json!({
+                "status": if ok { "ok" } else { "degraded" },
+                "ready": true,
+                "policy": policy,
+                "shadow_policy": self.policies.shadow().map(PolicyEngine::status),
+                "keys": {
+                    "source": keys.source.as_str(),
+                    "age_secs": keys.age.as_secs(),
+                    "fetch_failures": keys.failures,
+                    "last_error": keys.last_error,
+                    "retry_in_secs": keys.retry_in.map(|d| d.as_secs()),
+                    "cache_file_error": keys.cache_error,
+                },
+                "identity": identity_json,
+            }),
+        )
+    }
+}
+
+/// The v2 discovery document's URL: what the background check fetches.
+fn discovery_url(config: &ResolvedConfig) -> String {
+    format!(
+        "{}/{}/v2.0/.well-known/openid-configuration",
+        config.authority(),
+        config.tenant().discovery_segment()
+    )
+}
+
+/// Checks the identity provider every [`PROBE_INTERVAL`] (each check bounded by
+/// [`PROBE_TIMEOUT`]) and records the outcome for the health routes and metrics.
+fn spawn_probe(health: Arc<Health>, http: reqwest::Client, url: String) {
+    let weak = Arc::downgrade(&health);
+    drop(health);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let outcome = match http.get(&url).send().await {
+                Ok(res) if res.status().is_success() => Ok(()),
+                Ok(res) => Err(format!("status {}", res.status())),
+                Err(e) if e.is_timeout() => {
+                    Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))
+                }
+                Err(e) => Err(crate::entra::without_url(&e)),
+            };
+            let Some(health) = weak.upgrade() else { return };
+            let mut identity = health
+                .identity
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match (&outcome, identity.reachable) {
+                (Err(e), Some(true) | None) => {
+                    tracing::warn!(target: "idguard::serve", %url, error = %e, "identity provider unreachable");
+                }
+                (Ok(()), Some(false)) => {
+                    tracing::info!(target: "idguard::serve", %url, "identity provider reachable again");
+                }
+                _ => {}
+            }
+            *identity = Reachability {
+                url: url.clone(),
+                reachable: Some(outcome.is_ok()),
+                checked_at: Some(tokio::time::Instant::now()),
+                error: outcome.err(),
+            };
+        }
+    });
+}
+
+/// `/livez`: the process answers. No outbound call, no lock held long.
+async fn livez() -> &'static str {
+    "ok"
+}
+
+/// `/readyz`: `200` once the signing keys are in and the policies loaded, `503` before.
+/// The identity provider's reachability is reported, not required: replicas with keys keep
+/// validating tokens through an outage of the provider.
+async fn readyz(State(h): State<Arc<Health>>) -> Response {
+    let (ready, body) = h.report();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `/healthz`: everything `/readyz` reports, always `200` (usable as a liveness probe).
+async fn healthz(State(h): State<Arc<Health>>) -> Json<serde_json::Value> {
+    Json(h.report().1)
+}
+
+/// The answer of every other route until the process is ready.
+fn not_ready() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(http::header::RETRY_AFTER, "5")],
+        "starting: the signing keys are not loaded yet\n",
+    )
+        .into_response()
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     let obo = s.guard.obo_client().map(crate::obo::OboClient::stats);
     let oauth = s.guard.oauth_stats();
-    let body = s.metrics.render(&s.guard.stats(), &s.policies, obo, oauth);
+    let mut body = s.metrics.render(&s.guard.stats(), &s.policies, obo, oauth);
+    let keys = s.guard.key_status();
+    let reachable = s.health.identity().reachable;
+    for (name, help, value) in [
+        (
+            "idguard_jwks_fetch_failures",
+            "Signing-key fetches failed in a row (0: the last one worked).",
+            u64::from(keys.failures),
+        ),
+        (
+            "idguard_jwks_from_cache_file",
+            "1 while the signing keys in force were read from token.jwks_cache_file at start.",
+            u64::from(keys.source == crate::token::jwks::KeySource::CacheFile),
+        ),
+        (
+            "idguard_identity_reachable",
+            "1 if the identity provider answered the last background check.",
+            u64::from(reachable != Some(false)),
+        ),
+    ] {
+        body.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,
@@ -366,19 +817,59 @@ struct TokenQuery {
     lifetime_secs: Option<u64>,
 }
 
-/// Dev mode only: a fresh token for a demo user (`idguard token mint`).
+/// Dev mode only: a fresh token for a demo user or app (`idguard token mint`).
 async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Response {
     let Some(entra) = &s.entra else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let lifetime = Duration::from_secs(q.lifetime_secs.unwrap_or(3600).min(24 * 3600));
-    match entra
-        .token_for(&q.user)
-        .and_then(|m| m.lifetime(lifetime).mint())
-    {
-        Ok(token) => token.into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+    let user = entra.users().iter().find(|u| u.key == q.user);
+    let app = entra.apps().iter().find(|a| a.key == q.user);
+    let minted = match (user, app) {
+        (Some(_), _) => entra.token_for(&q.user),
+        (None, Some(_)) => entra.app_token(&q.user),
+        (None, None) => {
+            let known: Vec<&str> = entra
+                .users()
+                .iter()
+                .map(|u| u.key.as_str())
+                .chain(entra.apps().iter().map(|a| a.key.as_str()))
+                .collect();
+            return (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no dev user or app `{}`: the emulator has {}",
+                    q.user,
+                    known.join(", ")
+                ),
+            )
+                .into_response();
+        }
     }
+    .and_then(|m| m.lifetime(lifetime).mint());
+    let token = match minted {
+        Ok(token) => token,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let home = user
+        .map(|u| u.tenant_id.as_str())
+        .or(app.map(|a| a.tenant_id.as_str()));
+    let mut res = token.into_response();
+    if let Some(tid) = home.filter(|tid| *tid != entra.tenant_id()) {
+        let name = entra
+            .tenants()
+            .iter()
+            .find(|t| t.id == tid)
+            .map_or(tid, |t| t.name.as_str());
+        let note = format!(
+            "`{}` belongs to tenant {name}; this dev server accepts tenant Contoso only, so it refuses the token (401 invalid_token: the token tenant is not allowed here), which shows a wrong-tenant refusal",
+            q.user
+        );
+        if let Ok(v) = http::HeaderValue::try_from(note) {
+            res.headers_mut().insert(super::entra::DEV_NOTE_HEADER, v);
+        }
+    }
+    res
 }
 
 fn print_dev_banner(
@@ -386,39 +877,185 @@ fn print_dev_banner(
     base: &str,
     mcp_path: &str,
     policies: &Path,
+    denials: Denials,
+    upstream: Option<&reqwest::Url>,
 ) -> Result<(), Box<dyn Error>> {
+    let serves = upstream.map_or_else(|| "demo tools".to_owned(), |u| format!("gateway to {u}"));
     let lifetime = Duration::from_secs(8 * 3600);
     let alice = entra.token_for("alice")?.lifetime(lifetime).mint()?;
     let bob = entra.token_for("bob")?.lifetime(lifetime).mint()?;
-    println!(
+    let idguard = command_prefix();
+    let denials = match denials {
+        Denials::Visible => "visible: a \"forbidden\" error with the policy's @reason",
+        _ => "hidden, like unknown tools (--denials visible shows the policy's @reason)",
+    };
+    let banner = format!(
         "\
 idguard dev mode: a local Entra emulator signs the tokens; nothing talks to Microsoft.
 
-  MCP endpoint  {base}{mcp_path}     (demo tools, policies from {policies})
+  MCP endpoint  {base}{mcp_path}     ({serves}, policies from {policies})
   dev Entra     {entra_url}          (tenant Contoso {tenant})
   health        {base}/healthz   metrics {base}/metrics
+  denied calls  {denials}
 
 Tokens (valid 8 h): alice holds Tools.Admin and signed in with MFA; bob holds Tools.Read.
+For your shell (idguard itself reads none of these):
 
-export IDGUARD_MCP_URL={base}{mcp_path}
+export MCP_URL={base}{mcp_path}
 export ALICE={alice}
 export BOB={bob}
 
 Try:
-  curl -s {base}{mcp_path} -H \"Authorization: Bearer $BOB\" -H 'content-type: application/json' \\
+  curl -s $MCP_URL -H \"Authorization: Bearer $BOB\" -H 'content-type: application/json' \\
        -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2025-06-18' \\
        -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}}'
-  idguard token mint --user bob --url {base}   # a fresh token from this dev server
-  idguard policy explain --user bob --tool delete_document
+  {idguard} token mint --user bob --url {base}   # a fresh token from this dev server
+  {idguard} policy explain --user bob --tool delete_document
 
-MCP clients: point them at {base}{mcp_path}. Clients with OAuth sign in through idguard's
-OAuth proxy (registration or a client metadata document; pick a dev user at the emulator);
-others send the header `Authorization: Bearer <token>`.
+MCP clients: point them at {base}{mcp_path} (localhost works too). Clients with OAuth sign in
+through idguard's OAuth proxy (registration or a client metadata document; approve, then
+pick alice or bob at the emulator); others send the header `Authorization: Bearer <token>`.
 Edit {policies}/*.cedar while this runs: changes apply at once (broken edits show at /healthz).
-Ctrl-C stops.",
+Refused tokens are logged with the reason. Ctrl-C stops.",
         entra_url = entra.url(),
         tenant = entra.tenant_id(),
         policies = policies.display(),
     );
+    // A closed standard output (piped into `head`) does not stop the server.
+    let _ = writeln!(std::io::stdout().lock(), "{banner}");
     Ok(())
+}
+
+/// How to run this binary again, as the user can type it: `cargo run --` when cargo
+/// started it (in this crate's directory, or with `--manifest-path`), else the path it was
+/// started by, else `idguard` (installed with `cargo install --path .`).
+fn command_prefix() -> String {
+    if let (Ok(dir), Ok("idguard")) = (
+        std::env::var("CARGO_MANIFEST_DIR"),
+        std::env::var("CARGO_PKG_NAME").as_deref(),
+    ) {
+        let here = std::env::current_dir().ok();
+        let dir = PathBuf::from(dir);
+        return if here.as_deref() == Some(dir.as_path()) {
+            "cargo run --".to_owned()
+        } else {
+            format!(
+                "cargo run --manifest-path {} --",
+                dir.join("Cargo.toml").display()
+            )
+        };
+    }
+    match std::env::args().next() {
+        Some(argv0) if argv0.contains('/') => argv0,
+        _ => "idguard".to_owned(),
+    }
+}
+
+/// What [`tune_answers`] needs.
+struct Answers {
+    dev: bool,
+    /// The protected resource, when known (not while a configured start is pending).
+    resource: Option<String>,
+}
+
+/// Two touches on every answer:
+///
+/// - a challenge to a client that reached a loopback resource under another loopback name
+///   (`localhost` for `127.0.0.1`) names the metadata under that name too, as the metadata
+///   itself does: MCP clients refuse metadata for another URL than the one they were given;
+/// - in dev mode, a refusal is logged at `info` with its reason, for the person trying it.
+async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(http::header::HOST).cloned();
+    let path = req.uri().path().to_owned();
+    let mut res = next.run(req).await;
+    if let Some(resource) = &a.resource
+        && let Some(reached) = crate::oauth::as_reached(resource, host.as_ref())
+        && let Some(challenge) = res
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+    {
+        let canonical = crate::guard::resource_metadata_url(resource);
+        let renamed = challenge.replace(
+            &format!("resource_metadata=\"{canonical}\""),
+            &format!(
+                "resource_metadata=\"{}\"",
+                crate::guard::resource_metadata_url(&reached)
+            ),
+        );
+        if let Ok(v) = http::HeaderValue::try_from(renamed) {
+            res.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        }
+    }
+    if a.dev
+        && let Some(rejection) = res.extensions().get::<crate::Rejection>()
+    {
+        tracing::info!(
+            target: "idguard::dev",
+            %path,
+            status = rejection.status().as_u16(),
+            kind = ?rejection.kind(),
+            reason = rejection.description().unwrap_or(match rejection.kind() {
+                crate::RejectionKind::MissingToken => "no bearer token",
+                _ => "-",
+            }),
+            "refused"
+        );
+    }
+    res
+}
+
+#[derive(Deserialize)]
+struct AdminConsentAnswer {
+    admin_consent: Option<String>,
+    tenant: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /admin-consent`: where Entra sends an administrator after the admin-consent URL
+/// (`idguard entra consent-url`). Only tells them how it went: nothing is recorded, and
+/// the parameters (which anyone can forge) decide nothing.
+async fn admin_consent_landing(Query(q): Query<AdminConsentAnswer>) -> Response {
+    let e = crate::oauth::escape;
+    let (status, title, body) = match (&q.error, q.admin_consent.as_deref()) {
+        (None, Some(yes)) if yes.eq_ignore_ascii_case("true") => (
+            StatusCode::OK,
+            "Consent granted",
+            format!(
+                "<p>Consent is recorded for tenant <code>{}</code>. Users of that tenant can now sign in; you can close this page.</p>",
+                e(q.tenant.as_deref().unwrap_or("?"))
+            ),
+        ),
+        (Some(error), _) => (
+            StatusCode::BAD_REQUEST,
+            "Consent not granted",
+            format!(
+                "<p>Entra answered <code>{}</code>: {}</p>",
+                e(error),
+                e(q.error_description.as_deref().unwrap_or(""))
+            ),
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "No consent answer",
+            "<p>This page shows the outcome of an administrator's consent (<code>idguard entra consent-url</code>).</p>".to_owned(),
+        ),
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>"
+    );
+    (
+        status,
+        [
+            (http::header::CACHE_CONTROL, "no-store"),
+            (http::header::X_FRAME_OPTIONS, "DENY"),
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        axum::response::Html(html),
+    )
+        .into_response()
 }

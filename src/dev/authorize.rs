@@ -786,7 +786,9 @@ fn invalid_target() -> (&'static str, u32, String) {
     )
 }
 
-/// A page listing the users, each a link to this authorize request with `login_hint`.
+/// A page listing the users who can sign in here (a tenant's own users on its path, every
+/// user on `organizations` and `common`), each a link to this authorize request with
+/// `login_hint`.
 fn user_picker(
     s: &Shared,
     tenant: &str,
@@ -798,7 +800,15 @@ fn user_picker(
         .filter(|(k, _)| k.as_str() != "login_hint")
         .collect();
     let mut items = String::new();
-    for user in &s.users {
+    let multi = matches!(
+        tenant.to_ascii_lowercase().as_str(),
+        "organizations" | "common"
+    );
+    for user in s
+        .users
+        .iter()
+        .filter(|u| multi || u.tenant_id.eq_ignore_ascii_case(tenant))
+    {
         let Ok(mut url) =
             reqwest::Url::parse(&format!("{}/{tenant}/oauth2/v2.0/authorize", s.base_url))
         else {

@@ -251,6 +251,19 @@ impl Shape {
             })
             .collect();
         let items: Vec<Option<Item>> = entries.iter().map(|raw| head(kind, raw.get())).collect();
+        // An entry the fast read refuses (a duplicated member, say) that the general read
+        // accepts: read the whole list the general way, so both paths show the same.
+        let disagree = entries.iter().zip(&items).any(|(raw, item)| {
+            item.is_none()
+                && serde_json::from_str::<Value>(raw.get())
+                    .ok()
+                    .and_then(|v| Entry::deserialize(&v).ok())
+                    .and_then(|e| e.item(kind))
+                    .is_some()
+        });
+        if disagree {
+            return None;
+        }
         let known = items.iter().flatten().cloned().collect();
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Some(Self {
@@ -459,6 +472,11 @@ impl ReplyRewriter {
         let Value::Object(m) = msg else {
             return Outcome::Drop;
         };
+        // A message that is two things at once is read differently by different clients
+        // (one reads the `result` of an error, or of a request): never passed.
+        if m.contains_key("result") && (m.contains_key("error") || m.contains_key("method")) {
+            return Outcome::Drop;
+        }
         if let Some(method) = m.get("method") {
             let Some(method) = method.as_str().map(str::to_owned) else {
                 return Outcome::Drop;
@@ -724,7 +742,7 @@ impl ReplyRewriter {
         envelope.push_str(head);
         envelope.push('0');
         envelope.push_str(tail);
-        let reply: Reply<'_> = serde_json::from_str(&envelope).ok()?;
+        let reply = Reply::parse(&envelope)?;
         let result = reply.result?.get();
         if result.as_ptr() as usize != envelope.as_ptr() as usize + head.len() {
             return None;
@@ -742,7 +760,7 @@ impl ReplyRewriter {
     /// output is the body with the hidden entries cut out (no tree is built and no JSON is
     /// re-serialized). `None` when the reply is not that shape: the general path handles it.
     fn filter_list_in_place(&self, text: &str) -> Option<Option<Vec<u8>>> {
-        let reply: Reply<'_> = serde_json::from_str(text).ok()?;
+        let reply = Reply::parse(text)?;
         let id = reply.id?;
         let (_, pending) = self.pending.iter().find(|(p, _)| *p == id)?;
         let Pending::List(kind) = pending else {
@@ -912,6 +930,22 @@ struct Reply<'a> {
     id: Option<Value>,
     #[serde(borrow)]
     result: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    method: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> Reply<'a> {
+    /// A plain response: a JSON object (not an array read by position) with a `result` and
+    /// neither `method` nor `error`. Anything else is left to the general path.
+    fn parse(text: &'a str) -> Option<Self> {
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let reply: Self = serde_json::from_str(text).ok()?;
+        (reply.method.is_none() && reply.error.is_none() && reply.result.is_some()).then_some(reply)
+    }
 }
 
 #[cfg(test)]

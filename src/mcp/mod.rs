@@ -39,6 +39,8 @@ mod catalog;
 mod filter;
 mod jsonrpc;
 mod layer;
+#[cfg(test)]
+mod proptests;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
 mod sse;

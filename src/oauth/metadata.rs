@@ -1,11 +1,21 @@
-//! RFC 9728 protected-resource metadata.
+//! RFC 9728 protected-resource metadata, and CORS for the endpoints browsers fetch.
 //!
 //! Served at the root well-known location and at the path-suffixed one
 //! (`/.well-known/oauth-protected-resource/mcp` for `https://host/mcp`), so clients find it
 //! whichever way they probe (MCP 2025-11-25 asks servers for one, clients try both).
+//!
+//! A resource on loopback (`http://127.0.0.1:8400/mcp`, dev mode) is named as the client
+//! reached it: asked through `localhost:8400`, the metadata says
+//! `http://localhost:8400/mcp`, since MCP clients refuse metadata whose `resource` is not
+//! the URL they were given. Only loopback names stand in for each other, on the same port.
 
 use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
 use serde::Serialize;
 
 use crate::guard::IdGuard;
@@ -27,19 +37,17 @@ pub struct ProtectedResourceMetadata {
 
 impl IdGuard {
     /// The protected-resource metadata this guard publishes.
+    ///
+    /// `scopes_supported` names the scopes clients should request, qualified with
+    /// `token.identifier_uri`: `token.required_scopes`, else the OAuth proxy's scopes, else
+    /// `mcp.tools` (what `idguard entra manifest` exposes). Without one, a client asks Entra
+    /// for a token without this API's scope, and gets one for another API.
     pub fn protected_resource_metadata(&self) -> ProtectedResourceMetadata {
         let c = self.config();
         ProtectedResourceMetadata {
             resource: c.resource().to_owned(),
             authorization_servers: vec![self.authorization_server().to_owned()],
-            scopes_supported: match self.oauth_proxy() {
-                Some(p) if c.required_scopes.is_empty() => p.api_scopes().to_vec(),
-                _ => c
-                    .required_scopes
-                    .iter()
-                    .map(|s| format!("{}/{s}", c.identifier_uri()))
-                    .collect(),
-            },
+            scopes_supported: c.advertised_scopes(),
             bearer_methods_supported: vec!["header".to_owned()],
         }
     }
@@ -48,11 +56,21 @@ impl IdGuard {
     /// (`/.well-known/oauth-authorization-server`, `/register`, `/authorize`, `/consent`,
     /// `/callback`, `/token`). Merge them into your router **outside** the token layer:
     /// clients use them before they have a token.
+    ///
+    /// The metadata, registration, token and revocation endpoints answer CORS preflights
+    /// and allow any origin (they take no cookies), so MCP clients running in a browser can
+    /// sign in; the pages a browser navigates to (`/authorize`, `/consent`, `/callback`)
+    /// need no CORS.
     pub fn oauth_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
-        let doc = axum::Json(self.protected_resource_metadata());
-        let handler = move || {
-            let doc = doc.clone();
-            async move { doc }
+        let doc = self.protected_resource_metadata();
+        let handler = move |headers: HeaderMap| {
+            let mut doc = doc.clone();
+            async move {
+                if let Some(reached) = as_reached(&doc.resource, headers.get(header::HOST)) {
+                    doc.resource = reached;
+                }
+                axum::Json(doc)
+            }
         };
         let root = "/.well-known/oauth-protected-resource";
         let url = self.resource_metadata_url();
@@ -65,9 +83,153 @@ impl IdGuard {
         if suffixed != root {
             router = router.route(&suffixed, get(handler));
         }
+        let mut router = router.route_layer(axum::middleware::from_fn(cors_any_origin));
         if self.oauth_proxy().is_some() {
             router = router.merge(super::proxy::routes(self));
         }
         router
+    }
+}
+
+/// `resource` as the client reached it, when `resource` is on loopback and `host` (the
+/// request's `Host`) names another loopback name for the same port: `localhost`,
+/// `127.0.0.1` and `[::1]` stand in for each other. `None`: the resource as configured.
+pub(crate) fn as_reached(resource: &str, host: Option<&HeaderValue>) -> Option<String> {
+    let mut url = url::Url::parse(resource).ok()?;
+    if !url
+        .host()
+        .is_some_and(|h| super::client::is_loopback_host(&h))
+    {
+        return None;
+    }
+    let host = host?.to_str().ok()?;
+    let reached = url::Url::parse(&format!("{}://{host}/", url.scheme())).ok()?;
+    let same = reached
+        .host()
+        .is_some_and(|h| super::client::is_loopback_host(&h))
+        && reached.port_or_known_default() == url.port_or_known_default()
+        && reached.host_str() != url.host_str();
+    if !same {
+        return None;
+    }
+    url.set_host(reached.host_str()).ok()?;
+    let text = url.to_string();
+    Some(if resource.ends_with('/') {
+        text
+    } else {
+        text.trim_end_matches('/').to_owned()
+    })
+}
+
+/// Whether `given` (a client's `resource` parameter) names `resource`: equal but for a
+/// trailing `/`, or the same loopback resource under another loopback name.
+pub(crate) fn names_resource(given: &str, resource: &str) -> bool {
+    let given = given.trim_end_matches('/');
+    given == resource
+        || url::Url::parse(given)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?;
+                let host = match u.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                };
+                as_reached(resource, HeaderValue::try_from(host).ok().as_ref())
+            })
+            .is_some_and(|reached| reached == given)
+}
+
+/// CORS for endpoints that browser-based clients call with `fetch` (metadata,
+/// registration, token, revocation): any origin, no credentials. These endpoints read no
+/// cookies, so a page of any origin learns nothing it could not fetch itself; this is
+/// what the MCP SDKs' own authorization servers do.
+pub(crate) async fn cors_any_origin(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        let requested = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .filter(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.len() <= 512
+                        && s.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ',' | ' ')
+                        })
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_static("authorization, content-type, mcp-protocol-version")
+            });
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        return res;
+    }
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(s: &'static str) -> HeaderValue {
+        HeaderValue::from_static(s)
+    }
+
+    #[test]
+    fn loopback_resources_are_named_as_reached() {
+        let r = "http://127.0.0.1:8400/mcp";
+        assert_eq!(
+            as_reached(r, Some(&host("localhost:8400"))).as_deref(),
+            Some("http://localhost:8400/mcp")
+        );
+        assert_eq!(
+            as_reached(r, Some(&host("[::1]:8400"))).as_deref(),
+            Some("http://[::1]:8400/mcp")
+        );
+        // Same name, another port, another host, no host: as configured.
+        assert_eq!(as_reached(r, Some(&host("127.0.0.1:8400"))), None);
+        assert_eq!(as_reached(r, Some(&host("localhost:8401"))), None);
+        assert_eq!(as_reached(r, Some(&host("evil.example:8400"))), None);
+        assert_eq!(as_reached(r, None), None);
+        // Never for a public resource.
+        assert_eq!(
+            as_reached("https://mcp.contoso.com/mcp", Some(&host("localhost"))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_resource_parameter_may_use_another_loopback_name() {
+        let r = "http://127.0.0.1:8400/mcp";
+        assert!(names_resource("http://127.0.0.1:8400/mcp/", r));
+        assert!(names_resource("http://localhost:8400/mcp", r));
+        assert!(!names_resource("http://localhost:8401/mcp", r));
+        assert!(!names_resource("http://localhost:8400/other", r));
+        assert!(!names_resource(
+            "https://mcp.contoso.com/mcp",
+            "https://mcp.example.com/mcp"
+        ));
     }
 }

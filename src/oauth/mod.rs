@@ -28,6 +28,8 @@ pub(crate) use html::escape;
 pub(crate) use keys::random_token;
 pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 pub use metadata::ProtectedResourceMetadata;
+#[cfg(all(feature = "dev", feature = "rmcp"))]
+pub(crate) use metadata::as_reached;
 pub use proxy::OAuthStats;
 pub use store::{
     DEFAULT_MEMORY_STORE_BYTES, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,

@@ -559,11 +559,6 @@ impl Proxy {
         &self.settings.issuer
     }
 
-    /// The API's scopes, fully qualified.
-    pub(crate) fn api_scopes(&self) -> &[String] {
-        &self.api_scopes
-    }
-
     fn callback_url(&self) -> String {
         format!("{}/callback", self.settings.issuer)
     }
@@ -996,7 +991,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
         let doc = doc.clone();
         async move { doc }
     };
-    Router::new()
+    // What browser-based clients `fetch`: CORS, any origin (no cookies are read there).
+    let fetched = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
             get(as_metadata.clone()),
@@ -1006,12 +1002,6 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
             "/register",
             post(register).layer(DefaultBodyLimit::max(client::MAX_REGISTRATION_BYTES)),
         )
-        .route("/authorize", get(authorize))
-        .route(
-            "/consent",
-            post(consent).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
-        )
-        .route("/callback", get(callback))
         .route(
             "/token",
             post(token).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
@@ -1020,6 +1010,16 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
             "/revoke",
             post(revoke).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
         )
+        .route_layer(axum::middleware::from_fn(super::metadata::cors_any_origin));
+    // What the browser navigates to: pages and redirects, no CORS.
+    Router::new()
+        .route("/authorize", get(authorize))
+        .route(
+            "/consent",
+            post(consent).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
+        .route("/callback", get(callback))
+        .merge(fetched)
         .with_state(guard.clone())
 }
 
@@ -1164,7 +1164,7 @@ async fn authorize(
         return refuse("`code_challenge` is not an S256 challenge.");
     }
     if let Some(resource) = q.resource.as_deref()
-        && resource.trim_end_matches('/') != p.resource
+        && !super::metadata::names_resource(resource, &p.resource)
     {
         return refuse("The requested `resource` is not this server.");
     }
@@ -1585,7 +1585,7 @@ async fn token(
         Err(e) => return e.into_response(),
     };
     if let Some(resource) = form.resource.as_deref()
-        && resource.trim_end_matches('/') != p.resource
+        && !super::metadata::names_resource(resource, &p.resource)
     {
         return OAuthError::new("invalid_target", "`resource` is not this server").into_response();
     }

@@ -4,7 +4,9 @@
 //! their list-phase decision. Listing the same items again for the same caller costs one
 //! cache lookup and one hash lookup per item. A reload bumps the epoch, so old entries are
 //! never consulted again (and age out). Entries live at most a minute, which bounds how
-//! stale a list-phase decision that reads `context.now` can be.
+//! stale a list-phase decision that reads `context.now` can be. With a shadow policy set,
+//! each entry also holds the shadow set's answer, keyed by the shadow set's epoch too: the
+//! shadow comparison of a list seen before costs no lookup of its own.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hash};
@@ -21,6 +23,8 @@ use crate::principal::Principal;
 #[derive(Clone, Debug)]
 struct CallerKey {
     epoch: u64,
+    /// The shadow set's epoch (0: no shadow answers in this entry).
+    shadow: u64,
     principal: Principal,
 }
 
@@ -28,7 +32,7 @@ impl CallerKey {
     fn fields(&self) -> impl PartialEq + Hash + '_ {
         let p = &self.principal;
         (
-            self.epoch,
+            (self.epoch, self.shadow),
             p.tenant_id(),
             p.object_id(),
             p.app_id(),
@@ -43,6 +47,7 @@ impl CallerKey {
 impl PartialEq for CallerKey {
     fn eq(&self, other: &Self) -> bool {
         self.epoch == other.epoch
+            && self.shadow == other.shadow
             && (self.principal.same(&other.principal) || self.fields() == other.fields())
     }
 }
@@ -59,9 +64,40 @@ impl Hash for CallerKey {
 /// from servers, so a fixed-key hash would invite collision floods).
 type Hasher = foldhash::fast::RandomState;
 
+/// A list decision: whether the policies in force show the item, and (with a shadow set)
+/// whether the shadow set would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shown(u8);
+
+impl Shown {
+    const ENFORCED: u8 = 1;
+    const SHADOW: u8 = 2;
+
+    pub(crate) fn new(enforced: bool, shadow: bool) -> Self {
+        Self((u8::from(enforced) * Self::ENFORCED) | (u8::from(shadow) * Self::SHADOW))
+    }
+
+    #[inline]
+    pub(crate) fn enforced(self) -> bool {
+        self.0 & Self::ENFORCED != 0
+    }
+
+    #[inline]
+    pub(crate) fn shadow(self) -> bool {
+        self.0 & Self::SHADOW != 0
+    }
+}
+
 /// Item → decision for one caller. Items are shared (interned by [`ListCache::intern`]):
 /// a caller's map holds a pointer and a flag per item, not a copy of every tool.
-pub(crate) type Decisions = HashMap<Arc<Item>, bool, Hasher>;
+pub(crate) type Decisions = HashMap<Arc<Item>, Shown, Hasher>;
+
+/// The flags of a whole list: the policies in force, and the shadow set's if there is one.
+#[derive(Clone, Debug)]
+pub(crate) struct ListFlags {
+    pub(crate) enforced: Arc<[bool]>,
+    pub(crate) shadow: Option<Arc<[bool]>>,
+}
 
 /// One caller's list decisions: per item, and for the few whole lists seen last.
 #[derive(Debug, Default)]
@@ -69,7 +105,7 @@ pub(crate) struct CallerDecisions {
     items: RwLock<Decisions>,
     /// Flags of whole lists by list id (see [`super::PolicyEngine::visible_list`]), most
     /// recent first: a list seen again costs no per-item lookup.
-    lists: RwLock<Vec<(u64, Arc<[bool]>)>>,
+    lists: RwLock<Vec<(u64, ListFlags)>>,
 }
 
 /// Whole lists remembered per caller (a server has a handful of distinct lists).
@@ -89,7 +125,7 @@ impl CallerDecisions {
     }
 
     /// The flags of list `id`, if decided before.
-    pub(crate) fn list(&self, id: u64) -> Option<Arc<[bool]>> {
+    pub(crate) fn list(&self, id: u64) -> Option<ListFlags> {
         let lists = self
             .lists
             .read()
@@ -97,7 +133,7 @@ impl CallerDecisions {
         lists.iter().find(|(l, _)| *l == id).map(|(_, f)| f.clone())
     }
 
-    pub(crate) fn remember_list(&self, id: u64, flags: Arc<[bool]>) {
+    pub(crate) fn remember_list(&self, id: u64, flags: ListFlags) {
         let mut lists = self
             .lists
             .write()
@@ -143,11 +179,18 @@ impl ListCache {
         self.items.get_with(Item::clone(&shared), || shared.clone())
     }
 
-    /// The decisions of this caller under this epoch (empty at first).
-    pub(crate) fn decisions(&self, epoch: u64, principal: &Principal) -> Arc<CallerDecisions> {
+    /// The decisions of this caller under this epoch, and this shadow epoch (0 without a
+    /// shadow set), empty at first.
+    pub(crate) fn decisions(
+        &self,
+        epoch: u64,
+        shadow: u64,
+        principal: &Principal,
+    ) -> Arc<CallerDecisions> {
         self.callers.get_with(
             CallerKey {
                 epoch,
+                shadow,
                 principal: principal.clone(),
             },
             || Arc::new(CallerDecisions::default()),
@@ -189,6 +232,7 @@ impl SceneCache {
         let key = (
             CallerKey {
                 epoch: 0,
+                shadow: 0,
                 principal: principal.clone(),
             },
             item.clone(),
@@ -241,6 +285,7 @@ impl CallCache {
     fn key(&self, epoch: u64, principal: &Principal, item: &Item) -> (u64, CallerKey) {
         let caller = CallerKey {
             epoch,
+            shadow: 0,
             principal: principal.clone(),
         };
         (self.hasher.hash_one((&caller, item)), caller)

@@ -160,6 +160,72 @@ fn file_error(path: &Path, message: String) -> CaseError {
 /// [`CaseError`] when a case file cannot be read or parsed.
 pub fn run_cases(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseOutcome>, CaseError> {
     let tools = load_tools(dir)?;
+    Ok(read_cases(dir)?
+        .into_iter()
+        .map(|(file, case)| run_case(engine, &tools, &file, case))
+        .collect())
+}
+
+/// One request a test case describes: for tools that look at many decisions at once
+/// (`idguard policy diff`, `matrix`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CaseRequest {
+    /// The case file.
+    pub file: String,
+    /// The case name.
+    pub name: String,
+    /// The dev user the caller starts from, if any.
+    pub user: Option<String>,
+    /// Claims written in the case (merged over the user's).
+    pub claims: Map<String, Value>,
+    /// The case's `mfa`.
+    pub mfa: Option<bool>,
+    /// The item, with the annotations `tools.json` and the case give it.
+    pub item: Item,
+    /// The phase.
+    pub phase: Phase,
+    /// The tool arguments.
+    pub arguments: Option<Map<String, Value>>,
+}
+
+/// The requests of every case in `dir/tests/*.toml` (cases that name no single item are
+/// left out; `policy test` reports them).
+///
+/// # Errors
+///
+/// [`CaseError`] when a case file or `tools.json` cannot be read or parsed.
+pub fn case_requests(dir: &Path) -> Result<Vec<CaseRequest>, CaseError> {
+    let tools = load_tools(dir)?;
+    Ok(read_cases(dir)?
+        .into_iter()
+        .filter_map(|(file, case)| {
+            let item = case_item(&case, &tools)?;
+            Some(CaseRequest {
+                file,
+                item,
+                phase: case.phase.phase(),
+                name: case.name,
+                user: case.user,
+                claims: case.claims,
+                mfa: case.mfa,
+                arguments: case.arguments,
+            })
+        })
+        .collect())
+}
+
+impl PhaseName {
+    fn phase(self) -> Phase {
+        match self {
+            PhaseName::Call => Phase::Call,
+            PhaseName::List => Phase::List,
+        }
+    }
+}
+
+/// Every case of `dir/tests/*.toml` with its file name, files in name order.
+fn read_cases(dir: &Path) -> Result<Vec<(String, Case)>, CaseError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("tests"))
         .into_iter()
         .flatten()
@@ -168,7 +234,7 @@ pub fn run_cases(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseOutcome>, 
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    let mut outcomes = Vec::new();
+    let mut cases = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e.to_string()))?;
         let file: CaseFile = toml::from_str(&text).map_err(|e| file_error(&path, e.to_string()))?;
@@ -176,30 +242,15 @@ pub fn run_cases(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseOutcome>, 
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for case in file.cases {
-            outcomes.push(run_case(engine, &tools, &name, case));
-        }
+        cases.extend(file.cases.into_iter().map(|case| (name.clone(), case)));
     }
-    Ok(outcomes)
+    Ok(cases)
 }
 
-fn run_case(
-    engine: &PolicyEngine,
-    tools: &BTreeMap<String, ToolInfo>,
-    file: &str,
-    case: Case,
-) -> CaseOutcome {
-    let fail = |detail: String| CaseOutcome {
-        file: file.to_owned(),
-        name: case.name.clone(),
-        passed: false,
-        detail,
-    };
-    let principal = match caller(case.user.as_deref(), &case.claims, case.mfa) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let item = match (&case.tool, &case.resource, &case.prompt) {
+/// The item a case names, with `tools.json`'s annotations under the case's; `None` unless
+/// it names exactly one.
+fn case_item(case: &Case, tools: &BTreeMap<String, ToolInfo>) -> Option<Item> {
+    Some(match (&case.tool, &case.resource, &case.prompt) {
         (Some(tool), None, None) => {
             let mut info = tools
                 .get(tool)
@@ -218,12 +269,30 @@ fn run_case(
         }
         (None, Some(uri), None) => Item::Resource(ResourceInfo { uri: uri.clone() }),
         (None, None, Some(name)) => Item::Prompt(PromptInfo { name: name.clone() }),
-        _ => return fail("give exactly one of `tool`, `resource`, `prompt`".into()),
+        _ => return None,
+    })
+}
+
+fn run_case(
+    engine: &PolicyEngine,
+    tools: &BTreeMap<String, ToolInfo>,
+    file: &str,
+    case: Case,
+) -> CaseOutcome {
+    let fail = |detail: String| CaseOutcome {
+        file: file.to_owned(),
+        name: case.name.clone(),
+        passed: false,
+        detail,
     };
-    let phase = match case.phase {
-        PhaseName::Call => Phase::Call,
-        PhaseName::List => Phase::List,
+    let principal = match caller(case.user.as_deref(), &case.claims, case.mfa) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
     };
+    let Some(item) = case_item(&case, tools) else {
+        return fail("give exactly one of `tool`, `resource`, `prompt`".into());
+    };
+    let phase = case.phase.phase();
     let decision = engine.decide(&principal, &item, phase, case.arguments.as_ref());
     let mut problems = Vec::new();
     let got = if decision.is_allow() {
@@ -301,6 +370,21 @@ pub fn caller(
     claims: &Map<String, Value>,
     mfa: Option<bool>,
 ) -> Result<Principal, String> {
+    let merged = caller_claims(user, claims, mfa)?;
+    Principal::from_unvalidated_claims(&Value::Object(merged)).map_err(|e| format!("caller: {e}"))
+}
+
+/// The claims [`caller`] reads: the dev user's (or a minimal caller's), `claims` merged
+/// over them, and `amr` from `mfa`.
+///
+/// # Errors
+///
+/// A message when the user is unknown.
+pub fn caller_claims(
+    user: Option<&str>,
+    claims: &Map<String, Value>,
+    mfa: Option<bool>,
+) -> Result<Map<String, Value>, String> {
     let mut merged = match user {
         Some(name) => dev_user_claims(name)?,
         None => json!({
@@ -324,7 +408,10 @@ pub fn caller(
             map.insert("amr".into(), amr);
         }
     }
-    Principal::from_unvalidated_claims(&merged).map_err(|e| format!("caller: {e}"))
+    match merged {
+        Value::Object(map) => Ok(map),
+        _ => Err("caller: the claims are not an object".into()),
+    }
 }
 
 #[cfg(feature = "dev")]

@@ -30,7 +30,7 @@ pub struct ToolInfo {
     pub idempotent: bool,
     /// `annotations.openWorldHint` (false when absent).
     pub open_world: bool,
-    /// `_meta.tags`.
+    /// `_meta.tags` and FastMCP's `_meta.fastmcp.tags`.
     pub tags: Vec<String>,
 }
 
@@ -62,7 +62,7 @@ impl ToolInfo {
     }
 
     /// Reads a tool definition from a `tools/list` result (`name`, `annotations`,
-    /// `_meta.tags`). `None` when it has no string `name`.
+    /// `_meta.tags` or FastMCP's `_meta.fastmcp.tags`). `None` when it has no string `name`.
     pub fn from_mcp(tool: &Value) -> Option<Self> {
         let null = Value::Null;
         let field = |key: &str| tool.get(key).unwrap_or(&null);
@@ -78,16 +78,16 @@ impl ToolInfo {
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
         };
-        let tags = meta
-            .get("tags")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        // `_meta.tags`, and FastMCP's `_meta.fastmcp.tags`.
+        let fastmcp = meta.get("fastmcp").and_then(|f| f.get("tags"));
+        let tags: Vec<String> = [meta.get("tags"), fastmcp]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
         Some(Self {
             name: name.as_str()?.to_owned(),
             read_only: hint("readOnlyHint"),

@@ -14,7 +14,14 @@
 //! - call-phase decisions are cached the same way when none of the policies that can apply
 //!   to the item reads the request beyond the caller (`context.arguments`, `context.now`):
 //!   such a decision is a function of the key, so the cache never answers differently from
-//!   an evaluation. Every call is still counted and audited.
+//!   an evaluation. Every call is still counted and audited;
+//! - a shadow policy set ([`PolicyEngine::with_shadow`]) answers every decision alongside,
+//!   for comparison only: disagreements are counted ([`PolicyEngine::shadow_stats`]) and
+//!   audited, the shadow answer is never used;
+//! - [`PolicyEngine::trace`] streams every decision as it happens to whoever listens.
+//!
+//! Without a shadow set and without a listener, neither costs more than a check of an
+//! `Option` and of an atomic counter per decision.
 //!
 //! ```
 //! use idguard::policy::{Item, PolicyEngine, Phase, ToolInfo};
@@ -40,8 +47,11 @@ mod cache;
 pub mod cases;
 mod entities;
 mod reload;
+pub mod review;
+mod shadow;
 mod slice;
 mod store;
+mod trace;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,16 +60,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{Authorizer, Decision as CedarDecision, PolicyId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use arguments::{ARGUMENTS_SCHEMA_FILE, generate_arguments_schema};
 pub use entities::{Item, PromptInfo, ResourceInfo, ToolInfo};
 pub use reload::PolicyWatch;
+pub use shadow::{Disagreement, ItemDisagreements, OTHER_ITEMS, ShadowStats};
 pub use store::{PolicyLoadError, PolicyProblem};
+pub use trace::{
+    DecisionEvent, DecisionTrace, Outcome, TraceError, TraceFilter, TracedAnswer, TracedCaller,
+    TracedShadow,
+};
 
 use crate::principal::Principal;
-use cache::{CallCache, ListCache, SceneCache};
+use cache::{CallCache, ListCache, SceneCache, Shown};
+use shadow::Shadow;
 use store::Snapshot;
+use trace::Tracer;
 
 /// Which MCP operation a decision is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -85,7 +102,7 @@ impl Action {
 }
 
 /// When the decision is made: while listing, or for a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Filtering a `*/list` reply: an item is shown iff its action is permitted.
@@ -95,7 +112,8 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn as_str(self) -> &'static str {
+    /// `list` or `call`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::List => "list",
             Phase::Call => "call",
@@ -190,9 +208,13 @@ struct Inner {
     status: tokio::sync::watch::Sender<PolicyStatus>,
     list_cache: ListCache,
     call_cache: CallCache,
-    scenes: SceneCache,
+    /// Shared with a shadow set: entities depend on the caller and the item only.
+    scenes: Arc<SceneCache>,
     authorizer: Authorizer,
     counters: [AtomicU64; 5],
+    /// The shadow set, if any: asked after every decision, never obeyed.
+    shadow: Option<Shadow>,
+    tracer: Tracer,
 }
 
 /// Decision counters of a [`PolicyEngine`], for metrics.
@@ -267,9 +289,11 @@ impl PolicyEngine {
                 status: tokio::sync::watch::Sender::new(status),
                 list_cache: ListCache::new(10_000),
                 call_cache: CallCache::new(10_000),
-                scenes: SceneCache::new(2_000),
+                scenes: Arc::new(SceneCache::new(2_000)),
                 authorizer: Authorizer::new(),
                 counters: Default::default(),
+                shadow: None,
+                tracer: Tracer::new(),
             }),
         }
     }
@@ -280,8 +304,63 @@ impl PolicyEngine {
     pub fn with_server_name(mut self, server: impl Into<String>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.server = server.into();
+            if let Some(shadow) = inner.shadow.take() {
+                let engine = shadow.engine.with_server_name(inner.server.clone());
+                inner.shadow = Some(Shadow::new(engine));
+            }
         }
         self
+    }
+
+    /// Adds a shadow policy set: every decision this engine makes, in the list and the call
+    /// phase, is also put to `shadow`, whose answer is compared and never used.
+    /// Disagreements are counted ([`shadow_stats`](Self::shadow_stats)) and logged as audit
+    /// events with both answers and their determining policies. The shadow keeps its own
+    /// caches, reloads on its own ([`shadow`](Self::shadow) gives it, to `watch`, `reload`
+    /// or read its `status`), and takes this engine's server name (if no clone of it exists
+    /// yet; otherwise name it alike first). Replaces an earlier shadow set.
+    ///
+    /// Call before sharing the engine (cloning it, or starting [`watch`](Self::watch)); on a
+    /// shared engine this logs an error and changes nothing.
+    #[must_use]
+    pub fn with_shadow(mut self, shadow: PolicyEngine) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                let mut shadow = shadow.with_server_name(inner.server.clone());
+                // Same server name, so the same entities: the shadow decides on the scenes
+                // the policies in force just built.
+                if let Some(theirs) = Arc::get_mut(&mut shadow.inner)
+                    && theirs.server == inner.server
+                {
+                    theirs.scenes = inner.scenes.clone();
+                }
+                inner.shadow = Some(Shadow::new(shadow));
+            }
+            None => tracing::error!(
+                target: "idguard::policy",
+                "a shadow policy set was added to an engine already in use; it is ignored"
+            ),
+        }
+        self
+    }
+
+    /// The shadow policy set, if any.
+    pub fn shadow(&self) -> Option<&PolicyEngine> {
+        self.inner.shadow.as_ref().map(|s| &s.engine)
+    }
+
+    /// Comparison counters of the shadow policy set (`None` without one).
+    pub fn shadow_stats(&self) -> Option<ShadowStats> {
+        self.inner.shadow.as_ref().map(Shadow::stats)
+    }
+
+    /// Listens to every decision from now on: the call and list decisions this engine makes,
+    /// with their determining policies, obligations, whether a cache answered, and the
+    /// shadow answer. Events are produced only while a listener exists; one that falls
+    /// behind loses the oldest events (and learns how many) rather than slowing requests.
+    /// Events never carry tokens or tool arguments.
+    pub fn trace(&self) -> DecisionTrace {
+        self.inner.tracer.subscribe()
     }
 
     /// The policy directory, if the engine was loaded from one.
@@ -397,12 +476,48 @@ impl PolicyEngine {
         phase: Phase,
         arguments: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Decision {
+        let (decision, cached) = self.decide_counted(principal, item, phase, arguments);
+        if phase == Phase::Call {
+            audit(principal, item, &decision);
+        }
+        let shadow = self
+            .inner
+            .shadow
+            .as_ref()
+            .map(|shadow| shadow.check(principal, item, phase, arguments, &decision));
+        if self.inner.tracer.listening() {
+            let shadow = shadow.map(|(answer, _)| TracedShadow {
+                agrees: shadow::Disagreement::between(phase, &decision, &answer).is_none(),
+                answer: TracedAnswer::of(&answer),
+            });
+            self.inner.tracer.send(DecisionEvent::new(
+                principal,
+                item,
+                phase,
+                TracedAnswer::of(&decision),
+                cached,
+                shadow,
+            ));
+        }
+        decision
+    }
+
+    /// [`decide`](Self::decide) without audit, shadow or trace: the decision (from the call
+    /// cache when it may be) and whether the cache gave it. Counts it.
+    fn decide_counted(
+        &self,
+        principal: &Principal,
+        item: &Item,
+        phase: Phase,
+        arguments: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> (Decision, bool) {
         let snapshot = self.inner.snapshot.load();
         let cache = &self.inner.call_cache;
         let cached = match phase {
             Phase::Call => cache.get(snapshot.epoch, principal, item),
             Phase::List => None,
         };
+        let hit = cached.is_some();
         let decision = match cached {
             Some(decision) => {
                 self.count(CALL_CACHED, 1);
@@ -426,9 +541,23 @@ impl PolicyEngine {
         };
         if phase == Phase::Call {
             self.count(if decision.is_allow() { ALLOWED } else { DENIED }, 1);
-            audit(principal, item, &decision);
         }
-        decision
+        (decision, hit)
+    }
+
+    /// The decision, evaluated, touching no decision cache, counter, audit log, shadow or
+    /// trace: for
+    /// tools that ask many questions at once (`idguard policy diff`, `matrix`). The same
+    /// answer [`decide`](Self::decide) gives.
+    pub(crate) fn decide_quiet(
+        &self,
+        principal: &Principal,
+        item: &Item,
+        phase: Phase,
+        arguments: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Decision {
+        let snapshot = self.inner.snapshot.load();
+        self.decide_uncached(&snapshot, principal, item, phase, arguments, &mut false)
     }
 
     /// [`decide`](Self::decide) without the call cache, counters and audit. Sets
@@ -483,8 +612,67 @@ impl PolicyEngine {
     /// item is evaluated once per (policy epoch, caller); repeated lists hit the cache.
     pub fn visible(&self, principal: &Principal, items: &[Item]) -> Vec<bool> {
         let snapshot = self.inner.snapshot.load();
-        let decisions = self.inner.list_cache.decisions(snapshot.epoch, principal);
-        self.visible_with(&snapshot, &decisions, principal, items)
+        let shadow = self.shadowing();
+        let shadow = shadow.as_ref().map(|(s, snap)| (*s, &***snap));
+        let shadow_epoch = shadow.map_or(0, |(_, snap)| snap.epoch);
+        let decisions = self
+            .inner
+            .list_cache
+            .decisions(snapshot.epoch, shadow_epoch, principal);
+        let tracing = self.inner.tracer.listening();
+        let listed = self.visible_with(&snapshot, shadow, &decisions, principal, items, tracing);
+        if shadow.is_some() || tracing {
+            self.after_list(principal, items, &listed, tracing);
+        }
+        listed.flags
+    }
+
+    /// The shadow set and its policies in force, if there is a shadow set.
+    fn shadowing(&self) -> Option<(&Shadow, arc_swap::Guard<Arc<Snapshot>>)> {
+        self.inner
+            .shadow
+            .as_ref()
+            .map(|s| (s, s.engine.inner.snapshot.load()))
+    }
+
+    /// After a list was decided: the shadow's flags compared, the trace told.
+    #[cold]
+    fn after_list<F: std::ops::Deref<Target = [bool]>>(
+        &self,
+        principal: &Principal,
+        items: &[Item],
+        listed: &Listed<F>,
+        tracing: bool,
+    ) {
+        let theirs = listed.shadow.as_deref();
+        if let (Some(shadow), Some(theirs)) = (&self.inner.shadow, theirs) {
+            shadow.compare_list(self, principal, items, &listed.flags, theirs);
+        }
+        if !tracing {
+            return;
+        }
+        let mut evaluated = listed.evaluated.iter().peekable();
+        for (i, (item, &allowed)) in items.iter().zip(listed.flags.iter()).enumerate() {
+            let fresh = evaluated.next_if(|e| e.index == i);
+            let answer = fresh.map_or_else(
+                || TracedAnswer::flag(allowed),
+                |e| TracedAnswer::of(&e.decision),
+            );
+            let shadow = theirs.and_then(|t| t.get(i)).map(|&shown| TracedShadow {
+                agrees: shown == allowed,
+                answer: fresh
+                    .and_then(|e| e.shadow.as_ref())
+                    .map_or_else(|| TracedAnswer::flag(shown), TracedAnswer::of),
+            });
+            self.inner.tracer.send(DecisionEvent::new(
+                principal,
+                item,
+                Phase::List,
+                answer,
+                fresh.is_none(),
+                shadow,
+            ));
+        }
     }
 
     /// [`Self::visible`] for a list whose items never change under `id` (a process-unique
@@ -497,43 +685,91 @@ impl PolicyEngine {
         items: &[Item],
     ) -> Arc<[bool]> {
         let snapshot = self.inner.snapshot.load();
-        let decisions = self.inner.list_cache.decisions(snapshot.epoch, principal);
-        if let Some(flags) = decisions.list(id) {
-            self.count(LIST_CACHED, items.len() as u64);
-            return flags;
+        let shadow = self.shadowing();
+        let shadow = shadow.as_ref().map(|(s, snap)| (*s, &***snap));
+        let shadow_epoch = shadow.map_or(0, |(_, snap)| snap.epoch);
+        let decisions = self
+            .inner
+            .list_cache
+            .decisions(snapshot.epoch, shadow_epoch, principal);
+        let tracing = self.inner.tracer.listening();
+        let listed = self.list_with(&snapshot, shadow, &decisions, principal, id, items, tracing);
+        if shadow.is_some() || tracing {
+            self.after_list(principal, items, &listed, tracing);
         }
-        let flags: Arc<[bool]> = self
-            .visible_with(&snapshot, &decisions, principal, items)
-            .into();
-        decisions.remember_list(id, flags.clone());
-        flags
+        listed.flags
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "internal; visible_with and an id"
+    )]
+    fn list_with(
+        &self,
+        snapshot: &Snapshot,
+        shadow: Option<(&Shadow, &Snapshot)>,
+        decisions: &cache::CallerDecisions,
+        principal: &Principal,
+        id: u64,
+        items: &[Item],
+        keep: bool,
+    ) -> Listed<Arc<[bool]>> {
+        if let Some(flags) = decisions.list(id) {
+            self.count(LIST_CACHED, items.len() as u64);
+            return Listed {
+                flags: flags.enforced,
+                shadow: flags.shadow,
+                evaluated: Vec::new(),
+            };
+        }
+        let listed = self.visible_with(snapshot, shadow, decisions, principal, items, keep);
+        let flags = cache::ListFlags {
+            enforced: listed.flags.into(),
+            shadow: listed.shadow.map(Into::into),
+        };
+        decisions.remember_list(id, flags.clone());
+        Listed {
+            flags: flags.enforced,
+            shadow: flags.shadow,
+            evaluated: listed.evaluated,
+        }
+    }
+
+    /// The flags (with a shadow set, its flags too), and with `keep` the decisions
+    /// evaluated (not from the cache) by index.
     fn visible_with(
         &self,
         snapshot: &Snapshot,
+        shadow: Option<(&Shadow, &Snapshot)>,
         decisions: &cache::CallerDecisions,
         principal: &Principal,
         items: &[Item],
-    ) -> Vec<bool> {
+        keep: bool,
+    ) -> Listed<Vec<bool>> {
         let mut visible = Vec::with_capacity(items.len());
+        let mut theirs = shadow.map(|_| Vec::with_capacity(items.len()));
         let mut missing = Vec::new();
         {
             let known = decisions.read();
             for (i, item) in items.iter().enumerate() {
-                match known.get(item) {
-                    Some(allowed) => visible.push(*allowed),
-                    None => {
-                        visible.push(false);
-                        missing.push(i);
-                    }
+                let shown = known.get(item).copied();
+                visible.push(shown.is_some_and(Shown::enforced));
+                if let Some(theirs) = &mut theirs {
+                    theirs.push(shown.is_some_and(Shown::shadow));
+                }
+                if shown.is_none() {
+                    missing.push(i);
                 }
             }
         }
         self.count(LIST_CACHED, (items.len() - missing.len()) as u64);
         self.count(LIST_EVALUATED, missing.len() as u64);
         if missing.is_empty() {
-            return visible;
+            return Listed {
+                flags: visible,
+                shadow: theirs,
+                evaluated: Vec::new(),
+            };
         }
         let todo: Vec<Item> = missing
             .iter()
@@ -548,15 +784,49 @@ impl PolicyEngine {
             principal.mfa(),
             &mut false,
         );
+        let mut shadow_results = shadow.map(|(shadow, snapshot)| {
+            shadow
+                .engine
+                .evaluate(
+                    snapshot,
+                    principal,
+                    &todo,
+                    Phase::List,
+                    None,
+                    principal.mfa(),
+                    &mut false,
+                )
+                .into_iter()
+        });
+        let mut evaluated = Vec::new();
         let mut known = decisions.write();
         for ((i, item), decision) in missing.iter().zip(todo).zip(results) {
             let allowed = decision.is_allow();
+            let their = shadow_results.as_mut().and_then(Iterator::next);
+            let their_allowed = their.as_ref().is_some_and(Decision::is_allow);
             if let Some(slot) = visible.get_mut(*i) {
                 *slot = allowed;
             }
-            known.insert(self.inner.list_cache.intern(item), allowed);
+            if let Some(slot) = theirs.as_mut().and_then(|t| t.get_mut(*i)) {
+                *slot = their_allowed;
+            }
+            known.insert(
+                self.inner.list_cache.intern(item),
+                Shown::new(allowed, their_allowed),
+            );
+            if keep {
+                evaluated.push(Evaluated {
+                    index: *i,
+                    decision,
+                    shadow: their,
+                });
+            }
         }
-        visible
+        Listed {
+            flags: visible,
+            shadow: theirs,
+            evaluated,
+        }
     }
 
     #[expect(clippy::too_many_arguments, reason = "internal; mirrors evaluate")]
@@ -651,14 +921,32 @@ impl PolicyEngine {
     }
 }
 
+/// A list's flags, the shadow set's flags (with one), and the decisions evaluated for it.
+struct Listed<F> {
+    flags: F,
+    shadow: Option<F>,
+    evaluated: Vec<Evaluated>,
+}
+
+/// A list decision evaluated (not from the cache), for the trace.
+struct Evaluated {
+    index: usize,
+    decision: Decision,
+    shadow: Option<Decision>,
+}
+
 impl Snapshot {
     fn to_decision(&self, response: &cedar_policy::Response) -> Decision {
-        let errors: Vec<String> = response
+        let mut errors: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| e.to_string())
             .collect();
-        let reasons: Vec<&PolicyId> = response.diagnostics().reason().collect();
+        errors.sort_unstable();
+        // Cedar gives the determining policies as a set: sorted, decisions (and which
+        // `@reason` is shown) are the same from one evaluation, or engine, to the next.
+        let mut reasons: Vec<&PolicyId> = response.diagnostics().reason().collect();
+        reasons.sort_unstable();
         let ids: Vec<String> = reasons.iter().map(|id| id.to_string()).collect();
         if !errors.is_empty() {
             return Decision::Deny(Denied {
@@ -715,17 +1003,21 @@ fn deny_error(error: String) -> Decision {
     })
 }
 
+/// The obligations of a decision as audit events write them.
+fn obligations(decision: &Decision) -> String {
+    match decision {
+        Decision::Allow(a) => a.redact.join(","),
+        Decision::Deny(d) => d
+            .step_up
+            .as_deref()
+            .map(|s| format!("step_up={s}"))
+            .unwrap_or_default(),
+    }
+}
+
 fn audit(principal: &Principal, item: &Item, decision: &Decision) {
-    let (outcome, obligations) = match decision {
-        Decision::Allow(a) => ("allow", a.redact.join(",")),
-        Decision::Deny(d) => (
-            "deny",
-            d.step_up
-                .as_deref()
-                .map(|s| format!("step_up={s}"))
-                .unwrap_or_default(),
-        ),
-    };
+    let outcome = if decision.is_allow() { "allow" } else { "deny" };
+    let obligations = obligations(decision);
     tracing::info!(
         target: "idguard::audit",
         tenant = principal.tenant_id(),
@@ -745,4 +1037,65 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
+
+    fn engine(rules: &str) -> PolicyEngine {
+        PolicyEngine::from_sources(SCHEMA, None, [("p.cedar", rules)]).unwrap()
+    }
+
+    #[test]
+    fn whole_lists_compare_with_the_shadow_from_the_cache_too() {
+        let readers = r#"@id("r") permit (principal in Role::"R", action == Action::"call_tool", resource) when { resource.read_only };"#;
+        let everyone = r#"@id("all") permit (principal, action, resource);"#;
+        let alone = engine(readers);
+        let watched = engine(readers).with_shadow(engine(everyone));
+        let p = Principal::from_unvalidated_claims(
+            &serde_json::json!({"tid": "t", "oid": "o", "scp": "s", "roles": ["R"]}),
+        )
+        .unwrap();
+        let items: Vec<Item> = (0..10)
+            .map(|i| Item::Tool(ToolInfo::new(format!("t{i}")).read_only(i % 2 == 0)))
+            .collect();
+        for _ in 0..3 {
+            assert_eq!(
+                alone.visible_list(&p, 7, &items),
+                watched.visible_list(&p, 7, &items)
+            );
+            assert_eq!(alone.visible(&p, &items), watched.visible(&p, &items));
+        }
+        let stats = watched.shadow_stats().unwrap();
+        assert_eq!(stats.list_compared, 60);
+        // Five hidden items the shadow would show, six times.
+        assert_eq!(stats.list_disagreements, [0, 30, 0]);
+        // The shadow's answers live in the enforced engine's list cache.
+        assert_eq!(watched.stats().list_evaluated, 10);
+
+        // A whole list from the cache is traced with the shadow's answers.
+        let mut trace = watched.trace();
+        assert_eq!(
+            alone.visible_list(&p, 7, &items),
+            watched.visible_list(&p, 7, &items)
+        );
+        let event = trace.try_recv().unwrap().unwrap();
+        assert!(event.cached);
+        assert_eq!(event.item, "t0");
+        assert!(event.shadow.as_ref().unwrap().agrees);
+        let event = trace.try_recv().unwrap().unwrap();
+        assert!(
+            !event.shadow.as_ref().unwrap().agrees,
+            "t1 is not read-only"
+        );
+    }
 }

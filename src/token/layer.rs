@@ -116,25 +116,18 @@ where
                 admitted.insert_into(req.extensions_mut());
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Authn::Done(Err(rejection)) => ResponseFuture::rejected(rejection),
+            Authn::Done(Err(refusal)) => ResponseFuture::rejected(self.guard.rejection(refusal)),
             // Boxed: these paths run only when a token names a `kid` we have not seen (at
-            // most once per key rotation), or for a groups overage whose membership is
-            // not cached yet; the hot path above allocates nothing.
-            Authn::NeedsRefresh { token, generation } => {
-                let refresh = Box::pin(
-                    self.guard
-                        .clone()
-                        .authenticate_after_refresh(token, generation),
-                );
-                self.authorize(refresh, req)
-            }
-            Authn::NeedsSession { token } => {
-                let resolve = Box::pin(self.guard.clone().authenticate_session(token));
-                self.authorize(resolve, req)
-            }
-            Authn::NeedsGroups { principal, token } => {
-                let resolve = Box::pin(self.guard.clone().resolve_groups(principal, token));
-                self.authorize(resolve, req)
+            // most once per key rotation), for an idguard-issued token, or for a groups
+            // overage whose membership is not cached yet; the hot path above allocates
+            // nothing.
+            slow => {
+                let guard = self.guard.clone();
+                let complete = Box::pin(async move {
+                    let outcome = guard.complete(slow).await;
+                    outcome.map_err(|refusal| guard.rejection(refusal))
+                });
+                self.authorize(complete, req)
             }
         }
     }

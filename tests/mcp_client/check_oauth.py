@@ -59,7 +59,7 @@ def start_server(cmd: list[str]) -> tuple[subprocess.Popen, str]:
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            m = re.search(r"IDGUARD_MCP_URL=(\S+)", line)
+            m = re.search(r"^export MCP_URL=(\S+)", line)
             if m:
                 found["url"] = m.group(1)
                 done.set()
@@ -69,7 +69,7 @@ def start_server(cmd: list[str]) -> tuple[subprocess.Popen, str]:
     done.wait(STARTUP_TIMEOUT_S)
     if "url" not in found:
         proc.kill()
-        raise RuntimeError("the server printed no IDGUARD_MCP_URL")
+        raise RuntimeError("the server printed no `export MCP_URL=` line")
     return proc, found["url"]
 
 

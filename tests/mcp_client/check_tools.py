@@ -8,10 +8,10 @@ Usage:
     python3 tests/mcp_client/check_tools.py -- target/debug/examples/rmcp_server [args...]
 
 The server command is started as a subprocess; it must print (any order, other
-lines ignored):
-    IDGUARD_MCP_URL=http://127.0.0.1:<port>/mcp
-    IDGUARD_TOKEN_ALICE=<jwt>
-    IDGUARD_TOKEN_BOB=<jwt>
+lines ignored; a leading `export ` is allowed):
+    export MCP_URL=http://127.0.0.1:<port>/mcp
+    export ALICE=<jwt>
+    export BOB=<jwt>
 
 Prints one line per check, then "N passed, M failed"; exits 0 only if all passed.
 """
@@ -35,7 +35,7 @@ ALICE_OID = "a11ce000-0000-4000-8000-00000000a11c"
 ALICE_TOOLS = {"whoami", "list_documents", "read_document", "delete_document", "transfer_funds", "my_profile"}
 BOB_TOOLS = {"whoami", "list_documents", "read_document", "my_profile"}
 
-REQUIRED_KEYS = ("IDGUARD_MCP_URL", "IDGUARD_TOKEN_ALICE", "IDGUARD_TOKEN_BOB")
+REQUIRED_KEYS = ("MCP_URL", "ALICE", "BOB")
 
 
 # --------------------------------------------------------------------------- reporting
@@ -98,7 +98,7 @@ def start_server(cmd: list[str]) -> subprocess.Popen:
 
 
 def read_startup_lines(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
-    """Read the server's stdout line by line until the three IDGUARD_* lines are seen.
+    """Read the server's stdout line by line until the three lines are seen.
 
     A background thread does the reading (so the timeout holds even if the server
     prints nothing) and keeps draining stdout afterwards so the pipe never fills.
@@ -114,12 +114,12 @@ def read_startup_lines(proc: subprocess.Popen, timeout: float) -> dict[str, str]
                 line = raw.decode("utf-8", "replace").strip()
                 if not line:
                     continue
-                key, sep, value = line.partition("=")
+                key, sep, value = line.removeprefix("export ").partition("=")
                 if sep and key in REQUIRED_KEYS:
                     with cond:
                         found.setdefault(key, value.strip())
                         cond.notify_all()
-                    shown = value.strip() if key == "IDGUARD_MCP_URL" else f"<{len(value.strip())} chars>"
+                    shown = value.strip() if key == "MCP_URL" else f"<{len(value.strip())} chars>"
                     print(f"# server: {key}={shown}", flush=True)
                 else:
                     print(f"# server: {line}", flush=True)
@@ -265,7 +265,7 @@ async def run_checks(env: dict[str, str], report: Report) -> None:
     MCPError = sdk["MCPError"]
     connect = sdk["connect"]
 
-    url = env["IDGUARD_MCP_URL"]
+    url = env["MCP_URL"]
     if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
         report.fail("server URL is loopback", f"refusing to connect to non-loopback URL {url}")
         return
@@ -331,8 +331,8 @@ async def run_checks(env: dict[str, str], report: Report) -> None:
             else:
                 report.fail(desc, f"call SUCCEEDED: {text_of(res)!r}")
 
-    await as_user("alice", env["IDGUARD_TOKEN_ALICE"], alice_body)
-    await as_user("bob", env["IDGUARD_TOKEN_BOB"], bob_body)
+    await as_user("alice", env["ALICE"], alice_body)
+    await as_user("bob", env["BOB"], bob_body)
 
     # ---- no token: the server answers 401, the SDK must raise during connect/initialize
     desc = "no token: connect/initialize fails"
