@@ -660,6 +660,12 @@ impl ReplyRewriter {
                 return Ok(fast);
             }
         }
+        self.rewrite_tree(text)
+    }
+
+    /// The general path: the body parsed whole, each message rewritten as decided; a
+    /// dropped message is removed from a batch, and a body left empty is [`Unreadable`].
+    fn rewrite_tree(&self, text: &str) -> Result<Option<Vec<u8>>, Unreadable> {
         let mut v: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
         let changed = match &mut v {
             Value::Array(msgs) => {
@@ -951,33 +957,9 @@ impl<'a> Reply<'a> {
 #[cfg(test)]
 impl ReplyRewriter {
     /// The general path of [`Self::rewrite_json`] alone (no fast path): what the fast paths
-    /// must agree with (`super::proptests`). Keep in step with `rewrite_json`.
+    /// must agree with (`super::proptests`).
     pub(crate) fn rewrite_general(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Unreadable> {
-        let text = std::str::from_utf8(body).map_err(|_| Unreadable)?;
-        let mut v: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
-        let changed = match &mut v {
-            Value::Array(msgs) => {
-                let mut changed = false;
-                let mut keep = Vec::with_capacity(msgs.len());
-                for m in msgs.iter_mut() {
-                    let outcome = self.rewrite_message(m);
-                    changed |= outcome != Outcome::Keep;
-                    keep.push(outcome != Outcome::Drop);
-                }
-                let mut keep = keep.into_iter();
-                msgs.retain(|_| keep.next().unwrap_or(false));
-                if msgs.is_empty() {
-                    return Err(Unreadable);
-                }
-                changed
-            }
-            msg => match self.rewrite_message(msg) {
-                Outcome::Keep => false,
-                Outcome::Changed => true,
-                Outcome::Drop => return Err(Unreadable),
-            },
-        };
-        Ok(changed.then(|| v.to_string().into_bytes()))
+        self.rewrite_tree(std::str::from_utf8(body).map_err(|_| Unreadable)?)
     }
 }
 

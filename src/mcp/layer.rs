@@ -969,9 +969,9 @@ where
         .unwrap_or_default()
         .to_owned();
     let content_type = content_type.as_str();
-    if media_type_is(content_type, "text/event-stream")
-        && parts.headers.get(http::header::CONTENT_ENCODING).is_none()
-    {
+    // An encoded body cannot be read: it falls to the end and fails closed.
+    let encoded = parts.headers.contains_key(CONTENT_ENCODING);
+    if !encoded && media_type_is(content_type, "text/event-stream") {
         parts.headers.remove(CONTENT_LENGTH);
         let sse = SseRewriter::new(
             move |data: &str| rewriter.rewrite_event(data),
@@ -979,9 +979,7 @@ where
         );
         return Response::from_parts(parts, Body::new(RewriteSse::new(body, sse)));
     }
-    if media_type_is(content_type, "application/json")
-        && parts.headers.get(http::header::CONTENT_ENCODING).is_none()
-    {
+    if !encoded && media_type_is(content_type, "application/json") {
         let bytes = match Limited::new(body, shared.max_reply_bytes).collect().await {
             Ok(c) => c.to_bytes(),
             Err(_) => {
