@@ -20,8 +20,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use idguard::IdGuard;
-use idguard::dev::DevEntra;
 use idguard::policy::PolicyEngine;
+use idguard_dev::DevEntra;
 use serde_json::json;
 use tower::{Service, ServiceBuilder, ServiceExt};
 

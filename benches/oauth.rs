@@ -18,9 +18,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use idguard::dev::DevEntra;
 use idguard::obo::Secret;
 use idguard::{IdGuard, OAuthConfig, OboConfig};
+use idguard_dev::DevEntra;
 use serde_json::{Value, json};
 
 const REDIRECT: &str = "http://127.0.0.1:33418/callback";

@@ -15,9 +15,9 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use idguard::dev::DevEntra;
 use idguard::obo::{BearerToken, Secret};
 use idguard::{IdGuard, OboConfig};
+use idguard_dev::DevEntra;
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();

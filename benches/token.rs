@@ -14,7 +14,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use idguard::IdGuard;
-use idguard::dev::DevEntra;
+use idguard_dev::DevEntra;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use idguard::dev::DevEntra;
 use idguard::{IdGuard, Principal};
+use idguard_dev::DevEntra;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use axum::Router;
 use idguard::IdGuard;
-use idguard::dev::{DevEntra, DevUser};
 use idguard::policy::PolicyEngine;
+use idguard_dev::{DevEntra, DevUser};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
     MetaObject, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -248,7 +248,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             name: format!("Load user {u}"),
             upn: format!("user{u}@contoso.example"),
             object_id: format!("10ad0000-0000-4000-8000-{u:012}"),
-            tenant_id: idguard::dev::CONTOSO_TENANT_ID.into(),
+            tenant_id: idguard_dev::CONTOSO_TENANT_ID.into(),
             roles: r.iter().map(|s| (*s).to_owned()).collect(),
             groups: Vec::new(),
             auth_methods: vec!["pwd".into(), "mfa".into()],

@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use idguard::dev::{DevEndpoint, DevEntra};
 use idguard::obo::{Obo, Secret};
 use idguard::{IdGuard, OboConfig, Rejection};
+use idguard_dev::{DevEndpoint, DevEntra};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use axum::Router;
 use idguard::IdGuard;
-use idguard::demo::DemoServer;
-use idguard::dev::DevEntra;
 use idguard::policy::PolicyEngine;
+use idguard_dev::DevEntra;
+use idguard_dev::demo::DemoServer;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::io::AsyncReadExt;

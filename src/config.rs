@@ -124,38 +124,46 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `[server]`'s connection limits and timeouts, checked.
 #[derive(Clone, Debug)]
 #[cfg_attr(
-    not(all(feature = "dev", feature = "rmcp")),
+    not(feature = "internals"),
     allow(dead_code, reason = "read by the `idguard` binary only")
 )]
-pub(crate) struct ServerSettings {
+pub struct ServerSettings {
     /// `server.listen`, default `127.0.0.1:8400`.
-    pub(crate) listen: std::net::SocketAddr,
+    pub listen: std::net::SocketAddr,
     /// `server.mcp_path`, default `/mcp`.
-    pub(crate) mcp_path: String,
+    pub mcp_path: String,
     /// `server.policies`, default `policies`.
-    pub(crate) policies: PathBuf,
+    pub policies: PathBuf,
     /// `server.upstream`: gateway mode.
-    pub(crate) upstream: Option<url::Url>,
-    pub(crate) max_connections: usize,
-    pub(crate) header_timeout: Duration,
-    pub(crate) body_timeout: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) trusted_proxies: Vec<IpRange>,
-    pub(crate) upstream_connect_timeout: Duration,
-    pub(crate) upstream_timeout: Duration,
-    pub(crate) upstream_idle_timeout: Duration,
+    pub upstream: Option<url::Url>,
+    /// `server.max_connections`.
+    pub max_connections: usize,
+    /// `server.header_timeout`.
+    pub header_timeout: Duration,
+    /// `server.body_timeout`.
+    pub body_timeout: Duration,
+    /// `server.shutdown_grace`.
+    pub shutdown_grace: Duration,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: Vec<IpRange>,
+    /// `server.upstream_connect_timeout`.
+    pub upstream_connect_timeout: Duration,
+    /// `server.upstream_timeout`.
+    pub upstream_timeout: Duration,
+    /// `server.upstream_idle_timeout`.
+    pub upstream_idle_timeout: Duration,
 }
 
 /// An address range, `10.0.0.0/8` or a single address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IpRange {
+pub struct IpRange {
     addr: std::net::IpAddr,
     prefix: u8,
 }
 
 impl IpRange {
     /// Parses `addr` or `addr/prefix`.
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         let (addr, prefix) = match s.trim().split_once('/') {
             Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
             None => (s.trim().parse().ok()?, None),
@@ -170,10 +178,10 @@ impl IpRange {
 
     /// Whether `ip` lies in the range (IPv4-mapped IPv6 addresses count as IPv4).
     #[cfg_attr(
-        not(all(feature = "dev", feature = "rmcp")),
+        not(feature = "internals"),
         allow(dead_code, reason = "read by the `idguard` binary only")
     )]
-    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
         let mask = |bits: u32, prefix: u8| -> u128 {
             if prefix == 0 {
@@ -392,12 +400,14 @@ const SECTIONS: [&str; 5] = ["token", "server", "mcp", "obo", "oauth"];
 /// `[mcp]`, checked.
 #[derive(Clone, Debug)]
 #[cfg_attr(
-    not(all(feature = "dev", feature = "rmcp")),
+    not(feature = "internals"),
     allow(dead_code, reason = "read by the `idguard` binary only")
 )]
-pub(crate) struct McpSettings {
-    pub(crate) denials: crate::mcp::Denials,
-    pub(crate) unknown_methods: crate::mcp::UnknownMethods,
+pub struct McpSettings {
+    /// `mcp.denials`.
+    pub denials: crate::mcp::Denials,
+    /// `mcp.unknown_methods`.
+    pub unknown_methods: crate::mcp::UnknownMethods,
 }
 
 impl McpConfig {
@@ -505,26 +515,34 @@ fn check_secrets(key: &str, secrets: &[Secret], min: usize, problems: &mut Vec<C
 /// What the `idguard` binary runs with, every key checked. `idguard serve` and `idguard
 /// config check` both build it with [`check_binary`], so a configuration `config check`
 /// accepts is one `serve` starts with.
-#[cfg(all(feature = "dev", feature = "rmcp"))]
+#[cfg(feature = "internals")]
 #[derive(Debug)]
-pub(crate) struct Checked {
-    pub(crate) config: IdGuardConfig,
+pub struct Checked {
+    /// The configuration as read.
+    pub config: IdGuardConfig,
     /// `None` in dev mode: the emulator stands in for `[token]`, `[obo]` and `[oauth]`.
-    pub(crate) resolved: Option<ResolvedConfig>,
-    pub(crate) server: ServerSettings,
-    pub(crate) mcp: McpSettings,
-    pub(crate) origins: Origins,
+    pub resolved: Option<ResolvedConfig>,
+    /// `[server]`, checked.
+    pub server: ServerSettings,
+    /// `[mcp]`, checked.
+    pub mcp: McpSettings,
+    /// Where each key came from.
+    pub origins: Origins,
 }
 
 /// Command-line options that stand in for keys (`--port`, `--policies`, `--denials`,
 /// `--unknown-methods`); problems with them are named by the option.
-#[cfg(all(feature = "dev", feature = "rmcp"))]
+#[cfg(feature = "internals")]
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Overrides {
-    pub(crate) port: Option<u16>,
-    pub(crate) policies: Option<PathBuf>,
-    pub(crate) denials: Option<crate::mcp::Denials>,
-    pub(crate) unknown_methods: Option<crate::mcp::UnknownMethods>,
+pub struct Overrides {
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--policies`.
+    pub policies: Option<PathBuf>,
+    /// `--denials`.
+    pub denials: Option<crate::mcp::Denials>,
+    /// `--unknown-methods`.
+    pub unknown_methods: Option<crate::mcp::UnknownMethods>,
 }
 
 /// Reads and checks everything the binary needs: the file and the `IDGUARD_*`
@@ -536,8 +554,8 @@ pub(crate) struct Overrides {
 /// # Errors
 ///
 /// A [`ConfigError`] with every problem.
-#[cfg(all(feature = "dev", feature = "rmcp"))]
-pub(crate) fn check_binary(
+#[cfg(feature = "internals")]
+pub fn check_binary(
     path: Option<&std::path::Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
@@ -623,7 +641,7 @@ pub(crate) fn check_binary(
 /// wrote: the environment variable (`IDGUARD_MCP_DENIALS`) or the file's key
 /// (`mcp.denials`).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Origins {
+pub struct Origins {
     /// `section.key` → the environment variable that set it.
     env: BTreeMap<String, String>,
 }
@@ -631,7 +649,7 @@ pub(crate) struct Origins {
 impl Origins {
     /// `key` (`section.key`, or a deeper one such as `obo.apis.graph`) as the operator
     /// wrote it: the variable that set it, else the key itself.
-    pub(crate) fn name(&self, key: &str) -> String {
+    pub fn name(&self, key: &str) -> String {
         if let Some(var) = self.env.get(key) {
             return var.clone();
         }
@@ -645,7 +663,7 @@ impl Origins {
     }
 
     /// The same problems, each under the name the operator wrote.
-    pub(crate) fn rename(&self, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+    pub fn rename(&self, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
         problems
             .into_iter()
             .map(|p| ConfigProblem::new(self.name(p.key()), p.message().to_owned()))
@@ -653,8 +671,8 @@ impl Origins {
     }
 
     /// The configuration variables set in the environment.
-    #[cfg(all(feature = "dev", feature = "rmcp"))]
-    pub(crate) fn variables(&self) -> Vec<&str> {
+    #[cfg(feature = "internals")]
+    pub fn variables(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.env.values().map(String::as_str).collect();
         v.sort_unstable();
         v.dedup();
@@ -667,10 +685,10 @@ impl Origins {
 /// can still be checked: every problem is reported at once.
 #[derive(Debug)]
 pub(crate) struct Loaded {
-    pub(crate) config: IdGuardConfig,
-    pub(crate) origins: Origins,
+    pub config: IdGuardConfig,
+    pub origins: Origins,
     /// Problems by `section.key` (see [`Origins::rename`]).
-    pub(crate) problems: Vec<ConfigProblem>,
+    pub problems: Vec<ConfigProblem>,
 }
 
 /// Keys holding secrets: their type errors never quote the value.
@@ -919,7 +937,7 @@ fn suggestion<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// Levenshtein distance (names are short).
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -1181,7 +1199,7 @@ impl ResolvedConfig {
 
 /// The delegated scope `idguard entra manifest` exposes when `token.required_scopes` names
 /// none, and that metadata and challenges then advertise.
-pub(crate) const DEFAULT_SCOPE: &str = "mcp.tools";
+pub const DEFAULT_SCOPE: &str = "mcp.tools";
 
 impl IdGuardConfig {
     /// Checks every key and returns the validated configuration.

@@ -251,6 +251,54 @@ pub enum RejectionKind {
 }
 
 impl RejectionKind {
+    /// Every kind this version knows, for tables keyed by kind (e.g. metrics counters).
+    pub const ALL: [RejectionKind; 19] = [
+        RejectionKind::MissingToken,
+        RejectionKind::InvalidToken,
+        RejectionKind::InsufficientScope,
+        RejectionKind::StepUpRequired,
+        RejectionKind::Forbidden,
+        RejectionKind::PayloadTooLarge,
+        RejectionKind::BadRequest,
+        RejectionKind::Unavailable,
+        RejectionKind::Internal,
+        RejectionKind::Throttled,
+        RejectionKind::ConsentRequired,
+        RejectionKind::ClaimsChallenge,
+        RejectionKind::SessionNotFound,
+        RejectionKind::UnsupportedMediaType,
+        RejectionKind::NotServed,
+        RejectionKind::MethodNotAllowed,
+        RejectionKind::ForbiddenOrigin,
+        RejectionKind::BadGateway,
+        RejectionKind::GatewayTimeout,
+    ];
+
+    /// A stable `snake_case` name, as metrics labels and logs show it (`missing_token`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::MissingToken => "missing_token",
+            RejectionKind::InvalidToken => "invalid_token",
+            RejectionKind::InsufficientScope => "insufficient_scope",
+            RejectionKind::StepUpRequired => "step_up_required",
+            RejectionKind::Forbidden => "forbidden",
+            RejectionKind::PayloadTooLarge => "payload_too_large",
+            RejectionKind::BadRequest => "bad_request",
+            RejectionKind::Unavailable => "unavailable",
+            RejectionKind::Internal => "internal",
+            RejectionKind::Throttled => "throttled",
+            RejectionKind::ConsentRequired => "consent_required",
+            RejectionKind::ClaimsChallenge => "claims_challenge",
+            RejectionKind::SessionNotFound => "session_not_found",
+            RejectionKind::UnsupportedMediaType => "unsupported_media_type",
+            RejectionKind::NotServed => "not_served",
+            RejectionKind::MethodNotAllowed => "method_not_allowed",
+            RejectionKind::ForbiddenOrigin => "forbidden_origin",
+            RejectionKind::BadGateway => "bad_gateway",
+            RejectionKind::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
     /// The HTTP status this kind maps to.
     pub fn status(self) -> StatusCode {
         match self {
@@ -407,6 +455,17 @@ impl axum::response::IntoResponse for Rejection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_rejection_kind_has_one_distinct_name() {
+        let mut names: Vec<&str> = super::RejectionKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), super::RejectionKind::ALL.len());
+    }
+
     use super::*;
 
     #[test]

@@ -305,7 +305,7 @@ impl IdGuard {
 
     /// The signing keys' source, age and fetch failures (for health and metrics).
     #[cfg_attr(
-        not(all(feature = "dev", feature = "rmcp")),
+        not(feature = "internals"),
         allow(dead_code, reason = "read by the `idguard` binary only")
     )]
     pub(crate) fn key_status(&self) -> crate::token::jwks::KeyStatus {
@@ -648,7 +648,7 @@ impl Challenges {
 }
 
 /// RFC 9728 §3.1: the well-known segment goes between the host and the resource's path.
-pub(crate) fn resource_metadata_url(resource: &str) -> String {
+pub fn resource_metadata_url(resource: &str) -> String {
     let (scheme, rest) = resource.split_once("://").unwrap_or(("https", resource));
     let (host, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),

@@ -1,5 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Items the `internals` module re-exports for idguard's own crates are `pub` in private
+// modules; without the feature nothing reaches them.
+#![cfg_attr(
+    not(feature = "internals"),
+    allow(
+        unreachable_pub,
+        reason = "reachable through `internals` when it is on"
+    )
+)]
 
 mod config;
 mod entra;
@@ -14,17 +23,9 @@ pub mod oauth;
 pub mod obo;
 pub mod policy;
 
-#[cfg(feature = "dev")]
-#[cfg_attr(docsrs, doc(cfg(feature = "dev")))]
-pub mod dev;
-
-#[cfg(feature = "rmcp")]
-#[cfg_attr(docsrs, doc(cfg(feature = "rmcp")))]
-pub mod demo;
-
-#[cfg(all(feature = "dev", feature = "rmcp"))]
+#[cfg(feature = "internals")]
 #[doc(hidden)]
-pub mod cli;
+pub mod internals;
 
 pub use config::{
     DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL,

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use idguard::dev::{DevEndpoint, DevEntra, DevSignInFailure, FINANCE_GROUP_ID, MFA_CLAIMS};
+use idguard_dev::{DevEndpoint, DevEntra, DevSignInFailure, FINANCE_GROUP_ID, MFA_CLAIMS};
 use reqwest::StatusCode;
 use serde_json::Value;
 

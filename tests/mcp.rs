@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use idguard::IdGuard;
-use idguard::demo::DemoServer;
-use idguard::dev::DevEntra;
 use idguard::mcp::{AuthorizeMcpLayer, Denials};
 use idguard::policy::PolicyEngine;
+use idguard_dev::DevEntra;
+use idguard_dev::demo::DemoServer;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};

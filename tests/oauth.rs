@@ -21,9 +21,9 @@ use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Stack, stack_with};
-use idguard::dev::{DevEntra, DevSignInFailure};
 use idguard::obo::Secret;
 use idguard::{IdGuardBuilder, OAuthConfig, OboConfig};
+use idguard_dev::{DevEntra, DevSignInFailure};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-proxy-key-0123456789abcdef-0123456789";

@@ -24,13 +24,13 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::now;
-use idguard::dev::{
-    DevCertificate, DevEndpoint, DevEntra, DevGraphFailure, DevOboFailure, FINANCE_GROUP_ID,
-    MFA_CLAIMS, overage_user,
-};
 use idguard::obo::{BearerToken, Obo, OboError, OboToken, Secret};
 use idguard::policy::{Item, Phase, PolicyEngine, ToolInfo};
 use idguard::{IdGuard, OboConfig, Principal, Rejection, RejectionKind};
+use idguard_dev::{
+    DevCertificate, DevEndpoint, DevEntra, DevGraphFailure, DevOboFailure, FINANCE_GROUP_ID,
+    MFA_CLAIMS, overage_user,
+};
 use serde_json::{Value, json};
 
 const GRAPH_DEFAULT: &str = "https://graph.microsoft.com/.default";
@@ -939,7 +939,7 @@ async fn call_my_profile(obo: Option<OboConfig>, entra: DevEntra) -> (Value, Dev
         builder = builder.obo(obo);
     }
     let guard = builder.build().await.unwrap();
-    let demo = idguard::demo::DemoServer::new();
+    let demo = idguard_dev::demo::DemoServer::new();
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true);

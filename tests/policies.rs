@@ -54,7 +54,7 @@ impl Drop for Scratch {
 }
 
 fn user(name: &str) -> Principal {
-    caller(Some(name), &Map::new(), None).unwrap()
+    caller(&idguard_dev::named_callers(), Some(name), &Map::new(), None).unwrap()
 }
 
 fn tool(name: &str) -> Item {
@@ -64,7 +64,7 @@ fn tool(name: &str) -> Item {
 #[test]
 fn every_sample_case_passes() {
     let engine = PolicyEngine::from_dir(samples()).unwrap();
-    let outcomes = run_cases(&engine, &samples()).unwrap();
+    let outcomes = run_cases(&engine, &samples(), &idguard_dev::named_callers()).unwrap();
     assert!(outcomes.len() >= 20, "{} cases", outcomes.len());
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
     assert!(failed.is_empty(), "{failed:#?}");
@@ -106,7 +106,13 @@ fn obligations_and_reasons_come_back_from_decide() {
         other => panic!("{other:?}"),
     }
     let delete = Item::Tool(tools["delete_document"].clone());
-    let no_mfa = caller(Some("alice"), &Map::new(), Some(false)).unwrap();
+    let no_mfa = caller(
+        &idguard_dev::named_callers(),
+        Some("alice"),
+        &Map::new(),
+        Some(false),
+    )
+    .unwrap();
     match engine.decide(&no_mfa, &delete, Phase::Call, None) {
         Decision::Deny(d) => assert_eq!(d.step_up.as_deref(), Some("mfa")),
         other => panic!("{other:?}"),
@@ -257,9 +263,22 @@ fn call_decisions_are_cached_per_caller_and_tool() {
     let tools = idguard::policy::cases::load_tools(&samples()).unwrap();
     let delete = Item::Tool(tools["delete_document"].clone());
     // The same person, with and without MFA, with and without a role: different callers.
-    let with_mfa = caller(Some("alice"), &Map::new(), Some(true)).unwrap();
-    let no_mfa = caller(Some("alice"), &Map::new(), Some(false)).unwrap();
+    let with_mfa = caller(
+        &idguard_dev::named_callers(),
+        Some("alice"),
+        &Map::new(),
+        Some(true),
+    )
+    .unwrap();
+    let no_mfa = caller(
+        &idguard_dev::named_callers(),
+        Some("alice"),
+        &Map::new(),
+        Some(false),
+    )
+    .unwrap();
     let no_role = caller(
+        &idguard_dev::named_callers(),
         Some("alice"),
         &serde_json::from_value(json!({"roles": []})).unwrap(),
         Some(true),
@@ -361,6 +380,7 @@ fn concurrent_decisions_never_see_a_mixed_set() {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let p = caller(
+                    &idguard_dev::named_callers(),
                     None,
                     &serde_json::from_value(json!({"oid": format!("u{i}")})).unwrap(),
                     None,

@@ -15,8 +15,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Stack, now, stack, stack_with};
-use idguard::dev::{CONTOSO_TENANT_ID, DevEndpoint, DevEntra, FABRIKAM_TENANT_ID};
 use idguard::{Principal, RejectionKind, TokenError, TokenVersion};
+use idguard_dev::{CONTOSO_TENANT_ID, DevEndpoint, DevEntra, FABRIKAM_TENANT_ID};
 use serde_json::{Value, json};
 
 const INVALID: &str = "Bearer error=\"invalid_token\"";
@@ -691,8 +691,8 @@ async fn validate_applies_the_scope_and_role_gate_like_the_layer() {
 #[tokio::test]
 async fn validate_resolves_groups_overage_like_the_layer() {
     use idguard::OboConfig;
-    use idguard::dev::{DevOboFailure, FINANCE_GROUP_ID, overage_user};
     use idguard::obo::{OboError, Secret};
+    use idguard_dev::{DevOboFailure, FINANCE_GROUP_ID, overage_user};
 
     // Dave and Erin: more groups than a token holds.
     let mut erin = overage_user();

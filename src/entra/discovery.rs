@@ -42,7 +42,7 @@ pub(crate) async fn fetch_metadata(
 }
 
 /// A reqwest error's message without the URL it repeats.
-pub(crate) fn without_url(e: &reqwest::Error) -> String {
+pub fn without_url(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     if let Some(url) = e.url() {
         msg = msg.replace(&format!(" ({url})"), "");

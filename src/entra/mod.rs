@@ -12,7 +12,8 @@
 
 mod discovery;
 
-pub(crate) use discovery::{fetch_metadata, without_url};
+pub(crate) use discovery::fetch_metadata;
+pub use discovery::without_url;
 
 /// The placeholder Entra puts in multi-tenant issuer templates.
 const TENANT_PLACEHOLDER: &str = "{tenantid}";
@@ -49,7 +50,7 @@ impl TenantMode {
 }
 
 /// True when `s` is a GUID in the 8-4-4-4-12 hex form Entra uses for tenant and object ids.
-pub(crate) fn is_guid(s: &str) -> bool {
+pub fn is_guid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {
@@ -113,7 +114,7 @@ fn find_ignore_ascii_case(haystack: &str, needle: &str) -> Option<usize> {
 }
 
 /// True for `localhost`, `127.0.0.0/8` and `[::1]` hosts: plain http is allowed only there.
-pub(crate) fn is_loopback_url(url: &str) -> bool {
+pub fn is_loopback_url(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };

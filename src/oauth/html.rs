@@ -24,7 +24,7 @@ pub(crate) fn binding_cookie(state: &str) -> String {
 }
 
 /// Escapes text for HTML element content and quoted attributes.
-pub(crate) fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -74,7 +74,7 @@ impl std::fmt::Debug for ProxyKeys {
 
 /// Cryptographically random bytes, base64url (`n` bytes of entropy); `None` only if the
 /// operating system's generator fails, and then nothing may be issued.
-pub(crate) fn random_token(n: usize) -> Option<String> {
+pub fn random_token(n: usize) -> Option<String> {
     let mut buf = vec![0u8; n];
     rand::fill(&mut buf).ok()?;
     Some(URL_SAFE_NO_PAD.encode(buf))

@@ -94,7 +94,7 @@ impl IdGuard {
 /// `resource` as the client reached it, when `resource` is on loopback and `host` (the
 /// request's `Host`) names another loopback name for the same port: `localhost`,
 /// `127.0.0.1` and `[::1]` stand in for each other. `None`: the resource as configured.
-pub(crate) fn as_reached(resource: &str, host: Option<&HeaderValue>) -> Option<String> {
+pub fn as_reached(resource: &str, host: Option<&HeaderValue>) -> Option<String> {
     let mut url = url::Url::parse(resource).ok()?;
     if !url
         .host()

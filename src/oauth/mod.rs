@@ -16,20 +16,14 @@
 
 mod cimd;
 mod client;
-mod html;
-mod keys;
-mod metadata;
+pub(crate) mod html;
+pub(crate) mod keys;
+pub(crate) mod metadata;
 pub(crate) mod proxy;
 mod store;
 
-#[cfg(feature = "dev")]
-pub(crate) use html::escape;
-#[cfg(all(feature = "dev", feature = "rmcp"))]
-pub(crate) use keys::random_token;
 pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 pub use metadata::ProtectedResourceMetadata;
-#[cfg(all(feature = "dev", feature = "rmcp"))]
-pub(crate) use metadata::as_reached;
 pub use proxy::OAuthStats;
 pub use store::{
     DEFAULT_MEMORY_STORE_BYTES, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,

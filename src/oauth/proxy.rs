@@ -134,7 +134,7 @@ const MAX_SIGN_INS_PER_CLIENT: usize = 256;
 /// with `server.trusted_proxies` the client named by `X-Forwarded-For`. Without it, the
 /// proxy uses axum's [`ConnectInfo`], if the server provides it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ClientAddress(pub(crate) IpAddr);
+pub struct ClientAddress(pub IpAddr);
 
 /// Sign-ins in progress — a pending authorization request, then the Entra leg of an
 /// approved one — counted per client and per address, so that one client or one address

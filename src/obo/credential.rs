@@ -345,16 +345,33 @@ mod tests {
 
     /// A Kubernetes-style Secret volume: `cert.pem -> ..data/cert.pem`, `..data -> ..v1`;
     /// a renewal swaps `..data`.
-    #[cfg(all(unix, feature = "dev"))]
+    ///
+    /// The two test certificates (`testdata/`, self-signed, RSA 2048, test only) were made
+    /// with `openssl req -x509 -newkey rsa:2048 -nodes -keyout keyN.pem -out certN.pem`.
+    #[cfg(unix)]
     #[test]
     fn certificate_files_are_read_again_after_a_volume_swap() {
         use std::os::unix::fs::symlink;
         let dir = std::env::temp_dir().join(format!("idguard-cert-{}", uuid::Uuid::new_v4()));
-        let first = crate::dev::DevCertificate::generate().unwrap();
-        let second = crate::dev::DevCertificate::generate().unwrap();
-        for (v, cert) in [("..v1", &first), ("..v2", &second)] {
+        let pairs = [
+            (
+                include_str!("testdata/cert1.pem"),
+                include_str!("testdata/key1.pem"),
+            ),
+            (
+                include_str!("testdata/cert2.pem"),
+                include_str!("testdata/key2.pem"),
+            ),
+        ];
+        let thumbprint = |cert: &str| {
+            let der = pem_block(cert, "CERTIFICATE").unwrap();
+            URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der))
+        };
+        let (first, second) = (thumbprint(pairs[0].0), thumbprint(pairs[1].0));
+        for (v, (cert, key)) in [("..v1", pairs[0]), ("..v2", pairs[1])] {
             std::fs::create_dir_all(dir.join(v)).unwrap();
-            cert.write_to(&dir.join(v)).unwrap();
+            std::fs::write(dir.join(v).join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.join(v).join("key.pem"), key).unwrap();
         }
         symlink("..v1", dir.join("..data")).unwrap();
         symlink("..data/cert.pem", dir.join("cert.pem")).unwrap();
@@ -362,17 +379,11 @@ mod tests {
         let credential =
             ClientCredential::certificate_files(&dir.join("cert.pem"), &dir.join("key.pem"))
                 .unwrap();
-        assert_eq!(
-            thumbprint_in_assertion(&credential),
-            first.thumbprint_s256()
-        );
+        assert_eq!(thumbprint_in_assertion(&credential), first);
 
         symlink("..v2", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-        assert_eq!(
-            thumbprint_in_assertion(&credential),
-            second.thumbprint_s256()
-        );
+        assert_eq!(thumbprint_in_assertion(&credential), second);
 
         // A pair that does not match keeps the last good certificate.
         std::fs::create_dir_all(dir.join("..v3")).unwrap();
@@ -380,10 +391,7 @@ mod tests {
         std::fs::copy(dir.join("..v2/key.pem"), dir.join("..v3/key.pem")).unwrap();
         symlink("..v3", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-        assert_eq!(
-            thumbprint_in_assertion(&credential),
-            second.thumbprint_s256()
-        );
+        assert_eq!(thumbprint_in_assertion(&credential), second);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -153,16 +153,21 @@ fn file_error(path: &Path, message: String) -> CaseError {
     }
 }
 
-/// Runs every case in `dir/tests/*.toml` against `engine`.
+/// Runs every case in `dir/tests/*.toml` against `engine`; `callers` are the callers the
+/// cases may name.
 ///
 /// # Errors
 ///
 /// [`CaseError`] when a case file cannot be read or parsed.
-pub fn run_cases(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseOutcome>, CaseError> {
+pub fn run_cases(
+    engine: &PolicyEngine,
+    dir: &Path,
+    callers: &NamedCallers,
+) -> Result<Vec<CaseOutcome>, CaseError> {
     let tools = load_tools(dir)?;
     Ok(read_cases(dir)?
         .into_iter()
-        .map(|(file, case)| run_case(engine, &tools, &file, case))
+        .map(|(file, case)| run_case(engine, &tools, callers, &file, case))
         .collect())
 }
 
@@ -276,6 +281,7 @@ fn case_item(case: &Case, tools: &BTreeMap<String, ToolInfo>) -> Option<Item> {
 fn run_case(
     engine: &PolicyEngine,
     tools: &BTreeMap<String, ToolInfo>,
+    callers: &NamedCallers,
     file: &str,
     case: Case,
 ) -> CaseOutcome {
@@ -285,7 +291,7 @@ fn run_case(
         passed: false,
         detail,
     };
-    let principal = match caller(case.user.as_deref(), &case.claims, case.mfa) {
+    let principal = match caller(callers, case.user.as_deref(), &case.claims, case.mfa) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -366,11 +372,12 @@ pub fn describe(decision: &Decision) -> String {
 ///
 /// A message when the user is unknown or the claims do not describe a caller.
 pub fn caller(
+    callers: &NamedCallers,
     user: Option<&str>,
     claims: &Map<String, Value>,
     mfa: Option<bool>,
 ) -> Result<Principal, String> {
-    let merged = caller_claims(user, claims, mfa)?;
+    let merged = caller_claims(callers, user, claims, mfa)?;
     Principal::from_unvalidated_claims(&Value::Object(merged)).map_err(|e| format!("caller: {e}"))
 }
 
@@ -381,12 +388,13 @@ pub fn caller(
 ///
 /// A message when the user is unknown.
 pub fn caller_claims(
+    callers: &NamedCallers,
     user: Option<&str>,
     claims: &Map<String, Value>,
     mfa: Option<bool>,
 ) -> Result<Map<String, Value>, String> {
     let mut merged = match user {
-        Some(name) => dev_user_claims(name)?,
+        Some(name) => callers.claims(name)?,
         None => json!({
             "ver": "2.0",
             "tid": "00000000-0000-4000-8000-000000000000",
@@ -414,19 +422,41 @@ pub fn caller_claims(
     }
 }
 
-#[cfg(feature = "dev")]
-fn dev_user_claims(name: &str) -> Result<Value, String> {
-    crate::dev::DevEntraBuilder::default()
-        .users()
-        .iter()
-        .find(|u| u.key == name)
-        .map(crate::dev::DevUser::claims)
-        .ok_or_else(|| format!("no dev user `{name}` (known: alice, bob, carol)"))
+/// The callers a case may name (`user = "alice"`) instead of spelling out their claims.
+///
+/// idguard's sample policies name the dev emulator's users; `idguard-dev` provides them
+/// (`idguard_dev::named_callers()`), and a team testing against its own tenant adds its own.
+#[derive(Clone, Debug, Default)]
+pub struct NamedCallers {
+    claims: BTreeMap<String, Value>,
 }
 
-#[cfg(not(feature = "dev"))]
-fn dev_user_claims(name: &str) -> Result<Value, String> {
-    Err(format!(
-        "dev user `{name}` needs the `dev` feature; describe the caller with `claims`"
-    ))
+impl NamedCallers {
+    /// No named callers: every case describes its caller with `claims`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the caller `name` with its token claims.
+    #[must_use]
+    pub fn with(mut self, name: impl Into<String>, claims: Value) -> Self {
+        self.claims.insert(name.into(), claims);
+        self
+    }
+
+    fn claims(&self, name: &str) -> Result<Value, String> {
+        if let Some(claims) = self.claims.get(name) {
+            return Ok(claims.clone());
+        }
+        if self.claims.is_empty() {
+            return Err(format!(
+                "no named caller `{name}`: describe the caller with `claims`"
+            ));
+        }
+        let known: Vec<&str> = self.claims.keys().map(String::as_str).collect();
+        Err(format!(
+            "no dev user `{name}` (known: {})",
+            known.join(", ")
+        ))
+    }
 }

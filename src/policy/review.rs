@@ -35,7 +35,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::cases::{self, CaseError};
+use super::cases::{self, CaseError, NamedCallers};
 use super::{Decision, Item, Phase, PolicyEngine, ToolInfo};
 use crate::principal::Principal;
 
@@ -206,15 +206,18 @@ impl Catalog {
     /// # Errors
     ///
     /// [`CaseError`] when a case file cannot be read, or names a caller that cannot be made.
-    pub fn add_cases(&mut self, dir: &Path) -> Result<(), CaseError> {
+    pub fn add_cases(&mut self, dir: &Path, callers: &NamedCallers) -> Result<(), CaseError> {
         for request in cases::case_requests(dir)? {
-            let claims =
-                cases::caller_claims(request.user.as_deref(), &request.claims, request.mfa)
-                    .and_then(|claims| {
-                        let label =
-                            case_label(request.user.as_deref(), &request.claims, request.mfa);
-                        self.add_subject(label, Value::Object(claims))
-                    });
+            let claims = cases::caller_claims(
+                callers,
+                request.user.as_deref(),
+                &request.claims,
+                request.mfa,
+            )
+            .and_then(|claims| {
+                let label = case_label(request.user.as_deref(), &request.claims, request.mfa);
+                self.add_subject(label, Value::Object(claims))
+            });
             let subject = claims.map_err(|message| CaseError::File {
                 file: format!("{}/tests/{}", dir.display(), request.file),
                 message: format!("case `{}`: {message}", request.name),
@@ -246,7 +249,11 @@ impl Catalog {
     /// # Errors
     ///
     /// [`CaseError::File`] when the file cannot be read or an entry cannot be made.
-    pub fn add_principals_file(&mut self, path: &Path) -> Result<(), CaseError> {
+    pub fn add_principals_file(
+        &mut self,
+        path: &Path,
+        callers: &NamedCallers,
+    ) -> Result<(), CaseError> {
         let fail = |message: String| CaseError::File {
             file: path.display().to_string(),
             message,
@@ -268,7 +275,7 @@ impl Catalog {
                 .name
                 .clone()
                 .unwrap_or_else(|| case_label(entry.user.as_deref(), &entry.claims, entry.mfa));
-            cases::caller_claims(entry.user.as_deref(), &entry.claims, entry.mfa)
+            cases::caller_claims(callers, entry.user.as_deref(), &entry.claims, entry.mfa)
                 .and_then(|claims| self.add_subject(label, Value::Object(claims)))
                 .map_err(|m| fail(format!("principal {}: {m}", n + 1)))?;
         }

@@ -173,7 +173,7 @@ pub(crate) enum Refresh {
 
 /// Where the keys in force came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeySource {
+pub enum KeySource {
     /// Fetched from the identity provider.
     Network,
     /// Read from `token.jwks_cache_file` at start-up (the provider could not be reached).
@@ -182,10 +182,11 @@ pub(crate) enum KeySource {
 
 impl KeySource {
     #[cfg_attr(
-        not(all(feature = "dev", feature = "rmcp")),
+        not(feature = "internals"),
         allow(dead_code, reason = "read by the `idguard` binary only")
     )]
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The source as `/metrics` and `/healthz` name it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Network => "identity_provider",
             Self::CacheFile => "cache_file",
@@ -196,22 +197,22 @@ impl KeySource {
 /// The key store's health, for `/healthz`, `/readyz` and metrics.
 #[derive(Debug, Clone)]
 #[cfg_attr(
-    not(all(feature = "dev", feature = "rmcp")),
+    not(feature = "internals"),
     allow(dead_code, reason = "read by the `idguard` binary only")
 )]
-pub(crate) struct KeyStatus {
+pub struct KeyStatus {
     /// Where the keys in force came from.
-    pub(crate) source: KeySource,
+    pub source: KeySource,
     /// Time since the keys in force were fetched (for the cache file: since it was written).
-    pub(crate) age: Duration,
+    pub age: Duration,
     /// Fetches that failed in a row (0: the last one worked).
-    pub(crate) failures: u32,
+    pub failures: u32,
     /// Why the last fetch failed, while `failures > 0`.
-    pub(crate) last_error: Option<String>,
+    pub last_error: Option<String>,
     /// Time until the next attempt may come, while `failures > 0`.
-    pub(crate) retry_in: Option<Duration>,
+    pub retry_in: Option<Duration>,
     /// Why the cache file could not be written, if the last write failed.
-    pub(crate) cache_error: Option<String>,
+    pub cache_error: Option<String>,
 }
 
 /// Outcome bookkeeping. A std mutex: never held across an `.await`.
@@ -455,7 +456,7 @@ impl KeyStore {
 
     /// Source, age and failures of the keys.
     #[cfg_attr(
-        not(all(feature = "dev", feature = "rmcp")),
+        not(feature = "internals"),
         allow(dead_code, reason = "read by the `idguard` binary only")
     )]
     pub(crate) fn status(&self) -> KeyStatus {

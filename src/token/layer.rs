@@ -5,7 +5,8 @@
 //! use axum::{Router, routing::get};
 //! use http::{Request, StatusCode};
 //! use tower::ServiceExt;
-//! use idguard::{IdGuard, Principal, dev::DevEntra};
+//! use idguard::{IdGuard, Principal};
+//! use idguard_dev::DevEntra;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use idguard::dev::DevEntra;
 use idguard::{IdGuard, IdGuardBuilder, Principal};
+use idguard_dev::DevEntra;
 
 /// A running emulator, guard and protected app.
 pub(crate) struct Stack {

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use crate::policy::cases::TOOLS_FILE;
-use crate::policy::review::{self, Catalog, Cell, Change, Flip};
-use crate::policy::{Decision, Item, PolicyEngine};
+use idguard::policy::cases::TOOLS_FILE;
+use idguard::policy::review::{self, Catalog, Cell, Change, Flip};
+use idguard::policy::{Decision, Item, PolicyEngine};
 
 /// How to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,10 +92,10 @@ async fn catalog(dirs: &[&Path], inputs: &Inputs) -> Result<Catalog, Box<dyn Err
         catalog.add_tools(list);
     }
     for dir in dirs {
-        catalog.add_cases(dir)?;
+        catalog.add_cases(dir, &idguard_dev::named_callers())?;
     }
     for file in &inputs.principals {
-        catalog.add_principals_file(file)?;
+        catalog.add_principals_file(file, &idguard_dev::named_callers())?;
     }
     if catalog.subjects().is_empty() {
         return Err("no callers: add test cases (DIR/tests/*.toml) or --principals".into());

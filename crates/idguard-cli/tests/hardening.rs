@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use idguard::dev::DevEntra;
+use idguard_dev::DevEntra;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -126,7 +126,7 @@ fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("idguard-hard-{name}-{}", uuid::Uuid::new_v4()));
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
     for entry in std::fs::read_dir(samples).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::policy::ToolInfo;
+use idguard::policy::ToolInfo;
 
 /// idguard's base schema (`policies/schema.cedarschema`): the vocabulary every policy
 /// directory starts from.
-const BASE_SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
+const BASE_SCHEMA: &str = include_str!("../../../policies/schema.cedarschema");
 
 /// Makes `dir` ready to receive `arguments.cedarschema`: creates it when missing, and
 /// writes the base schema when it has none. Returns what it did, for the user.
@@ -71,7 +71,7 @@ pub(super) fn warn_unknown_tool(tool: &str, known: &BTreeMap<String, ToolInfo>, 
     }
     let close = known
         .keys()
-        .map(|k| (crate::config::edit_distance(tool, k), k))
+        .map(|k| (idguard::internals::edit_distance(tool, k), k))
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, k)| format!(" (did you mean `{k}`?)"))

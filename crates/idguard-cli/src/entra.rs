@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use crate::config::IdGuardConfig;
-use crate::policy::PolicyEngine;
+use idguard::IdGuardConfig;
+use idguard::policy::PolicyEngine;
 
 /// `idguard entra` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -108,7 +108,7 @@ pub(crate) async fn run(command: EntraCommand) -> Result<ExitCode, Box<dyn Error
             let authority = t
                 .authority
                 .clone()
-                .unwrap_or_else(|| crate::DEFAULT_AUTHORITY.to_owned());
+                .unwrap_or_else(|| idguard::DEFAULT_AUTHORITY.to_owned());
             let redirect_uri = match redirect_uri {
                 Some(uri) => uri,
                 None => format!(
@@ -123,7 +123,7 @@ pub(crate) async fn run(command: EntraCommand) -> Result<ExitCode, Box<dyn Error
             } else {
                 scopes
             };
-            let state = crate::oauth::random_token(16).ok_or("no randomness for `state`")?;
+            let state = idguard::internals::random_token(16).ok_or("no randomness for `state`")?;
             println!(
                 "{}",
                 consent_url(&ConsentRequest {
@@ -152,7 +152,7 @@ const VSCODE_APP_ID: &str = "aebc6443-996d-45c2-90f0-388ff96faa56";
 fn pre_authorized_app(name: &str) -> Result<String, String> {
     if name.eq_ignore_ascii_case("vscode") {
         Ok(VSCODE_APP_ID.to_owned())
-    } else if crate::entra::is_guid(name) {
+    } else if idguard::internals::is_guid(name) {
         Ok(name.to_ascii_lowercase())
     } else {
         Err(format!(
@@ -200,7 +200,7 @@ fn consent_scopes(config: &IdGuardConfig) -> Vec<String> {
             .map(|s| {
                 format!(
                     "{}/.default",
-                    crate::obo::resource_of(std::slice::from_ref(s))
+                    idguard::internals::resource_of(std::slice::from_ref(s))
                 )
             })
             .collect();
@@ -241,7 +241,7 @@ pub(crate) fn manifest(
     let scopes: Vec<String> = match oauth_scopes {
         Some(s) if !s.is_empty() => s,
         _ if config.token.required_scopes.is_empty() => {
-            vec![crate::config::DEFAULT_SCOPE.into()]
+            vec![idguard::internals::DEFAULT_SCOPE.into()]
         }
         _ => config.token.required_scopes.clone(),
     };
@@ -366,7 +366,7 @@ async fn doctor(config: &IdGuardConfig) -> Result<ExitCode, Box<dyn Error>> {
         }
     };
     report(true, "configuration resolves".into());
-    let segment = resolved.tenant().discovery_segment().to_owned();
+    let segment = idguard::internals::discovery_segment(resolved.tenant()).to_owned();
     let url = format!(
         "{}/{segment}/v2.0/.well-known/openid-configuration",
         resolved.authority()
@@ -388,7 +388,7 @@ async fn doctor(config: &IdGuardConfig) -> Result<ExitCode, Box<dyn Error>> {
                 false,
                 format!(
                     "discovery `{url}` unreachable: {}",
-                    crate::entra::without_url(&e)
+                    idguard::internals::without_url(&e)
                 ),
             );
             None
@@ -400,7 +400,7 @@ async fn doctor(config: &IdGuardConfig) -> Result<ExitCode, Box<dyn Error>> {
             .get("issuer")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let expect_template = !matches!(resolved.tenant(), crate::TenantMode::Single(_));
+        let expect_template = !matches!(resolved.tenant(), idguard::TenantMode::Single(_));
         report(
             if expect_template {
                 issuer.to_ascii_lowercase().contains("{tenantid}")
@@ -426,7 +426,7 @@ async fn doctor(config: &IdGuardConfig) -> Result<ExitCode, Box<dyn Error>> {
     }
     let resource = resolved.resource();
     report(
-        resource.starts_with("https://") || crate::entra::is_loopback_url(resource),
+        resource.starts_with("https://") || idguard::internals::is_loopback_url(resource),
         format!("resource `{resource}` is https (or loopback)"),
     );
     // The values as written: `resolve` drops a trailing `/`, Entra and MCP clients do not.
@@ -457,10 +457,10 @@ async fn doctor(config: &IdGuardConfig) -> Result<ExitCode, Box<dyn Error>> {
 /// same check `idguard serve` runs before it starts (policy directory included).
 pub(crate) fn config_check(config: Option<PathBuf>) -> ExitCode {
     let path = super::serve::config_path(config.as_deref());
-    let checked = crate::config::check_binary(
+    let checked = idguard::internals::check_binary(
         path.as_deref(),
         std::env::vars(),
-        &crate::config::Overrides::default(),
+        &idguard::internals::Overrides::default(),
         false,
     );
     let file = path.as_ref().map_or_else(
@@ -489,7 +489,7 @@ pub(crate) fn config_check(config: Option<PathBuf>) -> ExitCode {
 
 /// One line per problem, saying where it was written: the environment variable, the
 /// command-line option, or the file's key.
-pub(crate) fn problem_lines(e: &crate::ConfigError, file: &str) -> Vec<String> {
+pub(crate) fn problem_lines(e: &idguard::ConfigError, file: &str) -> Vec<String> {
     e.problems()
         .iter()
         .map(|p| {
@@ -532,7 +532,7 @@ pub(crate) async fn mint(
         .map_err(|e| {
             format!(
                 "is `idguard` running in dev mode at {url}? {}",
-                crate::entra::without_url(&e)
+                idguard::internals::without_url(&e)
             )
         })?;
     let status = res.status();
@@ -588,7 +588,7 @@ mod tests {
             consent_scopes(&config),
             ["https://graph.microsoft.com/.default"]
         );
-        config.obo = Some(crate::OboConfig {
+        config.obo = Some(idguard::OboConfig {
             apis: [
                 (
                     "graph".to_owned(),
@@ -601,7 +601,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
-            ..crate::OboConfig::default()
+            ..idguard::OboConfig::default()
         });
         assert_eq!(
             consent_scopes(&config),
@@ -643,7 +643,7 @@ mod tests {
                 "https://mcp.contoso.com/mcp"
             ])
         );
-        config.oauth = Some(crate::OAuthConfig::default());
+        config.oauth = Some(idguard::OAuthConfig::default());
         let vscode = pre_authorized_app("vscode").unwrap();
         let m = manifest(&config, &[], &[vscode]);
         assert_eq!(

@@ -23,13 +23,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::metrics::Metrics;
-use crate::config::{IdGuardConfig, ResolvedConfig};
-use crate::demo::DemoServer;
-use crate::dev::{DevEntra, DevEntraBuilder};
-use crate::gateway::Gateway;
-use crate::mcp::{AuthorizeMcpLayer, Denials, UnknownMethods};
-use crate::policy::PolicyEngine;
-use crate::{IdGuard, Principal, StartupError};
+use idguard::gateway::Gateway;
+use idguard::mcp::{AuthorizeMcpLayer, Denials, UnknownMethods};
+use idguard::policy::PolicyEngine;
+use idguard::{IdGuard, Principal, StartupError};
+use idguard::{IdGuardConfig, ResolvedConfig};
+use idguard_dev::demo::DemoServer;
+use idguard_dev::{DevEntra, DevEntraBuilder};
 
 /// Options of `idguard serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -51,7 +51,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     entra_port: u16,
     /// Dev mode even with an idguard.toml or IDGUARD_* variables: the emulator stands in
-    /// for [token], [obo] and [oauth]; [server] and [mcp] still apply.
+    /// for `[token]`, `[obo]` and `[oauth]`; `[server]` and `[mcp]` still apply.
     #[arg(long)]
     dev: bool,
     /// How denied calls are answered (overrides `mcp.denials`): `hidden` (like an unknown
@@ -123,14 +123,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let path = config_path(args.config.as_deref());
     let by_env = configured_by_env();
     let dev = args.dev || (path.is_none() && by_env.is_empty());
-    let overrides = crate::config::Overrides {
+    let overrides = idguard::internals::Overrides {
         port: args.port,
         policies: args.policies.clone(),
         denials: args.denials.map(Into::into),
         unknown_methods: args.unknown_methods.map(Into::into),
     };
     // The same check as `idguard config check`: every problem at once, named as written.
-    let checked = match crate::config::check_binary(
+    let checked = match idguard::internals::check_binary(
         path.as_deref(),
         std::env::vars(),
         &overrides,
@@ -162,7 +162,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             "idguard --dev: the dev Entra emulator stands in for [token], [obo] and [oauth]; [server] and [mcp] apply."
         );
     }
-    let crate::config::Checked {
+    let idguard::internals::Checked {
         config,
         resolved: checked_resolved,
         server,
@@ -361,25 +361,25 @@ async fn dev_guard(
     mcp_path: &str,
 ) -> Result<IdGuard, Box<dyn Error>> {
     // On-behalf-of to the emulated Graph, so `my_profile` works out of the box.
-    let obo = crate::OboConfig {
-        client_secret: Some(crate::obo::Secret::new(entra.client_secret())),
+    let obo = idguard::OboConfig {
+        client_secret: Some(idguard::obo::Secret::new(entra.client_secret())),
         apis: [(
-            crate::obo::GRAPH_API.to_owned(),
+            idguard::obo::GRAPH_API.to_owned(),
             vec!["https://graph.microsoft.com/User.Read".to_owned()],
         )]
         .into_iter()
         .collect(),
         graph_url: Some(entra.graph_url()),
-        ..crate::OboConfig::default()
+        ..idguard::OboConfig::default()
     };
     // The OAuth proxy, so MCP clients can sign in through the emulator: fresh keys
     // each start, and client-id metadata documents allowed on loopback.
-    let key = crate::oauth::random_token(48).ok_or("no randomness for the proxy key")?;
-    let oauth = crate::OAuthConfig {
-        keys: vec![crate::obo::Secret::new(key)],
-        scopes: Some(vec![crate::dev::DEV_SCOPE.to_owned()]),
+    let key = idguard::internals::random_token(48).ok_or("no randomness for the proxy key")?;
+    let oauth = idguard::OAuthConfig {
+        keys: vec![idguard::obo::Secret::new(key)],
+        scopes: Some(vec![idguard_dev::DEV_SCOPE.to_owned()]),
         cimd_allow_loopback: true,
-        ..crate::OAuthConfig::default()
+        ..idguard::OAuthConfig::default()
     };
     entra.allow_redirect_uri(format!("{base}/callback"));
     Ok(IdGuard::builder()
@@ -438,7 +438,7 @@ struct AppParts {
     unknown_methods: UnknownMethods,
     inner: Inner,
     mcp_path: String,
-    server: crate::config::ServerSettings,
+    server: idguard::internals::ServerSettings,
     config: IdGuardConfig,
     dev: bool,
 }
@@ -467,7 +467,7 @@ impl AppParts {
                 .mcp
                 .session_keys
                 .iter()
-                .map(|k| k.expose().as_bytes())
+                .map(|k| idguard::internals::expose(k).as_bytes())
                 .collect();
             mcp_layer = mcp_layer
                 .with_session_keys(&secrets)
@@ -512,7 +512,7 @@ fn mcp_router(
     mcp_layer: AuthorizeMcpLayer,
     inner: &Inner,
     path: &str,
-    server: &crate::config::ServerSettings,
+    server: &idguard::internals::ServerSettings,
 ) -> Result<Router<AppState>, Box<dyn Error>> {
     let layers = ServiceBuilder::new()
         .layer(guard.validate_token_layer())
@@ -670,7 +670,7 @@ impl Health {
                 }),
             );
         };
-        let keys = guard.key_status();
+        let keys = idguard::internals::key_status(guard);
         let ok =
             policy.last_error.is_none() && identity.reachable != Some(false) && keys.failures == 0;
         (
@@ -699,7 +699,7 @@ fn discovery_url(config: &ResolvedConfig) -> String {
     format!(
         "{}/{}/v2.0/.well-known/openid-configuration",
         config.authority(),
-        config.tenant().discovery_segment()
+        idguard::internals::discovery_segment(config.tenant())
     )
 }
 
@@ -719,7 +719,7 @@ fn spawn_probe(health: Arc<Health>, http: reqwest::Client, url: String) {
                 Err(e) if e.is_timeout() => {
                     Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))
                 }
-                Err(e) => Err(crate::entra::without_url(&e)),
+                Err(e) => Err(idguard::internals::without_url(&e)),
             };
             let Some(health) = weak.upgrade() else { return };
             let mut identity = health
@@ -779,10 +779,10 @@ fn not_ready() -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
-    let obo = s.guard.obo_client().map(crate::obo::OboClient::stats);
+    let obo = s.guard.obo_client().map(idguard::obo::OboClient::stats);
     let oauth = s.guard.oauth_stats();
     let mut body = s.metrics.render(&s.guard.stats(), &s.policies, obo, oauth);
-    let keys = s.guard.key_status();
+    let keys = idguard::internals::key_status(&s.guard);
     let reachable = s.health.identity().reachable;
     for (name, help, value) in [
         (
@@ -793,7 +793,7 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
         (
             "idguard_jwks_from_cache_file",
             "1 while the signing keys in force were read from token.jwks_cache_file at start.",
-            u64::from(keys.source == crate::token::jwks::KeySource::CacheFile),
+            u64::from(keys.source == idguard::internals::KeySource::CacheFile),
         ),
         (
             "idguard_identity_reachable",
@@ -928,7 +928,7 @@ Refused tokens are logged with the reason. Ctrl-C stops.",
 
 /// How to run this binary again, as the user can type it: `cargo run --` when cargo
 /// started it (in this crate's directory, or with `--manifest-path`), else the path it was
-/// started by, else `idguard` (installed with `cargo install --path .`).
+/// started by, else `idguard` (installed with `cargo install --path crates/idguard-cli`).
 fn command_prefix() -> String {
     if let (Ok(dir), Ok("idguard")) = (
         std::env::var("CARGO_MANIFEST_DIR"),
@@ -969,18 +969,18 @@ async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -
     let path = req.uri().path().to_owned();
     let mut res = next.run(req).await;
     if let Some(resource) = &a.resource
-        && let Some(reached) = crate::oauth::as_reached(resource, host.as_ref())
+        && let Some(reached) = idguard::internals::as_reached(resource, host.as_ref())
         && let Some(challenge) = res
             .headers()
             .get(http::header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
     {
-        let canonical = crate::guard::resource_metadata_url(resource);
+        let canonical = idguard::internals::resource_metadata_url(resource);
         let renamed = challenge.replace(
             &format!("resource_metadata=\"{canonical}\""),
             &format!(
                 "resource_metadata=\"{}\"",
-                crate::guard::resource_metadata_url(&reached)
+                idguard::internals::resource_metadata_url(&reached)
             ),
         );
         if let Ok(v) = http::HeaderValue::try_from(renamed) {
@@ -988,7 +988,7 @@ async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -
         }
     }
     if a.dev
-        && let Some(rejection) = res.extensions().get::<crate::Rejection>()
+        && let Some(rejection) = res.extensions().get::<idguard::Rejection>()
     {
         tracing::info!(
             target: "idguard::dev",
@@ -996,7 +996,7 @@ async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -
             status = rejection.status().as_u16(),
             kind = ?rejection.kind(),
             reason = rejection.description().unwrap_or(match rejection.kind() {
-                crate::RejectionKind::MissingToken => "no bearer token",
+                idguard::RejectionKind::MissingToken => "no bearer token",
                 _ => "-",
             }),
             "refused"
@@ -1017,7 +1017,7 @@ struct AdminConsentAnswer {
 /// (`idguard entra consent-url`). Only tells them how it went: nothing is recorded, and
 /// the parameters (which anyone can forge) decide nothing.
 async fn admin_consent_landing(Query(q): Query<AdminConsentAnswer>) -> Response {
-    let e = crate::oauth::escape;
+    let e = idguard::internals::escape;
     let (status, title, body) = match (&q.error, q.admin_consent.as_deref()) {
         (None, Some(yes)) if yes.eq_ignore_ascii_case("true") => (
             StatusCode::OK,

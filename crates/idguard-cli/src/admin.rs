@@ -13,9 +13,9 @@ use axum::routing::get;
 use futures_util::StreamExt as _;
 use futures_util::stream::{self, Stream};
 
-use crate::error::{Rejection, RejectionKind};
-use crate::policy::{DecisionTrace, PolicyEngine, TraceError, TraceFilter};
-use crate::{IdGuard, Principal};
+use idguard::RejectionKind;
+use idguard::policy::{DecisionTrace, PolicyEngine, TraceError, TraceFilter};
+use idguard::{IdGuard, Principal};
 
 /// The admin routes: token validation as on every route, then the admin role.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(
@@ -45,7 +45,7 @@ async fn decisions(
 ) -> Response {
     if !principal.has_role(&role) {
         tracing::debug!(target: "idguard::rejection", oid = principal.object_id(), role = &*role, "admin endpoint: the caller lacks the admin role");
-        return Rejection::new(RejectionKind::Forbidden, None).into_response();
+        return idguard::internals::rejection(RejectionKind::Forbidden).into_response();
     }
     tracing::info!(target: "idguard::audit", event = "decision_trace_opened", tenant = principal.tenant_id(), oid = principal.object_id(), ?filter);
     let trace = policies.trace();

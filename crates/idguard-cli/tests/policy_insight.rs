@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_idguard");
 
 fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies")
 }
 
 fn schema() -> String {
@@ -81,7 +81,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn user(name: &str) -> Principal {
-    caller(Some(name), &Map::new(), None).unwrap()
+    caller(&idguard_dev::named_callers(), Some(name), &Map::new(), None).unwrap()
 }
 
 fn sample_tools() -> Vec<Item> {
@@ -500,6 +500,7 @@ proptest! {
 
 fn idguard(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .args(args)
         .env_remove("IDGUARD_LOG")
         .stdin(Stdio::null())

@@ -26,8 +26,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
-use idguard::dev::{DevEndpoint, DevEntra};
 use idguard::policy::PolicyEngine;
+use idguard_dev::{DevEndpoint, DevEntra};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -78,7 +78,7 @@ impl Drop for Workdir {
 }
 
 fn copy_policies(to: &Path) {
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
     for entry in std::fs::read_dir(samples).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
@@ -335,7 +335,7 @@ impl Upstream {
     async fn start(addr: SocketAddr) -> Self {
         use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
         use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-        let demo = idguard::demo::DemoServer::new();
+        let demo = idguard_dev::demo::DemoServer::new();
         let rmcp = StreamableHttpService::new(
             move || Ok(demo.clone()),
             Arc::new(LocalSessionManager::default()),
@@ -393,7 +393,7 @@ impl Upstream {
 
 type UpstreamState = (
     rmcp::transport::StreamableHttpService<
-        idguard::demo::DemoServer,
+        idguard_dev::demo::DemoServer,
         rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
     >,
     Arc<AtomicU8>,

@@ -48,8 +48,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
-use crate::config::{IpRange, ServerSettings};
-use crate::oauth::proxy::ClientAddress;
+use idguard::internals::ClientAddress;
+use idguard::internals::{IpRange, ServerSettings};
 
 /// Most of an unread request body read and thrown away after an early answer.
 const DRAIN_MAX_BYTES: u64 = 64 * 1024;
@@ -449,11 +449,7 @@ mod tests {
     use super::*;
 
     fn ranges(list: &[&str]) -> Vec<IpRange> {
-        let config = crate::config::ServerConfig {
-            trusted_proxies: list.iter().map(|s| (*s).to_owned()).collect(),
-            ..Default::default()
-        };
-        config.settings().unwrap().trusted_proxies
+        list.iter().map(|s| IpRange::parse(s).unwrap()).collect()
     }
 
     fn forwarded(values: &[&str]) -> HeaderMap {

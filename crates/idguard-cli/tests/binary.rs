@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
-use idguard::dev::DevEntra;
+use idguard_dev::DevEntra;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -120,7 +120,7 @@ fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("idguard-bin-{name}-{}", uuid::Uuid::new_v4()));
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
     for entry in std::fs::read_dir(samples).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
@@ -309,7 +309,7 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
 #[derive(Clone)]
 struct Upstream {
     rmcp: rmcp::transport::StreamableHttpService<
-        idguard::demo::DemoServer,
+        idguard_dev::demo::DemoServer,
         rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
     >,
     authorized: Arc<AtomicUsize>,
@@ -346,7 +346,7 @@ fn async_stream(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
                           "params": {"progressToken": 1, "progress": 1}});
-    let tools: Value = serde_json::from_str(include_str!("../policies/tools.json")).unwrap();
+    let tools: Value = serde_json::from_str(include_str!("../../../policies/tools.json")).unwrap();
     let list = json!({"jsonrpc": "2.0", "id": 1, "result": tools});
     futures_util::stream::unfold(0, move |step| {
         let (release, progress, list) = (release.clone(), progress.clone(), list.clone());
@@ -366,7 +366,7 @@ fn async_stream(
 async fn start_upstream() -> (Upstream, String) {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-    let demo = idguard::demo::DemoServer::new();
+    let demo = idguard_dev::demo::DemoServer::new();
     let rmcp = StreamableHttpService::new(
         move || Ok(demo.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -510,7 +510,7 @@ fn config_check_names_every_bad_key() {
 fn entra_manifest_lists_exactly_the_roles_the_policies_use() {
     let out = idguard()
         .args(["entra", "manifest", "--policies", "policies"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .output()
         .unwrap();
     assert!(out.status.success());

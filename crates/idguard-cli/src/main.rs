@@ -1,4 +1,4 @@
-//! The `idguard` command line. Not a public API: the binary calls [`main`].
+//! The `idguard` binary: the command line, dev mode, the gateway and the admin endpoints.
 
 mod admin;
 mod entra;
@@ -77,7 +77,7 @@ enum TokenCommand {
 }
 
 /// Runs the command line and returns the process exit code.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     quiet_broken_pipe();
     let cli = Cli::parse();
     // Tools print their own results; only a server logs at info by default.

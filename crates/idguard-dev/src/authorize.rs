@@ -60,7 +60,7 @@ use super::obo::{
 };
 use super::server::{entra_error, unknown_tenant};
 use super::{DEV_SCOPE, DevEndpoint, DevError, DevSignInFailure, DevUser, Shared, TokenMint};
-use crate::oauth::escape;
+use idguard::internals::escape;
 
 /// `grant_type` of code redemption.
 pub(crate) const AUTHORIZATION_CODE: &str = "authorization_code";

@@ -31,7 +31,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use idguard::dev::DevEntra;
+use idguard_dev::DevEntra;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_idguard");
@@ -53,7 +53,7 @@ fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("idguard-new-{name}-{}", uuid::Uuid::new_v4()));
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
     for entry in std::fs::read_dir(samples).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
@@ -370,7 +370,7 @@ fn config_check_and_serve_refuse_the_same_configurations() {
 
 #[test]
 fn the_annotated_example_checks_clean_once_its_placeholder_key_is_replaced() {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = idguard()
         .args(["config", "check", "--config", "idguard.example.toml"])
         .current_dir(root)
@@ -607,7 +607,7 @@ async fn a_loopback_resource_is_named_as_the_client_reached_it() {
 fn output_into_a_closed_pipe_ends_quietly() {
     let mut child = idguard()
         .args(["policy", "test", "policies"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -748,7 +748,7 @@ fn entra_consent_url_has_a_redirect_uri_and_the_apis_scopes() {
 
 #[test]
 fn policy_tools_say_what_they_do_with_unknown_names_and_missing_directories() {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = idguard()
         .args([
             "policy",

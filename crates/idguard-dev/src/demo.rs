@@ -31,9 +31,9 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::mcp::rmcp::principal;
-use crate::obo::{Obo, OboClient};
-use crate::principal::Principal;
+use idguard::Principal;
+use idguard::mcp::rmcp::principal;
+use idguard::obo::{Obo, OboClient};
 
 /// `read_document` / `delete_document` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

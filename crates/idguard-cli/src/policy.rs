@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use serde_json::{Map, Value};
 
-use crate::policy::cases::{self, CaseOutcome};
-use crate::policy::{
+use idguard::policy::cases::{self, CaseOutcome};
+use idguard::policy::{
     ARGUMENTS_SCHEMA_FILE, Decision, Item, Phase, PolicyEngine, PromptInfo, ResourceInfo, ToolInfo,
     generate_arguments_schema,
 };
@@ -108,7 +108,7 @@ pub(super) fn load(dir: &Path) -> Option<PolicyEngine> {
     }
 }
 
-fn located(dir: &Path, p: &crate::policy::PolicyProblem) -> String {
+fn located(dir: &Path, p: &idguard::policy::PolicyProblem) -> String {
     format!("{}/{p}", dir.display())
 }
 
@@ -130,7 +130,7 @@ fn test(dir: &Path) -> Result<ExitCode, Box<dyn Error>> {
     let Some(engine) = load(dir) else {
         return Ok(ExitCode::FAILURE);
     };
-    let outcomes = cases::run_cases(&engine, dir)?;
+    let outcomes = cases::run_cases(&engine, dir, &idguard_dev::named_callers())?;
     print_table(&outcomes);
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     println!("{} passed, {failed} failed", outcomes.len() - failed);
@@ -172,7 +172,12 @@ fn explain(args: &ExplainArgs) -> Result<ExitCode, Box<dyn Error>> {
     if args.user.is_none() && claims.is_empty() {
         return Err("name the caller with --user, --claims or --token".into());
     }
-    let principal = cases::caller(args.user.as_deref(), &claims, None)?;
+    let principal = cases::caller(
+        &idguard_dev::named_callers(),
+        args.user.as_deref(),
+        &claims,
+        None,
+    )?;
     let item = match (&args.tool, &args.resource, &args.prompt) {
         (Some(tool), None, None) => {
             let mut known = cases::load_tools(&args.dir)?;

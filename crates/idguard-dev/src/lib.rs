@@ -34,8 +34,8 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), idguard::dev::DevError> {
-//! use idguard::dev::{DevEntra, DevEndpoint};
+//! # async fn main() -> Result<(), idguard_dev::DevError> {
+//! use idguard_dev::{DevEntra, DevEndpoint};
 //!
 //! let entra = DevEntra::builder().start().await?;
 //! let token = entra.token_for("alice")?.scopes(["mcp.tools"]).mint()?;
@@ -49,6 +49,8 @@ mod keys;
 mod mint;
 mod obo;
 mod server;
+
+pub mod demo;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -1016,4 +1018,15 @@ impl DevEntraBuilder {
             shutdown: Some(tx),
         })
     }
+}
+
+/// The dev users (`alice`, `bob`, `carol`) as callers a policy test case may name
+/// (`user = "alice"`), with the claims the emulator puts in their tokens.
+pub fn named_callers() -> idguard::policy::cases::NamedCallers {
+    DevEntraBuilder::default()
+        .users()
+        .iter()
+        .fold(idguard::policy::cases::NamedCallers::new(), |callers, u| {
+            callers.with(u.key.clone(), u.claims())
+        })
 }

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
 use super::{DEV_CLIENT_APP_ID, DEV_SCOPE, DevApp, DevError, DevUser, Shared, issuer_v1};
-use crate::principal::TokenVersion;
+use idguard::TokenVersion;
 
 enum Subject {
     User(DevUser),
