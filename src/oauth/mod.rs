@@ -22,6 +22,7 @@ mod metadata;
 pub(crate) mod proxy;
 mod store;
 
+pub use cimd::DEFAULT_CIMD_CACHE_CAPACITY;
 #[cfg(feature = "dev")]
 pub(crate) use html::escape;
 #[cfg(all(feature = "dev", feature = "rmcp"))]
