@@ -377,6 +377,55 @@ pub struct McpConfig {
     /// `token.resource` (DNS-rebinding protection: `Host` and `Origin` must name one).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Callers whose list decisions are cached, default
+    /// [`DEFAULT_LIST_CACHE_CAPACITY`](crate::policy::DEFAULT_LIST_CACHE_CAPACITY) (see
+    /// [`PolicyCacheCapacities`](crate::policy::PolicyCacheCapacities)).
+    pub list_cache_capacity: Option<u64>,
+    /// Call decisions cached, default
+    /// [`DEFAULT_CALL_CACHE_CAPACITY`](crate::policy::DEFAULT_CALL_CACHE_CAPACITY).
+    pub call_cache_capacity: Option<u64>,
+    /// Decision entities cached, default
+    /// [`DEFAULT_ENTITY_CACHE_CAPACITY`](crate::policy::DEFAULT_ENTITY_CACHE_CAPACITY).
+    pub entity_cache_capacity: Option<u64>,
+    /// Policy slices cached, default
+    /// [`DEFAULT_SLICE_CACHE_CAPACITY`](crate::policy::DEFAULT_SLICE_CACHE_CAPACITY).
+    pub slice_cache_capacity: Option<u64>,
+    /// Tools whose annotations are known by name, default
+    /// [`DEFAULT_CATALOG_CAPACITY`](crate::mcp::DEFAULT_CATALOG_CAPACITY) (see
+    /// [`McpCacheCapacities`](crate::mcp::McpCacheCapacities)).
+    pub catalog_capacity: Option<u64>,
+    /// Names the server did not list, remembered, default
+    /// [`DEFAULT_UNLISTED_CAPACITY`](crate::mcp::DEFAULT_UNLISTED_CAPACITY).
+    pub unlisted_capacity: Option<u64>,
+    /// Parsed list results kept, default
+    /// [`DEFAULT_LIST_RESULT_CAPACITY`](crate::mcp::DEFAULT_LIST_RESULT_CAPACITY).
+    pub list_result_capacity: Option<u64>,
+    /// MCP sessions whose decided requests are remembered (to filter replayed streams),
+    /// default [`DEFAULT_SESSION_RECORD_CAPACITY`](crate::mcp::DEFAULT_SESSION_RECORD_CAPACITY).
+    pub session_record_capacity: Option<u64>,
+    /// Decided requests remembered per session, default
+    /// [`DEFAULT_REQUESTS_PER_SESSION`](crate::mcp::DEFAULT_REQUESTS_PER_SESSION); replayed
+    /// replies to requests forgotten are dropped.
+    pub requests_per_session: Option<u64>,
+}
+
+/// The largest cache capacity a key accepts (a guard against a typo's extra zeros).
+const MAX_CACHE_CAPACITY: u64 = 10_000_000;
+
+/// A cache capacity key: its value, or `default` when it is not set or out of range (a
+/// problem then names `key`).
+fn capacity(key: &str, value: Option<u64>, default: u64, problems: &mut Vec<ConfigProblem>) -> u64 {
+    match value {
+        None => default,
+        Some(n @ 1..=MAX_CACHE_CAPACITY) => n,
+        Some(n) => {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("`{n}` is not between 1 and {MAX_CACHE_CAPACITY}"),
+            ));
+            default
+        }
+    }
 }
 
 /// Keys whose environment values are comma-separated lists.
@@ -408,6 +457,11 @@ pub struct McpSettings {
     pub denials: crate::mcp::Denials,
     /// `mcp.unknown_methods`.
     pub unknown_methods: crate::mcp::UnknownMethods,
+    /// `mcp.list_cache_capacity`, `call_…`, `entity_…`, `slice_…`.
+    pub policy_caches: crate::policy::PolicyCacheCapacities,
+    /// `mcp.catalog_capacity`, `unlisted_…`, `list_result_…`, `session_record_…`,
+    /// `requests_per_session`.
+    pub caches: crate::mcp::McpCacheCapacities,
 }
 
 impl McpConfig {
@@ -462,9 +516,60 @@ impl McpConfig {
                 ));
             }
         }
+        let mut size =
+            |key: &str, value: Option<u64>, default: u64| capacity(key, value, default, problems);
+        let policy_caches = crate::policy::PolicyCacheCapacities::default()
+            .with_lists(size(
+                "mcp.list_cache_capacity",
+                self.list_cache_capacity,
+                crate::policy::DEFAULT_LIST_CACHE_CAPACITY,
+            ))
+            .with_calls(size(
+                "mcp.call_cache_capacity",
+                self.call_cache_capacity,
+                crate::policy::DEFAULT_CALL_CACHE_CAPACITY,
+            ))
+            .with_entities(size(
+                "mcp.entity_cache_capacity",
+                self.entity_cache_capacity,
+                crate::policy::DEFAULT_ENTITY_CACHE_CAPACITY,
+            ))
+            .with_slices(size(
+                "mcp.slice_cache_capacity",
+                self.slice_cache_capacity,
+                crate::policy::DEFAULT_SLICE_CACHE_CAPACITY,
+            ));
+        let caches = crate::mcp::McpCacheCapacities::default()
+            .with_catalog_tools(size(
+                "mcp.catalog_capacity",
+                self.catalog_capacity,
+                crate::mcp::DEFAULT_CATALOG_CAPACITY,
+            ))
+            .with_unlisted_tools(size(
+                "mcp.unlisted_capacity",
+                self.unlisted_capacity,
+                crate::mcp::DEFAULT_UNLISTED_CAPACITY,
+            ))
+            .with_list_results(size(
+                "mcp.list_result_capacity",
+                self.list_result_capacity,
+                crate::mcp::DEFAULT_LIST_RESULT_CAPACITY,
+            ))
+            .with_sessions(size(
+                "mcp.session_record_capacity",
+                self.session_record_capacity,
+                crate::mcp::DEFAULT_SESSION_RECORD_CAPACITY,
+            ))
+            .with_requests_per_session(size(
+                "mcp.requests_per_session",
+                self.requests_per_session,
+                crate::mcp::DEFAULT_REQUESTS_PER_SESSION,
+            ));
         McpSettings {
             denials,
             unknown_methods,
+            policy_caches,
+            caches,
         }
     }
 }
@@ -1056,6 +1161,9 @@ pub struct OAuthConfig {
     /// Bytes the in-memory state store may hold, default
     /// [`DEFAULT_MEMORY_STORE_BYTES`](crate::oauth::DEFAULT_MEMORY_STORE_BYTES).
     pub store_max_bytes: Option<u64>,
+    /// Client-id metadata documents cached (and as many recent fetch failures), default
+    /// [`DEFAULT_CIMD_CACHE_CAPACITY`](crate::oauth::DEFAULT_CIMD_CACHE_CAPACITY).
+    pub cimd_cache_capacity: Option<u64>,
 }
 
 /// Default lifetime of idguard-issued access tokens.
@@ -1077,6 +1185,7 @@ pub(crate) struct OAuthSettings {
     pub(crate) allowed_redirect_hosts: Vec<String>,
     pub(crate) registration_rate_limit: u32,
     pub(crate) store_max_bytes: u64,
+    pub(crate) cimd_cache_capacity: u64,
 }
 
 /// `[token]`: how inbound Entra access tokens are validated.
@@ -1567,6 +1676,12 @@ fn resolve_oauth(
             "must be at least 1 per minute".into(),
         );
     }
+    let cimd_cache_capacity = capacity(
+        "oauth.cimd_cache_capacity",
+        o.cimd_cache_capacity,
+        crate::oauth::DEFAULT_CIMD_CACHE_CAPACITY,
+        problems,
+    );
     if problems.len() > before {
         return None;
     }
@@ -1588,6 +1703,7 @@ fn resolve_oauth(
         store_max_bytes: o
             .store_max_bytes
             .unwrap_or(crate::oauth::DEFAULT_MEMORY_STORE_BYTES),
+        cimd_cache_capacity,
     })
 }
 
@@ -2323,6 +2439,137 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains("`short`"), "{err}");
+    }
+
+    #[test]
+    fn cache_capacities_default_read_and_name_their_keys() {
+        let mut problems = Vec::new();
+        let s = McpConfig::default().check(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            s.policy_caches,
+            crate::policy::PolicyCacheCapacities::default()
+        );
+        assert_eq!(s.caches, crate::mcp::McpCacheCapacities::default());
+        assert_eq!(s.caches.requests_per_session(), 1024);
+        assert_eq!(s.policy_caches.entities(), 2_000);
+
+        let dir = std::env::temp_dir().join(format!("idguard-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("idguard.toml");
+        std::fs::write(
+            &path,
+            "[mcp]\nlist_cache_capacity = 100\ncall_cache_capacity = 200\nentity_cache_capacity = 300\nslice_cache_capacity = 400\ncatalog_capacity = 500\nunlisted_capacity = 600\nlist_result_capacity = 7\nsession_record_capacity = 800\n",
+        )
+        .unwrap();
+        let variables = env(&[("IDGUARD_MCP_REQUESTS_PER_SESSION", "2")]);
+        let config = IdGuardConfig::load(Some(&path), variables).unwrap();
+        let s = config.mcp.check(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let p = s.policy_caches;
+        assert_eq!(
+            (p.lists(), p.calls(), p.entities(), p.slices()),
+            (100, 200, 300, 400)
+        );
+        let c = s.caches;
+        assert_eq!(
+            (
+                c.catalog_tools(),
+                c.unlisted_tools(),
+                c.list_results(),
+                c.sessions(),
+                c.requests_per_session()
+            ),
+            (500, 600, 7, 800, 2)
+        );
+
+        // Zero, too large, not a number, a near miss: each named by its key or variable.
+        std::fs::write(
+            &path,
+            "[mcp]\ncall_cache_capacity = 0\ncatalog_capacity = 100000000\nsession_record_capacity = \"lots\"\ncatalog_capacty = 5\n[oauth]\ncimd_cache_capacity = -1\n",
+        )
+        .unwrap();
+        let loaded = IdGuardConfig::read(
+            Some(&path),
+            env(&[("IDGUARD_MCP_REQUESTS_PER_SESSION", "0")]),
+        )
+        .unwrap();
+        let mut problems = loaded.problems.clone();
+        loaded.config.mcp.check(&mut problems);
+        let named = loaded.origins.rename(problems);
+        let found: Vec<(&str, &str)> = named.iter().map(|p| (p.key(), p.message())).collect();
+        for (key, says) in [
+            ("mcp.session_record_capacity", "must be a whole number"),
+            ("mcp.catalog_capacty", "did you mean `catalog_capacity`"),
+            ("oauth.cimd_cache_capacity", "must be a whole number"),
+            (
+                "mcp.call_cache_capacity",
+                "`0` is not between 1 and 10000000",
+            ),
+            (
+                "mcp.catalog_capacity",
+                "`100000000` is not between 1 and 10000000",
+            ),
+            ("IDGUARD_MCP_REQUESTS_PER_SESSION", "`0` is not between 1"),
+        ] {
+            assert!(
+                found.iter().any(|(k, m)| *k == key && m.contains(says)),
+                "{key}: {says} in {found:?}"
+            );
+        }
+        assert_eq!(found.len(), 6, "{found:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_cimd_cache_capacity_is_checked_by_resolve() {
+        let resolve = |capacity: Option<u64>| {
+            IdGuardConfig {
+                token: TokenConfig {
+                    required_scopes: vec!["mcp.tools".into()],
+                    ..valid()
+                },
+                obo: Some(OboConfig {
+                    client_secret: Some(Secret::new("s")),
+                    ..OboConfig::default()
+                }),
+                oauth: Some(OAuthConfig {
+                    keys: vec![Secret::new("k".repeat(32))],
+                    cimd_cache_capacity: capacity,
+                    ..OAuthConfig::default()
+                }),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let default = resolve(None).unwrap().oauth.unwrap();
+        assert_eq!(
+            default.cimd_cache_capacity,
+            crate::oauth::DEFAULT_CIMD_CACHE_CAPACITY
+        );
+        assert_eq!(
+            resolve(Some(50))
+                .unwrap()
+                .oauth
+                .unwrap()
+                .cimd_cache_capacity,
+            50
+        );
+        let err = resolve(Some(0)).unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(ConfigProblem::key).collect();
+        assert_eq!(keys, ["oauth.cimd_cache_capacity"], "{err}");
+        // `[mcp]` capacities are checked by `resolve` too (so by `idguard config check`).
+        let err = IdGuardConfig {
+            token: valid(),
+            mcp: McpConfig {
+                requests_per_session: Some(0),
+                ..McpConfig::default()
+            },
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(err.problems()[0].key(), "mcp.requests_per_session");
     }
 
     #[test]

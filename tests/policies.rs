@@ -15,7 +15,8 @@ use std::time::Duration;
 use idguard::Principal;
 use idguard::policy::cases::{caller, run_cases};
 use idguard::policy::{
-    ARGUMENTS_SCHEMA_FILE, Decision, Item, Phase, PolicyEngine, ToolInfo, generate_arguments_schema,
+    ARGUMENTS_SCHEMA_FILE, Decision, Item, Phase, PolicyCacheCapacities, PolicyEngine, ToolInfo,
+    generate_arguments_schema,
 };
 use serde_json::{Map, json};
 
@@ -68,6 +69,57 @@ fn every_sample_case_passes() {
     assert!(outcomes.len() >= 20, "{} cases", outcomes.len());
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[test]
+fn caches_of_one_entry_decide_like_the_default_ones() {
+    let one = PolicyCacheCapacities::default()
+        .with_lists(1)
+        .with_calls(1)
+        .with_entities(1)
+        .with_slices(1);
+    let tiny = PolicyEngine::from_dir(samples())
+        .unwrap()
+        .with_cache_capacities(one);
+    assert_eq!(tiny.cache_capacities(), one);
+    let usual = PolicyEngine::from_dir(samples()).unwrap();
+    // Every sample case, again and again: each run evicts what the one before cached.
+    for _ in 0..3 {
+        let outcomes = run_cases(&tiny, &samples(), &idguard_dev::named_callers()).unwrap();
+        let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+    // Callers and tools interleaved, so every lookup may find another key's entry.
+    let mut callers: Vec<Principal> = ["alice", "bob", "carol"].into_iter().map(user).collect();
+    callers.push(caller(&idguard_dev::named_callers(), None, &Map::new(), Some(true)).unwrap());
+    let tools: Vec<Item> = [
+        "whoami",
+        "list_documents",
+        "read_document",
+        "delete_document",
+        "transfer_funds",
+        "my_profile",
+    ]
+    .into_iter()
+    .flat_map(|name| {
+        [
+            Item::Tool(ToolInfo::new(name).read_only(true)),
+            Item::Tool(ToolInfo::new(name).destructive(true)),
+        ]
+    })
+    .collect();
+    for round in 0..3 {
+        for (i, p) in callers.iter().enumerate() {
+            for t in tools.iter().cycle().skip(i + round).take(tools.len()) {
+                assert_eq!(
+                    tiny.decide(p, t, Phase::Call, None),
+                    usual.decide(p, t, Phase::Call, None),
+                    "{p:?} {t:?}"
+                );
+            }
+            assert_eq!(tiny.visible(p, &tools), usual.visible(p, &tools));
+        }
+    }
 }
 
 #[test]

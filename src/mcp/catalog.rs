@@ -44,22 +44,30 @@ pub(crate) struct ToolCatalog {
 }
 
 impl ToolCatalog {
+    /// A catalog of the default sizes.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        Self::with_capacities(&super::McpCacheCapacities::default())
+    }
+
+    /// A catalog of at most `catalog_tools` tools, `unlisted_tools` unlisted names and
+    /// `list_results` parsed list results.
+    pub(crate) fn with_capacities(capacities: &super::McpCacheCapacities) -> Self {
         Self {
             tools: Cache::builder()
                 .name("idguard-tool-catalog")
-                .max_capacity(100_000)
+                .max_capacity(capacities.catalog_tools())
                 .time_to_live(SHAPE_TTL)
                 .build(),
             last: std::sync::Arc::default(),
             unlisted: Cache::builder()
                 .name("idguard-unlisted-tools")
-                .max_capacity(10_000)
+                .max_capacity(capacities.unlisted_tools())
                 .time_to_live(UNLISTED_TTL)
                 .build(),
             shapes: Cache::builder()
                 .name("idguard-list-shapes")
-                .max_capacity(64)
+                .max_capacity(capacities.list_results())
                 .time_to_live(SHAPE_TTL)
                 .build(),
             recent: Arc::default(),

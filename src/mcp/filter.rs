@@ -322,9 +322,17 @@ pub(crate) enum Pending {
 /// Requests decided in one session (per process): a stream that replays replies (`GET`
 /// with `Last-Event-ID`) is filtered with them. Bounded: the oldest are forgotten, and
 /// their replies then dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Decided {
     inner: std::sync::Mutex<DecidedInner>,
+    /// How many requests (and, apart, progress tokens) are remembered.
+    limit: usize,
+}
+
+impl Default for Decided {
+    fn default() -> Self {
+        Self::new(usize::try_from(super::DEFAULT_REQUESTS_PER_SESSION).unwrap_or(usize::MAX))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -336,9 +344,6 @@ struct DecidedInner {
     progress_order: std::collections::VecDeque<String>,
 }
 
-/// How many decided requests a session remembers.
-const DECIDED_PER_SESSION: usize = 1024;
-
 /// An id as a server may key it: `1` and `"1"` are one (the Python SDK keys its streams by
 /// `str(id)`).
 fn id_key(id: &Id) -> String {
@@ -349,6 +354,14 @@ fn id_key(id: &Id) -> String {
 }
 
 impl Decided {
+    /// A record of the last `limit` requests (at least one) of a session.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            inner: std::sync::Mutex::default(),
+            limit: limit.max(1),
+        }
+    }
+
     /// Records what was decided for `id`. `false` when the session used the id before: a
     /// server may route the replies of both requests to either stream, so the request is
     /// refused, and replies with that id are dropped from then on.
@@ -361,7 +374,7 @@ impl Decided {
             *old = Pending::Drop;
             return false;
         }
-        if d.order.len() >= DECIDED_PER_SESSION
+        if d.order.len() >= self.limit
             && let Some(oldest) = d.order.pop_front()
         {
             d.by_id.remove(&oldest);
@@ -379,7 +392,7 @@ impl Decided {
     pub(crate) fn record_progress(&self, token: &Value, fields: &[String]) {
         let Ok(mut d) = self.inner.lock() else { return };
         let key = id_key(token);
-        if d.progress_order.len() >= DECIDED_PER_SESSION
+        if d.progress_order.len() >= self.limit
             && let Some(oldest) = d.progress_order.pop_front()
         {
             d.progress.remove(&oldest);

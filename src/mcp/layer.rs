@@ -37,6 +37,133 @@ pub const FORBIDDEN_CODE: i64 = -32001;
 pub const METHOD_NOT_FOUND_CODE: i64 = -32601;
 /// JSON-RPC code of a header that disagrees with the body (MCP 2026-07-28).
 pub const HEADER_MISMATCH_CODE: i64 = -32020;
+/// Default of [`McpCacheCapacities::with_catalog_tools`]: tools whose annotations are
+/// known by name.
+pub const DEFAULT_CATALOG_CAPACITY: u64 = 100_000;
+/// Default of [`McpCacheCapacities::with_unlisted_tools`]: names the server did not list,
+/// remembered for 30 seconds.
+pub const DEFAULT_UNLISTED_CAPACITY: u64 = 10_000;
+/// Default of [`McpCacheCapacities::with_list_results`]: parsed list results.
+pub const DEFAULT_LIST_RESULT_CAPACITY: u64 = 64;
+/// Default of [`McpCacheCapacities::with_sessions`]: MCP sessions whose decided requests
+/// are remembered.
+pub const DEFAULT_SESSION_RECORD_CAPACITY: u64 = 10_000;
+/// Default of [`McpCacheCapacities::with_requests_per_session`]: decided requests
+/// remembered per MCP session.
+pub const DEFAULT_REQUESTS_PER_SESSION: u64 = 1024;
+
+/// How much an [`AuthorizeMcpLayer`] remembers, for
+/// [`AuthorizeMcpLayer::with_cache_capacities`]. `Default` gives the `DEFAULT_*` values. A
+/// capacity of `0` is taken as `1`.
+///
+/// Two kinds of memory are sized here:
+///
+/// - the **tool catalog** (tool annotations by name, names the server does not list, parsed
+///   `tools/list` results) only saves work: a tool missing from it is looked up in the
+///   server's `tools/list` before a call is decided. A catalog smaller than the server's
+///   list fails closed: a called tool that cannot be kept is treated as unlisted, and the
+///   call refused;
+/// - the **session record** (per MCP session, what was decided for each request id) is
+///   what a replayed stream (`GET` with `Last-Event-ID`) is filtered with: a reply is
+///   passed on only when the record knows its request. When it is too small, replies to
+///   forgotten requests are dropped (fail closed), and so are those of sessions forgotten
+///   altogether. Replies on the `POST` that asked are not affected. Keep
+///   `requests_per_session` well above the requests a client has outstanding, since a
+///   request id is recognised as reused only while it is remembered.
+///
+/// ```
+/// use idguard::mcp::McpCacheCapacities;
+///
+/// let caches = McpCacheCapacities::default().with_sessions(1_000).with_requests_per_session(256);
+/// assert_eq!(caches.requests_per_session(), 256);
+/// assert_eq!(McpCacheCapacities::default().with_sessions(0).sessions(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct McpCacheCapacities {
+    catalog_tools: u64,
+    unlisted_tools: u64,
+    list_results: u64,
+    sessions: u64,
+    requests_per_session: u64,
+}
+
+impl Default for McpCacheCapacities {
+    fn default() -> Self {
+        Self {
+            catalog_tools: DEFAULT_CATALOG_CAPACITY,
+            unlisted_tools: DEFAULT_UNLISTED_CAPACITY,
+            list_results: DEFAULT_LIST_RESULT_CAPACITY,
+            sessions: DEFAULT_SESSION_RECORD_CAPACITY,
+            requests_per_session: DEFAULT_REQUESTS_PER_SESSION,
+        }
+    }
+}
+
+impl McpCacheCapacities {
+    /// Tools whose annotations the catalog keeps (for ten minutes after a list names
+    /// them), default [`DEFAULT_CATALOG_CAPACITY`]; keep it above the number of tools the
+    /// server lists. `mcp.catalog_capacity` in `idguard.toml`.
+    pub fn with_catalog_tools(mut self, tools: u64) -> Self {
+        self.catalog_tools = tools.max(1);
+        self
+    }
+
+    /// Names the server did not list, answered as unknown for 30 seconds without asking it
+    /// again, default [`DEFAULT_UNLISTED_CAPACITY`]. `mcp.unlisted_capacity`.
+    pub fn with_unlisted_tools(mut self, names: u64) -> Self {
+        self.unlisted_tools = names.max(1);
+        self
+    }
+
+    /// Parsed list results kept (for ten minutes), so the same list again is filtered
+    /// without parsing it, default [`DEFAULT_LIST_RESULT_CAPACITY`]; each holds the text of
+    /// the result. `mcp.list_result_capacity`.
+    pub fn with_list_results(mut self, results: u64) -> Self {
+        self.list_results = results.max(1);
+        self
+    }
+
+    /// MCP sessions whose decided requests are remembered (until a day idle), default
+    /// [`DEFAULT_SESSION_RECORD_CAPACITY`]. `mcp.session_record_capacity`.
+    pub fn with_sessions(mut self, sessions: u64) -> Self {
+        self.sessions = sessions.max(1);
+        self
+    }
+
+    /// Decided requests (and, apart, progress tokens of redacted calls) remembered per
+    /// session, default [`DEFAULT_REQUESTS_PER_SESSION`]. `mcp.requests_per_session`.
+    pub fn with_requests_per_session(mut self, requests: u64) -> Self {
+        self.requests_per_session = requests.max(1);
+        self
+    }
+
+    /// Tools the catalog keeps.
+    pub fn catalog_tools(&self) -> u64 {
+        self.catalog_tools
+    }
+
+    /// Unlisted names remembered.
+    pub fn unlisted_tools(&self) -> u64 {
+        self.unlisted_tools
+    }
+
+    /// Parsed list results kept.
+    pub fn list_results(&self) -> u64 {
+        self.list_results
+    }
+
+    /// Sessions whose decided requests are remembered.
+    pub fn sessions(&self) -> u64 {
+        self.sessions
+    }
+
+    /// Decided requests remembered per session.
+    pub fn requests_per_session(&self) -> u64 {
+        self.requests_per_session
+    }
+}
+
 /// Replies larger than this are rewritten only while the rewrite budget allows.
 const LARGE_REPLY_BYTES: usize = 1024 * 1024;
 /// Memory, in MiB, that large rewrites may hold at once (a rewrite costs several times its
@@ -102,6 +229,8 @@ struct State {
     catalog: ToolCatalog,
     /// Requests decided per (caller, session), for replayed streams.
     decided: Cache<String, Arc<Decided>>,
+    /// Requests each record of `decided` keeps.
+    requests_per_session: usize,
     /// Bounds the memory of concurrent large reply rewrites.
     rewrites: Arc<tokio::sync::Semaphore>,
 }
@@ -216,16 +345,7 @@ impl AuthorizeMcpLayer {
         let binder = Binder::random();
         Self {
             shared: Shared {
-                state: Arc::new(State {
-                    engine,
-                    catalog: ToolCatalog::new(),
-                    decided: Cache::builder()
-                        .name("idguard-mcp-decided")
-                        .max_capacity(10_000)
-                        .time_to_idle(Duration::from_secs(24 * 3600))
-                        .build(),
-                    rewrites: Arc::new(tokio::sync::Semaphore::new(REWRITE_BUDGET_MIB as usize)),
-                }),
+                state: Arc::new(State::new(engine, &McpCacheCapacities::default())),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
                 denials: Denials::default(),
@@ -282,6 +402,40 @@ impl AuthorizeMcpLayer {
     pub fn with_session_keys(mut self, secrets: &[&[u8]]) -> Option<Self> {
         self.shared.binder = Binder::new(secrets)?;
         Some(self)
+    }
+
+    /// Sizes the tool catalog and the per-session record of decided requests (default:
+    /// [`McpCacheCapacities::default`]); see [`McpCacheCapacities`] for what each costs and
+    /// what happens when one is too small. Both start empty: call this while building the
+    /// layer, before it serves requests.
+    pub fn with_cache_capacities(mut self, capacities: McpCacheCapacities) -> Self {
+        let engine = self.shared.state.engine.clone();
+        self.shared.state = Arc::new(State::new(engine, &capacities));
+        self
+    }
+}
+
+impl State {
+    fn new(engine: PolicyEngine, capacities: &McpCacheCapacities) -> Self {
+        Self {
+            engine,
+            catalog: ToolCatalog::with_capacities(capacities),
+            decided: Cache::builder()
+                .name("idguard-mcp-decided")
+                .max_capacity(capacities.sessions)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+            requests_per_session: usize::try_from(capacities.requests_per_session)
+                .unwrap_or(usize::MAX),
+            rewrites: Arc::new(tokio::sync::Semaphore::new(REWRITE_BUDGET_MIB as usize)),
+        }
+    }
+
+    /// The record of the session `key` (a new, empty one at first).
+    fn session_record(&self, key: &str) -> Arc<Decided> {
+        self.decided.get_with(key.to_owned(), || {
+            Arc::new(Decided::new(self.requests_per_session))
+        })
     }
 }
 
@@ -509,9 +663,7 @@ where
         Method::GET => {
             // A stream of the server's own: notifications, requests, and (when resumed)
             // replies replayed. Replies pass only for requests decided in this session.
-            let session_record = decided_key
-                .as_ref()
-                .map(|k| shared.state.decided.get_with(k.clone(), Arc::default));
+            let session_record = decided_key.as_ref().map(|k| shared.state.session_record(k));
             let res = call(&mut inner, Request::from_parts(parts, Body::new(body))).await;
             let rewriter = ReplyRewriter {
                 engine: shared.state.engine.clone(),
@@ -710,7 +862,7 @@ where
         }
     };
     if let Some(key) = &decided_key {
-        let record = shared.state.decided.get_with(key.clone(), Arc::default);
+        let record = shared.state.session_record(key);
         let mut fresh = true;
         for (id, p) in &pending {
             fresh &= record.record(id, p);
@@ -1155,6 +1307,105 @@ fn find_reply(bytes: &[u8], id: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use tower::{ServiceExt as _, service_fn};
+
+    /// A server that answers every `POST` in session `s1` and, on `GET`, replays its
+    /// replies to requests 1, 2 and 3.
+    async fn server(req: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let res = if req.method() == Method::GET {
+            let events: String = (1..=3)
+                .map(|id| {
+                    format!(
+                        "id: e{id}\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}\n\n"
+                    )
+                })
+                .collect();
+            Response::builder()
+                .header(CONTENT_TYPE, "text/event-stream")
+                .body(Body::from(events))
+        } else {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let request: Value = serde_json::from_slice(&body).unwrap();
+            let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": {}});
+            Response::builder()
+                .header(CONTENT_TYPE, "application/json")
+                .header(MCP_SESSION_ID, "s1")
+                .body(Body::from(reply.to_string()))
+        };
+        Ok(res.unwrap())
+    }
+
+    /// The ids whose replies a replayed stream passes on, after requests 1, 2 and 3 in one
+    /// session, with the layer's memory sized by `capacities`.
+    async fn replayed(capacities: McpCacheCapacities) -> Vec<u64> {
+        let engine = PolicyEngine::from_sources(
+            include_str!("../../policies/schema.cedarschema"),
+            None,
+            [(
+                "p.cedar",
+                r#"@id("all") permit (principal, action, resource);"#,
+            )],
+        )
+        .unwrap();
+        let service = AuthorizeMcpLayer::new(
+            engine,
+            "http://localhost/.well-known/oauth-protected-resource/mcp",
+        )
+        .with_cache_capacities(capacities)
+        .layer(service_fn(server));
+        let principal = Principal::from_unvalidated_claims(
+            &json!({"tid": "t", "oid": "o", "scp": "mcp.tools"}),
+        )
+        .unwrap();
+        let request = |method: Method, session: Option<&HeaderValue>, body: Body| {
+            let mut req = Request::builder()
+                .method(method)
+                .uri("http://localhost/mcp")
+                .header(CONTENT_TYPE, "application/json")
+                .body(body)
+                .unwrap();
+            if let Some(s) = session {
+                req.headers_mut().insert(MCP_SESSION_ID, s.clone());
+            }
+            req.extensions_mut().insert(principal.clone());
+            req
+        };
+        let ping =
+            |id: u64| Body::from(json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string());
+        let opened = service
+            .clone()
+            .oneshot(request(Method::POST, None, ping(0)))
+            .await
+            .unwrap();
+        let session = opened.headers().get(MCP_SESSION_ID).unwrap().clone();
+        for id in 1..=3 {
+            let res = service
+                .clone()
+                .oneshot(request(Method::POST, Some(&session), ping(id)))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let res = service
+            .oneshot(request(Method::GET, Some(&session), Body::empty()))
+            .await
+            .unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["id"].as_u64())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_session_record_too_small_drops_replayed_replies_it_forgot() {
+        assert_eq!(replayed(McpCacheCapacities::default()).await, [1, 2, 3]);
+        let two = McpCacheCapacities::default().with_requests_per_session(2);
+        assert_eq!(replayed(two).await, [2, 3], "request 1 was forgotten");
+    }
 
     #[test]
     fn replies_are_found_in_json_and_sse() {

@@ -168,6 +168,11 @@ pub(crate) struct MetadataDocuments {
     fetches: Arc<tokio::sync::Semaphore>,
 }
 
+/// Default of `oauth.cimd_cache_capacity`: client-id metadata documents cached (each for
+/// as long as its `Cache-Control` says, one minute to one day), and as many recent fetch
+/// failures.
+pub const DEFAULT_CIMD_CACHE_CAPACITY: u64 = 10_000;
+
 /// At most this many documents are fetched at once.
 const MAX_CONCURRENT_FETCHES: usize = 16;
 /// How long a failure is remembered.
@@ -192,7 +197,9 @@ pub(crate) fn is_metadata_url(client_id: &str) -> bool {
 }
 
 impl MetadataDocuments {
-    pub(crate) fn new(policy: AddressPolicy) -> Result<Self, reqwest::Error> {
+    /// Keeps at most `capacity` documents, and as many failures (at least one of each).
+    pub(crate) fn new(policy: AddressPolicy, capacity: u64) -> Result<Self, reqwest::Error> {
+        let capacity = capacity.max(1);
         let http = reqwest::Client::builder()
             .dns_resolver(Arc::new(CheckedResolver { policy }))
             .redirect(reqwest::redirect::Policy::none())
@@ -204,11 +211,11 @@ impl MetadataDocuments {
             http,
             policy,
             cache: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(capacity)
                 .expire_after(TtlExpiry)
                 .build(),
             failures: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(capacity)
                 .time_to_live(FAILURE_TTL)
                 .build(),
             fetches: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES)),
@@ -472,9 +479,12 @@ mod tests {
 
     #[test]
     fn urls_must_be_https_with_a_path() {
-        let docs = MetadataDocuments::new(AddressPolicy {
-            allow_loopback: false,
-        })
+        let docs = MetadataDocuments::new(
+            AddressPolicy {
+                allow_loopback: false,
+            },
+            DEFAULT_CIMD_CACHE_CAPACITY,
+        )
         .unwrap();
         assert!(
             docs.check_url("https://app.example.com/client.json")

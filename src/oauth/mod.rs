@@ -22,6 +22,7 @@ pub(crate) mod metadata;
 pub(crate) mod proxy;
 mod store;
 
+pub use cimd::DEFAULT_CIMD_CACHE_CAPACITY;
 pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 pub use metadata::ProtectedResourceMetadata;
 pub use proxy::OAuthStats;

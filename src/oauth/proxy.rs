@@ -483,9 +483,12 @@ impl Proxy {
     ) -> Result<Self, String> {
         let documents = if settings.cimd {
             Some(
-                MetadataDocuments::new(AddressPolicy {
-                    allow_loopback: settings.cimd_allow_loopback,
-                })
+                MetadataDocuments::new(
+                    AddressPolicy {
+                        allow_loopback: settings.cimd_allow_loopback,
+                    },
+                    settings.cimd_cache_capacity,
+                )
                 .map_err(|e| format!("cannot build the metadata document client: {e}"))?,
             )
         } else {

@@ -145,7 +145,7 @@ impl Item {
 }
 
 /// Entity type names and action uids, parsed once per snapshot.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Names {
     user: EntityTypeName,
     app: EntityTypeName,

@@ -192,6 +192,107 @@ pub struct PolicyOrigin {
     pub line: usize,
 }
 
+/// Default of [`PolicyCacheCapacities::with_lists`]: callers whose list decisions are
+/// cached.
+pub const DEFAULT_LIST_CACHE_CAPACITY: u64 = 10_000;
+/// Default of [`PolicyCacheCapacities::with_calls`]: cached call decisions, one per (caller,
+/// item).
+pub const DEFAULT_CALL_CACHE_CAPACITY: u64 = 10_000;
+/// Default of [`PolicyCacheCapacities::with_entities`]: cached decision entities, one per
+/// (caller, item), about 10.7 KiB each.
+pub const DEFAULT_ENTITY_CACHE_CAPACITY: u64 = 2_000;
+/// Default of [`PolicyCacheCapacities::with_slices`]: cached policy slices, one per (action,
+/// item, the caller's groups that policies name).
+pub const DEFAULT_SLICE_CACHE_CAPACITY: u64 = 20_000;
+
+/// How many entries each cache of a [`PolicyEngine`] holds, for
+/// [`PolicyEngine::with_cache_capacities`]. `Default` gives the `DEFAULT_*_CACHE_CAPACITY`
+/// values.
+///
+/// The caches only save work: what is not in them is evaluated, never assumed, so every
+/// capacity gives the same decisions; smaller ones cost more evaluations (and memory is
+/// bounded by them). A capacity of `0` is taken as `1`.
+///
+/// ```
+/// use idguard::policy::PolicyCacheCapacities;
+///
+/// let small = PolicyCacheCapacities::default().with_calls(1_000).with_entities(500);
+/// assert_eq!(small.calls(), 1_000);
+/// assert_eq!(PolicyCacheCapacities::default().with_lists(0).lists(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct PolicyCacheCapacities {
+    lists: u64,
+    calls: u64,
+    entities: u64,
+    slices: u64,
+}
+
+impl Default for PolicyCacheCapacities {
+    fn default() -> Self {
+        Self {
+            lists: DEFAULT_LIST_CACHE_CAPACITY,
+            calls: DEFAULT_CALL_CACHE_CAPACITY,
+            entities: DEFAULT_ENTITY_CACHE_CAPACITY,
+            slices: DEFAULT_SLICE_CACHE_CAPACITY,
+        }
+    }
+}
+
+impl PolicyCacheCapacities {
+    /// Callers whose list decisions are kept (each for a minute, with one flag per item
+    /// listed; the items themselves are shared by all callers, at most 100 000), default
+    /// [`DEFAULT_LIST_CACHE_CAPACITY`]. `mcp.list_cache_capacity` in `idguard.toml`.
+    pub fn with_lists(mut self, callers: u64) -> Self {
+        self.lists = callers.max(1);
+        self
+    }
+
+    /// Call decisions kept, one per (policy epoch, caller, item) and for five minutes,
+    /// default [`DEFAULT_CALL_CACHE_CAPACITY`]. `mcp.call_cache_capacity`.
+    pub fn with_calls(mut self, decisions: u64) -> Self {
+        self.calls = decisions.max(1);
+        self
+    }
+
+    /// Decision entities kept (the caller and one item as Cedar entities, about 10.7 KiB
+    /// each, for five minutes), default [`DEFAULT_ENTITY_CACHE_CAPACITY`].
+    /// `mcp.entity_cache_capacity`.
+    pub fn with_entities(mut self, entries: u64) -> Self {
+        self.entities = entries.max(1);
+        self
+    }
+
+    /// Policy slices kept per policy snapshot (the policies that can apply to one action,
+    /// item and set of the caller's groups), default [`DEFAULT_SLICE_CACHE_CAPACITY`].
+    /// `mcp.slice_cache_capacity`.
+    pub fn with_slices(mut self, slices: u64) -> Self {
+        self.slices = slices.max(1);
+        self
+    }
+
+    /// Callers whose list decisions are kept.
+    pub fn lists(&self) -> u64 {
+        self.lists
+    }
+
+    /// Call decisions kept.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Decision entities kept.
+    pub fn entities(&self) -> u64 {
+        self.entities
+    }
+
+    /// Policy slices kept per snapshot.
+    pub fn slices(&self) -> u64 {
+        self.slices
+    }
+}
+
 /// The policy engine: a cheap-clone handle to the current policy snapshot.
 #[derive(Clone, Debug)]
 pub struct PolicyEngine {
@@ -206,6 +307,8 @@ struct Inner {
     next_epoch: AtomicU64,
     reload_lock: Mutex<()>,
     status: tokio::sync::watch::Sender<PolicyStatus>,
+    /// The sizes of the caches below, and of each snapshot's slice cache.
+    capacities: PolicyCacheCapacities,
     list_cache: ListCache,
     call_cache: CallCache,
     /// Shared with a shadow set: entities depend on the caller and the item only.
@@ -215,6 +318,21 @@ struct Inner {
     /// The shadow set, if any: asked after every decision, never obeyed.
     shadow: Option<Shadow>,
     tracer: Tracer,
+}
+
+impl Inner {
+    /// Makes `shadow` this engine's shadow set, under this engine's server name.
+    fn attach_shadow(&mut self, shadow: PolicyEngine) {
+        let mut shadow = shadow.with_server_name(self.server.clone());
+        // Same server name, so the same entities: the shadow decides on the scenes the
+        // policies in force just built.
+        if let Some(theirs) = Arc::get_mut(&mut shadow.inner)
+            && theirs.server == self.server
+        {
+            theirs.scenes = self.scenes.clone();
+        }
+        self.shadow = Some(Shadow::new(shadow));
+    }
 }
 
 /// Decision counters of a [`PolicyEngine`], for metrics.
@@ -248,7 +366,7 @@ impl PolicyEngine {
     /// [`PolicyLoadError`] listing every problem with its file, line and column.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, PolicyLoadError> {
         let dir = dir.as_ref().to_path_buf();
-        let snapshot = store::load_dir(&dir, 1)?;
+        let snapshot = store::load_dir(&dir, 1, DEFAULT_SLICE_CACHE_CAPACITY)?;
         Ok(Self::with_snapshot(Some(dir), snapshot))
     }
 
@@ -267,7 +385,8 @@ impl PolicyEngine {
             .into_iter()
             .map(|(n, s)| (n.to_owned(), s.to_owned()))
             .collect();
-        let snapshot = store::load_sources(schema, arguments, &files, 1)?;
+        let snapshot =
+            store::load_sources(schema, arguments, &files, 1, DEFAULT_SLICE_CACHE_CAPACITY)?;
         Ok(Self::with_snapshot(None, snapshot))
     }
 
@@ -287,9 +406,10 @@ impl PolicyEngine {
                 next_epoch: AtomicU64::new(2),
                 reload_lock: Mutex::new(()),
                 status: tokio::sync::watch::Sender::new(status),
-                list_cache: ListCache::new(10_000),
-                call_cache: CallCache::new(10_000),
-                scenes: Arc::new(SceneCache::new(2_000)),
+                capacities: PolicyCacheCapacities::default(),
+                list_cache: ListCache::new(DEFAULT_LIST_CACHE_CAPACITY),
+                call_cache: CallCache::new(DEFAULT_CALL_CACHE_CAPACITY),
+                scenes: Arc::new(SceneCache::new(DEFAULT_ENTITY_CACHE_CAPACITY)),
                 authorizer: Authorizer::new(),
                 counters: Default::default(),
                 shadow: None,
@@ -325,23 +445,54 @@ impl PolicyEngine {
     #[must_use]
     pub fn with_shadow(mut self, shadow: PolicyEngine) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => {
-                let mut shadow = shadow.with_server_name(inner.server.clone());
-                // Same server name, so the same entities: the shadow decides on the scenes
-                // the policies in force just built.
-                if let Some(theirs) = Arc::get_mut(&mut shadow.inner)
-                    && theirs.server == inner.server
-                {
-                    theirs.scenes = inner.scenes.clone();
-                }
-                inner.shadow = Some(Shadow::new(shadow));
-            }
+            Some(inner) => inner.attach_shadow(shadow),
             None => tracing::error!(
                 target: "idguard::policy",
                 "a shadow policy set was added to an engine already in use; it is ignored"
             ),
         }
         self
+    }
+
+    /// Sizes this engine's caches (default: [`PolicyCacheCapacities::default`]), and those
+    /// of its shadow set if it has one already. The caches start empty. Capacities change
+    /// how much work and memory decisions take, never what they decide.
+    ///
+    /// Call before sharing the engine (cloning it, or starting [`watch`](Self::watch)); on a
+    /// shared engine this logs an error and changes nothing.
+    ///
+    /// ```
+    /// use idguard::policy::{PolicyCacheCapacities, PolicyEngine};
+    ///
+    /// let engine = PolicyEngine::from_dir("policies")?
+    ///     .with_cache_capacities(PolicyCacheCapacities::default().with_calls(1_000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_cache_capacities(mut self, capacities: PolicyCacheCapacities) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.capacities = capacities;
+                inner.list_cache = ListCache::new(capacities.lists);
+                inner.call_cache = CallCache::new(capacities.calls);
+                inner.scenes = Arc::new(SceneCache::new(capacities.entities));
+                let resized = inner.snapshot.load().with_slice_capacity(capacities.slices);
+                inner.snapshot.store(Arc::new(resized));
+                if let Some(shadow) = inner.shadow.take() {
+                    inner.attach_shadow(shadow.engine.with_cache_capacities(capacities));
+                }
+            }
+            None => tracing::error!(
+                target: "idguard::policy",
+                "cache capacities were set on an engine already in use; they are ignored"
+            ),
+        }
+        self
+    }
+
+    /// The sizes of this engine's caches.
+    pub fn cache_capacities(&self) -> PolicyCacheCapacities {
+        self.inner.capacities
     }
 
     /// The shadow policy set, if any.
@@ -385,7 +536,7 @@ impl PolicyEngine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let epoch = self.inner.next_epoch.fetch_add(1, Ordering::Relaxed);
-        match store::load_dir(dir, epoch) {
+        match store::load_dir(dir, epoch, self.inner.capacities.slices) {
             Ok(snapshot) => {
                 let policies = snapshot.len();
                 self.inner.snapshot.store(Arc::new(snapshot));
@@ -1053,6 +1204,38 @@ mod tests {
 
     fn engine(rules: &str) -> PolicyEngine {
         PolicyEngine::from_sources(SCHEMA, None, [("p.cedar", rules)]).unwrap()
+    }
+
+    #[test]
+    fn cache_capacities_reach_the_shadow_and_outlive_reloads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let caps = PolicyCacheCapacities::default()
+            .with_lists(3)
+            .with_calls(0)
+            .with_entities(5)
+            .with_slices(7);
+        assert_eq!(caps.calls(), 1, "0 is taken as 1");
+        let engine = PolicyEngine::from_dir(&dir)
+            .unwrap()
+            .with_shadow(PolicyEngine::from_dir(&dir).unwrap())
+            .with_cache_capacities(caps);
+        assert_eq!(engine.cache_capacities(), caps);
+        let shadow = engine.shadow().unwrap();
+        assert_eq!(shadow.cache_capacities(), caps);
+        // Still one entity cache for both.
+        assert!(Arc::ptr_eq(&engine.inner.scenes, &shadow.inner.scenes));
+        let slices = |e: &PolicyEngine| e.inner.snapshot.load().slicer.capacity();
+        assert_eq!(slices(&engine), Some(7));
+        engine.reload().unwrap();
+        assert_eq!(
+            slices(&engine),
+            Some(7),
+            "a reload keeps the slice capacity"
+        );
+        // A shared engine is left as it is.
+        let shared = engine.clone();
+        let unchanged = shared.with_cache_capacities(PolicyCacheCapacities::default());
+        assert_eq!(unchanged.cache_capacities(), caps);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use cedar_policy::{
 use moka::sync::Cache;
 
 /// The narrowing a policy's scope allows.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Scope {
     /// The principal must be this entity or in it; `None`: any principal.
     principal: Option<EntityUid>,
@@ -97,8 +97,17 @@ pub(crate) struct Slicer {
     slices: Cache<Key, Arc<Slice>, foldhash::fast::RandomState>,
 }
 
+/// A slice cache holding at most `capacity` slices.
+fn slice_cache(capacity: u64) -> Cache<Key, Arc<Slice>, foldhash::fast::RandomState> {
+    Cache::builder()
+        .name("idguard-policy-slices")
+        .max_capacity(capacity)
+        .build_with_hasher(foldhash::fast::RandomState::default())
+}
+
 impl Slicer {
-    pub(crate) fn new(set: &PolicySet) -> Self {
+    /// Indexes `set`, caching at most `capacity` slices.
+    pub(crate) fn new(set: &PolicySet, capacity: u64) -> Self {
         let mut principals: Vec<EntityUid> = Vec::new();
         let policies = set
             .policies()
@@ -137,10 +146,22 @@ impl Slicer {
         Self {
             policies,
             principals,
-            slices: Cache::builder()
-                .name("idguard-policy-slices")
-                .max_capacity(20_000)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            slices: slice_cache(capacity),
+        }
+    }
+
+    /// How many slices the cache holds at most.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> Option<u64> {
+        self.slices.policy().max_capacity()
+    }
+
+    /// The same index with an empty cache of at most `capacity` slices.
+    pub(crate) fn resized(&self, capacity: u64) -> Self {
+        Self {
+            policies: self.policies.clone(),
+            principals: self.principals.clone(),
+            slices: slice_cache(capacity),
         }
     }
 

@@ -83,7 +83,7 @@ impl fmt::Display for PolicyLoadError {
 impl std::error::Error for PolicyLoadError {}
 
 /// Obligations carried by one policy's annotations.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Obligations {
     pub(crate) redact: Vec<String>,
     pub(crate) reason: Option<String>,
@@ -105,6 +105,19 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     pub(crate) fn len(&self) -> usize {
         self.origins.len()
+    }
+
+    /// The same policies, with an empty slice cache of at most `capacity` slices.
+    pub(crate) fn with_slice_capacity(&self, capacity: u64) -> Self {
+        Self {
+            epoch: self.epoch,
+            names: self.names.clone(),
+            arguments: self.arguments.clone(),
+            obligations: self.obligations.clone(),
+            slicer: self.slicer.resized(capacity),
+            origins: self.origins.clone(),
+            texts: self.texts.clone(),
+        }
     }
 
     pub(crate) fn origin(&self, id: &str) -> Option<PolicyOrigin> {
@@ -135,8 +148,8 @@ impl Snapshot {
 }
 
 /// Loads `schema.cedarschema`, the optional `arguments.cedarschema` and every `*.cedar`
-/// file directly in `dir`.
-pub(crate) fn load_dir(dir: &Path, epoch: u64) -> Result<Snapshot, PolicyLoadError> {
+/// file directly in `dir`; the snapshot caches at most `slices` policy slices.
+pub(crate) fn load_dir(dir: &Path, epoch: u64, slices: u64) -> Result<Snapshot, PolicyLoadError> {
     let fail = |file: &str, message: String| PolicyLoadError {
         problems: vec![PolicyProblem {
             file: file.to_owned(),
@@ -169,15 +182,17 @@ pub(crate) fn load_dir(dir: &Path, epoch: u64) -> Result<Snapshot, PolicyLoadErr
         }
     }
     files.sort();
-    load_sources(&schema, arguments.as_deref(), &files, epoch)
+    load_sources(&schema, arguments.as_deref(), &files, epoch, slices)
 }
 
-/// Loads policies from memory: `(file name, text)` pairs.
+/// Loads policies from memory: `(file name, text)` pairs; the snapshot caches at most
+/// `slices` policy slices.
 pub(crate) fn load_sources(
     schema_src: &str,
     arguments_src: Option<&str>,
     files: &[(String, String)],
     epoch: u64,
+    slices: u64,
 ) -> Result<Snapshot, PolicyLoadError> {
     let mut problems = Vec::new();
 
@@ -353,7 +368,7 @@ pub(crate) fn load_sources(
     match set {
         Some(policies) if problems.is_empty() => Ok(Snapshot {
             epoch,
-            slicer: Slicer::new(&policies),
+            slicer: Slicer::new(&policies, slices),
             names,
             arguments,
             obligations,

@@ -24,7 +24,7 @@ use tower_http::trace::TraceLayer;
 
 use super::metrics::Metrics;
 use idguard::gateway::Gateway;
-use idguard::mcp::{AuthorizeMcpLayer, Denials, UnknownMethods};
+use idguard::mcp::{AuthorizeMcpLayer, Denials, McpCacheCapacities, UnknownMethods};
 use idguard::policy::PolicyEngine;
 use idguard::{IdGuard, Principal, StartupError};
 use idguard::{IdGuardConfig, ResolvedConfig};
@@ -174,29 +174,36 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let policy_dir = server.policies.clone();
     let denials = mcp_settings.denials;
     let unknown_methods = mcp_settings.unknown_methods;
+    let policy_caches = mcp_settings.policy_caches;
     let inner = match &server.upstream {
         None => Inner::Demo,
         Some(url) => Inner::Upstream(url.clone()),
     };
     // Policies do not depend on the identity provider: a broken directory stops the start.
-    let policies = PolicyEngine::from_dir(&policy_dir).map_err(|e| {
-        format!(
-            "cannot load the policies in `{}`:\n{e}",
-            policy_dir.display()
-        )
-    })?;
+    let policies = PolicyEngine::from_dir(&policy_dir)
+        .map_err(|e| {
+            format!(
+                "cannot load the policies in `{}`:\n{e}",
+                policy_dir.display()
+            )
+        })?
+        .with_cache_capacities(policy_caches);
     let shadow_dir = args
         .shadow_policies
         .clone()
         .or_else(|| config.server.shadow_policies.clone().map(PathBuf::from));
     let policies = match &shadow_dir {
         None => policies,
-        Some(dir) => policies.with_shadow(PolicyEngine::from_dir(dir).map_err(|e| {
-            format!(
-                "`server.shadow_policies`: cannot load the shadow policies in `{}`:\n{e}",
-                dir.display()
-            )
-        })?),
+        Some(dir) => policies.with_shadow(
+            PolicyEngine::from_dir(dir)
+                .map_err(|e| {
+                    format!(
+                        "`server.shadow_policies`: cannot load the shadow policies in `{}`:\n{e}",
+                        dir.display()
+                    )
+                })?
+                .with_cache_capacities(policy_caches),
+        ),
     };
     let _watch = policies.watch(Duration::from_millis(250));
     let _shadow_watch = policies
@@ -219,6 +226,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         health: health.clone(),
         denials,
         unknown_methods,
+        mcp_caches: mcp_settings.caches,
         inner,
         mcp_path: mcp_path.clone(),
         server: server.clone(),
@@ -436,6 +444,8 @@ struct AppParts {
     health: Arc<Health>,
     denials: Denials,
     unknown_methods: UnknownMethods,
+    /// `mcp.catalog_capacity` and the other sizes of the MCP layer's memory.
+    mcp_caches: McpCacheCapacities,
     inner: Inner,
     mcp_path: String,
     server: idguard::internals::ServerSettings,
@@ -455,6 +465,7 @@ impl AppParts {
             .authorize_mcp_layer(self.policies.clone())
             .with_denials(self.denials)
             .with_unknown_methods(self.unknown_methods)
+            .with_cache_capacities(self.mcp_caches)
             .with_allowed_hosts(config.mcp.allowed_hosts.iter().cloned());
         if let Some(max) = config.mcp.max_body_bytes {
             mcp_layer = mcp_layer.with_max_body_bytes(usize::try_from(max).unwrap_or(usize::MAX));

@@ -332,6 +332,11 @@ fn config_check_and_serve_refuse_the_same_configurations() {
             "[server]\nmax_connections = \"many\"\n",
             "`server.max_connections`",
         ),
+        (
+            "capacity",
+            "[mcp]\nrequests_per_session = 0\n",
+            "`mcp.requests_per_session`",
+        ),
     ];
     for (name, extra, key) in cases {
         let token = if *name == "qualified" {
