@@ -6,14 +6,20 @@
 //! - [`TokenError`] (and [`StartupError`]) from library calls.
 //! - [`Rejection`] per request: an opaque value with a [`kind`](Rejection::kind), turned into
 //!   a response by [`Rejection::into_response`], the single place that knows the wire format
-//!   of DESIGN.md §4.
+//!   of DESIGN.md §4, with its `WWW-Authenticate` value built by `Challenge`, the one
+//!   builder of challenges (each value an escaped quoted-string; fail-closed when a value
+//!   cannot be sent).
 //!
 //! No message ever contains token text.
+
+mod challenge;
 
 use std::fmt;
 
 use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
+
+pub(crate) use challenge::Challenge;
 
 /// Why a bearer token was not accepted.
 ///
@@ -351,13 +357,12 @@ impl Rejection {
     /// `401 invalid_token` for `e`: `challenge` (the prebuilt `Bearer error="invalid_token",
     /// resource_metadata="…"`) gains an `error_description` naming the class of problem
     /// (RFC 6750 §3), never the token or a claim's value.
-    pub(crate) fn invalid_token(challenge: &HeaderValue, e: &TokenError) -> Self {
+    pub(crate) fn invalid_token(challenge: &Challenge, e: &TokenError) -> Self {
         let description = e.description();
-        let mut value = challenge.as_bytes().to_vec();
-        value.extend_from_slice(b", error_description=\"");
-        value.extend_from_slice(description.as_bytes());
-        value.push(b'"');
-        let challenge = HeaderValue::from_bytes(&value).unwrap_or_else(|_| challenge.clone());
+        let challenge = challenge
+            .clone()
+            .with_description(description)
+            .header_or_minimal();
         Self {
             description: Some(description),
             ..Self::new(RejectionKind::InvalidToken, Some(challenge))
@@ -470,9 +475,7 @@ mod tests {
 
     #[test]
     fn an_invalid_token_challenge_says_why_and_the_axum_body_repeats_it() {
-        let base = HeaderValue::from_static(
-            "Bearer error=\"invalid_token\", resource_metadata=\"https://x/.well-known/oauth-protected-resource\"",
-        );
+        let base = Challenge::invalid_token("https://x/.well-known/oauth-protected-resource", "");
         let r = Rejection::invalid_token(&base, &TokenError::Expired);
         assert_eq!(r.kind(), RejectionKind::InvalidToken);
         assert_eq!(r.description(), Some("the token has expired"));

@@ -12,25 +12,26 @@
 //! Apply them with `route_layer` so unknown routes still answer 404, and keep the metadata
 //! routes ([`IdGuard::oauth_router`]) outside the auth layer: clients fetch them before
 //! they have a token.
+//!
+//! The guard wires the parts and holds them; per-request authentication itself lives in
+//! `token/` (`Authenticator`), which reaches the OAuth proxy and on-behalf-of only through
+//! the traits the guard injects here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use http::HeaderMap;
-use http::header::{AUTHORIZATION, HeaderValue};
+use futures_util::future::BoxFuture;
 
 use crate::config::{IdGuardConfig, OAuthConfig, OboConfig, ResolvedConfig, TokenConfig};
 use crate::entra::TenantMode;
-use crate::error::{Rejection, RejectionKind, StartupError, TokenError};
+use crate::error::{StartupError, TokenError};
 use crate::oauth::proxy::Proxy;
 use crate::oauth::{MemoryStore, OAuthStore};
-use crate::obo::{BearerToken, OboClient};
+use crate::obo::OboClient;
 use crate::principal::Principal;
-use crate::token::TokenValidator;
-use crate::token::cache::{TokenCache, TokenDigest, digest_token};
-use crate::token::jwks::{KeyStore, Refresh};
+use crate::token::jwks::KeyStore;
 use crate::token::layer::ValidateTokenLayer;
+use crate::token::{Authenticator, IssuedTokens, Session, TokenStats, TokenValidator};
 
 /// The idguard handle: validated configuration, signing keys, caches.
 ///
@@ -44,117 +45,11 @@ pub struct IdGuard {
 #[derive(Debug)]
 struct Inner {
     config: ResolvedConfig,
-    validator: TokenValidator,
-    keys: KeyStore,
-    cache: Option<TokenCache>,
-    clock: Clock,
-    challenges: Challenges,
+    /// Per-request authentication, shared with every [`ValidateTokenLayer`].
+    auth: Arc<Authenticator>,
     authorization_server: String,
-    stats: Counters,
     obo: Option<OboClient>,
-    oauth: Option<Proxy>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    cache_hits: AtomicU64,
-    validations: AtomicU64,
-}
-
-/// Counters of one [`IdGuard`], for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TokenStats {
-    /// Tokens accepted from the validated-token cache.
-    pub cache_hits: u64,
-    /// Full validations (signature and claims), successful or not.
-    pub validations: u64,
-    /// Seconds since the signing keys were last fetched.
-    pub keys_age_secs: u64,
-}
-
-/// Prebuilt `WWW-Authenticate` values, so a rejection costs no formatting.
-#[derive(Debug)]
-struct Challenges {
-    missing: HeaderValue,
-    invalid: HeaderValue,
-    insufficient: HeaderValue,
-    resource_metadata_url: String,
-}
-
-/// Wall-clock seconds that follow tokio's clock, so tests can pause and advance time.
-#[derive(Debug)]
-struct Clock {
-    anchor_unix: u64,
-    anchor: tokio::time::Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            anchor_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            anchor: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.anchor_unix + self.anchor.elapsed().as_secs()
-    }
-}
-
-/// What the synchronous fast path concluded.
-pub(crate) enum Authn {
-    /// Decided without waiting.
-    Done(Result<Admitted, Refusal>),
-    /// An idguard-issued token (OAuth proxy): look up its session, then decide.
-    NeedsSession { token: String },
-    /// The token names an unknown `kid`: refresh the keys (once), then decide.
-    NeedsRefresh { token: String, generation: u64 },
-    /// A groups overage to resolve through Graph before policies see the caller.
-    NeedsGroups {
-        principal: Principal,
-        token: BearerToken,
-    },
-}
-
-/// Why the authentication path refused a token: the library's [`TokenError`], from which
-/// the layer's [`Rejection`] is made ([`IdGuard::rejection`]) only when the layer answers.
-pub(crate) enum Refusal {
-    /// The token itself, or the scope/role gate ([`TokenError::InsufficientScope`]).
-    Token(TokenError),
-    /// A groups overage that Graph could not resolve: answered like the on-behalf-of error.
-    Groups {
-        error: crate::obo::OboError,
-        principal: Principal,
-    },
-}
-
-impl From<Refusal> for TokenError {
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::Token(e) => e,
-            Refusal::Groups { error, .. } => TokenError::GroupsUnresolved(error),
-        }
-    }
-}
-
-/// An accepted request's extensions: the caller, and with `[obo]` their token and the
-/// on-behalf-of client (for [`Obo`](crate::obo::Obo)).
-pub(crate) struct Admitted {
-    principal: Principal,
-    obo: Option<(OboClient, BearerToken)>,
-}
-
-impl Admitted {
-    pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
-        if let Some((client, token)) = self.obo {
-            extensions.insert(client);
-            extensions.insert(token);
-        }
-        extensions.insert(self.principal);
-    }
+    oauth: Option<Arc<Proxy>>,
 }
 
 impl IdGuard {
@@ -208,14 +103,14 @@ impl IdGuard {
             v1_issuer,
             config.leeway.as_secs(),
         );
-        let challenges = Challenges::new(&config);
+        let resource_metadata_url = resource_metadata_url(&config.resource);
         let obo = config.obo.clone().map(|settings| {
             OboClient::new(
                 settings,
                 client.clone(),
                 config.authority.clone(),
                 config.client_id.clone(),
-                challenges.resource_metadata_url.clone(),
+                resource_metadata_url.clone(),
             )
         });
         let oauth = match (&config.oauth, &config.obo) {
@@ -223,7 +118,7 @@ impl IdGuard {
                 let store = store.unwrap_or_else(|| {
                     Arc::new(MemoryStore::new(settings.store_max_bytes)) as Arc<dyn OAuthStore>
                 });
-                Some(
+                Some(Arc::new(
                     Proxy::new(
                         settings.clone(),
                         store,
@@ -235,7 +130,7 @@ impl IdGuard {
                         url: settings.issuer.clone(),
                         reason,
                     })?,
-                )
+                ))
             }
             _ => None,
         };
@@ -243,20 +138,24 @@ impl IdGuard {
             Some(p) => p.issuer().to_owned(),
             None => authorization_server,
         };
-        let inner = Arc::new(Inner {
-            oauth,
-            obo,
-            cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
-            validator,
-            keys,
-            clock: Clock::new(),
-            challenges,
-            authorization_server,
-            config,
-            stats: Counters::default(),
-        });
-        spawn_periodic_refresh(Arc::downgrade(&inner), inner.config.jwks_refresh_interval);
-        Ok(Self { inner })
+        let mut auth = Authenticator::new(&config, validator, keys, resource_metadata_url);
+        if let Some(proxy) = &oauth {
+            auth = auth.with_issued_tokens(Arc::clone(proxy) as Arc<dyn IssuedTokens>);
+        }
+        if let Some(client) = &obo {
+            auth = auth.with_on_behalf_of(Arc::new(client.clone()));
+        }
+        let auth = Arc::new(auth);
+        spawn_periodic_refresh(Arc::downgrade(&auth), config.jwks_refresh_interval);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                oauth,
+                obo,
+                auth,
+                authorization_server,
+                config,
+            }),
+        })
     }
 
     /// A builder that mirrors the `[token]` configuration keys.
@@ -271,12 +170,12 @@ impl IdGuard {
 
     /// The OAuth proxy, when `[oauth]` is configured.
     pub(crate) fn oauth_proxy(&self) -> Option<&Proxy> {
-        self.inner.oauth.as_ref()
+        self.inner.oauth.as_deref()
     }
 
     /// The OAuth proxy's counters, when `[oauth]` is configured.
     pub fn oauth_stats(&self) -> Option<crate::oauth::OAuthStats> {
-        self.inner.oauth.as_ref().map(Proxy::stats)
+        self.inner.oauth.as_deref().map(Proxy::stats)
     }
 
     /// The on-behalf-of client, when `[obo]` is configured.
@@ -291,16 +190,12 @@ impl IdGuard {
 
     /// The URL of this resource's RFC 9728 metadata (the `resource_metadata` of challenges).
     pub fn resource_metadata_url(&self) -> &str {
-        &self.inner.challenges.resource_metadata_url
+        self.inner.auth.resource_metadata_url()
     }
 
     /// Token validation counters and the age of the signing keys.
     pub fn stats(&self) -> TokenStats {
-        TokenStats {
-            cache_hits: self.inner.stats.cache_hits.load(Ordering::Relaxed),
-            validations: self.inner.stats.validations.load(Ordering::Relaxed),
-            keys_age_secs: self.inner.keys.snapshot().age().as_secs(),
-        }
+        self.inner.auth.stats()
     }
 
     /// The signing keys' source, age and fetch failures (for health and metrics).
@@ -309,7 +204,7 @@ impl IdGuard {
         allow(dead_code, reason = "read by the `idguard` binary only")
     )]
     pub(crate) fn key_status(&self) -> crate::token::jwks::KeyStatus {
-        self.inner.keys.status()
+        self.inner.auth.keys().status()
     }
 
     /// The authorization server named in the protected-resource metadata.
@@ -330,253 +225,31 @@ impl IdGuard {
     /// [`GroupsUnresolved`](TokenError::GroupsUnresolved) where a groups overage could not
     /// be resolved.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
-        let admitted = match self.authenticate_token(token) {
-            Authn::Done(done) => done,
-            // Boxed, as in the layer: the slow paths stay out of this future.
-            slow => Box::pin(self.complete(slow)).await,
-        };
-        admitted.map(|a| a.principal).map_err(TokenError::from)
+        self.inner.auth.validate(token).await
+    }
+}
+
+impl ValidateTokenLayer {
+    /// A layer for `guard`; same as [`IdGuard::validate_token_layer`].
+    pub fn new(guard: IdGuard) -> Self {
+        Self::with_authenticator(Arc::clone(&guard.inner.auth))
+    }
+}
+
+/// The OAuth proxy's access tokens, as authentication reaches them.
+impl IssuedTokens for Proxy {
+    fn is_issued(&self, token: &str) -> bool {
+        self.is_own_token(token)
     }
 
-    /// Validation alone: the cache, then the token against the keys (refreshed once if its
-    /// `kid` is new). No scope/role gate, no groups.
-    async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        match self.validate_now(token, &mut None) {
-            Err(TokenError::UnknownKey) => {
-                let generation = self.inner.keys.snapshot().generation();
-                self.validate_after_refresh(token, generation).await
-            }
-            other => other,
-        }
-    }
-
-    /// The synchronous path: cache, then full validation against the current keys.
-    /// `digest` receives the token's SHA-256 when the cache computed it, so on-behalf-of
-    /// reuses it instead of hashing the token again.
-    fn validate_now(
-        &self,
-        token: &str,
-        digest: &mut Option<TokenDigest>,
-    ) -> Result<Principal, TokenError> {
-        let inner = &*self.inner;
-        let now = inner.clock.now();
-        let Some(cache) = &inner.cache else {
-            inner.stats.validations.fetch_add(1, Ordering::Relaxed);
-            return inner.validator.validate(token, &inner.keys.snapshot(), now);
-        };
-        let key = *digest.get_or_insert_with(|| digest_token(token));
-        if let Some(principal) = cache.get(&key, now) {
-            inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(principal);
-        }
-        inner.stats.validations.fetch_add(1, Ordering::Relaxed);
-        let principal = inner
-            .validator
-            .validate(token, &inner.keys.snapshot(), now)?;
-        cache.insert(key, principal.clone(), now);
-        Ok(principal)
-    }
-
-    async fn validate_after_refresh(
-        &self,
-        token: &str,
-        generation: u64,
-    ) -> Result<Principal, TokenError> {
-        match self.inner.keys.refresh_for_unknown_kid(generation).await {
-            Refresh::Updated => self.validate_now(token, &mut None),
-            Refresh::RateLimited => Err(TokenError::UnknownKey),
-            Refresh::Unavailable => Err(TokenError::KeysUnavailable),
-        }
-    }
-
-    /// The layer's synchronous decision for a request's headers.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Authn {
-        match bearer_token(headers) {
-            Ok(token) => self.authenticate_token(token),
-            Err(e) => Authn::Done(Err(Refusal::Token(e))),
-        }
-    }
-
-    /// The one authentication path (the layer's and [`validate`](Self::validate)'s),
-    /// synchronous part: decides without waiting when it can (a cache hit needs no more),
-    /// else says what to wait for; [`complete`](Self::complete) does that.
-    fn authenticate_token(&self, token: &str) -> Authn {
-        if let Some(proxy) = &self.inner.oauth
-            && proxy.is_own_token(token)
-        {
-            return Authn::NeedsSession {
-                token: token.to_owned(),
-            };
-        }
-        let mut digest = None;
-        match self.validate_now(token, &mut digest) {
-            Ok(principal) => match self.admit(principal) {
-                Ok(p) if self.needs_groups(&p) => Authn::NeedsGroups {
-                    principal: p,
-                    token: BearerToken::with_digest(token, digest),
-                },
-                Ok(p) => Authn::Done(Ok(
-                    self.admitted(p, || BearerToken::with_digest(token, digest))
-                )),
-                Err(r) => Authn::Done(Err(r)),
-            },
-            Err(TokenError::UnknownKey) => Authn::NeedsRefresh {
-                token: token.to_owned(),
-                generation: self.inner.keys.snapshot().generation(),
-            },
-            Err(e) => Authn::Done(Err(Refusal::Token(e))),
-        }
-    }
-
-    /// The one authentication path, the part that waits: a session, a key refresh, or
-    /// the caller's groups.
-    pub(crate) async fn complete(&self, authn: Authn) -> Result<Admitted, Refusal> {
-        match authn {
-            Authn::Done(done) => done,
-            Authn::NeedsSession { token } => self.authenticate_session(token).await,
-            Authn::NeedsRefresh { token, generation } => {
-                self.authenticate_after_refresh(token, generation).await
-            }
-            Authn::NeedsGroups { principal, token } => self.resolve_groups(principal, token).await,
-        }
-    }
-
-    /// After an unknown `kid`: validation once the keys are refreshed, then the rest.
-    async fn authenticate_after_refresh(
-        &self,
-        token: String,
-        generation: u64,
-    ) -> Result<Admitted, Refusal> {
-        let principal = self
-            .validate_after_refresh(&token, generation)
-            .await
-            .map_err(Refusal::Token)?;
-        self.finish(principal, BearerToken::new(token)).await
-    }
-
-    /// After validation on a slow path: the scope gate, then groups or admission.
-    async fn finish(&self, principal: Principal, token: BearerToken) -> Result<Admitted, Refusal> {
-        let principal = self.admit(principal)?;
-        if self.needs_groups(&principal) {
-            self.resolve_groups(principal, token).await
-        } else {
-            Ok(self.admitted(principal, || token))
-        }
-    }
-
-    /// An idguard-issued token: its session's Entra token, validated like any other, is
-    /// the caller's identity and on-behalf-of assertion; the gate then sees the scopes the
-    /// client was granted.
-    async fn authenticate_session(&self, token: String) -> Result<Admitted, Refusal> {
-        let Some(proxy) = &self.inner.oauth else {
-            return Err(Refusal::Token(TokenError::SessionEnded));
-        };
-        let Some(session) = proxy
-            .entra_token_for(&token, self.inner.config.leeway.as_secs())
-            .await
-        else {
-            return Err(Refusal::Token(TokenError::SessionEnded));
-        };
-        let principal = self
-            .verify(&session.entra_token)
-            .await
-            .map_err(Refusal::Token)?
-            .via_oauth_client(&session.scopes, &session.client);
-        self.finish(principal, BearerToken::new(session.entra_token))
-            .await
-    }
-
-    /// A groups overage: the caller with groups from Graph.
-    async fn resolve_groups(
-        &self,
-        principal: Principal,
-        token: BearerToken,
-    ) -> Result<Admitted, Refusal> {
-        let Some(obo) = &self.inner.obo else {
-            return Ok(Admitted {
-                principal,
-                obo: None,
-            });
-        };
-        match obo.resolve_overage(&principal, &token).await {
-            Ok(resolved) => Ok(Admitted {
-                principal: resolved,
-                obo: Some((obo.clone(), token)),
-            }),
-            Err(error) => Err(Refusal::Groups { error, principal }),
-        }
-    }
-
-    fn needs_groups(&self, p: &Principal) -> bool {
-        p.groups_overage()
-            && !p.is_app_only()
-            && self
-                .inner
-                .obo
-                .as_ref()
-                .is_some_and(OboClient::resolves_overage)
-    }
-
-    fn admitted(&self, principal: Principal, token: impl FnOnce() -> BearerToken) -> Admitted {
-        Admitted {
-            principal,
-            obo: self.inner.obo.as_ref().map(|c| (c.clone(), token())),
-        }
-    }
-
-    /// The optional scope/role gate: any required scope, or any required role.
-    fn admit(&self, principal: Principal) -> Result<Principal, Refusal> {
-        let c = &self.inner.config;
-        if c.required_scopes.is_empty() && c.required_roles.is_empty() {
-            return Ok(principal);
-        }
-        let ok = c.required_scopes.iter().any(|s| principal.has_scope(s))
-            || c.required_roles.iter().any(|r| principal.has_role(r));
-        if ok {
-            Ok(principal)
-        } else {
-            tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "required scope or role missing");
-            Err(Refusal::Token(TokenError::InsufficientScope))
-        }
-    }
-
-    /// The layer's answer for a refusal.
-    pub(crate) fn rejection(&self, refusal: Refusal) -> Rejection {
-        match refusal {
-            Refusal::Token(e) => self.reject(&e),
-            Refusal::Groups { error, principal } => match &self.inner.obo {
-                Some(obo) => obo.rejection(&error, &principal),
-                None => self.reject(&TokenError::GroupsUnresolved(error)),
-            },
-        }
-    }
-
-    fn reject(&self, e: &TokenError) -> Rejection {
-        let ch = &self.inner.challenges;
-        match e {
-            TokenError::Missing => {
-                Rejection::new(RejectionKind::MissingToken, Some(ch.missing.clone()))
-            }
-            TokenError::InsufficientScope => Rejection::new(
-                RejectionKind::InsufficientScope,
-                Some(ch.insufficient.clone()),
-            ),
-            // Only without `[obo]` (never in practice): the groups service is unavailable.
-            TokenError::GroupsUnresolved(_) => {
-                tracing::error!(target: "idguard::rejection", "{e}");
-                Rejection::new(RejectionKind::Unavailable, None)
-            }
-            TokenError::KeysUnavailable => {
-                tracing::error!(target: "idguard::rejection", "{e}");
-                // The time until the key store tries again, not a guess.
-                Rejection::new(RejectionKind::Unavailable, None)
-                    .with_retry_after(self.inner.keys.retry_after())
-            }
-            _ => {
-                tracing::debug!(target: "idguard::rejection", reason = %e, "invalid token");
-                Rejection::invalid_token(&ch.invalid, e)
-            }
-        }
+    fn session<'a>(&'a self, token: &'a str, leeway: u64) -> BoxFuture<'a, Option<Session>> {
+        Box::pin(async move {
+            self.entra_token_for(token, leeway).await.map(|s| Session {
+                entra_token: s.entra_token,
+                scopes: s.scopes,
+                client: s.client,
+            })
+        })
     }
 }
 
@@ -592,61 +265,6 @@ fn default_client(config: &ResolvedConfig) -> Result<reqwest::Client, StartupErr
         })
 }
 
-/// The bearer token of the `Authorization` header. Only that header is read: a token in the
-/// query string or body counts as missing.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(if headers.contains_key(AUTHORIZATION) {
-            TokenError::Malformed
-        } else {
-            TokenError::Missing
-        });
-    };
-    if value.len() > crate::token::MAX_TOKEN_BYTES + 7 {
-        return Err(TokenError::TooLarge {
-            max: crate::token::MAX_TOKEN_BYTES,
-        });
-    }
-    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::Missing);
-    }
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(TokenError::Malformed);
-    }
-    Ok(token)
-}
-
-impl Challenges {
-    fn new(c: &ResolvedConfig) -> Self {
-        let resource_metadata_url = resource_metadata_url(&c.resource);
-        let scope = c.advertised_scopes().join(" ");
-        let scope_param = if scope.is_empty() {
-            String::new()
-        } else {
-            format!(", scope=\"{scope}\"")
-        };
-        let header = |s: String| {
-            HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
-        };
-        Self {
-            missing: header(format!(
-                "Bearer resource_metadata=\"{resource_metadata_url}\"{scope_param}"
-            )),
-            invalid: header(format!(
-                "Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata_url}\"{scope_param}"
-            )),
-            insufficient: header(format!(
-                "Bearer error=\"insufficient_scope\"{scope_param}, resource_metadata=\"{resource_metadata_url}\""
-            )),
-            resource_metadata_url,
-        }
-    }
-}
-
 /// RFC 9728 §3.1: the well-known segment goes between the host and the resource's path.
 pub fn resource_metadata_url(resource: &str) -> String {
     let (scheme, rest) = resource.split_once("://").unwrap_or(("https", resource));
@@ -660,13 +278,15 @@ pub fn resource_metadata_url(resource: &str) -> String {
     )
 }
 
-fn spawn_periodic_refresh(inner: Weak<Inner>, every: Duration) {
+/// Refreshes the signing keys every `every`, for as long as the guard or one of its layers
+/// holds `auth`.
+fn spawn_periodic_refresh(auth: Weak<Authenticator>, every: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             ticks.tick().await;
-            let Some(inner) = inner.upgrade() else { break };
-            inner.keys.refresh_periodic().await;
+            let Some(auth) = auth.upgrade() else { break };
+            auth.keys().refresh_periodic().await;
         }
     });
 }
@@ -862,17 +482,5 @@ mod tests {
             resource_metadata_url("http://127.0.0.1:8400/"),
             "http://127.0.0.1:8400/.well-known/oauth-protected-resource"
         );
-    }
-
-    #[test]
-    fn bearer_only_from_the_authorization_header() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer_token(&h), Err(TokenError::Missing));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer_token(&h), Err(TokenError::Missing));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer a.b.c"));
-        assert_eq!(bearer_token(&h), Ok("a.b.c"));
-        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer d.e.f"));
-        assert_eq!(bearer_token(&h), Err(TokenError::Malformed));
     }
 }

@@ -35,10 +35,10 @@ pub use config::{
 };
 pub use entra::TenantMode;
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};
-pub use guard::{IdGuard, IdGuardBuilder, TokenStats};
+pub use guard::{IdGuard, IdGuardBuilder};
 pub use principal::{MissingPrincipal, Principal, TokenVersion};
-pub use token::MAX_TOKEN_BYTES;
 pub use token::layer::{ValidateToken, ValidateTokenLayer};
+pub use token::{MAX_TOKEN_BYTES, TokenStats};
 
 /// Response futures of the layers.
 pub mod future {

@@ -23,7 +23,7 @@ use super::catalog::ToolCatalog;
 use super::filter::{Decided, Pending, ReplyRewriter, TaskIds};
 use super::jsonrpc::{self, Ask, Message};
 use super::sse::{RewriteSse, SseRewriter};
-use crate::error::{Rejection, RejectionKind};
+use crate::error::{Challenge, Rejection, RejectionKind};
 use crate::policy::{Decision, Item, Phase, PolicyEngine, ToolInfo};
 use crate::principal::Principal;
 
@@ -339,9 +339,6 @@ impl AuthorizeMcpLayer {
     /// Session and task handles are bound with a random key, valid in this process only
     /// (set shared keys with [`with_session_keys`](Self::with_session_keys)).
     pub fn new(engine: PolicyEngine, resource_metadata_url: &str) -> Self {
-        let challenge = format!(
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"multi-factor authentication is required\", resource_metadata=\"{resource_metadata_url}\""
-        );
         let binder = Binder::random();
         Self {
             shared: Shared {
@@ -350,8 +347,7 @@ impl AuthorizeMcpLayer {
                 max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
                 denials: Denials::default(),
                 unknown_methods: UnknownMethods::default(),
-                step_up_challenge: HeaderValue::try_from(challenge)
-                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+                step_up_challenge: Challenge::step_up(resource_metadata_url).header_or_minimal(),
                 hosts: AllowedHosts::for_url(resource_metadata_url),
                 binder,
             },

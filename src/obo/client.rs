@@ -11,13 +11,13 @@ use serde_json::Value;
 
 use super::cache::{CacheKey, Cached, TokenCache, token_cache};
 use super::credential::{ClientAuth, ClientCredential, Secret};
-use super::extract::BearerToken;
 use super::graph::Graph;
 use super::{
     EntraError, OboError, Outcome, admin_consent_url, classify, rejection_for, resource_of,
 };
 use crate::error::Rejection;
 use crate::principal::Principal;
+use crate::token::BearerToken;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

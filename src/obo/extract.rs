@@ -1,65 +1,45 @@
-//! The caller's bearer token as an extension, and the [`Obo`] extractor.
-
-use std::fmt;
-use std::sync::{Arc, OnceLock};
+//! The request extensions of on-behalf-of: what authentication puts there ([`OnBehalfOf`]
+//! for [`OboClient`]) and the [`Obo`] extractor that takes the caller, their bearer token
+//! and the client out.
 
 use axum::extract::FromRequestParts;
+use futures_util::future::BoxFuture;
 use http::request::Parts;
 
 use super::OboError;
 use super::client::{OboClient, OboToken};
-use crate::error::{Rejection, RejectionKind};
+use crate::error::{Rejection, RejectionKind, TokenError};
 use crate::principal::Principal;
-use crate::token::cache::digest_token;
+use crate::token::{BearerToken, OnBehalfOf};
 
-/// The caller's validated bearer token: the assertion of an on-behalf-of exchange.
-///
-/// [`ValidateTokenLayer`](crate::ValidateTokenLayer) puts it in the request extensions when
-/// on-behalf-of is configured. It cannot be printed (`Debug` shows `BearerToken(***)`) and
-/// only idguard reads its text. Cloning is cheap.
-#[derive(Clone)]
-pub struct BearerToken(Arc<Inner>);
-
-struct Inner {
-    token: Box<str>,
-    digest: OnceLock<[u8; 32]>,
-}
-
-impl BearerToken {
-    /// Wraps a token, e.g. one validated with [`IdGuard::validate`](crate::IdGuard::validate)
-    /// outside the layer.
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(Arc::new(Inner {
-            token: token.into().into_boxed_str(),
-            digest: OnceLock::new(),
-        }))
+/// What authentication asks of on-behalf-of: groups overages resolved through Graph, and
+/// the client in the extensions of every accepted request (for [`Obo`]).
+impl OnBehalfOf for OboClient {
+    fn resolves_overage(&self) -> bool {
+        OboClient::resolves_overage(self)
     }
 
-    /// With its SHA-256 when the caller already computed it (the validated-token cache).
-    pub(crate) fn with_digest(token: &str, digest: Option<[u8; 32]>) -> Self {
-        let cell = OnceLock::new();
-        if let Some(d) = digest {
-            let _ = cell.set(d);
+    fn resolve_groups<'a>(
+        &'a self,
+        principal: &'a Principal,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<Principal, TokenError>> {
+        Box::pin(async move {
+            self.resolve_overage(principal, token)
+                .await
+                .map_err(TokenError::GroupsUnresolved)
+        })
+    }
+
+    fn rejection(&self, error: &TokenError, principal: &Principal) -> Option<Rejection> {
+        match error {
+            TokenError::GroupsUnresolved(e) => Some(OboClient::rejection(self, e, principal)),
+            _ => None,
         }
-        Self(Arc::new(Inner {
-            token: token.into(),
-            digest: cell,
-        }))
     }
 
-    pub(crate) fn expose(&self) -> &str {
-        &self.0.token
-    }
-
-    /// SHA-256 of the token, computed once.
-    pub(crate) fn digest(&self) -> &[u8; 32] {
-        self.0.digest.get_or_init(|| digest_token(&self.0.token))
-    }
-}
-
-impl fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BearerToken(***)")
+    fn insert_into(&self, extensions: &mut http::Extensions) {
+        extensions.insert(self.clone());
     }
 }
 
@@ -163,23 +143,5 @@ impl<S: Send + Sync> FromRequestParts<S> for Obo {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Self::from_parts(parts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_token_never_prints() {
-        let t = BearerToken::new("eyJhbGciOi.secret.sig");
-        assert_eq!(format!("{t:?}"), "BearerToken(***)");
-        assert_eq!(t.digest(), &digest_token("eyJhbGciOi.secret.sig"));
-        let pre = BearerToken::with_digest("a.b.c", Some(digest_token("a.b.c")));
-        assert_eq!(pre.digest(), &digest_token("a.b.c"));
-        assert_eq!(
-            BearerToken::with_digest("a.b.c", None).digest(),
-            pre.digest()
-        );
     }
 }

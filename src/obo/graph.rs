@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::client::{OboClient, backoff, retry_after};
-use super::extract::BearerToken;
 use super::{GRAPH_API, OboError};
 use crate::principal::Principal;
+use crate::token::BearerToken;
 
 /// How long a profile or a resolved membership is reused.
 const GRAPH_TTL: Duration = Duration::from_secs(5 * 60);

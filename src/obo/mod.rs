@@ -39,16 +39,16 @@ mod graph;
 
 use std::time::Duration;
 
-use http::HeaderValue;
 use serde::Deserialize;
 
+pub use crate::token::BearerToken;
 pub(crate) use client::OboSettings;
 pub use client::{OboClient, OboStats, OboToken};
 pub(crate) use credential::ClientAuth;
 pub use credential::{ClientCredential, Secret};
-pub use extract::{BearerToken, Obo};
+pub use extract::Obo;
 
-use crate::error::{Rejection, RejectionKind};
+use crate::error::{Challenge, Rejection, RejectionKind};
 use crate::principal::Principal;
 
 /// Microsoft Graph's base URL.
@@ -233,13 +233,10 @@ pub(crate) fn admin_consent_url(
 }
 
 /// Entra's claims challenge (`insufficient_claims`), for clients that declared `cp1`.
-pub(crate) fn claims_challenge(authority: &str, tid: &str, claims: &str) -> Option<HeaderValue> {
+pub(crate) fn claims_challenge(authority: &str, tid: &str, claims: &str) -> Challenge {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(claims.as_bytes());
-    HeaderValue::try_from(format!(
-        "Bearer realm=\"\", authorization_uri=\"{authority}/{tid}/oauth2/v2.0/authorize\", error=\"insufficient_claims\", claims=\"{b64}\""
-    ))
-    .ok()
+    Challenge::insufficient_claims(&format!("{authority}/{tid}/oauth2/v2.0/authorize"), &b64)
 }
 
 /// The answer for an [`OboError`] (DESIGN.md §4), for `principal`.
@@ -249,35 +246,34 @@ pub(crate) fn rejection_for(
     authority: &str,
     resource_metadata_url: &str,
 ) -> Rejection {
-    let header = |s: String| HeaderValue::try_from(s).ok();
     match err {
         OboError::ClaimsChallenge { claims } => {
             tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "on-behalf-of needs a claims challenge");
             let challenge = if principal.handles_claims_challenges() && !claims.is_empty() {
                 claims_challenge(authority, principal.tenant_id(), claims)
             } else {
-                header(format!(
-                    "Bearer error=\"invalid_token\", error_description=\"a downstream api requires a stronger sign-in (step-up, e.g. multi-factor authentication): sign in again\", resource_metadata=\"{resource_metadata_url}\""
-                ))
+                Challenge::downstream_step_up(resource_metadata_url)
             };
-            Rejection::new(RejectionKind::ClaimsChallenge, challenge)
+            Rejection::new(
+                RejectionKind::ClaimsChallenge,
+                Some(challenge.header_or_minimal()),
+            )
         }
         OboError::ConsentRequired { consent_url } => {
             tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), "on-behalf-of needs admin consent");
             Rejection::new(
                 RejectionKind::ConsentRequired,
-                header(format!(
-                    "Bearer error=\"consent_required\", error_description=\"an administrator must grant this application consent to call a downstream api\", consent_uri=\"{consent_url}\", resource_metadata=\"{resource_metadata_url}\""
-                )),
+                Some(
+                    Challenge::consent_required(consent_url, resource_metadata_url)
+                        .header_or_minimal(),
+                ),
             )
         }
         OboError::InvalidAssertion { .. } => {
             tracing::debug!(target: "idguard::rejection", reason = %err, "on-behalf-of assertion refused");
             Rejection::new(
                 RejectionKind::InvalidToken,
-                header(format!(
-                    "Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata_url}\""
-                )),
+                Some(Challenge::invalid_token(resource_metadata_url, "").header_or_minimal()),
             )
         }
         OboError::AppOnly => {
@@ -393,6 +389,7 @@ mod tests {
             "tid",
             "{\"access_token\":{\"acrs\":{\"essential\":true,\"value\":\"cp1\"}}}",
         )
+        .header()
         .unwrap();
         assert_eq!(
             h.to_str().unwrap(),

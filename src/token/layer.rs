@@ -35,6 +35,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
@@ -43,21 +44,25 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::authenticate::{Admitted, Authenticator, Authn};
 use crate::error::Rejection;
-use crate::guard::{Admitted, Authn, IdGuard};
 
 /// Validates the bearer token of every request: the `Principal` goes into the request
 /// extensions, or idguard answers 401/403/503 without calling the inner service.
+///
+/// Built from an [`IdGuard`](crate::IdGuard) ([`ValidateTokenLayer::new`] or
+/// [`IdGuard::validate_token_layer`](crate::IdGuard::validate_token_layer)); it shares the
+/// guard's authentication (keys, caches, counters).
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct ValidateTokenLayer {
-    guard: IdGuard,
+    auth: Arc<Authenticator>,
 }
 
 impl ValidateTokenLayer {
-    /// A layer for `guard`; same as [`IdGuard::validate_token_layer`].
-    pub fn new(guard: IdGuard) -> Self {
-        Self { guard }
+    /// A layer running `auth` (the guard's).
+    pub(crate) fn with_authenticator(auth: Arc<Authenticator>) -> Self {
+        Self { auth }
     }
 }
 
@@ -67,7 +72,7 @@ impl<S> Layer<S> for ValidateTokenLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ValidateToken {
             inner,
-            guard: self.guard.clone(),
+            auth: Arc::clone(&self.auth),
         }
     }
 }
@@ -76,7 +81,7 @@ impl<S> Layer<S> for ValidateTokenLayer {
 #[derive(Clone, Debug)]
 pub struct ValidateToken<S> {
     inner: S,
-    guard: IdGuard,
+    auth: Arc<Authenticator>,
 }
 
 impl<S> ValidateToken<S> {
@@ -112,21 +117,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match self.guard.authenticate(req.headers()) {
+        match self.auth.authenticate(req.headers()) {
             Authn::Done(Ok(admitted)) => {
                 admitted.insert_into(req.extensions_mut());
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Authn::Done(Err(refusal)) => ResponseFuture::rejected(self.guard.rejection(refusal)),
+            Authn::Done(Err(refusal)) => ResponseFuture::rejected(self.auth.rejection(refusal)),
             // Boxed: these paths run only when a token names a `kid` we have not seen (at
             // most once per key rotation), for an idguard-issued token, or for a groups
             // overage whose membership is not cached yet; the hot path above allocates
             // nothing.
             slow => {
-                let guard = self.guard.clone();
+                let auth = Arc::clone(&self.auth);
                 let complete = Box::pin(async move {
-                    let outcome = guard.complete(slow).await;
-                    outcome.map_err(|refusal| guard.rejection(refusal))
+                    let outcome = auth.complete(slow).await;
+                    outcome.map_err(|refusal| auth.rejection(refusal))
                 });
                 self.authorize(complete, req)
             }

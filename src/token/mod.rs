@@ -3,15 +3,23 @@
 //! [`TokenValidator::validate`] is a plain function of (token, keys, now): it checks the
 //! shape, the algorithm (RS256 only), the signature, the version, the tenant, the issuer and
 //! the signing key's issuer, the audience, the lifetime, and that the token grants something
-//! (`scp` or `roles`). The tower plumbing lives in [`layer`](self::layer), the key snapshot
-//! in `jwks` and the validated-token cache in `cache`.
+//! (`scp` or `roles`). Per-request authentication around it (the header, the cache, a key
+//! refresh, idguard-issued tokens, the scope/role gate, groups, the challenges) lives in
+//! `authenticate`, the tower plumbing in [`layer`](self::layer), the caller's token in
+//! `bearer`, the key snapshot in `jwks` and the validated-token cache in `cache`.
 //!
 //! Header fields that point elsewhere for keys (`jku`, `x5u`, `jwk`) are never read: keys
 //! come only from the configured authority's JWKS, looked up by `kid`.
 
+mod authenticate;
+mod bearer;
 pub(crate) mod cache;
 pub(crate) mod jwks;
 pub(crate) mod layer;
+
+pub use authenticate::TokenStats;
+pub(crate) use authenticate::{Authenticator, IssuedTokens, OnBehalfOf, Session};
+pub use bearer::BearerToken;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
