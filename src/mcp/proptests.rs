@@ -8,6 +8,8 @@
 //! - [`SseRewriter`] over those replies: the events do not depend on chunk boundaries.
 //!
 //! `PROPTEST_CASES` runs more cases than the default 256 (e.g. `PROPTEST_CASES=20000`).
+//!
+//! Over 800 lines: test code only (strategies and their reference readings).
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;

@@ -41,6 +41,9 @@
 //! assert!(!engine.decide(&bob, &delete, Phase::Call, None).is_allow());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Over 800 lines: the engine and its decision paths (list, call, shadow, trace) share one
+//! snapshot and its caches; the parts that stand alone are submodules.
 
 mod arguments;
 mod cache;

@@ -1,5 +1,8 @@
 //! `idguard serve` (and plain `idguard`): dev mode without configuration, otherwise the
 //! configured stack — in front of the demo tools, or as a gateway to an upstream server.
+//!
+//! Over 800 lines: the wiring of every mode (dev, configured, gateway, shadow) with its
+//! health and readiness endpoints, read top to bottom.
 
 use std::convert::Infallible;
 use std::error::Error;
