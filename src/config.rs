@@ -405,7 +405,8 @@ pub struct McpConfig {
     pub session_record_capacity: Option<u64>,
     /// Decided requests remembered per session, default
     /// [`DEFAULT_REQUESTS_PER_SESSION`](crate::mcp::DEFAULT_REQUESTS_PER_SESSION); replayed
-    /// replies to requests forgotten are dropped.
+    /// replies to requests forgotten are dropped, and their ids stay used (8 bytes each, at
+    /// most 64 times this many per session; a session beyond that ends with `404`).
     pub requests_per_session: Option<u64>,
 }
 

@@ -36,6 +36,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use idguard::IdGuard;
 use idguard::gateway::Gateway;
+use idguard::mcp::{AuthorizeMcpLayer, McpCacheCapacities};
 use idguard::policy::PolicyEngine;
 use idguard_dev::DevEntra;
 use serde_json::{Value, json};
@@ -302,6 +303,15 @@ async fn gateway_with(
     up: impl Into<Arc<Upstream>>,
     configure: impl FnOnce(Gateway) -> Gateway,
 ) -> Gw {
+    gateway_layered(up, configure, |layer| layer).await
+}
+
+/// [`gateway_with`], and the MCP layer adjusted by `layer` (cache sizes).
+async fn gateway_layered(
+    up: impl Into<Arc<Upstream>>,
+    configure: impl FnOnce(Gateway) -> Gateway,
+    layer: impl FnOnce(AuthorizeMcpLayer) -> AuthorizeMcpLayer,
+) -> Gw {
     let up: Arc<Upstream> = up.into();
     // `RUST_LOG=idguard=debug cargo test --test gateway -- --nocapture` shows idguard's logs.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -338,7 +348,7 @@ async fn gateway_with(
         "/mcp",
         ServiceBuilder::new()
             .layer(guard.validate_token_layer())
-            .layer(guard.authorize_mcp_layer(policies))
+            .layer(layer(guard.authorize_mcp_layer(policies)))
             .service(gateway),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -1558,6 +1568,83 @@ async fn a_request_id_is_used_once_per_session() {
         "the refused requests never reach the upstream",
         format!("{:?}", &seen[before..]),
     );
+    c.finish();
+}
+
+/// The session record remembers the decisions of `requests_per_session` requests (here 2).
+/// A request reusing the id of a forgotten redacted call is refused: otherwise the
+/// upstream's event store would replay the first call's unredacted reply on a resumed
+/// stream, and idguard would filter it as the reply to the second, unredacted, request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_request_id_stays_used() {
+    let gw = gateway_layered(
+        Upstream::python().await,
+        |g| g,
+        |layer| {
+            layer.with_cache_capacities(McpCacheCapacities::default().with_requests_per_session(2))
+        },
+    )
+    .await;
+    let mut bob = Session::open(&gw, "bob", "2025-11-25").await;
+    let mut c = Checks::default();
+    let (doc, first) = bob
+        .rpc(
+            "tools/call",
+            json!({"name": "get_document", "arguments": {}}),
+        )
+        .await;
+    c.check(
+        doc.answer(&first).is_some() && !doc.text.contains(OWNER_EMAIL),
+        "bob's get_document result is redacted",
+        &doc.text,
+    );
+    let events: Vec<String> = sse_events(&doc.text)
+        .into_iter()
+        .filter_map(|e| e.id)
+        .collect();
+    c.check(
+        !events.is_empty(),
+        "the Python upstream's reply carries event ids (a replay is possible)",
+        &doc.text,
+    );
+    for _ in 0..2 {
+        let (pong, id) = bob.rpc("ping", json!({})).await;
+        c.check(
+            pong.answer(&id).is_some(),
+            "two more requests are answered",
+            &pong.text,
+        );
+    }
+    // The record forgot request `first`; whoami is not redacted for bob.
+    let before = gw.up.rpc_methods().await.len();
+    let again = bob
+        .send(
+            &json!({"jsonrpc": "2.0", "id": first, "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}}})
+            .to_string(),
+        )
+        .await;
+    c.check(
+        again.status == StatusCode::BAD_REQUEST,
+        &format!("id {first} again, once forgotten, is refused with 400"),
+        format!("{} {}", again.status, again.text),
+    );
+    let seen = gw.up.rpc_methods().await;
+    c.check(
+        seen.len() == before,
+        "the refused request never reaches the upstream",
+        format!("{:?}", &seen[before..]),
+    );
+    for last in &events {
+        let res = bob.get(Some(last)).send().await.unwrap();
+        let status = res.status();
+        let text = read_window(res, |t| t.contains("structuredContent")).await;
+        c.check(
+            !text.contains("owner_email") && !text.contains(OWNER_EMAIL),
+            &format!("a replay from event {last} never shows bob owner_email"),
+            format!("{status} {text}"),
+        );
+    }
     c.finish();
 }
 

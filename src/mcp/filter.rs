@@ -6,6 +6,7 @@ use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
 use super::jsonrpc::{Id, ListKind};
+use super::retired::{Kind, RETIRED_PER_REMEMBERED, Retired};
 use crate::policy::{Item, PolicyEngine, PromptInfo, ResourceInfo, ToolInfo};
 use crate::principal::Principal;
 
@@ -321,7 +322,10 @@ pub(crate) enum Pending {
 
 /// Requests decided in one session (per process): a stream that replays replies (`GET`
 /// with `Last-Event-ID`) is filtered with them. Bounded: the oldest are forgotten, and
-/// their replies then dropped.
+/// their replies then dropped. A forgotten request id (or progress token) is retired
+/// ([`Retired`]): used again, it is refused like a reused id, so an old reply the server
+/// replays is never filtered under a new request's decision. A session that would retire
+/// more than its bound is ended ([`Recorded::Ended`]).
 #[derive(Debug)]
 pub(crate) struct Decided {
     inner: std::sync::Mutex<DecidedInner>,
@@ -335,13 +339,39 @@ impl Default for Decided {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DecidedInner {
     by_id: std::collections::HashMap<String, Pending>,
     order: std::collections::VecDeque<String>,
     /// Progress tokens of redacted calls, and the fields to remove from their progress.
     progress: std::collections::HashMap<String, Vec<String>>,
     progress_order: std::collections::VecDeque<String>,
+    /// Request ids and progress tokens forgotten.
+    retired: Retired,
+    /// The session retired as many as it may: it is over.
+    ended: bool,
+}
+
+/// What recording a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// A new id: recorded.
+    Fresh,
+    /// An id the session used before (remembered or retired): the request is refused.
+    Reused,
+    /// The session retired as many ids as it may: it is over, like an unknown session.
+    Ended,
+}
+
+/// What the record says about progress with one token, on a replayed stream.
+#[derive(Debug, PartialEq)]
+enum ProgressRecord {
+    /// Progress of a redacted call: these fields are removed.
+    Redact(Vec<String>),
+    /// The token of a redacted call, forgotten: its progress is dropped.
+    Retired,
+    /// Not a redacted call's (as far as the session knows).
+    Unknown,
 }
 
 /// An id as a server may key it: `1` and `"1"` are one (the Python SDK keys its streams by
@@ -354,60 +384,134 @@ fn id_key(id: &Id) -> String {
 }
 
 impl Decided {
-    /// A record of the last `limit` requests (at least one) of a session.
+    /// A record of the last `limit` requests (at least one) of a session, which may retire
+    /// [`RETIRED_PER_REMEMBERED`] times as many before it is ended.
     pub(crate) fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
         Self {
-            inner: std::sync::Mutex::default(),
-            limit: limit.max(1),
+            inner: std::sync::Mutex::new(DecidedInner {
+                by_id: std::collections::HashMap::new(),
+                order: std::collections::VecDeque::new(),
+                progress: std::collections::HashMap::new(),
+                progress_order: std::collections::VecDeque::new(),
+                retired: Retired::new(limit.saturating_mul(RETIRED_PER_REMEMBERED)),
+                ended: false,
+            }),
+            limit,
         }
     }
 
-    /// Records what was decided for `id`. `false` when the session used the id before: a
-    /// server may route the replies of both requests to either stream, so the request is
-    /// refused, and replies with that id are dropped from then on.
-    pub(crate) fn record(&self, id: &Id, pending: &Pending) -> bool {
+    /// Records what was decided for each request of one `POST` (and the progress tokens of
+    /// its redacted calls). [`Recorded::Reused`] when the session used an id before, even
+    /// one forgotten since: a server may route the replies of both requests to either
+    /// stream, or replay the old reply as the new one's, so the request is refused, and
+    /// replies with that id are dropped from then on. [`Recorded::Ended`] when the session
+    /// is over (retired as many ids as it may).
+    pub(crate) fn record(
+        &self,
+        requests: &[(Id, Pending)],
+        progress: &[(Value, Vec<String>)],
+    ) -> Recorded {
         let Ok(mut d) = self.inner.lock() else {
-            return false;
+            return Recorded::Ended;
         };
-        let key = id_key(id);
-        if let Some(old) = d.by_id.get_mut(&key) {
-            *old = Pending::Drop;
-            return false;
+        let d = &mut *d;
+        if d.ended {
+            return Recorded::Ended;
         }
-        if d.order.len() >= self.limit
-            && let Some(oldest) = d.order.pop_front()
-        {
-            d.by_id.remove(&oldest);
+        let mut outcome = Recorded::Fresh;
+        for (id, pending) in requests {
+            let key = id_key(id);
+            if let Some(old) = d.by_id.get_mut(&key) {
+                *old = Pending::Drop;
+                outcome = Recorded::Reused;
+                continue;
+            }
+            if d.retired.contains(Kind::Request, &key) {
+                outcome = Recorded::Reused;
+                continue;
+            }
+            if d.order.len() >= self.limit
+                && let Some(oldest) = d.order.front()
+            {
+                if !d.retired.insert(Kind::Request, oldest) {
+                    return d.end();
+                }
+                if let Some(oldest) = d.order.pop_front() {
+                    d.by_id.remove(&oldest);
+                }
+            }
+            d.order.push_back(key.clone());
+            d.by_id.insert(key, pending.clone());
         }
-        d.order.push_back(key.clone());
-        d.by_id.insert(key, pending.clone());
-        true
+        for (token, fields) in progress {
+            let key = id_key(token);
+            if d.retired.contains(Kind::Progress, &key) {
+                // Its progress is dropped on replays already.
+                continue;
+            }
+            if let Some(known) = d.progress.get_mut(&key) {
+                // A token two redacted calls share: both calls' fields are removed.
+                for f in fields {
+                    if !known.contains(f) {
+                        known.push(f.clone());
+                    }
+                }
+                continue;
+            }
+            if d.progress_order.len() >= self.limit
+                && let Some(oldest) = d.progress_order.front()
+            {
+                if !d.retired.insert(Kind::Progress, oldest) {
+                    return d.end();
+                }
+                if let Some(oldest) = d.progress_order.pop_front() {
+                    d.progress.remove(&oldest);
+                }
+            }
+            d.progress_order.push_back(key.clone());
+            d.progress.insert(key, fields.clone());
+        }
+        outcome
     }
 
+    /// Whether the session is over (see [`Recorded::Ended`]).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.inner.lock().map_or(true, |d| d.ended)
+    }
+
+    /// What was decided for `id`. A retired id is never recorded again, so its replies are
+    /// dropped.
     fn get(&self, id: &Id) -> Option<Pending> {
         self.inner.lock().ok()?.by_id.get(&id_key(id)).cloned()
     }
 
-    /// Records that progress with `token` belongs to a call whose result loses `fields`.
-    pub(crate) fn record_progress(&self, token: &Value, fields: &[String]) {
-        let Ok(mut d) = self.inner.lock() else { return };
+    fn progress_fields(&self, token: &Value) -> ProgressRecord {
+        let Ok(d) = self.inner.lock() else {
+            return ProgressRecord::Retired;
+        };
         let key = id_key(token);
-        if d.progress_order.len() >= self.limit
-            && let Some(oldest) = d.progress_order.pop_front()
-        {
-            d.progress.remove(&oldest);
+        if d.retired.contains(Kind::Progress, &key) {
+            return ProgressRecord::Retired;
         }
-        d.progress_order.push_back(key.clone());
-        d.progress.insert(key, fields.to_vec());
+        match d.progress.get(&key) {
+            Some(fields) => ProgressRecord::Redact(fields.clone()),
+            None => ProgressRecord::Unknown,
+        }
     }
+}
 
-    fn progress_fields(&self, token: &Value) -> Option<Vec<String>> {
-        self.inner
-            .lock()
-            .ok()?
-            .progress
-            .get(&id_key(token))
-            .cloned()
+impl DecidedInner {
+    /// Ends the session, freeing what it remembered: nothing is decided or replayed in it
+    /// any more.
+    fn end(&mut self) -> Recorded {
+        self.ended = true;
+        self.by_id = std::collections::HashMap::new();
+        self.order = std::collections::VecDeque::new();
+        self.progress = std::collections::HashMap::new();
+        self.progress_order = std::collections::VecDeque::new();
+        self.retired.clear();
+        Recorded::Ended
     }
 }
 
@@ -628,14 +732,15 @@ impl ReplyRewriter {
                 };
                 let token = params.get("progressToken");
                 let fields = token.and_then(|token| {
-                    self.progress
-                        .iter()
-                        .find(|(t, _)| t == token)
-                        .map(|(_, f)| f.clone())
-                        .or_else(|| self.session.as_ref()?.progress_fields(token))
+                    if let Some((_, f)) = self.progress.iter().find(|(t, _)| t == token) {
+                        return Some(ProgressRecord::Redact(f.clone()));
+                    }
+                    Some(self.session.as_ref()?.progress_fields(token))
                 });
                 match fields {
-                    Some(fields) => {
+                    // Progress of a redacted call the record forgot: its fields are unknown.
+                    Some(ProgressRecord::Retired) => Outcome::Drop,
+                    Some(ProgressRecord::Redact(fields)) => {
                         if let Value::Object(p) = params {
                             // Free text cannot be redacted field by field: withheld.
                             p.remove("message");
@@ -643,7 +748,7 @@ impl ReplyRewriter {
                         remove_fields(params, &fields);
                         Outcome::Changed
                     }
-                    None => Outcome::Keep,
+                    Some(ProgressRecord::Unknown) | None => Outcome::Keep,
                 }
             }
             m if PASSING_NOTIFICATIONS.contains(&m) => Outcome::Keep,
@@ -1191,8 +1296,9 @@ mod tests {
         assert!(!out.contains("a@b"), "{out}");
         // A replay on the session's GET stream: the session record knows the token.
         let session = std::sync::Arc::new(Decided::default());
-        assert!(session.record(&json!(4), &Pending::Redact(fields.clone())));
-        session.record_progress(&json!("p1"), &fields);
+        let call = [(json!(4), Pending::Redact(fields.clone()))];
+        let tokens = [(json!("p1"), fields.clone())];
+        assert_eq!(session.record(&call, &tokens), Recorded::Fresh);
         let replay = ReplyRewriter {
             pending: Vec::new(),
             session: Some(session.clone()),
@@ -1207,9 +1313,78 @@ mod tests {
         assert!(replay.rewrite_json(other.as_bytes()).unwrap().is_none());
         let stray = r#"{"jsonrpc":"2.0","id":9,"result":{"content":[]}}"#;
         assert!(replay.rewrite_json(stray.as_bytes()).is_err());
-        assert!(!session.record(&json!("4"), &Pending::Pass));
+        let again = [(json!("4"), Pending::Pass)];
+        assert_eq!(session.record(&again, &[]), Recorded::Reused);
         let done = r#"{"jsonrpc":"2.0","id":4,"result":{"content":[]}}"#;
         assert!(replay.rewrite_json(done.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn forgotten_ids_stay_used_and_forgotten_progress_is_dropped() {
+        let catalog = super::super::catalog::ToolCatalog::new();
+        let fields = vec!["owner_email".to_owned()];
+        let session = std::sync::Arc::new(Decided::new(2));
+        let redacted = |id: i64, token: &str| {
+            session.record(
+                &[(json!(id), Pending::Redact(fields.clone()))],
+                &[(json!(token), fields.clone())],
+            )
+        };
+        assert_eq!(redacted(1, "p1"), Recorded::Fresh);
+        assert_eq!(redacted(2, "p2"), Recorded::Fresh);
+        assert_eq!(redacted(3, "p3"), Recorded::Fresh, "forgets 1 and p1");
+        // Id 1 (or "1") again is refused, though the record no longer knows its decision.
+        for id in [json!(1), json!("1")] {
+            assert_eq!(
+                session.record(&[(id, Pending::Pass)], &[]),
+                Recorded::Reused
+            );
+        }
+        // A progress token is not a request id: id "p1" is new.
+        assert_eq!(
+            session.record(&[(json!("p1"), Pending::Pass)], &[]),
+            Recorded::Fresh
+        );
+        let replay = ReplyRewriter {
+            pending: Vec::new(),
+            session: Some(session.clone()),
+            ..rewriter(&catalog, 9)
+        };
+        // A replayed reply to id 1 is dropped; the progress of p1, whose fields the record
+        // forgot, too; p3's is still redacted.
+        let old =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"owner_email":"a@b"}}}"#;
+        assert!(replay.rewrite_json(old.as_bytes()).is_err());
+        let progress = |token: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":"{token}","progress":1,"owner_email":"a@b"}}}}"#
+            )
+        };
+        assert!(replay.rewrite_json(progress("p1").as_bytes()).is_err());
+        let p3 = replay
+            .rewrite_json(progress("p3").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(!String::from_utf8(p3).unwrap().contains("a@b"));
+    }
+
+    #[test]
+    fn a_session_that_retires_too_many_ids_is_ended() {
+        let session = Decided::new(1);
+        let ping = |id: usize| session.record(&[(json!(id), Pending::Pass)], &[]);
+        // One remembered, 64 retired; the next would retire a 65th.
+        for id in 0..=RETIRED_PER_REMEMBERED {
+            assert_eq!(ping(id), Recorded::Fresh, "{id}");
+        }
+        assert!(!session.is_ended());
+        assert_eq!(ping(RETIRED_PER_REMEMBERED + 1), Recorded::Ended);
+        assert!(session.is_ended());
+        assert_eq!(
+            ping(0),
+            Recorded::Ended,
+            "even a reused id: the session is over"
+        );
+        assert_eq!(session.get(&json!(RETIRED_PER_REMEMBERED)), None);
     }
 
     #[test]

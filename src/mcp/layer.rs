@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::binding::{self, Binder, Handle};
 use super::catalog::ToolCatalog;
-use super::filter::{Decided, Pending, ReplyRewriter, TaskIds};
+use super::filter::{Decided, Pending, Recorded, ReplyRewriter, TaskIds};
 use super::jsonrpc::{self, Ask, Message};
 use super::sse::{RewriteSse, SseRewriter};
 use crate::error::{Challenge, Rejection, RejectionKind};
@@ -68,8 +68,18 @@ pub const DEFAULT_REQUESTS_PER_SESSION: u64 = 1024;
 ///   passed on only when the record knows its request. When it is too small, replies to
 ///   forgotten requests are dropped (fail closed), and so are those of sessions forgotten
 ///   altogether. Replies on the `POST` that asked are not affected. Keep
-///   `requests_per_session` well above the requests a client has outstanding, since a
-///   request id is recognised as reused only while it is remembered.
+///   `requests_per_session` well above the requests a client has outstanding.
+///
+///   A forgotten request id is **retired**, not freed: the record keeps a 64-bit keyed
+///   hash of it (8 bytes), and a request using it again is refused (`400`) like any
+///   reused id; otherwise the server could replay the old reply to that id (a redacted
+///   call's, say) and idguard would filter it under the new request's decision. A session
+///   retires at most 64 × `requests_per_session` ids (65 536, 512 KiB, by default);
+///   the request that would retire one more ends it: it and every later `POST` or `GET`
+///   in the session is answered `404` `Session not found`, as for a session the server
+///   no longer knows, and MCP clients then start a new session. Forgetting the oldest
+///   retired ids instead would reopen the gap, and refusing every new id would leave the
+///   client stuck in a session it cannot use.
 ///
 /// ```
 /// use idguard::mcp::McpCacheCapacities;
@@ -133,6 +143,8 @@ impl McpCacheCapacities {
 
     /// Decided requests (and, apart, progress tokens of redacted calls) remembered per
     /// session, default [`DEFAULT_REQUESTS_PER_SESSION`]. `mcp.requests_per_session`.
+    /// Also bounds what a session may retire (forget, and refuse if used again): 64 times
+    /// as many ids, 8 bytes each; a session that reaches the bound is ended (`404`).
     pub fn with_requests_per_session(mut self, requests: u64) -> Self {
         self.requests_per_session = requests.max(1);
         self
@@ -509,6 +521,18 @@ fn reject_rpc(kind: RejectionKind, id: Option<&Value>, code: i64, message: &str)
     res
 }
 
+/// `404` for a session that retired as many request ids as it may: MCP clients start a new
+/// session, as for one the server forgot.
+fn session_ended(principal: &Principal) -> Response<Body> {
+    tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), oid = principal.object_id(), "mcp session ended: it retired as many request ids as it may");
+    reject_rpc(
+        RejectionKind::SessionNotFound,
+        None,
+        -32001,
+        "Session not found",
+    )
+}
+
 fn json_response(value: &Value) -> Response<Body> {
     let mut res = Response::new(Body::from(value.to_string()));
     res.headers_mut()
@@ -649,6 +673,14 @@ where
         }
     }
     let decided_key = session.as_ref().map(|s| format!("{owner}\n{s}"));
+    // A session that retired as many request ids as it may is over (see
+    // `McpCacheCapacities`); it can still be deleted.
+    if parts.method != Method::DELETE
+        && let Some(k) = &decided_key
+        && shared.state.decided.get(k).is_some_and(|r| r.is_ended())
+    {
+        return session_ended(&principal);
+    }
     let tasks = TaskIds {
         binder: shared.binder.clone(),
         owner: owner.clone(),
@@ -674,7 +706,11 @@ where
         }
         Method::DELETE => {
             let res = call(&mut inner, Request::from_parts(parts, Body::empty())).await;
-            if let Some(k) = &decided_key {
+            // Forgotten only once the server ended the session (it may refuse, `405`): the
+            // record is what refuses reused ids while the session lives.
+            if res.status().is_success()
+                && let Some(k) = &decided_key
+            {
                 shared.state.decided.invalidate(k);
             }
             let (mut rparts, _) = res.into_parts();
@@ -858,22 +894,18 @@ where
         }
     };
     if let Some(key) = &decided_key {
-        let record = shared.state.session_record(key);
-        let mut fresh = true;
-        for (id, p) in &pending {
-            fresh &= record.record(id, p);
-        }
-        for (token, fields) in &progress {
-            record.record_progress(token, fields);
-        }
-        if !fresh {
-            tracing::debug!(target: "idguard::rejection", "mcp request id used twice in one session");
-            return reject_rpc(
-                RejectionKind::BadRequest,
-                None,
-                -32600,
-                "a request id was already used in this session",
-            );
+        match shared.state.session_record(key).record(&pending, &progress) {
+            Recorded::Fresh => {}
+            Recorded::Reused => {
+                tracing::debug!(target: "idguard::rejection", "mcp request id used twice in one session");
+                return reject_rpc(
+                    RejectionKind::BadRequest,
+                    None,
+                    -32600,
+                    "a request id was already used in this session",
+                );
+            }
+            Recorded::Ended => return session_ended(&principal),
         }
     }
 
@@ -1401,6 +1433,210 @@ mod tests {
         assert_eq!(replayed(McpCacheCapacities::default()).await, [1, 2, 3]);
         let two = McpCacheCapacities::default().with_requests_per_session(2);
         assert_eq!(replayed(two).await, [2, 3], "request 1 was forgotten");
+    }
+
+    /// What [`storing_server`] received and sent.
+    #[derive(Clone, Default)]
+    struct Store {
+        /// Every reply sent, in order: all are replayed on `GET`, as an event store does.
+        replies: Arc<std::sync::Mutex<Vec<Value>>>,
+        /// The `(method, id)` of every request received.
+        requests: Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    }
+
+    const OWNER_EMAIL: &str = "owner@contoso.com";
+
+    /// A server in session `s1` that lists the sample tools (`policies/tools.json`),
+    /// answers `read_document` with its owner's email, keeps every reply and replays them
+    /// all on `GET`, and refuses `DELETE` (`405`, as servers that do not let clients end
+    /// sessions do).
+    async fn storing_server(
+        store: Store,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Infallible> {
+        let res = match *req.method() {
+            Method::GET => {
+                let events: String = store
+                    .replies
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .map(|(n, reply)| format!("id: e{n}\ndata: {reply}\n\n"))
+                    .collect();
+                Response::builder()
+                    .header(CONTENT_TYPE, "text/event-stream")
+                    .body(Body::from(events))
+            }
+            Method::DELETE => Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .body(Body::empty()),
+            _ => {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let method = request["method"].as_str().unwrap_or_default();
+                store
+                    .requests
+                    .lock()
+                    .unwrap()
+                    .push((method.to_owned(), request["id"].clone()));
+                let result = match (method, request["params"]["name"].as_str()) {
+                    ("tools/list", _) => {
+                        serde_json::from_str(include_str!("../../policies/tools.json")).unwrap()
+                    }
+                    ("tools/call", Some("read_document")) => json!({
+                        "content": [{"type": "text", "text": "doc-1"}],
+                        "structuredContent": {"id": "doc-1", "owner_email": OWNER_EMAIL},
+                    }),
+                    ("tools/call", _) => json!({"content": [{"type": "text", "text": "bob"}]}),
+                    _ => json!({}),
+                };
+                let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": result});
+                store.replies.lock().unwrap().push(reply.clone());
+                Response::builder()
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(MCP_SESSION_ID, "s1")
+                    .body(Body::from(reply.to_string()))
+            }
+        };
+        Ok(res.unwrap())
+    }
+
+    type Mcp = tower::util::BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+    /// The layer with the sample policies (`policies/`) in front of a [`storing_server`],
+    /// and a session opened in it by bob (`Tools.Read`: `read_document` is redacted for
+    /// him, `whoami` is not).
+    async fn bob_in_a_session(capacities: McpCacheCapacities) -> (Mcp, HeaderValue, Store) {
+        let engine =
+            PolicyEngine::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies")).unwrap();
+        let store = Store::default();
+        let server = store.clone();
+        let mcp = Mcp::new(
+            AuthorizeMcpLayer::new(
+                engine,
+                "http://localhost/.well-known/oauth-protected-resource/mcp",
+            )
+            .with_cache_capacities(capacities)
+            .layer(service_fn(move |req| storing_server(server.clone(), req))),
+        );
+        let opened = send(&mcp, Method::POST, None, Some(ping(0))).await;
+        let session = opened.headers().get(MCP_SESSION_ID).unwrap().clone();
+        (mcp, session, store)
+    }
+
+    async fn send(
+        mcp: &Mcp,
+        method: Method,
+        session: Option<&HeaderValue>,
+        body: Option<Value>,
+    ) -> Response<Body> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("http://localhost/mcp")
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        if let Some(s) = session {
+            req.headers_mut().insert(MCP_SESSION_ID, s.clone());
+        }
+        let bob = Principal::from_unvalidated_claims(
+            &json!({"tid": "t", "oid": "o", "scp": "mcp.tools", "roles": ["Tools.Read"]}),
+        )
+        .unwrap();
+        req.extensions_mut().insert(bob);
+        mcp.clone().oneshot(req).await.unwrap()
+    }
+
+    async fn text(res: Response<Body>) -> String {
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    fn ping(id: u64) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "ping"})
+    }
+
+    fn call(id: u64, tool: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"id": "doc-1"}}})
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_request_id_is_never_used_again() {
+        let two = McpCacheCapacities::default().with_requests_per_session(2);
+        let (mcp, session, store) = bob_in_a_session(two).await;
+        let s = Some(&session);
+        let redacted = send(&mcp, Method::POST, s, Some(call(1, "read_document"))).await;
+        assert_eq!(redacted.status(), StatusCode::OK);
+        let redacted = text(redacted).await;
+        assert!(
+            redacted.contains("doc-1") && !redacted.contains(OWNER_EMAIL),
+            "{redacted}"
+        );
+        for id in [2, 3] {
+            let res = send(&mcp, Method::POST, s, Some(ping(id))).await;
+            assert_eq!(res.status(), StatusCode::OK, "{id}");
+        }
+        // Request 1 is forgotten; a call that is not redacted with its id would have the
+        // server's reply to the first call replayed as its own, unredacted.
+        let calls = store.requests.lock().unwrap().len();
+        for body in [
+            call(1, "whoami"),
+            json!({"jsonrpc": "2.0", "id": "1", "method": "ping"}),
+        ] {
+            let res = send(&mcp, Method::POST, s, Some(body)).await;
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            assert!(text(res).await.contains("already used"));
+        }
+        assert_eq!(
+            store.requests.lock().unwrap().len(),
+            calls,
+            "never forwarded"
+        );
+        // A server that refuses to end the session keeps it, and idguard its record.
+        let res = send(&mcp, Method::DELETE, s, None).await;
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let res = send(&mcp, Method::POST, s, Some(ping(2))).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "id 2 is still known");
+        // The server replays its reply to request 1 (unredacted): dropped (and those to 2,
+        // an id used twice).
+        let replay = text(send(&mcp, Method::GET, s, None).await).await;
+        assert!(!replay.contains(OWNER_EMAIL), "{replay}");
+        let ids: Vec<Value> = replay
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .map(|v| v["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!(3)], "{replay}");
+    }
+
+    #[tokio::test]
+    async fn a_session_that_retires_too_many_ids_is_not_found() {
+        let two = McpCacheCapacities::default().with_requests_per_session(2);
+        let (mcp, session, store) = bob_in_a_session(two).await;
+        let s = Some(&session);
+        // Two remembered and 128 retired: the next request would retire a 129th.
+        let bound = 2 + 64 * 2;
+        for id in 1..=bound {
+            let res = send(&mcp, Method::POST, s, Some(ping(id))).await;
+            assert_eq!(res.status(), StatusCode::OK, "{id}");
+        }
+        let forwarded = store.requests.lock().unwrap().len();
+        let res = send(&mcp, Method::POST, s, Some(ping(bound + 1))).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert!(text(res).await.contains("Session not found"));
+        // The session is over: later requests and its stream too.
+        let res = send(&mcp, Method::POST, s, Some(ping(bound + 2))).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let res = send(&mcp, Method::GET, s, None).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            store.requests.lock().unwrap().len(),
+            forwarded,
+            "never forwarded"
+        );
     }
 
     #[test]

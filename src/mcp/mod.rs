@@ -41,6 +41,7 @@ mod jsonrpc;
 mod layer;
 #[cfg(test)]
 mod proptests;
+mod retired;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
 mod sse;
