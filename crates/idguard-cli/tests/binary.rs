@@ -7,11 +7,11 @@
     reason = "tests fail loudly"
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,114 +21,12 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
+use common::{
+    DemoService, Proc, ROOT, Workdir, demo_service, health, idguard, metrics, tool_names,
+};
 use idguard_dev::DevEntra;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-
-const BIN: &str = env!("CARGO_BIN_EXE_idguard");
-
-/// The binary, with none of the caller's `IDGUARD_*` variables: they are configuration, and
-/// a test must not depend on the shell it runs in.
-fn idguard() -> Command {
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("IDGUARD_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// A spawned `idguard`, killed on drop; its stdout lines are collected in the background.
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    dir: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], dir: &Path) -> Self {
-        let mut child = idguard()
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// The first stdout line starting with `prefix` (its remainder).
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("idguard printed no line starting with {prefix:?}");
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "idguard did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A scratch working directory with a copy of the sample policies.
-fn workdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idguard-bin-{name}-{}", uuid::Uuid::new_v4()));
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
-    for entry in std::fs::read_dir(samples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
-}
 
 fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
@@ -136,49 +34,11 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn tools(http: &reqwest::Client, url: &str, token: &str) -> BTreeSet<String> {
-    let res = http
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{:?} {token:.20}", res.headers());
-    let text = res.text().await.unwrap();
-    let reply: Value = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .chain(std::iter::once(text.as_str()))
-        .find_map(|d| {
-            serde_json::from_str::<Value>(d.trim())
-                .ok()
-                .filter(|v| v["id"] == 1)
-        })
-        .unwrap_or_else(|| panic!("no tools/list reply: {text}"));
-    reply["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Polls `/healthz` until `check` holds (the server reloads on its own schedule).
 async fn health_until(http: &reqwest::Client, base: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let health: Value = http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = health(http, base).await;
         if check(&health) {
             return health;
         }
@@ -192,7 +52,7 @@ async fn health_until(http: &reqwest::Client, base: &str, check: impl Fn(&Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_serves_the_demo_and_reloads_policies() {
-    let dir = workdir("dev");
+    let dir = Workdir::with_policies("bin-dev");
     let proc = Proc::spawn(&["--port", "0"], &dir);
     let url = proc.line("export MCP_URL=");
     let alice = proc.line("export ALICE=");
@@ -200,8 +60,8 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
     let base = url.trim_end_matches("/mcp").to_owned();
     let http = reqwest::Client::new();
 
-    assert_eq!(tools(&http, &url, &alice).await.len(), 6);
-    let bobs = tools(&http, &url, &bob).await;
+    assert_eq!(tool_names(&http, &url, &alice).await.len(), 6);
+    let bobs = tool_names(&http, &url, &bob).await;
     assert_eq!(
         bobs,
         ["list_documents", "my_profile", "read_document", "whoami"]
@@ -254,7 +114,7 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
     assert!(fresh.status.success());
     let fresh = String::from_utf8(fresh.stdout).unwrap();
     assert_ne!(fresh.trim(), bob);
-    assert_eq!(tools(&http, &url, fresh.trim()).await, bobs);
+    assert_eq!(tool_names(&http, &url, fresh.trim()).await, bobs);
 
     // An edit changes the next answer.
     let roles = dir.join("policies/roles.cedar");
@@ -271,7 +131,7 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
         .into_iter()
         .map(String::from)
         .collect();
-    assert_eq!(tools(&http, &url, &bob).await, after);
+    assert_eq!(tool_names(&http, &url, &bob).await, after);
 
     // A broken edit is reported, and the last good policies keep serving.
     write_atomically(&roles, "permit (principal, action, resource) oops");
@@ -285,15 +145,8 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
         "{health}"
     );
     assert_eq!(health["policy"]["epoch"], 2);
-    assert_eq!(tools(&http, &url, &bob).await, after);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(tool_names(&http, &url, &bob).await, after);
+    let metrics = metrics(&http, &base).await;
     assert!(
         metrics.contains("idguard_policy_reload_failing 1"),
         "{metrics}"
@@ -308,10 +161,7 @@ async fn dev_mode_serves_the_demo_and_reloads_policies() {
 /// `tools/list` whose SSE reply sends a progress event, then waits for the test.
 #[derive(Clone)]
 struct Upstream {
-    rmcp: rmcp::transport::StreamableHttpService<
-        idguard_dev::demo::DemoServer,
-        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
-    >,
+    rmcp: DemoService,
     authorized: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     release: Arc<Notify>,
@@ -364,18 +214,8 @@ fn async_stream(
 }
 
 async fn start_upstream() -> (Upstream, String) {
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-    let demo = idguard_dev::demo::DemoServer::new();
-    let rmcp = StreamableHttpService::new(
-        move || Ok(demo.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default()
-            .with_legacy_session_mode(false)
-            .with_json_response(true),
-    );
     let upstream = Upstream {
-        rmcp,
+        rmcp: demo_service(),
         authorized: Arc::default(),
         requests: Arc::default(),
         release: Arc::new(Notify::new()),
@@ -395,17 +235,13 @@ async fn start_upstream() -> (Upstream, String) {
 async fn gateway_mode_filters_streams_and_never_forwards_the_token() {
     let entra = DevEntra::builder().start().await.unwrap();
     let (upstream, upstream_url) = start_upstream().await;
-    let dir = workdir("gateway");
-    std::fs::write(
-        dir.join("idguard.toml"),
-        format!(
-            "[token]\nauthority = \"{}\"\ntenant = \"{}\"\nclient_id = \"{}\"\nresource = \"http://127.0.0.1/mcp\"\n\n[server]\nupstream = \"{upstream_url}\"\n",
-            entra.url(),
-            entra.tenant_id(),
-            entra.api_client_id()
-        ),
-    )
-    .unwrap();
+    let dir = Workdir::with_policies("bin-gateway");
+    dir.config(
+        entra.url(),
+        &entra,
+        "",
+        &format!("upstream = \"{upstream_url}\""),
+    );
     let mut proc = Proc::spawn(&["--port", "0"], &dir);
     let line = proc.line("idguard: gateway ");
     let url = line.split(" -> ").next().unwrap().to_owned();
@@ -413,8 +249,8 @@ async fn gateway_mode_filters_streams_and_never_forwards_the_token() {
     let alice = entra.token_for("alice").unwrap().mint().unwrap();
     let bob = entra.token_for("bob").unwrap().mint().unwrap();
 
-    assert_eq!(tools(&http, &url, &alice).await.len(), 6);
-    assert_eq!(tools(&http, &url, &bob).await.len(), 4);
+    assert_eq!(tool_names(&http, &url, &alice).await.len(), 6);
+    assert_eq!(tool_names(&http, &url, &bob).await.len(), 4);
 
     // SSE through the gateway arrives event by event: the progress event is read while the
     // upstream still holds back the list; the list that follows is filtered for bob.
@@ -437,10 +273,7 @@ async fn gateway_mode_filters_streams_and_never_forwards_the_token() {
     assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
 
     // SIGTERM now: the request in flight still completes, then the process exits cleanly.
-    Command::new("kill")
-        .args(["-TERM", &proc.child.id().to_string()])
-        .status()
-        .unwrap();
+    proc.sigterm();
     upstream.release.notify_one();
     let mut rest = Vec::new();
     while let Some(chunk) = res.chunk().await.unwrap() {
@@ -452,7 +285,8 @@ async fn gateway_mode_filters_streams_and_never_forwards_the_token() {
         !rest.contains("delete_document"),
         "filtered for bob: {rest}"
     );
-    assert!(proc.terminate().success());
+    proc.sigterm();
+    assert!(proc.wait(Duration::from_secs(30)).success());
 
     assert!(upstream.requests.load(Ordering::SeqCst) >= 3);
     assert_eq!(
@@ -475,7 +309,7 @@ fn config_check(dir: &Path, text: &str) -> (bool, String) {
 
 #[test]
 fn config_check_names_every_bad_key() {
-    let dir = workdir("config");
+    let dir = Workdir::with_policies("bin-config");
     let (ok, text) = config_check(
         &dir,
         "[token]\ntenant = \"contoso\"\nclient_id = \"not-a-guid\"\nvalidate_signature = false\nleeway = \"soon\"\n[mcp]\ndenyals = \"visible\"\n",
@@ -503,14 +337,13 @@ fn config_check_names_every_bad_key() {
             "{key} missing in:\n{text}"
         );
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn entra_manifest_lists_exactly_the_roles_the_policies_use() {
     let out = idguard()
         .args(["entra", "manifest", "--policies", "policies"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .current_dir(ROOT)
         .output()
         .unwrap();
     assert!(out.status.success());

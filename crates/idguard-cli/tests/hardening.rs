@@ -13,127 +13,22 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Launch, Proc, Workdir, addr_of, bin_from};
 use idguard_dev::DevEntra;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn bin() -> String {
-    std::env::var("HARDENING_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_idguard").to_owned())
-}
-
-/// The binary, with none of the caller's `IDGUARD_*` variables: they are configuration, and
-/// a test must not depend on the shell it runs in.
-fn idguard() -> Command {
-    let mut command = Command::new(bin());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("IDGUARD_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// A spawned `idguard`, killed on drop; its stdout lines are read in the background.
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    dir: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], dir: &Path) -> Self {
-        let mut child = idguard()
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// The first stdout line starting with `prefix` (its remainder).
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("idguard printed no line starting with {prefix:?}");
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (a bounded time) for the process to exit.
-    async fn exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "idguard did not exit in {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A scratch working directory with a copy of the sample policies.
-fn workdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idguard-hard-{name}-{}", uuid::Uuid::new_v4()));
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
-    for entry in std::fs::read_dir(samples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
+/// `idguard args` (this build's, or `HARDENING_TEST_BIN`) in `dir`, which it owns.
+fn spawn(args: &[&str], dir: Workdir) -> Proc {
+    Launch::in_dir(args, dir)
+        .bin(bin_from("HARDENING_TEST_BIN"))
+        .spawn()
 }
 
 /// A running server: its address and a token for bob.
@@ -151,40 +46,23 @@ impl Server {
 
 /// `idguard --port 0` in dev mode.
 fn dev(name: &str) -> Server {
-    let proc = Proc::spawn(&["--port", "0"], &workdir(name));
+    let proc = spawn(
+        &["--port", "0"],
+        Workdir::with_policies(&format!("hard-{name}")),
+    );
     let url = proc.line("export MCP_URL=");
     let bob = proc.line("export BOB=");
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|u| u.strip_suffix("/mcp"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = addr_of(&url);
     Server { proc, addr, bob }
 }
 
 /// `idguard --port 0` with a configuration against `entra` (in this process), plus the
 /// `[server]` lines given.
 fn configured(name: &str, entra: &DevEntra, server: &str) -> Server {
-    let dir = workdir(name);
-    std::fs::write(
-        dir.join("idguard.toml"),
-        format!(
-            "[token]\nauthority = \"{}\"\ntenant = \"{}\"\nclient_id = \"{}\"\nresource = \"http://127.0.0.1/mcp\"\n\n[server]\n{server}\n",
-            entra.url(),
-            entra.tenant_id(),
-            entra.api_client_id()
-        ),
-    )
-    .unwrap();
-    let proc = Proc::spawn(&["--port", "0"], &dir);
-    let line = proc.line("idguard: demo tools at ");
-    let addr = line
-        .strip_prefix("http://")
-        .and_then(|u| u.strip_suffix("/mcp"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dir = Workdir::with_policies(&format!("hard-{name}"));
+    dir.config(entra.url(), entra, "", server);
+    let proc = spawn(&["--port", "0"], dir);
+    let addr = addr_of(&proc.line("idguard: demo tools at "));
     let bob = entra.token_for("bob").unwrap().mint().unwrap();
     Server { proc, addr, bob }
 }
@@ -588,7 +466,7 @@ async fn shutdown_answers_every_request_already_sent() {
             .await
             .unwrap();
     }
-    server.proc.sigterm();
+    assert!(server.proc.sigterm());
 
     for c in in_flight.iter_mut() {
         c.write(&body[half..]).await.unwrap();
@@ -609,7 +487,7 @@ async fn shutdown_answers_every_request_already_sent() {
     for c in idle.iter_mut() {
         c.closed_within(Duration::from_secs(10)).await.unwrap();
     }
-    assert!(server.proc.exit(Duration::from_secs(20)).await.success());
+    assert!(server.proc.exited(Duration::from_secs(20)).await.success());
 }
 
 /// A client bound to a loopback address of its own (all of 127.0.0.0/8 is loopback).

@@ -23,137 +23,38 @@
     reason = "tests fail loudly"
 )]
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Launch, Proc, ROOT, Workdir, first_line, idguard, lines, mcp, tool_names};
 use idguard_dev::DevEntra;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_idguard");
-
-/// The binary with none of the caller's `IDGUARD_*` variables: a test must not depend on
-/// the shell it runs in.
-fn idguard() -> Command {
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("IDGUARD_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
 /// A scratch directory with a copy of the sample policies.
-fn workdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idguard-new-{name}-{}", uuid::Uuid::new_v4()));
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
-    for entry in std::fs::read_dir(samples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
+fn workdir(name: &str) -> Workdir {
+    Workdir::with_policies(&format!("new-{name}"))
 }
 
-/// Lines of a child's stream, read in the background.
-fn lines(stream: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// The first line of `rx` that satisfies `f`, within 60 s.
-fn first_line(rx: &Receiver<String>, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if f(&line) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no line {what}");
-}
-
-/// A spawned `idguard`, killed on drop.
-struct Proc {
-    child: Child,
-    out: Receiver<String>,
-    err: Receiver<String>,
-    dir: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = idguard()
-            .args(args)
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = lines(child.stdout.take().unwrap());
-        let err = lines(child.stderr.take().unwrap());
-        Self {
-            child,
-            out,
-            err,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Waits (30 s at most) for the process to end; its status and standard error.
-    fn exit(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "idguard kept running");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = Vec::new();
-        while let Ok(line) = self.err.recv_timeout(Duration::from_secs(5)) {
-            err.push(line);
-        }
-        (status, err.join("\n"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `idguard args` in `dir` with `env`, its standard error read line by line.
+fn spawn(args: &[&str], dir: Workdir, env: &[(&str, &str)]) -> Proc {
+    Launch::in_dir(args, dir).env(env).stderr_lines().spawn()
 }
 
 /// `idguard --port 0` in dev mode: the process, the MCP URL and the exported lines.
 fn dev(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, String, Vec<(String, String)>) {
     let mut all = vec!["--port", "0"];
     all.extend_from_slice(args);
-    let proc = Proc::spawn(&all, &workdir(name), env);
+    let proc = spawn(&all, workdir(name), env);
     let mut exports = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while exports.len() < 3 {
         let left = deadline.checked_duration_since(Instant::now()).unwrap();
-        let line = proc.out.recv_timeout(left).unwrap();
+        let line = proc.stdout().recv_timeout(left).unwrap();
         if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
             exports.push((k.to_owned(), v.to_owned()));
         }
@@ -174,35 +75,6 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-async fn rpc(url: &str, token: &str, body: &Value) -> Value {
-    let res = http()
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let text = res.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
-async fn tool_names(url: &str, token: &str) -> BTreeSet<String> {
-    let reply = rpc(
-        url,
-        token,
-        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
-    )
-    .await;
-    reply["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{reply}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 // ------------------------------------------------------------------ 1, 2, 7: dev mode
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +84,9 @@ async fn the_banner_prints_shell_lines_that_are_not_configuration() {
     assert_eq!(names, ["MCP_URL", "ALICE", "BOB"]);
     // The printed commands work as printed: `cargo run --` under cargo, else a path or
     // `idguard` (installed).
-    let mint = first_line(&proc.out, "with token mint", |l| l.contains("token mint"));
+    let mint = first_line(proc.stdout(), "with token mint", |l| {
+        l.contains("token mint")
+    });
     let command = mint.trim().split("token mint").next().unwrap().trim();
     assert!(
         command.starts_with("cargo run ") && command.ends_with(" --")
@@ -228,7 +102,7 @@ async fn the_banner_prints_shell_lines_that_are_not_configuration() {
         .collect();
     let (_again, url2, _) = dev("banner-again", &[], &pasted);
     let alice = &exports[1].1;
-    assert_eq!(tool_names(&url, alice).await.len(), 6);
+    assert_eq!(tool_names(&http(), &url, alice).await.len(), 6);
     assert_ne!(url, url2);
 }
 
@@ -238,8 +112,8 @@ fn an_idguard_variable_turns_dev_mode_off_and_the_error_names_it() {
         ("IDGUARD_MCP_URL", "http://127.0.0.1:8400/mcp"),
         ("IDGUARD_MCP_DENIALS", "visible"),
     ] {
-        let dir = workdir("by-env");
-        let (status, err) = Proc::spawn(&["--port", "0"], &dir, &[(var, value)]).exit();
+        let (status, err) = spawn(&["--port", "0"], workdir("by-env"), &[(var, value)])
+            .ended(Duration::from_secs(30));
         assert!(!status.success());
         assert!(
             err.contains(&format!("`{var}`")) || err.contains(var),
@@ -256,18 +130,18 @@ async fn dev_mode_takes_its_options_as_flags() {
                       "params": {"name": "transfer_funds", "arguments": {"to": "x", "amount": 50000}}});
     // Default: a denied call looks like an unknown tool.
     let (_p, url, exports) = dev("hidden", &[], &[]);
-    let reply = rpc(&url, &exports[1].1, &call).await;
+    let reply = mcp(&http(), &url, &exports[1].1, &call).await;
     assert!(
         !reply.to_string().contains("second approver"),
         "hidden: {reply}"
     );
     // --denials visible: the policy's reason.
     let (_p, url, exports) = dev("visible", &["--denials", "visible"], &[]);
-    let reply = rpc(&url, &exports[1].1, &call).await;
+    let reply = mcp(&http(), &url, &exports[1].1, &call).await;
     assert!(reply.to_string().contains("second approver"), "{reply}");
     // --dev keeps the emulator with configuration around ([mcp] still applies).
     let (_p, url, exports) = dev("forced", &["--dev"], &[("IDGUARD_MCP_DENIALS", "visible")]);
-    let reply = rpc(&url, &exports[1].1, &call).await;
+    let reply = mcp(&http(), &url, &exports[1].1, &call).await;
     assert!(reply.to_string().contains("second approver"), "{reply}");
 }
 
@@ -284,7 +158,11 @@ fn both_refuse(name: &str, text: &str, env: &[(&str, &str)]) -> (String, String)
         .output()
         .unwrap();
     assert!(!check.status.success(), "config check accepted {text}");
-    let (status, serve) = Proc::spawn(&["--port", "0"], &dir, env).exit();
+    let (status, serve) = Launch::new(&["--port", "0"], &dir)
+        .env(env)
+        .stderr_lines()
+        .spawn()
+        .ended(Duration::from_secs(30));
     assert!(!status.success(), "serve started with {text}");
     (String::from_utf8(check.stdout).unwrap(), serve)
 }
@@ -375,10 +253,9 @@ fn config_check_and_serve_refuse_the_same_configurations() {
 
 #[test]
 fn the_annotated_example_checks_clean_once_its_placeholder_key_is_replaced() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = idguard()
         .args(["config", "check", "--config", "idguard.example.toml"])
-        .current_dir(root)
+        .current_dir(ROOT)
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -394,7 +271,7 @@ fn the_annotated_example_checks_clean_once_its_placeholder_key_is_replaced() {
             "IDGUARD_OAUTH_KEYS",
             "k3Jx9Qv0P1u5e8ZbN2m7R4t6Y0w3S5d8F1h4J7l0Z2x5C8v1B4n7M0q3W6e9R2t5",
         )
-        .current_dir(root)
+        .current_dir(ROOT)
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -612,7 +489,7 @@ async fn a_loopback_resource_is_named_as_the_client_reached_it() {
 fn output_into_a_closed_pipe_ends_quietly() {
     let mut child = idguard()
         .args(["policy", "test", "policies"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .current_dir(ROOT)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -633,8 +510,10 @@ fn output_into_a_closed_pipe_ends_quietly() {
 
 #[test]
 fn logs_to_a_pipe_have_no_colour_codes() {
-    let proc = Proc::spawn(&["--port", "0"], &workdir("colour"), &[]);
-    let line = first_line(&proc.err, "saying listening", |l| l.contains("listening"));
+    let proc = spawn(&["--port", "0"], workdir("colour"), &[]);
+    let line = first_line(proc.stderr(), "saying listening", |l| {
+        l.contains("listening")
+    });
     assert!(!line.contains('\u{1b}'), "{line:?}");
 }
 
@@ -699,7 +578,7 @@ async fn entra_doctor_notices_a_trailing_slash() {
         .unwrap();
     };
     let doctor = || {
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         async move {
             tokio::task::spawn_blocking(move || {
                 idguard()
@@ -721,7 +600,6 @@ async fn entra_doctor_notices_a_trailing_slash() {
     let out = doctor().await;
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -748,12 +626,10 @@ fn entra_consent_url_has_a_redirect_uri_and_the_apis_scopes() {
     assert_eq!(q["scope"], "https://graph.microsoft.com/User.Read");
     assert_eq!(q["redirect_uri"], "https://mcp.contoso.com/admin-consent");
     assert!(!q["state"].is_empty());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn policy_tools_say_what_they_do_with_unknown_names_and_missing_directories() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = idguard()
         .args([
             "policy",
@@ -763,7 +639,7 @@ fn policy_tools_say_what_they_do_with_unknown_names_and_missing_directories() {
             "--tool",
             "delet_document",
         ])
-        .current_dir(root)
+        .current_dir(ROOT)
         .output()
         .unwrap();
     let err = String::from_utf8(out.stderr).unwrap();
@@ -772,8 +648,7 @@ fn policy_tools_say_what_they_do_with_unknown_names_and_missing_directories() {
         "{err}"
     );
 
-    let dir = std::env::temp_dir().join(format!("idguard-new-schema-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Workdir::empty("new-schema");
     std::fs::write(
         dir.join("tools.json"),
         json!({"tools": [{"name": "delete_document", "inputSchema": {"type": "object",
@@ -793,7 +668,6 @@ fn policy_tools_say_what_they_do_with_unknown_names_and_missing_directories() {
         dir.join("policies/arguments.cedarschema").is_file(),
         "{text}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -1138,5 +1012,9 @@ async fn a_browser_signs_in_through_the_consent_page_in_dev_mode() {
     assert!(result["body"]["refresh_token"].is_string(), "{result}");
 
     // The token is alice's.
-    assert_eq!(tool_names(&url, &token).await.len(), 6, "alice's tools");
+    assert_eq!(
+        tool_names(&http(), &url, &token).await.len(),
+        6,
+        "alice's tools"
+    );
 }

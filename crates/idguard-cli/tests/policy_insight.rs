@@ -9,12 +9,14 @@
     reason = "tests fail loudly"
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{Proc, ROOT, Workdir, copy_dir, health, mcp, metrics, samples};
 use idguard::Principal;
 use idguard::policy::cases::caller;
 use idguard::policy::{
@@ -24,60 +26,8 @@ use idguard::policy::{
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_idguard");
-
-fn samples() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies")
-}
-
 fn schema() -> String {
     std::fs::read_to_string(samples().join("schema.cedarschema")).unwrap()
-}
-
-/// A scratch copy of `policies/` (files only, and `tests/`).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("idguard-{name}-{}", uuid::Uuid::new_v4()));
-        copy_dir(&samples(), &dir);
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Replaces `old` by `new` in `file` (which must contain it).
-    fn edit(&self, file: &str, old: &str, new: &str) {
-        let path = self.0.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(old), "{file} has no {old:?}");
-        std::fs::write(&path, text.replace(old, new)).unwrap();
-    }
-
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.0.join(file), text).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 fn user(name: &str) -> Principal {
@@ -98,8 +48,8 @@ fn tool(name: &str) -> Item {
 
 /// The sample policies in force, and as shadow the samples where readers may also
 /// transfer funds and no field is redacted.
-fn shadowed() -> (PolicyEngine, Scratch) {
-    let next = Scratch::new("shadow");
+fn shadowed() -> (PolicyEngine, Workdir) {
+    let next = Workdir::with_samples("shadow");
     next.write(
         "extra.cedar",
         r#"@id("readers-transfer")
@@ -190,7 +140,7 @@ fn no_shadow_set_no_shadow_work() {
 
 #[test]
 fn the_shadow_set_reloads_on_its_own() {
-    let next = Scratch::new("shadow-reload");
+    let next = Workdir::with_samples("shadow-reload");
     let engine = PolicyEngine::from_dir(samples())
         .unwrap()
         .with_shadow(PolicyEngine::from_dir(next.path()).unwrap());
@@ -499,10 +449,9 @@ proptest! {
 // `idguard policy diff` and `matrix`, run as the binary.
 
 fn idguard(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    let out = common::idguard()
+        .current_dir(ROOT)
         .args(args)
-        .env_remove("IDGUARD_LOG")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -576,7 +525,7 @@ fn diff_of_identical_policies_is_empty_and_exits_zero() {
 fn diff_reports_exactly_the_flipped_decisions() {
     // The tenant-wide whoami moves to another tenant: only the Contoso caller without
     // roles loses it (readers and admins keep it through other policies).
-    let next = Scratch::new("diff-tenant");
+    let next = Workdir::with_samples("diff-tenant");
     next.edit(
         "tenant.cedar",
         "principal in Tenant::\"b0f1a3c2-7d4e-4f6a-9c8b-1e2d3f4a5b6c\",\n  action == Action::\"call_tool\",\n  resource == Tool::\"whoami\"",
@@ -593,7 +542,7 @@ fn diff_reports_exactly_the_flipped_decisions() {
 
     // No more redaction: an obligation change for every reader's call, and the case that
     // reads a document; lists do not redact, so they do not change.
-    let next = Scratch::new("diff-redact");
+    let next = Workdir::with_samples("diff-redact");
     next.edit("redaction.cedar", "@redact(\"owner_email\")\n", "");
     let app = "app {azp=7e9d8c6b…, roles=[Tools.Read]}";
     assert_eq!(
@@ -613,7 +562,7 @@ fn diff_reports_exactly_the_flipped_decisions() {
     );
 
     // No step-up rule: the admin without MFA may delete, in the grid and in its case.
-    let next = Scratch::new("diff-mfa");
+    let next = Workdir::with_samples("diff-mfa");
     std::fs::remove_file(next.path().join("mfa.cedar")).unwrap();
     assert_eq!(
         flips(&samples(), next.path()),
@@ -630,7 +579,7 @@ fn diff_reports_exactly_the_flipped_decisions() {
     );
 
     // A lower cap only shows in the cases that carry arguments.
-    let next = Scratch::new("diff-cap");
+    let next = Workdir::with_samples("diff-cap");
     next.edit("limits.cedar", "amount > 10000", "amount > 100");
     let finance = "caller {groups=[3a9f7c1e…], roles=[]}";
     let got = flips(&samples(), next.path());
@@ -665,7 +614,7 @@ fn diff_reports_exactly_the_flipped_decisions() {
 
 #[test]
 fn diff_speaks_text_and_markdown_and_fails_on_broken_policies() {
-    let next = Scratch::new("diff-formats");
+    let next = Workdir::with_samples("diff-formats");
     next.edit("redaction.cedar", "@redact(\"owner_email\")\n", "");
     let new = next.path().to_str().unwrap();
     let old = samples();
@@ -700,7 +649,7 @@ fn diff_speaks_text_and_markdown_and_fails_on_broken_policies() {
 
 #[test]
 fn diff_and_matrix_take_more_principals_and_a_tool_catalog() {
-    let dir = Scratch::new("principals");
+    let dir = Workdir::with_samples("principals");
     dir.write(
         "people.toml",
         r#"
@@ -777,7 +726,7 @@ fn matrix_agrees_with_explain_for_every_cell() {
     let subjects = m["subjects"].as_array().unwrap();
     let items = m["items"].as_array().unwrap();
     assert!(subjects.len() >= 8 && items.len() >= 9, "{out}");
-    let scratch = Scratch::new("explain");
+    let scratch = Workdir::with_samples("explain");
     let mut jobs = Vec::new();
     for (i, s) in subjects.iter().enumerate() {
         let claims = scratch.path().join(format!("caller-{i}.json"));
@@ -843,7 +792,7 @@ fn matrix_agrees_with_explain_for_every_cell() {
 
 #[test]
 fn matrix_html_is_self_contained() {
-    let scratch = Scratch::new("html");
+    let scratch = Workdir::with_samples("html");
     let page = scratch.path().join("matrix.html");
     let (code, _) = idguard(&[
         "policy",
@@ -864,81 +813,6 @@ fn matrix_html_is_self_contained() {
 
 // ---------------------------------------------------------------------------------------
 // `GET /admin/decisions` on a running dev-mode server.
-
-/// A spawned `idguard`, killed on drop.
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(dir)
-            .env_remove("IDGUARD_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The MCP endpoint, from the dev banner's `export …MCP_URL=…` line.
-    fn mcp_url(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some((_, url)) = line
-                        .strip_prefix("export ")
-                        .and_then(|l| l.split_once("MCP_URL="))
-                    {
-                        return url.trim().to_owned();
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("idguard printed no MCP_URL line");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn mcp(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
-    let res = http
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let text = res.text().await.unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .chain(std::iter::once(text.as_str()))
-        .find_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .unwrap_or_else(|| panic!("no JSON-RPC reply: {text}"))
-}
 
 /// Reads Server-Sent Events (name, data) from a streaming response.
 struct Events {
@@ -996,7 +870,7 @@ impl Events {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
-    let work = Scratch::new("admin");
+    let work = Workdir::with_samples("admin");
     copy_dir(&samples(), &work.path().join("policies"));
     copy_dir(&samples(), &work.path().join("policies-next"));
     work.write(
@@ -1007,7 +881,7 @@ async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
         &["--port", "0", "--shadow-policies", "policies-next"],
         work.path(),
     );
-    let url = proc.mcp_url();
+    let url = proc.line("export MCP_URL=").trim().to_owned();
     let base = url.trim_end_matches("/mcp").to_owned();
     let http = reqwest::Client::new();
     let token = async |user: &str| {
@@ -1021,14 +895,7 @@ async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
     };
     let (alice, bob) = (token("alice").await, token("bob").await);
 
-    let health: Value = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health(&http, &base).await;
     assert_eq!(health["shadow_policy"]["epoch"], 1, "{health}");
     assert_eq!(health["shadow_policy"]["policies"], 10, "{health}");
 
@@ -1060,7 +927,7 @@ async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
         &http,
         &url,
         &bob,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
     )
     .await;
     let names: Vec<&str> = listed["result"]["tools"]
@@ -1077,7 +944,7 @@ async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
         &http,
         &url,
         &bob,
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                "params": {"name": "transfer_funds", "arguments": {"amount": 250, "to": "SECRET-PAYEE-91c2"}}}),
     )
     .await;
@@ -1106,14 +973,7 @@ async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
     assert_eq!(call["shadow"]["policies"], json!(["readers-transfer"]));
     assert_eq!(only.decision().await, call, "the filtered listener");
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&http, &base).await;
     for line in [
         "idguard_policy_shadow_disagreements_total{phase=\"list\",direction=\"enforced_deny_shadow_allow\"} 1",
         "idguard_policy_shadow_disagreements_total{phase=\"call\",direction=\"enforced_deny_shadow_allow\"} 1",

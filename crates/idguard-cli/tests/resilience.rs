@@ -13,10 +13,10 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,177 +26,30 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
+use common::{
+    DemoService, Launch, Proc, Workdir, base_of, bin_from, copy_policy_files, demo_service,
+    free_port, mcp_post, metrics, until,
+};
 use idguard::policy::PolicyEngine;
 use idguard_dev::{DevEndpoint, DevEntra};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-/// The binary under test: this build's, or `RESILIENCE_TEST_BIN` (to compare with another
-/// build).
-fn bin() -> String {
-    std::env::var("RESILIENCE_TEST_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_idguard").to_owned())
-}
-
 // ------------------------------------------------------------------ the process
 
 /// A scratch directory with a copy of the sample policies; removed on drop.
-struct Workdir(PathBuf);
-
-impl Workdir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("idguard-res-{name}-{}", uuid::Uuid::new_v4()));
-        let policies = dir.join("policies");
-        std::fs::create_dir_all(&policies).unwrap();
-        copy_policies(&policies);
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes `idguard.toml`: `[token]` against `authority` for `entra`'s tenant, plus the
-    /// `[token]` and `[server]` lines given.
-    fn config(&self, authority: &str, entra: &DevEntra, token: &str, server: &str) {
-        std::fs::write(
-            self.0.join("idguard.toml"),
-            format!(
-                "[token]\nauthority = \"{authority}\"\ntenant = \"{}\"\nclient_id = \"{}\"\nresource = \"http://127.0.0.1/mcp\"\n{token}\n\n[server]\n{server}\n",
-                entra.tenant_id(),
-                entra.api_client_id()
-            ),
-        )
-        .unwrap();
-    }
+fn workdir(name: &str) -> Workdir {
+    Workdir::with_policies(&format!("res-{name}"))
 }
 
-impl Drop for Workdir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_policies(to: &Path) {
-    let samples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("policies");
-    for entry in std::fs::read_dir(samples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
-/// A spawned `idguard`, killed on drop; stdout lines are read in the background, stderr
-/// (the log) goes to `idguard.log` in its directory and is printed when a test fails.
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], dir: &Path) -> Self {
-        let log = dir.join(format!("idguard-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut child = Command::new(bin())
-            .args(args)
-            .current_dir(dir)
-            .env("IDGUARD_LOG", "idguard=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines, log }
-    }
-
-    /// The first stdout line starting with `prefix` (its remainder).
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("idguard printed no line starting with {prefix:?}");
-    }
-
-    /// SIGTERM, then a bounded wait for the exit.
-    async fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "idguard did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("---- idguard log ----\n{log}---- end ----");
-        }
-    }
-}
-
-/// A port free right now on 127.0.0.1 (for a process whose port must be known before it
-/// prints anything).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The base URL in a `idguard: demo tools at <base>/mcp` or `gateway <base>/mcp -> …` line.
-fn base_of(line: &str) -> String {
-    line.split(" -> ")
-        .next()
-        .unwrap()
-        .trim_end_matches("/mcp")
-        .to_owned()
-}
-
-/// Polls `check` until it returns `Some`, for at most `within`.
-async fn until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `idguard args` in `dir`: this build's, or `RESILIENCE_TEST_BIN` (to compare with another
+/// build), logging at debug to a file in `dir` that is printed when a test fails.
+fn spawn(args: &[&str], dir: &Path) -> Proc {
+    Launch::new(args, dir)
+        .bin(bin_from("RESILIENCE_TEST_BIN"))
+        .env(&[("IDGUARD_LOG", "idguard=debug")])
+        .stderr_log()
+        .spawn()
 }
 
 fn http() -> reqwest::Client {
@@ -333,16 +186,7 @@ struct Upstream {
 
 impl Upstream {
     async fn start(addr: SocketAddr) -> Self {
-        use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-        use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-        let demo = idguard_dev::demo::DemoServer::new();
-        let rmcp = StreamableHttpService::new(
-            move || Ok(demo.clone()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default()
-                .with_legacy_session_mode(false)
-                .with_json_response(true),
-        );
+        let rmcp = demo_service();
         let mode = Arc::new(AtomicU8::new(UP));
         let app = axum::Router::new()
             .route("/mcp", any(upstream_mcp))
@@ -391,13 +235,7 @@ impl Upstream {
     }
 }
 
-type UpstreamState = (
-    rmcp::transport::StreamableHttpService<
-        idguard_dev::demo::DemoServer,
-        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
-    >,
-    Arc<AtomicU8>,
-);
+type UpstreamState = (DemoService, Arc<AtomicU8>);
 
 async fn upstream_mcp(
     State((rmcp, mode)): State<UpstreamState>,
@@ -431,16 +269,7 @@ async fn rpc(
     body: Value,
 ) -> (u16, String, Duration) {
     let started = Instant::now();
-    let res = http
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = mcp_post(http, url, token, &body).send().await.unwrap();
     let status = res.status().as_u16();
     let text = res.text().await.unwrap_or_default();
     (status, text, started.elapsed())
@@ -465,14 +294,14 @@ fn list(id: u64) -> Value {
 async fn a_cold_catalog_call_while_the_upstream_is_down_is_a_gateway_error_not_tool_not_found() {
     let entra = DevEntra::builder().start().await.unwrap();
     let upstream = Upstream::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    let dir = Workdir::new("cold");
+    let dir = workdir("cold");
     dir.config(
         entra.url(),
         &entra,
         "",
         &format!("upstream = \"{}\"", upstream.url()),
     );
-    let proc = Proc::spawn(&["--port", "0"], dir.path());
+    let proc = spawn(&["--port", "0"], dir.path());
     let url = format!("{}/mcp", base_of(&proc.line("idguard: gateway ")));
     let http = http();
     let alice = entra.token_for("alice").unwrap().mint().unwrap();
@@ -512,7 +341,7 @@ async fn a_cold_catalog_call_while_the_upstream_is_down_is_a_gateway_error_not_t
 async fn a_hung_upstream_is_504_within_the_configured_timeout() {
     let entra = DevEntra::builder().start().await.unwrap();
     let upstream = Upstream::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    let dir = Workdir::new("hung");
+    let dir = workdir("hung");
     dir.config(
         entra.url(),
         &entra,
@@ -522,7 +351,7 @@ async fn a_hung_upstream_is_504_within_the_configured_timeout() {
             upstream.url()
         ),
     );
-    let proc = Proc::spawn(&["--port", "0"], dir.path());
+    let proc = spawn(&["--port", "0"], dir.path());
     let url = format!("{}/mcp", base_of(&proc.line("idguard: gateway ")));
     let http = http();
     let alice = entra.token_for("alice").unwrap().mint().unwrap();
@@ -546,13 +375,7 @@ async fn a_hung_upstream_is_504_within_the_configured_timeout() {
     // A reply that starts and stalls: the first event arrives, then the reply ends.
     upstream.set(STALLED_MID_STREAM);
     let started = Instant::now();
-    let mut res = http
-        .post(&url)
-        .bearer_auth(&alice)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(list(4).to_string())
+    let mut res = mcp_post(&http, &url, &alice, &list(4))
         .send()
         .await
         .unwrap();
@@ -585,11 +408,11 @@ async fn a_hung_upstream_is_504_within_the_configured_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_style_swap_of_the_policy_directory_is_reloaded() {
     use std::os::unix::fs::symlink;
-    let dir = Workdir::new("configmap");
+    let dir = workdir("configmap");
     let mount = dir.path().join("mount");
     let v1 = mount.join("..2026_01_01_00_00_00.000000001");
     std::fs::create_dir_all(&v1).unwrap();
-    copy_policies(&v1);
+    copy_policy_files(&v1);
     symlink(v1.file_name().unwrap(), mount.join("..data")).unwrap();
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&v1).unwrap() {
@@ -606,7 +429,7 @@ async fn a_configmap_style_swap_of_the_policy_directory_is_reloaded() {
     // The update: a new directory with an edited roles.cedar, then the atomic swap.
     let v2 = mount.join("..2026_01_01_00_05_00.000000002");
     std::fs::create_dir_all(&v2).unwrap();
-    copy_policies(&v2);
+    copy_policy_files(&v2);
     let roles = v2.join("roles.cedar");
     let text = std::fs::read_to_string(&roles).unwrap();
     std::fs::write(
@@ -651,7 +474,7 @@ async fn a_configmap_style_swap_of_the_policy_directory_is_reloaded() {
 async fn probes_answer_at_once_while_the_idp_hangs_and_a_restart_starts_from_the_key_cache() {
     let entra = DevEntra::builder().start().await.unwrap();
     let idp = IdpFront::start(&entra).await;
-    let dir = Workdir::new("probes");
+    let dir = workdir("probes");
     dir.config(
         &idp.url,
         &entra,
@@ -662,7 +485,7 @@ async fn probes_answer_at_once_while_the_idp_hangs_and_a_restart_starts_from_the
     let http = http();
     let bob = entra.token_for("bob").unwrap().mint().unwrap();
 
-    let mut proc = Proc::spawn(&["--port", "0"], dir.path());
+    let mut proc = spawn(&["--port", "0"], dir.path());
     let base = base_of(&proc.line("idguard: demo tools at "));
     assert_eq!(me(&http, &base, &bob).await.0, 200);
     until(
@@ -718,25 +541,18 @@ async fn probes_answer_at_once_while_the_idp_hangs_and_a_restart_starts_from_the
     assert_eq!(ready["status"], "degraded");
     // Tokens signed with known keys are still accepted.
     assert_eq!(me(&http, &base, &bob).await.0, 200);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&http, &base).await;
     assert!(
         metrics.contains("idguard_identity_reachable 0"),
         "{metrics}"
     );
-    assert!(proc.terminate().await.success());
+    assert!(proc.terminate(Duration::from_secs(40)).await.success());
 
     // A restart while the IdP still hangs: the process answers at once, is not ready while
     // discovery times out, then starts from the cache file and serves known-key tokens.
     let port = free_port();
     let restarted = Instant::now();
-    let proc = Proc::spawn(&["--port", &port.to_string()], dir.path());
+    let proc = spawn(&["--port", &port.to_string()], dir.path());
     let base = format!("http://127.0.0.1:{port}");
     let first = until(
         Duration::from_secs(10),
@@ -806,10 +622,10 @@ async fn without_a_key_cache_a_replica_waits_not_ready_until_the_idp_answers() {
     let entra = DevEntra::builder().start().await.unwrap();
     let idp = IdpFront::start(&entra).await;
     idp.set(FAIL);
-    let dir = Workdir::new("notready");
+    let dir = workdir("notready");
     dir.config(&idp.url, &entra, "", "");
     let http = http();
-    let mut proc = Proc::spawn(&["--port", "0"], dir.path());
+    let mut proc = spawn(&["--port", "0"], dir.path());
     let line = proc.line("idguard: not ready at ");
     let base = line.split(':').take(3).collect::<Vec<_>>().join(":");
     let (status, _, body, took) = get_json(&http, &format!("{base}/readyz")).await;
@@ -828,7 +644,7 @@ async fn without_a_key_cache_a_replica_waits_not_ready_until_the_idp_answers() {
     assert!(back.elapsed() < Duration::from_secs(5));
     let bob = entra.token_for("bob").unwrap().mint().unwrap();
     assert_eq!(me(&http, &base, &bob).await.0, 200);
-    assert!(proc.terminate().await.success());
+    assert!(proc.terminate(Duration::from_secs(40)).await.success());
 }
 
 // ------------------------------------------------------------------ item 7
@@ -839,9 +655,9 @@ async fn without_a_key_cache_a_replica_waits_not_ready_until_the_idp_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_is_accepted_seconds_after_the_jwks_endpoint_returns() {
     let entra = DevEntra::builder().start().await.unwrap();
-    let dir = Workdir::new("rotate");
+    let dir = workdir("rotate");
     dir.config(entra.url(), &entra, "", "");
-    let proc = Proc::spawn(&["--port", "0"], dir.path());
+    let proc = spawn(&["--port", "0"], dir.path());
     let base = base_of(&proc.line("idguard: demo tools at "));
     let http = http();
     let old = entra.token_for("bob").unwrap().mint().unwrap();
@@ -894,9 +710,9 @@ async fn a_new_key_is_accepted_seconds_after_the_jwks_endpoint_returns() {
 async fn requests_share_one_hanging_key_fetch_and_wait_a_bounded_time() {
     let entra = DevEntra::builder().start().await.unwrap();
     let idp = IdpFront::start(&entra).await;
-    let dir = Workdir::new("flight");
+    let dir = workdir("flight");
     dir.config(&idp.url, &entra, "", "");
-    let proc = Proc::spawn(&["--port", "0"], dir.path());
+    let proc = spawn(&["--port", "0"], dir.path());
     let base = base_of(&proc.line("idguard: demo tools at "));
     let http = http();
 

@@ -44,31 +44,42 @@
 //! # Ok(()) }
 //! ```
 
-mod authorize;
+// This file: the crate docs, the constants, `DevError`, `DevEndpoint`, the `DevEntra`
+// handle and the re-exports. `builder` starts an emulator, `users` is its directory,
+// `certificate` the dev API's certificate credential, `failure` the per-user failure
+// modes, `shared` the state the handle shares with the server, `keys` the signing keys,
+// `mint` token minting, `server` discovery and JWKS, `obo` the token endpoint (on-behalf-of)
+// and Graph, `sign_in` the interactive sign-in (authorize, code and refresh-token grants).
+mod builder;
+mod certificate;
+mod failure;
 mod keys;
 mod mint;
 mod obo;
 mod server;
+mod shared;
+mod sign_in;
+mod users;
 
 pub mod demo;
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use aws_lc_rs::digest;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use tokio::sync::oneshot;
 
+pub use builder::DevEntraBuilder;
+pub use certificate::DevCertificate;
+pub use failure::{DevGraphFailure, DevOboFailure, DevSignInFailure};
 pub use mint::TokenMint;
 pub use obo::MFA_CLAIMS;
+pub use users::{DevApp, DevTenant, DevUser, named_callers, overage_user};
 
+use failure::set_failure;
 use keys::{KeyRing, SigningKey};
+use shared::{Shared, issuer_v1};
 
 /// Tenant id of the default dev tenant, "Contoso".
 pub const CONTOSO_TENANT_ID: &str = "b0f1a3c2-7d4e-4f6a-9c8b-1e2d3f4a5b6c";
@@ -85,177 +96,6 @@ pub const DEV_SCOPE: &str = "mcp.tools";
 /// Object id of the dev managed identity whose tokens are accepted as federated client
 /// assertions of the dev API (workload identity federation).
 pub const DEV_MANAGED_IDENTITY_ID: &str = "f1d0c0de-0000-4000-8000-00000000f1d0";
-
-/// How the token endpoint fails on-behalf-of requests for one user
-/// ([`DevEntra::set_obo_failure`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DevOboFailure {
-    /// `invalid_grant`, AADSTS65001, suberror `consent_required`.
-    ConsentRequired,
-    /// `interaction_required`, AADSTS50079, with a `claims` challenge ([`MFA_CLAIMS`]).
-    MfaRequired,
-    /// `429` with `Retry-After: retry_after` (seconds).
-    Throttled {
-        /// Seconds in `Retry-After`.
-        retry_after: u64,
-    },
-    /// `503` for the next `times` requests, then success.
-    ServerError {
-        /// How many requests fail.
-        times: u32,
-    },
-    /// Answer (successfully) only after `millis` milliseconds.
-    Slow {
-        /// The delay.
-        millis: u64,
-    },
-}
-
-/// How the interactive sign-in (authorize and code or refresh-token redemption) fails for
-/// one user ([`DevEntra::set_sign_in_failure`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DevSignInFailure {
-    /// The user has not consented: redeeming a code answers `invalid_grant`, AADSTS65001,
-    /// suberror `consent_required`, unless the code came from an authorize request with
-    /// `prompt=consent` (the user consented then). `prompt=none` at authorize redirects
-    /// with `error=consent_required`.
-    ConsentRequired,
-    /// A Conditional Access policy wants MFA: redeeming a code or a refresh token answers
-    /// `interaction_required`, AADSTS50079, with `claims` = [`MFA_CLAIMS`], unless the
-    /// authorize request carried that `claims` value; then the access token's `amr`
-    /// includes `mfa`. `prompt=none` without it redirects with
-    /// `error=interaction_required`.
-    MfaRequired,
-    /// The user declines: authorize redirects with `error=access_denied` (AADSTS65004).
-    AccessDenied,
-}
-
-/// How the Graph emulation fails for one user ([`DevEntra::set_graph_failure`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DevGraphFailure {
-    /// `429` with `Retry-After: retry_after` for the next `times` requests.
-    Throttled {
-        /// How many requests are throttled.
-        times: u32,
-        /// Seconds in `Retry-After`.
-        retry_after: u64,
-    },
-}
-
-/// A client certificate for the dev API's certificate credential, with its private key.
-#[derive(Clone)]
-pub struct DevCertificate {
-    cert_pem: String,
-    key_pem: String,
-    thumbprint: String,
-    public_key_der: Vec<u8>,
-}
-
-impl std::fmt::Debug for DevCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevCertificate")
-            .field("x5t#S256", &self.thumbprint)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DevCertificate {
-    /// Makes a self-signed RSA 2048 certificate (not registered anywhere).
-    ///
-    /// # Errors
-    ///
-    /// [`DevError::Crypto`] if key generation fails.
-    pub fn generate() -> Result<Self, DevError> {
-        let key =
-            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-                .map_err(|e| DevError::Crypto(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| DevError::Crypto(e.to_string()))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "idguard dev api");
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| DevError::Crypto(e.to_string()))?;
-        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key.serialize_der())
-            .map_err(|e| DevError::Crypto(e.to_string()))?;
-        use aws_lc_rs::signature::KeyPair as _;
-        Ok(Self {
-            thumbprint: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, cert.der())),
-            cert_pem: to_pem("CERTIFICATE", cert.der()),
-            key_pem: to_pem("PRIVATE KEY", &key.serialize_der()),
-            public_key_der: pair.public_key().as_ref().to_vec(),
-        })
-    }
-
-    /// The certificate, PEM.
-    pub fn certificate_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    /// The PKCS#8 private key, PEM.
-    pub fn private_key_pem(&self) -> &str {
-        &self.key_pem
-    }
-
-    /// `x5t#S256`: base64url SHA-256 of the certificate DER.
-    pub fn thumbprint_s256(&self) -> &str {
-        &self.thumbprint
-    }
-
-    /// Writes `cert.pem` and `key.pem` into `dir`; returns their paths.
-    ///
-    /// # Errors
-    ///
-    /// [`DevError::Io`] when the files cannot be written.
-    pub fn write_to(&self, dir: &Path) -> Result<(PathBuf, PathBuf), DevError> {
-        let cert = dir.join("cert.pem");
-        let key = dir.join("key.pem");
-        std::fs::write(&cert, &self.cert_pem)?;
-        std::fs::write(&key, &self.key_pem)?;
-        Ok((cert, key))
-    }
-}
-
-/// The v1 issuer of tenant `tid` (Entra's `https://sts.windows.net/{tid}/`).
-pub(crate) fn issuer_v1(tid: &str) -> String {
-    format!("https://sts.windows.net/{tid}/")
-}
-
-/// PEM armour: base64 in 64-character lines.
-fn to_pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// A user in more groups than Entra puts in a token (230, Finance among them): mint their
-/// tokens with [`TokenMint::groups_overage`] and resolve membership through Graph.
-pub fn overage_user() -> DevUser {
-    let mut groups: Vec<String> = (1..230u32)
-        .map(|i| format!("{i:08x}-0000-4000-8000-0000000{i:05x}"))
-        .collect();
-    groups.insert(150, FINANCE_GROUP_ID.to_owned());
-    DevUser {
-        key: "dave".to_owned(),
-        name: "Dave Many".to_owned(),
-        upn: "dave@contoso.example".to_owned(),
-        object_id: "da4e0000-0000-4000-8000-0000000da4e0".to_owned(),
-        tenant_id: CONTOSO_TENANT_ID.to_owned(),
-        roles: vec!["Tools.Read".to_owned()],
-        groups,
-        auth_methods: vec!["pwd".to_owned(), "mfa".to_owned()],
-    }
-}
 
 /// Why the emulator could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -275,51 +115,6 @@ pub enum DevError {
     UnknownKey(String),
 }
 
-/// A tenant the emulator knows.
-#[derive(Clone, Debug)]
-pub struct DevTenant {
-    /// Tenant id (GUID).
-    pub id: String,
-    /// Display name.
-    pub name: String,
-}
-
-/// A user the emulator can mint delegated tokens for.
-#[derive(Clone, Debug)]
-pub struct DevUser {
-    /// Short name used to look the user up (`"alice"`).
-    pub key: String,
-    /// Display name (`name`).
-    pub name: String,
-    /// Sign-in name (`preferred_username` / `upn`).
-    pub upn: String,
-    /// Object id (`oid`).
-    pub object_id: String,
-    /// Home tenant (`tid`).
-    pub tenant_id: String,
-    /// App roles assigned to the user (`roles`).
-    pub roles: Vec<String>,
-    /// Group object ids (`groups`).
-    pub groups: Vec<String>,
-    /// Authentication methods (`amr`).
-    pub auth_methods: Vec<String>,
-}
-
-/// A daemon application the emulator can mint app-only tokens for.
-#[derive(Clone, Debug)]
-pub struct DevApp {
-    /// Short name (`"reporter"`).
-    pub key: String,
-    /// Application (client) id (`azp`/`appid`).
-    pub app_id: String,
-    /// Service principal object id (`oid` = `sub`).
-    pub object_id: String,
-    /// Tenant the app is provisioned in.
-    pub tenant_id: String,
-    /// Application permissions granted (`roles`).
-    pub roles: Vec<String>,
-}
-
 /// Endpoints whose requests the emulator counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -334,114 +129,6 @@ pub enum DevEndpoint {
     Graph,
     /// The v2 authorize endpoint (`GET /{tenant}/oauth2/v2.0/authorize`).
     Authorize,
-}
-
-const ENDPOINTS: usize = 5;
-
-/// State shared by the handle and the server task.
-pub(crate) struct Shared {
-    pub(crate) base_url: String,
-    pub(crate) tenants: Vec<DevTenant>,
-    pub(crate) users: Vec<DevUser>,
-    pub(crate) apps: Vec<DevApp>,
-    pub(crate) api_client_id: String,
-    /// Extra Application ID URIs of the dev API (besides `api://{api_client_id}`).
-    pub(crate) identifier_uris: Vec<String>,
-    pub(crate) keys: RwLock<KeyRing>,
-    pub(crate) jwks_available: AtomicBool,
-    counters: [AtomicU64; ENDPOINTS],
-    pub(crate) client_secret: String,
-    /// Registered client certificates: (`x5t#S256`, public key DER).
-    pub(crate) certificates: RwLock<Vec<(String, Vec<u8>)>>,
-    pub(crate) federated_subject: String,
-    pub(crate) used_jti: Mutex<HashSet<String>>,
-    pub(crate) obo_failures: Mutex<HashMap<String, DevOboFailure>>,
-    pub(crate) graph_failures: Mutex<HashMap<String, DevGraphFailure>>,
-    pub(crate) downstream_lifetime: AtomicU64,
-    pub(crate) refresh_in: AtomicU64,
-    /// Redirect URIs, the default user, sign-in failures, codes and refresh tokens.
-    pub(crate) sign_in: authorize::SignIn,
-}
-
-impl std::fmt::Debug for Shared {
-    // The client secret, keys, assertions' `jti`s, codes and refresh tokens stay out.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("base_url", &self.base_url)
-            .field("tenants", &self.tenants)
-            .field("users", &self.users.len())
-            .field("apps", &self.apps.len())
-            .field("api_client_id", &self.api_client_id)
-            .field("identifier_uris", &self.identifier_uris)
-            .field("sign_in", &self.sign_in)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DevUser {
-    /// The claims of a v2 delegated token for this user with the default scope, as JSON
-    /// (for tools that describe a caller by claims, such as policy test cases).
-    pub fn claims(&self) -> serde_json::Value {
-        serde_json::json!({
-            "ver": "2.0",
-            "tid": self.tenant_id,
-            "oid": self.object_id,
-            "sub": self.object_id,
-            "name": self.name,
-            "preferred_username": self.upn,
-            "scp": DEV_SCOPE,
-            "roles": self.roles,
-            "groups": self.groups,
-            "amr": self.auth_methods,
-            "azp": DEV_CLIENT_APP_ID,
-        })
-    }
-}
-
-impl Shared {
-    pub(crate) fn count(&self, endpoint: DevEndpoint) {
-        if let Some(c) = self.counters.get(endpoint as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The v2 issuer of tenant `tid`.
-    pub(crate) fn issuer_v2(&self, tid: &str) -> String {
-        format!("{}/{tid}/v2.0", self.base_url)
-    }
-
-    pub(crate) fn knows_tenant(&self, tid: &str) -> bool {
-        self.tenants.iter().any(|t| t.id == tid)
-    }
-
-    /// Signs `claims` (RS256) with the active key.
-    pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, DevError> {
-        let key = {
-            let ring = self
-                .keys
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ring.find(&ring.active)
-                .cloned()
-                .ok_or_else(|| DevError::UnknownKey(ring.active.clone()))?
-        };
-        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": key.kid});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = key.sign(input.as_bytes())?;
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
-    }
-
-    pub(crate) fn user_oid(&self, key: &str) -> Result<String, DevError> {
-        self.users
-            .iter()
-            .find(|u| u.key == key)
-            .map(|u| u.object_id.clone())
-            .ok_or_else(|| DevError::UnknownPrincipal(key.to_owned()))
-    }
 }
 
 /// A running dev Entra emulator. Stops when dropped.
@@ -621,10 +308,7 @@ impl DevEntra {
 
     /// How many requests `endpoint` has served.
     pub fn requests(&self, endpoint: DevEndpoint) -> u64 {
-        self.shared
-            .counters
-            .get(endpoint as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.shared.counters.get(endpoint)
     }
 
     /// The dev API's client secret (random per emulator), for the on-behalf-of grant.
@@ -653,7 +337,10 @@ impl DevEntra {
             .certificates
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((cert.thumbprint.clone(), cert.public_key_der.clone()));
+            .push((
+                cert.thumbprint_s256().to_owned(),
+                cert.public_key_der().to_vec(),
+            ));
         Ok(cert)
     }
 
@@ -739,7 +426,7 @@ impl DevEntra {
     pub fn set_sign_in_user(&self, key: Option<&str>) -> Result<(), DevError> {
         let user = match key {
             Some(k) => Some(
-                authorize::find_user(&self.shared, k)
+                sign_in::find_user(&self.shared, k)
                     .map(|u| u.key.clone())
                     .ok_or_else(|| DevError::UnknownPrincipal(k.to_owned()))?,
             ),
@@ -811,222 +498,10 @@ impl DevEntra {
     }
 }
 
-/// Sets (or clears) one user's failure mode in a shared table.
-fn set_failure<F>(
-    table: &std::sync::Mutex<std::collections::HashMap<String, F>>,
-    oid: String,
-    failure: Option<F>,
-) {
-    let mut all = table
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match failure {
-        Some(f) => all.insert(oid, f),
-        None => all.remove(&oid),
-    };
-}
-
 impl Drop for DevEntra {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
     }
-}
-
-/// Configures a [`DevEntra`].
-///
-/// Defaults: tenants Contoso ([`CONTOSO_TENANT_ID`], the default) and Fabrikam
-/// ([`FABRIKAM_TENANT_ID`]); users `alice` (Contoso, role `Tools.Admin`, Finance group,
-/// MFA), `bob` (Contoso, role `Tools.Read`, password only) and `carol` (Fabrikam, role
-/// `Tools.Read`, MFA); daemon app `reporter` (Contoso, role `Tools.Read`).
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct DevEntraBuilder {
-    addr: SocketAddr,
-    tenants: Vec<DevTenant>,
-    users: Vec<DevUser>,
-    apps: Vec<DevApp>,
-    api_client_id: String,
-    redirect_uris: Vec<String>,
-    identifier_uris: Vec<String>,
-}
-
-impl Default for DevEntraBuilder {
-    fn default() -> Self {
-        let s = |v: &str| v.to_owned();
-        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tenants: vec![
-                DevTenant {
-                    id: s(CONTOSO_TENANT_ID),
-                    name: s("Contoso"),
-                },
-                DevTenant {
-                    id: s(FABRIKAM_TENANT_ID),
-                    name: s("Fabrikam"),
-                },
-            ],
-            users: vec![
-                DevUser {
-                    key: s("alice"),
-                    name: s("Alice Admin"),
-                    upn: s("alice@contoso.example"),
-                    object_id: s("a11ce000-0000-4000-8000-00000000a11c"),
-                    tenant_id: s(CONTOSO_TENANT_ID),
-                    roles: strings(&["Tools.Admin"]),
-                    groups: strings(&[FINANCE_GROUP_ID]),
-                    auth_methods: strings(&["pwd", "mfa"]),
-                },
-                DevUser {
-                    key: s("bob"),
-                    name: s("Bob Reader"),
-                    upn: s("bob@contoso.example"),
-                    object_id: s("b0b00000-0000-4000-8000-000000000b0b"),
-                    tenant_id: s(CONTOSO_TENANT_ID),
-                    roles: strings(&["Tools.Read"]),
-                    groups: Vec::new(),
-                    auth_methods: strings(&["pwd"]),
-                },
-                DevUser {
-                    key: s("carol"),
-                    name: s("Carol Partner"),
-                    upn: s("carol@fabrikam.example"),
-                    object_id: s("ca401000-0000-4000-8000-0000000ca401"),
-                    tenant_id: s(FABRIKAM_TENANT_ID),
-                    roles: strings(&["Tools.Read"]),
-                    groups: Vec::new(),
-                    auth_methods: strings(&["pwd", "mfa"]),
-                },
-            ],
-            apps: vec![DevApp {
-                key: s("reporter"),
-                app_id: s("7e9d8c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"),
-                object_id: s("5e1f2a3b-4c5d-4e6f-8a7b-9c0d1e2f3a4b"),
-                tenant_id: s(CONTOSO_TENANT_ID),
-                roles: strings(&["Tools.Read"]),
-            }],
-            api_client_id: s(DEV_API_CLIENT_ID),
-            redirect_uris: Vec::new(),
-            identifier_uris: Vec::new(),
-        }
-    }
-}
-
-impl DevEntraBuilder {
-    /// Listen on `addr` instead of `127.0.0.1:0`. Only loopback addresses make sense.
-    pub fn addr(mut self, addr: SocketAddr) -> Self {
-        self.addr = addr;
-        self
-    }
-
-    /// Adds a tenant.
-    pub fn tenant(mut self, tenant: DevTenant) -> Self {
-        self.tenants.push(tenant);
-        self
-    }
-
-    /// Adds (or replaces, by key) a user.
-    pub fn user(mut self, user: DevUser) -> Self {
-        self.users.retain(|u| u.key != user.key);
-        self.users.push(user);
-        self
-    }
-
-    /// Adds (or replaces, by key) a daemon app.
-    pub fn app(mut self, app: DevApp) -> Self {
-        self.apps.retain(|a| a.key != app.key);
-        self.apps.push(app);
-        self
-    }
-
-    /// The users configured so far.
-    pub fn users(&self) -> &[DevUser] {
-        &self.users
-    }
-
-    /// The protected API's application id (default [`DEV_API_CLIENT_ID`]).
-    pub fn api_client_id(mut self, id: impl Into<String>) -> Self {
-        self.api_client_id = id.into();
-        self
-    }
-
-    /// Registers a redirect URI of the dev API (see [`DevEntra::allow_redirect_uri`]).
-    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
-        self.redirect_uris.push(uri.into());
-        self
-    }
-
-    /// Adds an Application ID URI of the dev API besides `api://{client id}` (for example
-    /// the MCP server's URL): scopes may be named under it, and it is a `resource` value
-    /// authorize accepts for them.
-    pub fn identifier_uri(mut self, uri: impl Into<String>) -> Self {
-        self.identifier_uris.push(uri.into());
-        self
-    }
-
-    /// Generates the first signing key, binds the port and starts serving.
-    ///
-    /// # Errors
-    ///
-    /// [`DevError`] when the port cannot be bound or key generation fails.
-    pub async fn start(self) -> Result<DevEntra, DevError> {
-        let first = SigningKey::generate(None)?;
-        let listener = tokio::net::TcpListener::bind(self.addr).await?;
-        let addr = listener.local_addr()?;
-        let ring = KeyRing {
-            active: first.kid.clone(),
-            published: vec![first],
-            unpublished: Vec::new(),
-        };
-        let shared = Arc::new(Shared {
-            base_url: format!("http://{addr}"),
-            tenants: self.tenants,
-            users: self.users,
-            apps: self.apps,
-            api_client_id: self.api_client_id,
-            identifier_uris: self.identifier_uris,
-            keys: RwLock::new(ring),
-            jwks_available: AtomicBool::new(true),
-            counters: Default::default(),
-            client_secret: format!("dev~{}", uuid::Uuid::new_v4().simple()),
-            certificates: RwLock::new(Vec::new()),
-            federated_subject: DEV_MANAGED_IDENTITY_ID.to_owned(),
-            used_jti: Mutex::new(HashSet::new()),
-            obo_failures: Mutex::new(HashMap::new()),
-            graph_failures: Mutex::new(HashMap::new()),
-            downstream_lifetime: AtomicU64::new(3600),
-            refresh_in: AtomicU64::new(0),
-            sign_in: authorize::SignIn::new(self.redirect_uris),
-        });
-        let (tx, rx) = oneshot::channel();
-        let app = server::router(shared.clone());
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(target: "idguard::dev", %e, "dev entra stopped");
-            }
-        });
-        Ok(DevEntra {
-            shared,
-            addr,
-            shutdown: Some(tx),
-        })
-    }
-}
-
-/// The dev users (`alice`, `bob`, `carol`) as callers a policy test case may name
-/// (`user = "alice"`), with the claims the emulator puts in their tokens.
-pub fn named_callers() -> idguard::policy::cases::NamedCallers {
-    DevEntraBuilder::default()
-        .users()
-        .iter()
-        .fold(idguard::policy::cases::NamedCallers::new(), |callers, u| {
-            callers.with(u.key.clone(), u.claims())
-        })
 }

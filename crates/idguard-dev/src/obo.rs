@@ -6,7 +6,7 @@
 //! assertion (RS256 by a published key, `aud` = the API, not expired), applies the
 //! per-user failure mode, and issues a Graph (or other resource) token. The
 //! `authorization_code` and `refresh_token` grants on the same endpoint are the sign-in
-//! module's (`authorize.rs`); they share the credential check and the answer's shape.
+//! module's (`sign_in/`); they share the credential check and the answer's shape.
 //!
 //! Under `/graph/v1.0`: `GET /me`, `GET /me/transitiveMemberOf/microsoft.graph.group`
 //! (paged, 100 a page) and `POST /me/checkMemberGroups`, for Graph tokens it issued.
@@ -268,11 +268,11 @@ async fn token_endpoint(
 ) -> Response {
     s.count(DevEndpoint::Token);
     match form.get("grant_type").map(String::as_str) {
-        Some(super::authorize::AUTHORIZATION_CODE) => {
-            return super::authorize::redeem_code(&s, &raw, &form);
+        Some(super::sign_in::AUTHORIZATION_CODE) => {
+            return super::sign_in::redeem_code(&s, &raw, &form);
         }
-        Some(super::authorize::REFRESH_TOKEN) => {
-            return super::authorize::redeem_refresh(&s, &raw, &form);
+        Some(super::sign_in::REFRESH_TOKEN) => {
+            return super::sign_in::redeem_refresh(&s, &raw, &form);
         }
         _ => {}
     }

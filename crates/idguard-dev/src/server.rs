@@ -24,7 +24,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/{tenant}/discovery/v2.0/keys", get(jwks_v2))
         .route("/{tenant}/discovery/keys", get(jwks_v1));
-    super::authorize::routes(super::obo::routes(router)).with_state(shared)
+    super::sign_in::routes(super::obo::routes(router)).with_state(shared)
 }
 
 /// What a tenant path segment resolves to.
