@@ -1,5 +1,7 @@
 //! `idguard serve` (and plain `idguard`): dev mode without configuration, otherwise the
 //! configured stack — in front of the demo tools, or as a gateway to an upstream server.
+//!
+//! Over 800 lines: it wires every route `serve` mounts (health probe, metrics, dev tokens, admin-consent landing); those are the parts to split out next.
 
 use std::convert::Infallible;
 use std::error::Error;
@@ -707,10 +709,9 @@ impl Health {
 
 /// The v2 discovery document's URL: what the background check fetches.
 fn discovery_url(config: &ResolvedConfig) -> String {
-    format!(
-        "{}/{}/v2.0/.well-known/openid-configuration",
+    idguard::internals::discovery_url(
         config.authority(),
-        idguard::internals::discovery_segment(config.tenant())
+        idguard::internals::discovery_segment(config.tenant()),
     )
 }
 
