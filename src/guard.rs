@@ -22,13 +22,16 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::config::{IdGuardConfig, OAuthConfig, OboConfig, ResolvedConfig, TokenConfig};
-use crate::entra::TenantMode;
+use crate::config::{IdGuardConfig, ResolvedConfig};
+use crate::entra::{self, TenantMode};
 use crate::error::{StartupError, TokenError};
+use crate::oauth::config::OAuthConfig;
 use crate::oauth::proxy::Proxy;
 use crate::oauth::{MemoryStore, OAuthStore};
 use crate::obo::OboClient;
+use crate::obo::config::OboConfig;
 use crate::principal::Principal;
+use crate::token::config::TokenConfig;
 use crate::token::jwks::KeyStore;
 use crate::token::layer::ValidateTokenLayer;
 use crate::token::{Authenticator, IssuedTokens, Session, TokenStats, TokenValidator};
@@ -88,12 +91,12 @@ impl IdGuard {
 
         // Discovery and the signing keys (from `token.jwks_cache_file` when the identity
         // provider cannot be reached).
-        let (keys, v2) = KeyStore::start(&client, &config).await?;
+        let (keys, v2) = KeyStore::start(&client, &config.key_settings()).await?;
         let v1_issuer = v2.v1_issuer.clone();
         let authorization_server = match &config.tenant {
             TenantMode::Single(_) => v2.issuer.clone(),
             TenantMode::AllowList(_) | TenantMode::AnyOrganization => {
-                format!("{}/organizations/v2.0", config.authority)
+                entra::issuer(&config.authority, config.tenant.discovery_segment())
             }
         };
         let validator = TokenValidator::new(
@@ -138,7 +141,12 @@ impl IdGuard {
             Some(p) => p.issuer().to_owned(),
             None => authorization_server,
         };
-        let mut auth = Authenticator::new(&config, validator, keys, resource_metadata_url);
+        let mut auth = Authenticator::new(
+            &config.auth_settings(),
+            validator,
+            keys,
+            resource_metadata_url,
+        );
         if let Some(proxy) = &oauth {
             auth = auth.with_issued_tokens(Arc::clone(proxy) as Arc<dyn IssuedTokens>);
         }
@@ -361,7 +369,7 @@ impl IdGuardBuilder {
         self
     }
 
-    /// `token.leeway`: clock skew on `exp`/`nbf` (default [`DEFAULT_LEEWAY`](crate::config::DEFAULT_LEEWAY)).
+    /// `token.leeway`: clock skew on `exp`/`nbf` (default [`DEFAULT_LEEWAY`](crate::DEFAULT_LEEWAY)).
     pub fn with_leeway(mut self, leeway: Duration) -> Self {
         self.token.leeway = Some(format!("{}ms", leeway.as_millis()));
         self

@@ -3,11 +3,14 @@
 //! no stability promise: library users never need it.
 
 pub use crate::config::{
-    Checked, DEFAULT_SCOPE, IpRange, McpSettings, Origins, Overrides, ServerSettings, check_binary,
+    Checked, DEFAULT_SCOPE, IpRange, Origins, Overrides, ServerSettings, check_binary,
     edit_distance,
 };
-pub use crate::entra::{is_guid, is_loopback_url, without_url};
+pub use crate::entra::{
+    admin_consent_endpoint, discovery_url, is_guid, is_loopback_url, without_url,
+};
 pub use crate::guard::resource_metadata_url;
+pub use crate::mcp::config::McpSettings;
 pub use crate::oauth::html::escape;
 pub use crate::oauth::keys::random_token;
 pub use crate::oauth::metadata::as_reached;

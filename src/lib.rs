@@ -15,6 +15,7 @@ mod entra;
 mod error;
 mod guard;
 mod principal;
+mod setting;
 mod token;
 
 pub mod gateway;
@@ -27,16 +28,20 @@ pub mod policy;
 #[doc(hidden)]
 pub mod internals;
 
-pub use config::{
-    DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_AUTHORITY, DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
-    DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY, DEFAULT_REFRESH_TOKEN_LIFETIME,
-    DEFAULT_TOKEN_CACHE_CAPACITY, IdGuardConfig, McpConfig, OAuthConfig, OboConfig, ResolvedConfig,
-    ServerConfig, TokenConfig,
-};
-pub use entra::TenantMode;
+pub use config::{IdGuardConfig, ResolvedConfig, ServerConfig};
+pub use entra::{DEFAULT_AUTHORITY, TenantMode};
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};
 pub use guard::{IdGuard, IdGuardBuilder};
+pub use mcp::config::McpConfig;
+pub use oauth::config::{
+    DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_REFRESH_TOKEN_LIFETIME, OAuthConfig,
+};
+pub use obo::config::OboConfig;
 pub use principal::{MissingPrincipal, Principal, TokenVersion};
+pub use token::config::{
+    DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY,
+    DEFAULT_TOKEN_CACHE_CAPACITY, TokenConfig,
+};
 pub use token::layer::{ValidateToken, ValidateTokenLayer};
 pub use token::{MAX_TOKEN_BYTES, TokenStats};
 

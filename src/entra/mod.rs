@@ -1,6 +1,8 @@
-//! Microsoft Entra specifics: authorities, tenants, and issuer rules.
+//! Microsoft Entra specifics: authorities, tenants, issuer rules, where the endpoints are
+//! (`urls`: discovery, token, authorize, admin consent) and what Entra's errors and AADSTS
+//! codes mean (`errors`).
 //!
-//! This is the only module that knows how Entra names things. The rules follow Microsoft's
+//! This is the only module that knows how Entra names things. The issuer rules follow Microsoft's
 //! "Validate the issuer" and "Validate the signing key issuer" guidance:
 //!
 //! - single tenant: `iss` equals the tenant's issuer exactly;
@@ -11,9 +13,18 @@
 //!   same substitution).
 
 mod discovery;
+mod errors;
+mod urls;
 
 pub(crate) use discovery::fetch_metadata;
 pub use discovery::without_url;
+pub(crate) use errors::{EntraError, Refusal};
+#[cfg(feature = "internals")]
+pub use urls::admin_consent_endpoint;
+pub use urls::{DEFAULT_AUTHORITY, discovery_url};
+pub(crate) use urls::{
+    admin_consent_url, authorize_endpoint, issuer, token_endpoint, v1_discovery_url,
+};
 
 /// The placeholder Entra puts in multi-tenant issuer templates.
 const TENANT_PLACEHOLDER: &str = "{tenantid}";

@@ -36,6 +36,7 @@
 
 mod binding;
 mod catalog;
+pub(crate) mod config;
 mod filter;
 mod jsonrpc;
 mod layer;

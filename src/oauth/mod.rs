@@ -16,6 +16,7 @@
 
 mod cimd;
 mod client;
+pub(crate) mod config;
 pub(crate) mod html;
 pub(crate) mod keys;
 pub(crate) mod metadata;

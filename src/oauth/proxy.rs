@@ -38,9 +38,10 @@ use super::client::{self, Client, RegistrationRequest};
 use super::html;
 use super::keys::{ProxyKeys, Purpose, constant_time_eq, digest_b64, random_token};
 use super::store::{OAuthStore, RecordKind};
-use crate::config::OAuthSettings;
+use crate::entra::{EntraError, admin_consent_url};
 use crate::guard::IdGuard;
-use crate::obo::{ClientAuth, ClientCredential, EntraError, admin_consent_url};
+use crate::oauth::config::OAuthSettings;
+use crate::obo::{ClientAuth, ClientCredential};
 
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const STATE_TTL: Duration = Duration::from_secs(600);

@@ -10,13 +10,13 @@ use http::HeaderValue;
 use serde_json::Value;
 
 use super::cache::{CacheKey, Cached, TokenCache, token_cache};
-use super::credential::{ClientAuth, ClientCredential, Secret};
+use super::credential::{ClientAuth, ClientCredential};
 use super::graph::Graph;
-use super::{
-    EntraError, OboError, Outcome, admin_consent_url, classify, rejection_for, resource_of,
-};
+use super::{OboError, Outcome, classify, rejection_for, resource_of};
+use crate::entra::{EntraError, admin_consent_url, token_endpoint};
 use crate::error::Rejection;
 use crate::principal::Principal;
+use crate::setting::Secret;
 use crate::token::BearerToken;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -376,7 +376,7 @@ impl OboClient {
         if let Some(wait) = self.throttled_for(tid) {
             return Err(OboError::Throttled { retry_after: wait });
         }
-        let endpoint = format!("{}/{tid}/oauth2/v2.0/token", inner.authority);
+        let endpoint = token_endpoint(&inner.authority, tid);
         let scope = scopes.join(" ");
         let mut attempt = 0;
         loop {

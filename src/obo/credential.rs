@@ -17,32 +17,10 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::{digest, rsa, signature};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::OboError;
-
-/// A secret value: no `Display`, and `Debug` prints `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+use crate::setting::Secret;
 
 /// How the middle tier proves its identity to Entra in the on-behalf-of request.
 #[derive(Clone)]
@@ -268,7 +246,10 @@ impl Certificate {
                 &mut sig,
             )
             .map_err(|_| OboError::Credential("cannot sign the client assertion".into()))?;
-        Ok(Secret(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))))
+        Ok(Secret::new(format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(sig)
+        )))
     }
 }
 
@@ -293,8 +274,8 @@ impl FederatedFile {
             return Ok(token.clone());
         }
         let token = std::fs::read_to_string(&self.path).map_err(fail)?;
-        let token = Secret(token.trim().to_owned());
-        if token.0.is_empty() {
+        let token = Secret::new(token.trim().to_owned());
+        if token.expose().is_empty() {
             return Err(OboError::Credential(format!(
                 "the federated token file `{}` is empty",
                 self.path.display()

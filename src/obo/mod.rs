@@ -33,21 +33,22 @@
 
 mod cache;
 mod client;
+pub(crate) mod config;
 mod credential;
 mod extract;
 mod graph;
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
+pub use crate::setting::Secret;
 pub use crate::token::BearerToken;
 pub(crate) use client::OboSettings;
 pub use client::{OboClient, OboStats, OboToken};
 pub(crate) use credential::ClientAuth;
-pub use credential::{ClientCredential, Secret};
+pub use credential::ClientCredential;
 pub use extract::Obo;
 
+use crate::entra::{EntraError, Refusal, authorize_endpoint};
 use crate::error::{Challenge, Rejection, RejectionKind};
 use crate::principal::Principal;
 
@@ -133,17 +134,6 @@ pub enum OboError {
     Credential(String),
 }
 
-/// The error body of Entra's token endpoint.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct EntraError {
-    #[serde(default)]
-    pub(crate) error: String,
-    #[serde(default)]
-    pub(crate) error_codes: Vec<u64>,
-    pub(crate) suberror: Option<String>,
-    pub(crate) claims: Option<String>,
-}
-
 /// What to do with a failed token request.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -153,56 +143,31 @@ pub(crate) enum Outcome {
     Fail(OboError),
 }
 
-/// Classifies an Entra failure (Microsoft: branch on `error` and `claims`, the codes only
-/// refine). `consent_url` is built only when consent is what is missing.
+/// Classifies an Entra failure into what to do (see [`EntraError::refusal`]).
+/// `consent_url` is built only when consent is what is missing.
 pub(crate) fn classify(
     status: u16,
     body: &EntraError,
     retry_after: Option<Duration>,
     consent_url: impl FnOnce() -> String,
 ) -> Outcome {
-    let code = body
-        .error_codes
-        .first()
-        .map(|c| format!("AADSTS{c}"))
-        .unwrap_or_default();
-    if status == 429 {
-        return Outcome::Fail(OboError::Throttled {
+    let code = body.code();
+    Outcome::Fail(match body.refusal(status) {
+        Refusal::Throttled => OboError::Throttled {
             retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
-        });
-    }
-    if status >= 500 || body.error == "temporarily_unavailable" {
-        return Outcome::Retry;
-    }
-    let has = |c: u64| body.error_codes.contains(&c);
-    let claims = body.claims.clone().filter(|c| !c.is_empty());
-    match body.error.as_str() {
-        "invalid_grant" | "interaction_required"
-            if body.suberror.as_deref() == Some("consent_required")
-                || has(65_001)
-                || has(90_094)
-                || has(90_095) =>
-        {
-            Outcome::Fail(OboError::ConsentRequired {
-                consent_url: consent_url(),
-            })
-        }
-        "interaction_required" => Outcome::Fail(OboError::ClaimsChallenge {
-            claims: claims.unwrap_or_default(),
-        }),
-        "invalid_grant" if claims.is_some() => Outcome::Fail(OboError::ClaimsChallenge {
-            claims: claims.unwrap_or_default(),
-        }),
-        "invalid_grant" if has(50_076) || has(50_078) => Outcome::Fail(OboError::ClaimsChallenge {
-            claims: String::new(),
-        }),
-        "invalid_grant" => Outcome::Fail(OboError::InvalidAssertion { code }),
-        "invalid_client" | "unauthorized_client" => Outcome::Fail(OboError::InvalidClient { code }),
-        other => Outcome::Fail(OboError::Refused {
-            error: other.to_owned(),
+        },
+        Refusal::Unavailable => return Outcome::Retry,
+        Refusal::ConsentRequired => OboError::ConsentRequired {
+            consent_url: consent_url(),
+        },
+        Refusal::ClaimsChallenge(claims) => OboError::ClaimsChallenge { claims },
+        Refusal::InvalidGrant => OboError::InvalidAssertion { code },
+        Refusal::InvalidClient => OboError::InvalidClient { code },
+        Refusal::Other(error) => OboError::Refused {
+            error: error.to_owned(),
             code,
-        }),
-    }
+        },
+    })
 }
 
 /// The resource of a scope list: what precedes the last `/` of the first scope
@@ -216,27 +181,11 @@ pub(crate) fn resource_of(scopes: &[String]) -> String {
         .unwrap_or_else(|| DEFAULT_GRAPH_URL.to_owned())
 }
 
-/// The v2 admin-consent URL for `client_id` in tenant `tid`, asking for everything the app
-/// registration requires of `resource` (`{resource}/.default`).
-pub(crate) fn admin_consent_url(
-    authority: &str,
-    tid: &str,
-    client_id: &str,
-    resource: &str,
-) -> String {
-    let scope = format!("{resource}/.default");
-    let base = format!("{authority}/{tid}/v2.0/adminconsent");
-    match reqwest::Url::parse_with_params(&base, [("client_id", client_id), ("scope", &scope)]) {
-        Ok(url) => url.to_string(),
-        Err(_) => base,
-    }
-}
-
 /// Entra's claims challenge (`insufficient_claims`), for clients that declared `cp1`.
 pub(crate) fn claims_challenge(authority: &str, tid: &str, claims: &str) -> Challenge {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(claims.as_bytes());
-    Challenge::insufficient_claims(&format!("{authority}/{tid}/oauth2/v2.0/authorize"), &b64)
+    Challenge::insufficient_claims(&authorize_endpoint(authority, tid), &b64)
 }
 
 /// The answer for an [`OboError`] (DESIGN.md §4), for `principal`.
@@ -303,6 +252,7 @@ pub(crate) fn rejection_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entra::admin_consent_url;
     use serde_json::json;
 
     fn body(v: serde_json::Value) -> EntraError {

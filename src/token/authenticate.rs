@@ -25,8 +25,8 @@ use http::{HeaderMap, HeaderValue};
 use super::TokenValidator;
 use super::bearer::{BearerToken, bearer_token};
 use super::cache::{TokenCache, TokenDigest, digest_token};
+use super::config::AuthSettings;
 use super::jwks::{KeyStore, Refresh};
-use crate::config::ResolvedConfig;
 use crate::error::{Challenge, Rejection, RejectionKind, TokenError};
 use crate::principal::Principal;
 
@@ -210,18 +210,18 @@ impl Authenticator {
     /// Authentication with `config`'s gate, leeway, cache and challenges (naming
     /// `resource_metadata_url`), validating with `validator` against `keys`.
     pub(crate) fn new(
-        config: &ResolvedConfig,
+        config: &AuthSettings,
         validator: TokenValidator,
         keys: KeyStore,
         resource_metadata_url: String,
     ) -> Self {
-        let scope = config.advertised_scopes().join(" ");
+        let scope = &config.scope;
         Self {
             validator,
             keys,
             cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
             clock: Clock::new(),
-            challenges: Challenges::new(resource_metadata_url, &scope),
+            challenges: Challenges::new(resource_metadata_url, scope),
             required_scopes: config.required_scopes.clone(),
             required_roles: config.required_roles.clone(),
             leeway: config.leeway.as_secs(),

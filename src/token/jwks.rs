@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::config::ResolvedConfig;
-use crate::entra::{fetch_metadata, without_url};
+use super::config::KeySettings;
+use crate::entra::{discovery_url, fetch_metadata, v1_discovery_url, without_url};
 use crate::error::StartupError;
 
 /// Largest JWKS document accepted.
@@ -277,7 +277,7 @@ impl KeyStore {
     /// usable cache file.
     pub(crate) async fn start(
         client: &reqwest::Client,
-        config: &ResolvedConfig,
+        config: &KeySettings,
     ) -> Result<(Self, Discovered), StartupError> {
         let segment = config.tenant.discovery_segment();
         let mut target = config.jwks_cache_file.as_ref().map(|path| CacheTarget {
@@ -626,19 +626,13 @@ fn backoff(failures: u32, min_interval: Duration) -> Duration {
 /// Discovery (v2, and v1 when accepted) and the keys, from the identity provider.
 async fn discover(
     client: &reqwest::Client,
-    config: &ResolvedConfig,
+    config: &KeySettings,
 ) -> Result<(Discovered, String, KeySet, Vec<u8>), StartupError> {
     let segment = config.tenant.discovery_segment();
-    let v2_url = format!(
-        "{}/{segment}/v2.0/.well-known/openid-configuration",
-        config.authority
-    );
+    let v2_url = discovery_url(&config.authority, segment);
     let v2 = fetch_metadata(client, &v2_url).await?;
     let v1_issuer = if config.accept_v1 {
-        let v1_url = format!(
-            "{}/{segment}/.well-known/openid-configuration",
-            config.authority
-        );
+        let v1_url = v1_discovery_url(&config.authority, segment);
         Some(fetch_metadata(client, &v1_url).await?.issuer)
     } else {
         None
@@ -685,7 +679,7 @@ struct SavedKeys {
 
 impl SavedKeys {
     /// Reads the file and checks it was saved for this configuration.
-    fn read(path: &Path, config: &ResolvedConfig) -> Result<Self, String> {
+    fn read(path: &Path, config: &KeySettings) -> Result<Self, String> {
         let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         let saved: Self =
             serde_json::from_slice(&text).map_err(|e| format!("not a key cache file: {e}"))?;

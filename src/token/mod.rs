@@ -14,6 +14,7 @@
 mod authenticate;
 mod bearer;
 pub(crate) mod cache;
+pub(crate) mod config;
 pub(crate) mod jwks;
 pub(crate) mod layer;
 

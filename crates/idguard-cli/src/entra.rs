@@ -328,11 +328,8 @@ pub(crate) struct ConsentRequest<'a> {
 /// Microsoft's v2 admin-consent URL (`/{tenant}/v2.0/adminconsent` with `client_id`,
 /// `scope`, `redirect_uri` and `state`).
 pub(crate) fn consent_url(r: &ConsentRequest<'_>) -> String {
-    let base = format!(
-        "{}/{}/v2.0/adminconsent",
-        r.authority.trim_end_matches('/'),
-        r.tenant
-    );
+    let base =
+        idguard::internals::admin_consent_endpoint(r.authority.trim_end_matches('/'), r.tenant);
     let scope = r.scopes.join(" ");
     match url::Url::parse_with_params(
         &base,
@@ -367,10 +364,7 @@ async fn doctor(config: &IdGuardConfig) -> Result<ExitCode, Box<dyn Error>> {
     };
     report(true, "configuration resolves".into());
     let segment = idguard::internals::discovery_segment(resolved.tenant()).to_owned();
-    let url = format!(
-        "{}/{segment}/v2.0/.well-known/openid-configuration",
-        resolved.authority()
-    );
+    let url = idguard::internals::discovery_url(resolved.authority(), &segment);
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()?;

@@ -710,10 +710,9 @@ impl Health {
 
 /// The v2 discovery document's URL: what the background check fetches.
 fn discovery_url(config: &ResolvedConfig) -> String {
-    format!(
-        "{}/{}/v2.0/.well-known/openid-configuration",
+    idguard::internals::discovery_url(
         config.authority(),
-        idguard::internals::discovery_segment(config.tenant())
+        idguard::internals::discovery_segment(config.tenant()),
     )
 }
 
