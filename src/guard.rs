@@ -56,6 +56,15 @@ struct Inner {
 }
 
 impl IdGuard {
+    /// The MCP authorization layer for `engine`, whose step-up challenges point at this
+    /// guard's protected-resource metadata.
+    pub fn authorize_mcp_layer(
+        &self,
+        engine: crate::policy::PolicyEngine,
+    ) -> crate::mcp::AuthorizeMcpLayer {
+        crate::mcp::AuthorizeMcpLayer::new(engine, self.resource_metadata_url())
+    }
+
     /// Starts from a resolved configuration: fetches the OpenID metadata and the signing
     /// keys, and starts the periodic key refresh.
     ///

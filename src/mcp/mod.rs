@@ -53,14 +53,3 @@ pub use layer::{
     DEFAULT_SESSION_RECORD_CAPACITY, DEFAULT_UNLISTED_CAPACITY, Denials, FORBIDDEN_CODE,
     HEADER_MISMATCH_CODE, METHOD_NOT_FOUND_CODE, McpCacheCapacities, UnknownMethods,
 };
-
-use crate::guard::IdGuard;
-use crate::policy::PolicyEngine;
-
-impl IdGuard {
-    /// The MCP authorization layer for `engine`, whose step-up challenges point at this
-    /// guard's protected-resource metadata.
-    pub fn authorize_mcp_layer(&self, engine: PolicyEngine) -> AuthorizeMcpLayer {
-        AuthorizeMcpLayer::new(engine, self.resource_metadata_url())
-    }
-}

@@ -40,6 +40,7 @@ mod graph;
 
 use std::time::Duration;
 
+pub use crate::error::OboError;
 pub use crate::setting::Secret;
 pub use crate::token::BearerToken;
 pub(crate) use client::OboSettings;
@@ -64,75 +65,6 @@ pub const DEFAULT_OBO_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_OBO_MAX_RETRIES: u32 = 2;
 /// The API name the Graph helpers use (`[obo.apis] graph = [...]`).
 pub const GRAPH_API: &str = "graph";
-
-/// Why no downstream token (or Graph answer) could be had.
-///
-/// Messages never contain a token, a secret, or Entra's `error_description`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum OboError {
-    /// The caller is an application (app-only token): there is no user to act for.
-    #[error("on-behalf-of needs a delegated user token; app-only callers cannot be exchanged")]
-    AppOnly,
-    /// No downstream API of that name is configured.
-    #[error("no downstream api named `{0}` is configured")]
-    UnknownApi(String),
-    /// The guard has no `[obo]` configuration, or the request has no bearer token.
-    #[error("on-behalf-of is not configured for this route")]
-    NotConfigured,
-    /// Entra refused the caller's token as an assertion (expired, wrong audience, …).
-    #[error("the caller's token was refused for on-behalf-of ({code})")]
-    InvalidAssertion {
-        /// The AADSTS code, e.g. `AADSTS500133`.
-        code: String,
-    },
-    /// The downstream API needs more from the user (MFA, Conditional Access).
-    #[error("the downstream api needs a stronger sign-in (claims challenge)")]
-    ClaimsChallenge {
-        /// Entra's `claims` JSON (empty when Entra sent none).
-        claims: String,
-    },
-    /// Nobody consented to this application calling the downstream API.
-    #[error(
-        "consent is missing for a downstream api; an administrator can grant it at `{consent_url}`"
-    )]
-    ConsentRequired {
-        /// The v2 admin-consent URL for this application and resource.
-        consent_url: String,
-    },
-    /// Entra refused the middle tier's own credential.
-    #[error("entra refused the client credential ({code})")]
-    InvalidClient {
-        /// The AADSTS code.
-        code: String,
-    },
-    /// Entra or Graph throttled the request.
-    #[error("throttled; retry after {} s", retry_after.as_secs())]
-    Throttled {
-        /// How long to wait (`Retry-After`).
-        retry_after: Duration,
-    },
-    /// Entra or Graph did not answer usefully in time (after retries).
-    #[error("{0} is unavailable")]
-    Unavailable(String),
-    /// Entra refused the request for another reason (a configuration problem).
-    #[error("entra refused the request: `{error}` ({code})")]
-    Refused {
-        /// Entra's `error`.
-        error: String,
-        /// The AADSTS code.
-        code: String,
-    },
-    /// Graph answered with an error status.
-    #[error("graph answered {status}")]
-    Graph {
-        /// The HTTP status.
-        status: u16,
-    },
-    /// The client credential could not be prepared (unreadable file, bad key).
-    #[error("client credential: {0}")]
-    Credential(String),
-}
 
 /// What to do with a failed token request.
 #[derive(Debug, PartialEq, Eq)]
