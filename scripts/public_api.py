@@ -70,6 +70,10 @@ def listing(doc):
             if not m or m.group(1) not in KINDS:
                 continue
             kind, name = KINDS[m.group(1)], m.group(2)
+            page = os.path.join(dirpath, f)
+            with open(page, encoding="utf-8") as fh:
+                if 'http-equiv="refresh"' in fh.read(2048):
+                    continue  # a redirect from a private path to the public one
             path = f"{module}::{name}"
             lines.add(f"{kind} {path}")
             if kind in ("struct", "enum", "trait", "union"):
