@@ -136,7 +136,13 @@ impl IdGuard {
                         store,
                         obo.credential.clone(),
                         client.clone(),
-                        &config,
+                        &crate::oauth::proxy::ProtectedApi {
+                            authority: &config.authority,
+                            tenant_segment: config.tenant.discovery_segment(),
+                            client_id: &config.client_id,
+                            resource: &config.resource,
+                            identifier_uri: &config.identifier_uri,
+                        },
                     )
                     .map_err(|reason| StartupError::Discovery {
                         url: settings.issuer.clone(),

@@ -15,6 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// The shortest secret accepted in `oauth.keys`, in bytes.
 pub(crate) const MIN_KEY_BYTES: usize = 32;
 
+/// Length of the secrets [`ProxyKeys::secrets`] derives (HMAC-SHA256's output length).
+pub(crate) const SECRET_BYTES: usize = 32;
+
 /// What a sealed value or MAC is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -58,6 +61,8 @@ struct Material {
     id: String,
     seal: LessSafeKey,
     mac: hmac::Key,
+    /// The key's HKDF pseudorandom key, for [`ProxyKeys::secrets`].
+    prk: hkdf::Prk,
 }
 
 /// The derived keys, first one current.
@@ -136,7 +141,7 @@ impl ProxyKeys {
                 .fill(&mut raw_id)
                 .ok()?;
             let id = URL_SAFE_NO_PAD.encode(raw_id);
-            keys.push(Material { id, seal, mac });
+            keys.push(Material { id, seal, mac, prk });
         }
         (!keys.is_empty()).then_some(Self { keys })
     }
@@ -149,9 +154,22 @@ impl ProxyKeys {
         self.keys.iter().find(|k| k.id == id)
     }
 
-    /// The id of the current key (for token headers).
-    pub(crate) fn current_id(&self) -> &str {
-        self.current().map_or("", |k| k.id.as_str())
+    /// Each key's id and a 32-byte secret derived from it for `purpose`, current key
+    /// first: for algorithms that take raw key bytes (the access tokens' HS256, whose MAC
+    /// cannot carry the purpose label, so the key does). `None` if derivation fails.
+    pub(crate) fn secrets(&self, purpose: Purpose) -> Option<Vec<(&str, [u8; SECRET_BYTES])>> {
+        self.keys
+            .iter()
+            .map(|k| {
+                let mut secret = [0u8; SECRET_BYTES];
+                k.prk
+                    .expand(&[b"secret\0", purpose.label()], hmac::HMAC_SHA256)
+                    .ok()?
+                    .fill(&mut secret)
+                    .ok()?;
+                Some((k.id.as_str(), secret))
+            })
+            .collect()
     }
 
     /// `{key id}.{base64url(nonce ‖ ciphertext ‖ tag)}`, bound to `purpose` and `context`
@@ -282,6 +300,27 @@ mod tests {
         assert!(!keys.check_stamp(Purpose::Csrf, b"txn-2", &s));
         assert!(!keys.check_stamp(Purpose::Consent, b"txn-1", &s));
         assert!(!keys.check_stamp(Purpose::Csrf, b"txn-1", "x.y"));
+    }
+
+    #[test]
+    fn derived_secrets_are_per_key_and_purpose() {
+        let keys = ProxyKeys::new(&[B, A]).unwrap();
+        let secrets = keys.secrets(Purpose::AccessToken).unwrap();
+        assert_eq!(secrets.len(), 2);
+        let (current, _) = secrets[0];
+        assert_eq!(
+            current,
+            keys.sign(Purpose::Csrf, b"").unwrap().0,
+            "current key first"
+        );
+        assert_ne!(secrets[0].1, secrets[1].1);
+        // Stable for a key, whatever else is configured; other for another purpose.
+        let alone = ProxyKeys::new(&[A]).unwrap();
+        assert_eq!(alone.secrets(Purpose::AccessToken).unwrap()[0], secrets[1]);
+        assert_ne!(
+            alone.secrets(Purpose::RefreshToken).unwrap()[0].1,
+            secrets[1].1
+        );
     }
 
     #[test]
