@@ -191,11 +191,6 @@ impl IdGuard {
         &self.inner.config
     }
 
-    /// The OAuth proxy, when `[oauth]` is configured.
-    pub(crate) fn oauth_proxy(&self) -> Option<&Proxy> {
-        self.inner.oauth.as_deref()
-    }
-
     /// The OAuth proxy's counters, when `[oauth]` is configured.
     pub fn oauth_stats(&self) -> Option<crate::oauth::OAuthStats> {
         self.inner.oauth.as_deref().map(Proxy::stats)
@@ -249,6 +244,73 @@ impl IdGuard {
     /// be resolved.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
         self.inner.auth.validate(token).await
+    }
+}
+
+impl IdGuard {
+    /// The protected-resource metadata this guard publishes.
+    ///
+    /// `scopes_supported` names the scopes clients should request, qualified with
+    /// `token.identifier_uri`: `token.required_scopes`, else the OAuth proxy's scopes, else
+    /// `mcp.tools` (what `idguard entra manifest` exposes). Without one, a client asks Entra
+    /// for a token without this API's scope, and gets one for another API.
+    pub fn protected_resource_metadata(&self) -> crate::oauth::ProtectedResourceMetadata {
+        let c = self.config();
+        crate::oauth::ProtectedResourceMetadata {
+            resource: c.resource().to_owned(),
+            authorization_servers: vec![self.authorization_server().to_owned()],
+            scopes_supported: c.advertised_scopes(),
+            bearer_methods_supported: vec!["header".to_owned()],
+        }
+    }
+
+    /// The public OAuth routes: the RFC 9728 metadata and, with `[oauth]`, the OAuth proxy
+    /// (`/.well-known/oauth-authorization-server`, `/register`, `/authorize`, `/consent`,
+    /// `/callback`, `/token`). Merge them into your router **outside** the token layer:
+    /// clients use them before they have a token.
+    ///
+    /// The metadata, registration, token and revocation endpoints answer CORS preflights
+    /// and allow any origin (they take no cookies), so MCP clients running in a browser can
+    /// sign in; the pages a browser navigates to (`/authorize`, `/consent`, `/callback`)
+    /// need no CORS.
+    pub fn oauth_router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let doc = self.protected_resource_metadata();
+        let handler = move |headers: http::HeaderMap| {
+            let mut doc = doc.clone();
+            async move {
+                if let Some(reached) = crate::oauth::metadata::as_reached(
+                    &doc.resource,
+                    headers.get(http::header::HOST),
+                ) {
+                    doc.resource = reached;
+                }
+                axum::Json(doc)
+            }
+        };
+        let root = "/.well-known/oauth-protected-resource";
+        let url = self.resource_metadata_url();
+        let suffixed = url
+            .find(root)
+            .and_then(|at| url.get(at..))
+            .unwrap_or(root)
+            .to_owned();
+        let mut router = axum::Router::new().route(root, axum::routing::get(handler.clone()));
+        if suffixed != root {
+            router = router.route(&suffixed, axum::routing::get(handler));
+        }
+        let mut router = router.route_layer(axum::middleware::from_fn(
+            crate::oauth::metadata::cors_any_origin,
+        ));
+        if let Some(proxy) = &self.inner.oauth {
+            router = router.merge(crate::oauth::proxy::routes(
+                crate::oauth::proxy::ProxyState {
+                    proxy: Arc::clone(proxy),
+                    auth: Arc::clone(&self.inner.auth),
+                    leeway_secs: self.config().leeway.as_secs(),
+                },
+            ));
+        }
+        router
     }
 }
 

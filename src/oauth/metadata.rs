@@ -9,16 +9,12 @@
 //! `http://localhost:8400/mcp`, since MCP clients refuse metadata whose `resource` is not
 //! the URL they were given. Only loopback names stand in for each other, on the same port.
 
-use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use serde::Serialize;
-
-use crate::guard::IdGuard;
 
 /// The metadata document (RFC 9728 §2).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -33,62 +29,6 @@ pub struct ProtectedResourceMetadata {
     pub scopes_supported: Vec<String>,
     /// Tokens go in the `Authorization` header only.
     pub bearer_methods_supported: Vec<String>,
-}
-
-impl IdGuard {
-    /// The protected-resource metadata this guard publishes.
-    ///
-    /// `scopes_supported` names the scopes clients should request, qualified with
-    /// `token.identifier_uri`: `token.required_scopes`, else the OAuth proxy's scopes, else
-    /// `mcp.tools` (what `idguard entra manifest` exposes). Without one, a client asks Entra
-    /// for a token without this API's scope, and gets one for another API.
-    pub fn protected_resource_metadata(&self) -> ProtectedResourceMetadata {
-        let c = self.config();
-        ProtectedResourceMetadata {
-            resource: c.resource().to_owned(),
-            authorization_servers: vec![self.authorization_server().to_owned()],
-            scopes_supported: c.advertised_scopes(),
-            bearer_methods_supported: vec!["header".to_owned()],
-        }
-    }
-
-    /// The public OAuth routes: the RFC 9728 metadata and, with `[oauth]`, the OAuth proxy
-    /// (`/.well-known/oauth-authorization-server`, `/register`, `/authorize`, `/consent`,
-    /// `/callback`, `/token`). Merge them into your router **outside** the token layer:
-    /// clients use them before they have a token.
-    ///
-    /// The metadata, registration, token and revocation endpoints answer CORS preflights
-    /// and allow any origin (they take no cookies), so MCP clients running in a browser can
-    /// sign in; the pages a browser navigates to (`/authorize`, `/consent`, `/callback`)
-    /// need no CORS.
-    pub fn oauth_router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
-        let doc = self.protected_resource_metadata();
-        let handler = move |headers: HeaderMap| {
-            let mut doc = doc.clone();
-            async move {
-                if let Some(reached) = as_reached(&doc.resource, headers.get(header::HOST)) {
-                    doc.resource = reached;
-                }
-                axum::Json(doc)
-            }
-        };
-        let root = "/.well-known/oauth-protected-resource";
-        let url = self.resource_metadata_url();
-        let suffixed = url
-            .find(root)
-            .and_then(|at| url.get(at..))
-            .unwrap_or(root)
-            .to_owned();
-        let mut router = Router::new().route(root, get(handler.clone()));
-        if suffixed != root {
-            router = router.route(&suffixed, get(handler));
-        }
-        let mut router = router.route_layer(axum::middleware::from_fn(cors_any_origin));
-        if self.oauth_proxy().is_some() {
-            router = router.merge(super::proxy::routes(self));
-        }
-        router
-    }
 }
 
 /// `resource` as the client reached it, when `resource` is on loopback and `host` (the

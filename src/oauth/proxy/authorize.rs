@@ -26,7 +26,6 @@ use super::sealed::{Leg, Pending};
 use super::{
     ClientAddress, Event, OAuthError, Proxy, client_label, excerpt, fresh, pkce, to_client,
 };
-use crate::guard::IdGuard;
 
 /// How long an authorization request waits for consent.
 const PENDING_TTL: Duration = Duration::from_secs(600);
@@ -96,15 +95,13 @@ fn requested_scopes(api: &[String], scope: Option<&str>) -> Result<Vec<String>, 
 }
 
 pub(super) async fn authorize(
-    State(guard): State<IdGuard>,
+    State(guard): State<super::ProxyState>,
     headers: HeaderMap,
     address: Option<Extension<ClientAddress>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Query(q): Query<AuthorizeParams>,
 ) -> Response {
-    let Some(p) = guard.oauth_proxy() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+    let p = &*guard.proxy;
     // Nothing is redirected before the user approves (see the module docs).
     let refuse = |message: &str| html::error_page(StatusCode::BAD_REQUEST, message);
     let Some(client_id) = q
@@ -223,13 +220,11 @@ pub(super) struct ConsentForm {
 }
 
 pub(super) async fn consent(
-    State(guard): State<IdGuard>,
+    State(guard): State<super::ProxyState>,
     headers: HeaderMap,
     form: Result<Form<ConsentForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(p) = guard.oauth_proxy() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+    let p = &*guard.proxy;
     let Ok(Form(form)) = form else {
         return html::error_page(StatusCode::BAD_REQUEST, "The consent form is malformed.");
     };

@@ -18,7 +18,6 @@ use super::super::store::RecordKind;
 use super::sealed::{Code, Leg, Pending, Session};
 use super::{Event, OAuthError, Proxy, excerpt, fresh, pkce, to_client, unix_now};
 use crate::entra::{EntraError, admin_consent_url};
-use crate::guard::IdGuard;
 use crate::obo::ClientAuth;
 
 /// How long the Entra leg may take (the state's lifetime).
@@ -215,13 +214,11 @@ pub(super) struct CallbackParams {
 }
 
 pub(super) async fn callback(
-    State(guard): State<IdGuard>,
+    State(guard): State<super::ProxyState>,
     headers: HeaderMap,
     Query(q): Query<CallbackParams>,
 ) -> Response {
-    let Some(p) = guard.oauth_proxy() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+    let p = &*guard.proxy;
     let Some(state) = q
         .state
         .as_deref()
@@ -272,7 +269,12 @@ pub(super) async fn callback(
 }
 
 /// After the callback's checks: Entra's answer, the code redemption, the client's code.
-async fn finish_sign_in(p: &Proxy, guard: &IdGuard, leg: Leg, q: &CallbackParams) -> Response {
+async fn finish_sign_in(
+    p: &Proxy,
+    guard: &super::ProxyState,
+    leg: Leg,
+    q: &CallbackParams,
+) -> Response {
     let pending = &leg.pending;
     let client_error = |error: &str, description: &str| {
         let mut params = vec![("error", error), ("error_description", description)];
@@ -331,7 +333,7 @@ async fn finish_sign_in(p: &Proxy, guard: &IdGuard, leg: Leg, q: &CallbackParams
         }
     };
     // The token must be one this API accepts, for a user.
-    let principal = match guard.validate(&tokens.access_token).await {
+    let principal = match guard.auth.validate(&tokens.access_token).await {
         Ok(p) if !p.is_app_only() => p,
         Ok(_) => return client_error("access_denied", "not a user sign-in"),
         Err(e) => {

@@ -42,7 +42,6 @@ use super::client;
 use super::html;
 use super::keys::{ProxyKeys, digest_b64, random_token};
 use super::store::OAuthStore;
-use crate::guard::IdGuard;
 use crate::oauth::config::OAuthSettings;
 use crate::obo::ClientCredential;
 use issued::AccessTokens;
@@ -348,9 +347,19 @@ impl Proxy {
 /// Largest consent or token form.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-/// The proxy's endpoints and its RFC 8414 metadata, for [`IdGuard::oauth_router`].
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Router<S> {
-    let metadata = guard.oauth_proxy().map(Proxy::metadata).unwrap_or_default();
+/// What the proxy's endpoints share: the proxy, and the authentication that validates the
+/// Entra tokens its sign-ins bring back.
+#[derive(Clone, Debug)]
+pub(crate) struct ProxyState {
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) auth: Arc<crate::token::Authenticator>,
+    /// `token.leeway`, in seconds.
+    pub(crate) leeway_secs: u64,
+}
+
+/// The proxy's endpoints and its RFC 8414 metadata, for `IdGuard::oauth_router`.
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: ProxyState) -> Router<S> {
+    let metadata = state.proxy.metadata();
     let doc = Json(metadata);
     let as_metadata = move || {
         let doc = doc.clone();
@@ -385,7 +394,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(guard: &IdGuard) -> Route
         )
         .route("/callback", get(entra_leg::callback))
         .merge(fetched)
-        .with_state(guard.clone())
+        .with_state(state)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use http::header::{self, HeaderValue};
 
 use super::super::client::{self, RegistrationRequest};
 use super::{Event, Proxy, json_error, no_store, unix_now};
-use crate::guard::IdGuard;
 
 impl Proxy {
     /// Whether `uri` names a host the operator allows (`oauth.allowed_redirect_hosts`).
@@ -39,12 +38,10 @@ fn redirect_host_allowed(allowed: &[String], uri: &str) -> bool {
 }
 
 pub(super) async fn register(
-    State(guard): State<IdGuard>,
+    State(guard): State<super::ProxyState>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let Some(p) = guard.oauth_proxy() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+    let p = &*guard.proxy;
     let Ok(body) = body else {
         return json_error(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -15,7 +15,6 @@ use super::super::store::RecordKind;
 use super::entra_leg::{CODE_RECORD_TTL, EntraFailure, token_scope};
 use super::sealed::{Code, Session};
 use super::{Event, OAuthError, Proxy, no_store, pkce, unix_now};
-use crate::guard::IdGuard;
 
 /// A refresh token rotated this recently is refused without revoking its family.
 const ROTATION_GRACE_SECS: u64 = 5;
@@ -32,12 +31,10 @@ pub(super) struct TokenForm {
 }
 
 pub(super) async fn token(
-    State(guard): State<IdGuard>,
+    State(guard): State<super::ProxyState>,
     form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(p) = guard.oauth_proxy() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+    let p = &*guard.proxy;
     let form = match form_or_error(form) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -266,12 +263,10 @@ pub(super) struct RevokeForm {
 /// RFC 7009: ends the session behind a refresh or access token (both kinds stop working).
 /// Unknown or already revoked tokens are answered `200`, as the RFC asks.
 pub(super) async fn revoke(
-    State(guard): State<IdGuard>,
+    State(guard): State<super::ProxyState>,
     form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(p) = guard.oauth_proxy() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+    let p = &*guard.proxy;
     let form = match form_or_error(form) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -283,7 +278,7 @@ pub(super) async fn revoke(
         (Ok(t), Ok(c)) => (t, c),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let leeway = guard.config().leeway.as_secs();
+    let leeway = guard.leeway_secs;
     let sid = match p.parse_refresh_token(token) {
         Some((sid, _)) => Some(sid.to_owned()),
         None => p.verify_access_token(token, leeway).map(|c| c.sid),
