@@ -14,6 +14,9 @@
 //!
 //! The browser test needs Chromium (`chromium`, `chromium-browser`, `google-chrome`, or
 //! the path in `CHROMIUM`); without one it is skipped, except under CI (`CI` set).
+//!
+//! Over 800 lines: one test per step of the newcomer path (issue 16), each against the real
+//! binary.
 
 #![allow(
     clippy::unwrap_used,

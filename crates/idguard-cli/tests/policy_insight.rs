@@ -1,6 +1,9 @@
 //! Seeing what a policy change will do before it is enforced: shadow policies (never
 //! obeyed, disagreements counted and traced), the live decision trace, `idguard policy
 //! diff` and `idguard policy matrix`, and the admin endpoint `/admin/decisions`.
+//!
+//! Over 800 lines: the shadow, diff and trace tests (issue 17), each against the real
+//! binary, and their property test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
