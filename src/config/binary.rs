@@ -21,6 +21,8 @@ pub struct Checked {
     pub server: ServerSettings,
     /// `[mcp]`, checked.
     pub mcp: McpSettings,
+    /// `[upstream]`, checked.
+    pub upstream: crate::gateway::UpstreamSettings,
     /// Where each key came from.
     pub origins: Origins,
 }
@@ -61,6 +63,7 @@ pub fn check_binary(
     } = IdGuardConfig::read(path, env)?;
     let mut server = config.server.check(&mut problems);
     let mut mcp = config.mcp.check(&mut problems);
+    let upstream = config.upstream.check(&mut problems);
     let resolved = if dev {
         None
     } else {
@@ -123,6 +126,7 @@ pub fn check_binary(
             resolved,
             server,
             mcp,
+            upstream,
             origins,
         })
     } else {

@@ -27,7 +27,7 @@ const LIST_KEYS: [&str; 11] = [
 ];
 
 /// Sections of the configuration, as written in the file.
-const SECTIONS: [&str; 5] = ["token", "server", "mcp", "obo", "oauth"];
+const SECTIONS: [&str; 6] = ["token", "server", "mcp", "obo", "oauth", "upstream"];
 
 /// Where the keys of a configuration came from, so that problems name what the operator
 /// wrote: the environment variable (`IDGUARD_MCP_DENIALS`) or the file's key
@@ -172,7 +172,7 @@ impl IdGuardConfig {
             }) else {
                 problems.push(ConfigProblem::new(
                     name,
-                    "not a configuration variable: idguard reads `IDGUARD_<SECTION>_<KEY>` (sections `token`, `server`, `mcp`, `obo`, `oauth`) and `IDGUARD_LOG`",
+                    "not a configuration variable: idguard reads `IDGUARD_<SECTION>_<KEY>` (sections `token`, `server`, `mcp`, `obo`, `oauth`, `upstream`) and `IDGUARD_LOG`",
                 ));
                 continue;
             };
@@ -313,6 +313,7 @@ fn check_key(section: &str, key: &str, value: &toml::Value) -> Result<(), String
         "mcp" => one.try_into::<McpConfig>().map(drop),
         "obo" => one.try_into::<OboConfig>().map(drop),
         "oauth" => one.try_into::<OAuthConfig>().map(drop),
+        "upstream" => one.try_into::<crate::gateway::UpstreamConfig>().map(drop),
         _ => Ok(()),
     };
     result.map_err(|e| e.message().trim().replace('\n', " "))

@@ -13,7 +13,7 @@
 //!
 //! Each section is checked by its owner and this module only composes them: `[token]` in
 //! `crate::token`, `[server]` in `server`, `[mcp]` in `crate::mcp`, `[obo]` in `crate::obo`,
-//! `[oauth]` in `crate::oauth`. Reading the file and the `IDGUARD_*` environment (unknown
+//! `[oauth]` in `crate::oauth`, `[upstream]` in `crate::gateway`. Reading the file and the `IDGUARD_*` environment (unknown
 //! keys, type errors, "did you mean") is `load`; what the `idguard` binary checks on top
 //! (`check_binary`) is `binary`. The sections' raw and checked types live with their owners,
 //! which do not come back here for them.
@@ -63,6 +63,9 @@ pub struct IdGuardConfig {
     /// The OAuth proxy for MCP clients (`[oauth]`); off when absent.
     #[serde(default)]
     pub oauth: Option<OAuthConfig>,
+    /// What the gateway's upstream receives to know who is calling (`[upstream]`).
+    #[serde(default)]
+    pub upstream: crate::gateway::UpstreamConfig,
 }
 
 /// A configuration that passed every check. Built only by [`IdGuardConfig::resolve`].
@@ -170,6 +173,7 @@ impl IdGuardConfig {
         let mut problems: Vec<ConfigProblem> = Vec::new();
         self.server.check(&mut problems);
         self.mcp.check(&mut problems);
+        self.upstream.check(&mut problems);
         let t = self.token.check(&mut problems);
         let oauth = self.oauth.map(|o| {
             o.check(

@@ -18,6 +18,10 @@
 //!   upstream sees its own host in `Host`; idguard checked the caller's `Host` and `Origin`
 //!   (the DNS-rebinding protection the upstream would otherwise apply).
 //!
+//! What the upstream gets instead of the caller's token is its [`UpstreamCredential`]
+//! (`[upstream] credential`): nothing, an on-behalf-of token, an identity assertion signed
+//! by idguard, or a fixed header.
+//!
 //! Replies keep only `Content-Type`, `Cache-Control`, `Mcp-Session-Id`,
 //! `MCP-Protocol-Version`, `Retry-After` and `WWW-Authenticate`: no cookies from the
 //! upstream, no hop-by-hop headers.
@@ -35,6 +39,16 @@ use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
 
 use crate::error::{Rejection, RejectionKind};
+
+mod config;
+mod credential;
+
+pub use config::{UpstreamConfig, UpstreamSettings};
+
+pub use credential::{
+    ASSERTION_LIFETIME, ASSERTION_SKEW, AssertionKeyError, IdentityAssertion, JWKS_PATH,
+    UpstreamCredential,
+};
 
 /// Request headers forwarded as the caller sent them.
 const FORWARDED_REQUEST: [HeaderName; 11] = [
@@ -73,6 +87,7 @@ pub struct Gateway {
     client: reqwest::Client,
     response_timeout: Duration,
     idle_timeout: Duration,
+    credential: UpstreamCredential,
 }
 
 impl Gateway {
@@ -84,6 +99,7 @@ impl Gateway {
             client,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            credential: UpstreamCredential::none(),
         }
     }
 
@@ -98,6 +114,13 @@ impl Gateway {
     /// [`DEFAULT_IDLE_TIMEOUT`]): then the reply ends (a stream's client reconnects).
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// What the upstream receives to know who is calling (default
+    /// [`UpstreamCredential::none`]); never the caller's own token.
+    pub fn with_credential(mut self, credential: UpstreamCredential) -> Self {
+        self.credential = credential;
         self
     }
 }
@@ -196,13 +219,21 @@ impl tower_service::Service<Request<Body>> for Gateway {
         let client = self.client.clone();
         let url = self.upstream.clone();
         let (response_timeout, idle_timeout) = (self.response_timeout, self.idle_timeout);
+        let credential = self.credential.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let peer = parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
-            let headers = request_headers(&parts.headers, peer);
+            let mut headers = request_headers(&parts.headers, peer);
+            match credential.header(&parts.extensions).await {
+                Ok(Some((name, value))) => {
+                    headers.insert(name, value);
+                }
+                Ok(None) => {}
+                Err(rejection) => return Ok(rejection.into_response()),
+            }
             let mut upstream = client.request(parts.method.clone(), url).headers(headers);
             if parts.method == Method::POST {
                 // The layer holds the whole body already: sent with its length.

@@ -788,7 +788,7 @@ where
                             &shared,
                             &mut inner,
                             &parts.headers,
-                            &principal,
+                            &parts.extensions,
                             name,
                             m.meta.as_deref(),
                         )
@@ -1219,15 +1219,15 @@ where
 #[derive(Debug)]
 struct Unreachable;
 
-/// Asks the server for its tools (as the caller, in the caller's session and protocol
-/// era) to learn the annotations of `name`. `Ok(None)` when the server does not list it
+/// Asks the server for its tools (as the caller, with the caller's request extensions, in
+/// the caller's session and protocol era) to learn the annotations of `name`. `Ok(None)` when the server does not list it
 /// (remembered for a short while, so calls to unlisted names do not each cost a list);
 /// [`Unreachable`] when the server cannot be asked.
 async fn fetch_tool<S, ResBody>(
     shared: &Shared,
     inner: &mut S,
     headers: &HeaderMap,
-    principal: &Principal,
+    extensions: &http::Extensions,
     name: &str,
     meta: Option<&serde_json::value::RawValue>,
 ) -> Result<Option<ToolInfo>, Unreachable>
@@ -1279,7 +1279,8 @@ where
         if headers.contains_key(MCP_METHOD) {
             h.insert(MCP_METHOD, HeaderValue::from_static("tools/list"));
         }
-        req.extensions_mut().insert(principal.clone());
+        // The caller's extensions (the caller, and what an upstream credential needs).
+        *req.extensions_mut() = extensions.clone();
         let res = tokio::time::timeout(Duration::from_secs(10), call(inner, req))
             .await
             .map_err(|_| Unreachable)?;

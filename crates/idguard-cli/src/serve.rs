@@ -170,6 +170,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         resolved: checked_resolved,
         server,
         mcp: mcp_settings,
+        upstream: upstream_settings,
         ..
     } = checked;
     let listen = server.listen;
@@ -233,6 +234,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         inner,
         mcp_path: mcp_path.clone(),
         server: server.clone(),
+        upstream: upstream_settings,
         config: config.clone(),
         dev,
     };
@@ -452,6 +454,8 @@ struct AppParts {
     inner: Inner,
     mcp_path: String,
     server: idguard::internals::ServerSettings,
+    /// `[upstream]`: what the gateway's upstream receives.
+    upstream: idguard::gateway::UpstreamSettings,
     config: IdGuardConfig,
     dev: bool,
 }
@@ -494,7 +498,18 @@ impl AppParts {
             health: self.health.clone(),
             entra,
         };
-        let mcp_service = mcp_router(guard, mcp_layer, &self.inner, &self.mcp_path, &self.server)?;
+        let credential = self.upstream.credential(guard.config().resource())?;
+        let jwks = credential
+            .assertion()
+            .map(idguard::gateway::IdentityAssertion::jwks);
+        let mcp_service = mcp_router(
+            guard,
+            mcp_layer,
+            &self.inner,
+            &self.mcp_path,
+            &self.server,
+            credential,
+        )?;
         let mut app = Router::new()
             .route(
                 "/me",
@@ -504,6 +519,13 @@ impl AppParts {
             .merge(mcp_service)
             .merge(guard.oauth_router())
             .route("/metrics", get(metrics_text));
+        if let Some(jwks) = jwks {
+            // The public key of the identity assertions the upstream receives.
+            app = app.route(
+                idguard::gateway::JWKS_PATH,
+                get(move || async move { Json(jwks) }),
+            );
+        }
         if self.dev {
             app = app.route("/dev/token", get(dev_token));
         }
@@ -527,6 +549,7 @@ fn mcp_router(
     inner: &Inner,
     path: &str,
     server: &idguard::internals::ServerSettings,
+    credential: idguard::gateway::UpstreamCredential,
 ) -> Result<Router<AppState>, Box<dyn Error>> {
     let layers = ServiceBuilder::new()
         .layer(guard.validate_token_layer())
@@ -557,7 +580,8 @@ fn mcp_router(
                 .build()?;
             let gateway = Gateway::new(url.clone(), client)
                 .with_response_timeout(server.upstream_timeout)
-                .with_idle_timeout(server.upstream_idle_timeout);
+                .with_idle_timeout(server.upstream_idle_timeout)
+                .with_credential(credential);
             Router::new().nest_service(path, layers.service(gateway))
         }
     })
