@@ -64,6 +64,21 @@ pub fn check_binary(
     let mut server = config.server.check(&mut problems);
     let mut mcp = config.mcp.check(&mut problems);
     let upstream = config.upstream.check(&mut problems);
+    if !dev {
+        if matches!(upstream, crate::gateway::UpstreamSettings::Obo(_)) && config.obo.is_none() {
+            problems.push(ConfigProblem::new(
+                "upstream.credential",
+                "`obo` exchanges the caller's token with idguard's own app: configure `[obo]` (its client secret or certificate)",
+            ));
+        }
+        if !matches!(upstream, crate::gateway::UpstreamSettings::None) && server.upstream.is_none()
+        {
+            problems.push(ConfigProblem::new(
+                "upstream.credential",
+                "has no effect without `server.upstream` (gateway mode)",
+            ));
+        }
+    }
     let resolved = if dev {
         None
     } else {

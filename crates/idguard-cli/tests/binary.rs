@@ -360,3 +360,94 @@ fn entra_manifest_lists_exactly_the_roles_the_policies_use() {
 
 // The annotated example file: tests/newcomer.rs (it checks clean once its placeholder
 // OAuth key is replaced).
+
+#[path = "../../../tests/support/whoami.rs"]
+mod whoami;
+
+/// `[upstream] credential = "identity_assertion"` in the binary: the upstream (the MCP Python
+/// SDK, verifying with PyJWT) gets an ES256 assertion naming each caller that verifies with
+/// the JWKS the binary serves, and never the caller's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_identity_assertions_verify_with_the_binarys_jwks() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let port = common::free_port();
+    let jwks = format!("http://127.0.0.1:{port}/.well-known/idguard-jwks.json");
+    let up = whoami::Whoami::start(
+        Path::new(ROOT),
+        &[
+            ("WHOAMI_AUDIENCE", "api://upstream-app"),
+            ("WHOAMI_JWKS_URL", &jwks),
+        ],
+    );
+    let dir = Workdir::empty("bin-assertion");
+    common::copy_dir(
+        &Path::new(ROOT).join("tests/gateway/policies"),
+        &dir.join("policies"),
+    );
+    dir.config(
+        entra.url(),
+        &entra,
+        "",
+        &format!(
+            "upstream = \"{}\"\n\n[upstream]\ncredential = \"identity_assertion\"\naudience = \"api://upstream-app\"\n",
+            up.url()
+        ),
+    );
+    let port_arg = port.to_string();
+    let proc = Proc::spawn(&["--port", &port_arg], &dir);
+    let url = proc.line("idguard: gateway ");
+    let url = url.split(" -> ").next().unwrap().to_owned();
+
+    let mut originals = Vec::new();
+    for user in ["alice", "bob"] {
+        let token = entra.token_for(user).unwrap().mint().unwrap();
+        let (status, who) = whoami::call_whoami(&url, &token).await;
+        assert_eq!(status, 200, "{who}");
+        assert_eq!(who["bearer"]["valid"], true, "{who}");
+        assert_eq!(who["bearer"]["alg"], "ES256", "{who}");
+        let u = entra.users().iter().find(|u| u.key == user).unwrap();
+        assert_eq!(who["bearer"]["claims"]["oid"], u.object_id.as_str());
+        assert_eq!(who["bearer"]["claims"]["aud"], "api://upstream-app");
+        assert_eq!(who["saw_foreign_token"], false, "{who}");
+        originals.push(token);
+    }
+    let seen = up.bearers().await;
+    assert!(
+        seen.len() >= 2,
+        "every request upstream carries an assertion"
+    );
+    assert!(originals.iter().all(|o| !seen.contains(o)));
+
+    // The JWKS is public (no token), and holds exactly the one ES256 key.
+    let keys: Value = reqwest::get(&jwks).await.unwrap().json().await.unwrap();
+    let keys = keys["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["crv"], "P-256");
+    assert!(keys[0].get("d").is_none(), "no private part");
+}
+
+/// `config check` names a bad `[upstream]` credential key.
+#[test]
+fn config_check_names_bad_upstream_credentials() {
+    let dir = Workdir::with_policies("bin-upstream-check");
+    for (text, key) in [
+        ("credential = \"telepathy\"", "upstream.credential"),
+        ("credential = \"identity_assertion\"", "upstream.audience"),
+        (
+            "credential = \"obo\"\nscopes = [\"api://x/.default\"]",
+            "obo",
+        ),
+        (
+            "credential = \"static\"\nheader = \"X-Key\"",
+            "upstream.value_file",
+        ),
+    ] {
+        let toml = format!(
+            "[token]\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nclient_id = \"11111111-2222-3333-4444-555555555555\"\nresource = \"http://127.0.0.1/mcp\"\n\n[server]\nupstream = \"http://127.0.0.1:9/mcp\"\n\n[upstream]\n{text}\n"
+        );
+        let (ok, out) = config_check(&dir, &toml);
+        assert!(!ok, "{text}: {out}");
+        assert!(out.contains(key), "{text}: {key} not named in {out}");
+    }
+}
