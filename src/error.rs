@@ -375,6 +375,13 @@ impl Rejection {
         self.description
     }
 
+    /// Says why in the JSON body's `error_description` (a fixed text: never a token, a
+    /// claim's value or an upstream's message).
+    pub(crate) fn with_description(mut self, description: &'static str) -> Self {
+        self.description = Some(description);
+        self
+    }
+
     /// Sets the `Retry-After` seconds (for throttling answers).
     pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
@@ -430,7 +437,8 @@ impl Rejection {
 }
 
 impl axum::response::IntoResponse for Rejection {
-    /// [`Rejection::into_response`], with a JSON body for `400`, `401` and `403`:
+    /// [`Rejection::into_response`], with a JSON body for `400`, `401` and `403` (a plain
+    /// refusal, `access_denied`, only when it has a description):
     /// `{"error": "…", "error_description": "…"}` (RFC 6750's code, and the description when
     /// there is one), so a client that reads bodies rather than headers learns as much.
     fn into_response(self) -> axum::response::Response {
@@ -438,6 +446,8 @@ impl axum::response::IntoResponse for Rejection {
             RejectionKind::BadRequest => Some("invalid_request"),
             RejectionKind::InvalidToken => Some("invalid_token"),
             RejectionKind::InsufficientScope => Some("insufficient_scope"),
+            // RFC 6749's code, when there is something to say about it.
+            RejectionKind::Forbidden if self.description.is_some() => Some("access_denied"),
             _ => None,
         };
         let body = code.map(|code| {

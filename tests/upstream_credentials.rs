@@ -254,8 +254,9 @@ async fn obo_gives_each_user_their_own_token_for_the_upstream() {
     assert!(originals.iter().all(|o| !seen.contains(o)));
     // An app-only caller: on-behalf-of needs a user.
     let app = s.entra.app_token("reporter").unwrap().mint().unwrap();
-    let (status, _) = s.whoami(&app).await;
+    let (status, body) = s.whoami(&app).await;
     assert_eq!(status, 403);
+    assert!(body.to_string().contains("app-only"), "{body}");
     assert!(!s.up.bearers().await.contains(&app));
 }
 

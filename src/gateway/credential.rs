@@ -122,7 +122,9 @@ impl UpstreamCredential {
                 };
                 if principal.is_app_only() {
                     tracing::debug!(target: "idguard::rejection", tenant = principal.tenant_id(), "upstream credential obo: an app-only caller (on-behalf-of needs a user)");
-                    return Err(Rejection::new(RejectionKind::Forbidden, None));
+                    return Err(Rejection::new(RejectionKind::Forbidden, None).with_description(
+                        "this upstream is reached on behalf of a signed-in user: an app-only token cannot be exchanged on-behalf-of",
+                    ));
                 }
                 let token = client
                     .token_for_scopes(principal, token, scopes.iter())

@@ -232,7 +232,9 @@ impl tower_service::Service<Request<Body>> for Gateway {
                     headers.insert(name, value);
                 }
                 Ok(None) => {}
-                Err(rejection) => return Ok(rejection.into_response()),
+                Err(rejection) => {
+                    return Ok(axum::response::IntoResponse::into_response(rejection));
+                }
             }
             let mut upstream = client.request(parts.method.clone(), url).headers(headers);
             if parts.method == Method::POST {
