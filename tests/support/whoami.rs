@@ -5,6 +5,7 @@
 //! Include it with `#[path = "…/tests/support/whoami.rs"] mod whoami;`.
 #![allow(
     dead_code,
+    unreachable_pub,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
