@@ -11,11 +11,8 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -24,8 +21,12 @@ use idguard::IdGuard;
 use idguard::gateway::{Gateway, IdentityAssertion, JWKS_PATH, UpstreamCredential};
 use idguard::policy::PolicyEngine;
 use idguard_dev::DevEntra;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tower::ServiceBuilder;
+use whoami::{Whoami, call_whoami};
+
+#[path = "support/whoami.rs"]
+mod whoami;
 
 const UPSTREAM_SCOPE: &str = "api://upstream-app/.default";
 const UPSTREAM_AUD: &str = "api://upstream-app";
@@ -34,76 +35,12 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The whoami upstream, killed on drop.
-struct Upstream {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Upstream {
-    fn start(env: &[(&str, &str)]) -> Upstream {
-        let mut cmd = Command::new("python3");
-        cmd.arg("tests/upstreams/whoami_server.py")
-            .current_dir(manifest_dir())
-            .env("PYTHONUNBUFFERED", "1")
-            .env("IDGUARD_EXIT_ON_STDIN_EOF", "1")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect(
-            "python3 with `mcp` and PyJWT: pip install -r tests/mcp_client/requirements.txt pyjwt cryptography",
-        );
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(p) = line.trim().strip_prefix("listening on 127.0.0.1:") {
-                    let _ = tx.send(p.parse::<u16>().unwrap());
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the whoami upstream did not start");
-        Upstream { child, port }
-    }
-
-    async fn bearers(&self) -> Vec<String> {
-        let v: Value = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("http://127.0.0.1:{}/_probe/bearers", self.port))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["bearers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_str().unwrap().to_owned())
-            .collect()
-    }
-}
-
 /// idguard in gateway mode with `credential`, in front of an upstream started with `env`
 /// (`{jwks}` in a value becomes idguard's JWKS URL, `{entra_jwks}` the emulator's).
 struct Stack {
     entra: DevEntra,
     url: String,
-    up: Upstream,
+    up: Whoami,
 }
 
 async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str, &str)]) -> Stack {
@@ -144,12 +81,12 @@ async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str
         })
         .collect();
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let up = Upstream::start(&env_ref);
+    let up = Whoami::start(manifest_dir(), &env_ref);
     let credential = credential(&resource);
     let jwks = credential.assertion().map(IdentityAssertion::jwks);
     let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
     let gateway = Gateway::new(
-        reqwest::Url::parse(&format!("http://127.0.0.1:{}/mcp", up.port)).unwrap(),
+        reqwest::Url::parse(&up.url()).unwrap(),
         reqwest::Client::builder().no_proxy().build().unwrap(),
     )
     .with_credential(credential);
@@ -172,50 +109,9 @@ async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str
 }
 
 impl Stack {
-    /// `initialize`, then `tools/call whoami`, as `token`: (status of the first refusal or
-    /// 200, the tool's structured answer).
+    /// `initialize`, then `tools/call whoami`, as `token`.
     async fn whoami(&self, token: &str) -> (u16, Value) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        let post = |body: Value| {
-            http.post(&self.url)
-                .bearer_auth(token)
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2025-11-25")
-                .json(&body)
-        };
-        let init = post(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}),
-        )
-        .send()
-        .await
-        .unwrap();
-        if init.status() != 200 {
-            return (init.status().as_u16(), json!(init.text().await.unwrap()));
-        }
-        let res = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {}}}))
-        .send()
-        .await
-        .unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!(text));
-        let answer = v["result"]["structuredContent"].clone();
-        let answer = if answer.is_null() {
-            v["result"]["content"][0]["text"]
-                .as_str()
-                .and_then(|t| serde_json::from_str(t).ok())
-                .unwrap_or(v)
-        } else {
-            answer
-        };
-        (status, answer)
+        call_whoami(&self.url, token).await
     }
 }
 
