@@ -2,7 +2,8 @@
 //! SDK server `tests/upstreams/whoami_server.py`, whose `whoami` tool verifies the bearer
 //! token it received (signature against a JWKS, audience, expiry) and reports it. The
 //! stack is the gateway's (`ValidateTokenLayer` → `AuthorizeMcpLayer` → `Gateway`), with
-//! the dev Entra emulator, on loopback ports.
+//! the dev Entra emulator, on loopback ports. `token_exchange` runs against a real RFC 8693
+//! authorization server, `tests/upstreams/exchange_as.py`, that verifies what it receives.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,7 +22,9 @@ use axum::Router;
 use axum::routing::get;
 use http::{HeaderName, HeaderValue};
 use idguard::IdGuard;
-use idguard::gateway::{Gateway, IdentityAssertion, JWKS_PATH, UpstreamCredential};
+use idguard::gateway::{
+    Gateway, IdentityAssertion, JWKS_PATH, JWT_TOKEN_TYPE, TokenExchange, UpstreamCredential,
+};
 use idguard::policy::PolicyEngine;
 use idguard_dev::DevEntra;
 use serde_json::{Value, json};
@@ -34,23 +37,24 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The whoami upstream, killed on drop.
-struct Upstream {
+/// A Python server of `tests/upstreams/`, killed on drop.
+struct PyServer {
     child: Child,
     port: u16,
 }
 
-impl Drop for Upstream {
+impl Drop for PyServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Upstream {
-    fn start(env: &[(&str, &str)]) -> Upstream {
+impl PyServer {
+    /// Runs `script` with `env` until it prints `listening on 127.0.0.1:PORT`.
+    fn start(script: &str, env: &[(&str, &str)]) -> PyServer {
         let mut cmd = Command::new("python3");
-        cmd.arg("tests/upstreams/whoami_server.py")
+        cmd.arg(script)
             .current_dir(manifest_dir())
             .env("PYTHONUNBUFFERED", "1")
             .env("IDGUARD_EXIT_ON_STDIN_EOF", "1")
@@ -73,8 +77,12 @@ impl Upstream {
         });
         let port = rx
             .recv_timeout(Duration::from_secs(60))
-            .expect("the whoami upstream did not start");
-        Upstream { child, port }
+            .unwrap_or_else(|_| panic!("{script} did not start"));
+        PyServer { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     async fn bearers(&self) -> Vec<String> {
@@ -82,7 +90,7 @@ impl Upstream {
             .no_proxy()
             .build()
             .unwrap()
-            .get(format!("http://127.0.0.1:{}/_probe/bearers", self.port))
+            .get(self.url("/_probe/bearers"))
             .send()
             .await
             .unwrap()
@@ -103,17 +111,26 @@ impl Upstream {
 struct Stack {
     entra: DevEntra,
     url: String,
-    up: Upstream,
+    up: PyServer,
 }
 
 async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str, &str)]) -> Stack {
+    let entra = DevEntra::builder().start().await.unwrap();
+    stack_with(entra, credential, env).await
+}
+
+/// [`stack`] with this emulator (`{as_jwks}` is not substituted: pass the URL).
+async fn stack_with(
+    entra: DevEntra,
+    credential: impl FnOnce(&str) -> UpstreamCredential,
+    env: &[(&str, &str)],
+) -> Stack {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
     }
-    let entra = DevEntra::builder().start().await.unwrap();
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -131,7 +148,7 @@ async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str
         .build()
         .await
         .unwrap();
-    let entra_jwks = format!("{}/{}/discovery/v2.0/keys", entra.url(), entra.tenant_id());
+    let entra_jwks = entra_jwks(&entra);
     let jwks_url = format!("{base}{JWKS_PATH}");
     let env: Vec<(String, String)> = env
         .iter()
@@ -144,7 +161,7 @@ async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str
         })
         .collect();
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let up = Upstream::start(&env_ref);
+    let up = PyServer::start("tests/upstreams/whoami_server.py", &env_ref);
     let credential = credential(&resource);
     let jwks = credential.assertion().map(IdentityAssertion::jwks);
     let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
@@ -171,38 +188,46 @@ async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str
     }
 }
 
+fn entra_jwks(entra: &DevEntra) -> String {
+    format!("{}/{}/discovery/v2.0/keys", entra.url(), entra.tenant_id())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
 impl Stack {
+    fn post(&self, http: &reqwest::Client, token: &str, body: &Value) -> reqwest::RequestBuilder {
+        http.post(&self.url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(body)
+    }
+
+    /// `initialize` as `token`.
+    async fn initialize(&self, http: &reqwest::Client, token: &str) -> reqwest::Response {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}});
+        self.post(http, token, &body).send().await.unwrap()
+    }
+
     /// `initialize`, then `tools/call whoami`, as `token`: (status of the first refusal or
     /// 200, the tool's structured answer).
     async fn whoami(&self, token: &str) -> (u16, Value) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        let post = |body: Value| {
-            http.post(&self.url)
-                .bearer_auth(token)
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2025-11-25")
-                .json(&body)
-        };
-        let init = post(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}),
-        )
-        .send()
-        .await
-        .unwrap();
+        let http = http();
+        let init = self.initialize(&http, token).await;
         if init.status() != 200 {
             return (init.status().as_u16(), json!(init.text().await.unwrap()));
         }
-        let res = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {}}}))
-        .send()
-        .await
-        .unwrap();
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}});
+        let res = self.post(&http, token, &call).send().await.unwrap();
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!(text));
@@ -323,6 +348,137 @@ async fn a_static_header_arrives_and_no_token_does() {
     assert_eq!(who["static"], "gateway-secret-1");
     assert!(who["bearer"].is_null(), "{who}");
     assert!(s.up.bearers().await.is_empty());
+}
+
+const EXCHANGE_AUD: &str = "urn:contoso:upstream";
+const EXCHANGE_CLIENT: &str = "idguard-gateway";
+const EXCHANGE_SECRET: &str = "s3cret:+/&=";
+
+async fn as_stats(authz: &PyServer) -> Value {
+    http()
+        .get(authz.url("/_probe/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn as_fail(authz: &PyServer, how: Value) {
+    let res = http()
+        .post(authz.url("/_probe/fail"))
+        .json(&how)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_gets_each_caller_a_token_from_the_upstreams_own_server() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let api = entra.api_client_id().to_owned();
+    let authz = PyServer::start(
+        "tests/upstreams/exchange_as.py",
+        &[
+            ("EXCHANGE_SUBJECT_JWKS", &entra_jwks(&entra)),
+            (
+                "EXCHANGE_SUBJECT_ISSUER",
+                &entra.issuer_v2(entra.tenant_id()),
+            ),
+            ("EXCHANGE_SUBJECT_AUDIENCES", &format!("{api},api://{api}")),
+            ("EXCHANGE_CLIENT_ID", EXCHANGE_CLIENT),
+            ("EXCHANGE_CLIENT_SECRET", EXCHANGE_SECRET),
+            ("EXCHANGE_AUDIENCE", EXCHANGE_AUD),
+        ],
+    );
+    let endpoint = authz.url("/token");
+    let as_jwks = authz.url("/jwks.json");
+    let s = stack_with(
+        entra,
+        |issuer| {
+            UpstreamCredential::token_exchange(
+                TokenExchange::new(&endpoint)
+                    .unwrap()
+                    .with_audience(EXCHANGE_AUD)
+                    .with_scopes(["tools.read"])
+                    .with_client_secret(EXCHANGE_CLIENT, idguard::obo::Secret::new(EXCHANGE_SECRET))
+                    .with_actor_token(
+                        IdentityAssertion::generate(issuer, &endpoint).unwrap(),
+                        JWT_TOKEN_TYPE,
+                    ),
+            )
+        },
+        &[
+            ("WHOAMI_AUDIENCE", EXCHANGE_AUD),
+            ("WHOAMI_JWKS_URL", &as_jwks),
+        ],
+    )
+    .await;
+    // The AS verifies the actor token with idguard's JWKS, now that idguard listens.
+    let res = http()
+        .post(authz.url("/_probe/actor"))
+        .json(&json!({"jwks": s.url.replace("/mcp", JWKS_PATH)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut originals = Vec::new();
+    for user in ["alice", "bob"] {
+        let token = s.entra.token_for(user).unwrap().mint().unwrap();
+        let (status, who) = s.whoami(&token).await;
+        assert_eq!(status, 200, "{who}");
+        let bearer = &who["bearer"];
+        assert_eq!(bearer["valid"], true, "{who}");
+        assert_eq!(bearer["alg"], "ES256");
+        let u = s.entra.users().iter().find(|u| u.key == user).unwrap();
+        assert_eq!(bearer["claims"]["oid"], u.object_id.as_str(), "{who}");
+        assert_eq!(bearer["claims"]["aud"], EXCHANGE_AUD);
+        assert_eq!(bearer["claims"]["iss"], authz.url("").as_str());
+        assert_eq!(bearer["claims"]["act"]["sub"], s.url.as_str(), "{who}");
+        assert_eq!(bearer["claims"]["scope"], "tools.read");
+        assert_eq!(who["saw_foreign_token"], false, "{who}");
+        originals.push(token);
+    }
+    // initialize + tools/call for each caller: one exchange each (the second is cached).
+    let stats = as_stats(&authz).await;
+    assert_eq!(stats["requests"], 2, "{stats}");
+    assert_eq!(stats["subjects"], json!(originals));
+    let seen = s.up.bearers().await;
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(originals.iter().all(|o| !seen.contains(o)));
+    // Cached across requests; concurrent misses for one new token make one exchange.
+    assert_eq!(s.whoami(&originals[0]).await.0, 200);
+    let fresh = s.entra.token_for("bob").unwrap().mint().unwrap();
+    let calls: Vec<_> = (0..4).map(|_| s.whoami(&fresh)).collect();
+    for (status, who) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200, "{who}");
+    }
+    assert_eq!(as_stats(&authz).await["requests"], 3);
+    // The AS's refusals: invalid_target → 403, invalid_grant → 401 invalid_token.
+    let http = http();
+    for (error, want) in [("invalid_target", 403), ("invalid_grant", 401)] {
+        as_fail(&authz, json!({"status": 400, "error": error})).await;
+        let token = s.entra.token_for("alice").unwrap().mint().unwrap();
+        let res = s.initialize(&http, &token).await;
+        assert_eq!(res.status(), want, "{error}");
+        if want == 401 {
+            let challenge = res.headers()["www-authenticate"].to_str().unwrap();
+            assert!(challenge.contains("invalid_token"), "{challenge}");
+        }
+    }
+    as_fail(&authz, json!({})).await;
+    // The AS down: 503 with Retry-After for a caller not cached; the cached one still works.
+    let before = as_stats(&authz).await["requests"].as_u64().unwrap();
+    assert_eq!(before, 5);
+    drop(authz);
+    let token = s.entra.token_for("alice").unwrap().mint().unwrap();
+    let res = s.initialize(&http, &token).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(s.whoami(&originals[1]).await.0, 200);
+    assert!(!s.up.bearers().await.contains(&token));
 }
 
 #[test]
