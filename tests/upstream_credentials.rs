@@ -26,7 +26,7 @@ use idguard::gateway::{
     Gateway, IdentityAssertion, JWKS_PATH, JWT_TOKEN_TYPE, TokenExchange, UpstreamCredential,
 };
 use idguard::policy::PolicyEngine;
-use idguard_dev::DevEntra;
+use idguard_dev::{DevApi, DevEndpoint, DevEntra};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
 
@@ -116,12 +116,16 @@ struct Stack {
 
 async fn stack(credential: impl FnOnce(&str) -> UpstreamCredential, env: &[(&str, &str)]) -> Stack {
     let entra = DevEntra::builder().start().await.unwrap();
-    stack_with(entra, credential, env).await
+    stack_with(entra, WHOAMI, credential, env).await
 }
 
-/// [`stack`] with this emulator (`{as_jwks}` is not substituted: pass the URL).
+const WHOAMI: &str = "tests/upstreams/whoami_server.py";
+
+/// [`stack`] with this emulator and upstream `script`; `{entra}` in an `env` value becomes
+/// the emulator's URL, `{graph}` its Graph URL.
 async fn stack_with(
     entra: DevEntra,
+    script: &str,
     credential: impl FnOnce(&str) -> UpstreamCredential,
     env: &[(&str, &str)],
 ) -> Stack {
@@ -156,12 +160,14 @@ async fn stack_with(
             (
                 (*k).to_owned(),
                 v.replace("{jwks}", &jwks_url)
-                    .replace("{entra_jwks}", &entra_jwks),
+                    .replace("{entra_jwks}", &entra_jwks)
+                    .replace("{entra}", entra.url())
+                    .replace("{graph}", &entra.graph_url()),
             )
         })
         .collect();
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let up = PyServer::start("tests/upstreams/whoami_server.py", &env_ref);
+    let up = PyServer::start(script, &env_ref);
     let credential = credential(&resource);
     let jwks = credential.assertion().map(IdentityAssertion::jwks);
     let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
@@ -217,6 +223,18 @@ impl Stack {
         self.post(http, token, &body).send().await.unwrap()
     }
 
+    /// `whoami` as dev user `user` with a fresh token, which must succeed with a valid
+    /// bearer token: (the caller's token, the answer, the user's object id).
+    async fn whoami_as(&self, user: &str) -> (String, Value, String) {
+        let token = self.entra.token_for(user).unwrap().mint().unwrap();
+        let (status, who) = self.whoami(&token).await;
+        assert_eq!(status, 200, "{who}");
+        assert_eq!(who["bearer"]["valid"], true, "{who}");
+        assert_eq!(who["saw_foreign_token"], false, "{who}");
+        let u = self.entra.users().iter().find(|u| u.key == user).unwrap();
+        (token, who, u.object_id.clone())
+    }
+
     /// `initialize`, then `tools/call whoami`, as `token`: (status of the first refusal or
     /// 200, the tool's structured answer).
     async fn whoami(&self, token: &str) -> (u16, Value) {
@@ -256,22 +274,10 @@ async fn obo_gives_each_user_their_own_token_for_the_upstream() {
     .await;
     let mut originals = Vec::new();
     for user in ["alice", "bob"] {
-        let token = s.entra.token_for(user).unwrap().mint().unwrap();
-        let (status, who) = s.whoami(&token).await;
-        assert_eq!(status, 200, "{who}");
+        let (token, who, oid) = s.whoami_as(user).await;
         let bearer = &who["bearer"];
-        assert_eq!(bearer["valid"], true, "{who}");
-        let want_oid = s
-            .entra
-            .users()
-            .iter()
-            .find(|u| u.key == user)
-            .unwrap()
-            .object_id
-            .clone();
-        assert_eq!(bearer["claims"]["oid"], want_oid.as_str(), "{who}");
+        assert_eq!(bearer["claims"]["oid"], oid.as_str(), "{who}");
         assert_eq!(bearer["claims"]["aud"], UPSTREAM_AUD);
-        assert_eq!(who["saw_foreign_token"], false, "{who}");
         originals.push(token);
     }
     let seen = s.up.bearers().await;
@@ -301,19 +307,15 @@ async fn identity_assertions_name_the_caller_and_verify_with_idguards_jwks() {
     let mut originals = Vec::new();
     let mut subjects = Vec::new();
     for user in ["alice", "bob"] {
-        let token = s.entra.token_for(user).unwrap().mint().unwrap();
-        let (status, who) = s.whoami(&token).await;
-        assert_eq!(status, 200, "{who}");
+        let (token, who, oid) = s.whoami_as(user).await;
         let claims = &who["bearer"]["claims"];
-        assert_eq!(who["bearer"]["valid"], true, "{who}");
         assert_eq!(who["bearer"]["alg"], "ES256");
         assert_eq!(claims["iss"], s.url.as_str());
         assert_eq!(claims["aud"], UPSTREAM_AUD);
-        let u = s.entra.users().iter().find(|u| u.key == user).unwrap();
-        assert_eq!(claims["oid"], u.object_id.as_str());
+        assert_eq!(claims["oid"], oid.as_str());
         assert_eq!(
             claims["sub"],
-            format!("{}/{}", s.entra.tenant_id(), u.object_id).as_str()
+            format!("{}/{oid}", s.entra.tenant_id()).as_str()
         );
         let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
         assert!(ttl <= 300, "{ttl}");
@@ -321,7 +323,6 @@ async fn identity_assertions_name_the_caller_and_verify_with_idguards_jwks() {
             claims["roles"].is_array() && claims["azp"].is_string(),
             "{claims}"
         );
-        assert_eq!(who["saw_foreign_token"], false, "{who}");
         subjects.push(claims["sub"].clone());
         originals.push(token);
     }
@@ -397,6 +398,7 @@ async fn token_exchange_gets_each_caller_a_token_from_the_upstreams_own_server()
     let as_jwks = authz.url("/jwks.json");
     let s = stack_with(
         entra,
+        WHOAMI,
         |issuer| {
             UpstreamCredential::token_exchange(
                 TokenExchange::new(&endpoint)
@@ -426,19 +428,14 @@ async fn token_exchange_gets_each_caller_a_token_from_the_upstreams_own_server()
     assert_eq!(res.status(), 200);
     let mut originals = Vec::new();
     for user in ["alice", "bob"] {
-        let token = s.entra.token_for(user).unwrap().mint().unwrap();
-        let (status, who) = s.whoami(&token).await;
-        assert_eq!(status, 200, "{who}");
+        let (token, who, oid) = s.whoami_as(user).await;
         let bearer = &who["bearer"];
-        assert_eq!(bearer["valid"], true, "{who}");
         assert_eq!(bearer["alg"], "ES256");
-        let u = s.entra.users().iter().find(|u| u.key == user).unwrap();
-        assert_eq!(bearer["claims"]["oid"], u.object_id.as_str(), "{who}");
+        assert_eq!(bearer["claims"]["oid"], oid.as_str(), "{who}");
         assert_eq!(bearer["claims"]["aud"], EXCHANGE_AUD);
         assert_eq!(bearer["claims"]["iss"], authz.url("").as_str());
         assert_eq!(bearer["claims"]["act"]["sub"], s.url.as_str(), "{who}");
         assert_eq!(bearer["claims"]["scope"], "tools.read");
-        assert_eq!(who["saw_foreign_token"], false, "{who}");
         originals.push(token);
     }
     // initialize + tools/call for each caller: one exchange each (the second is cached).
@@ -479,6 +476,92 @@ async fn token_exchange_gets_each_caller_a_token_from_the_upstreams_own_server()
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(s.whoami(&originals[1]).await.0, 200);
     assert!(!s.up.bearers().await.contains(&token));
+}
+
+const PROFILE_CLIENT: &str = "6f1c2a3b-0d4e-4f5a-9b8c-7d6e5f4a3b2c";
+
+/// The official MCP Python SDK client (`tests/upstreams/python_client.py`) as `token`:
+/// calls `tool` first, then lists the tools. Its JSON report.
+async fn python_client(url: &str, token: &str, tool: &str) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg("tests/upstreams/python_client.py")
+        .arg(url)
+        .args(["--call", tool])
+        .current_dir(manifest_dir())
+        .env("IDGUARD_TOKEN", token)
+        .stdin(Stdio::null());
+    // The client bounds itself (30 s).
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The seed scenario: a FastMCP-style Python server whose tool does its own on-behalf-of to
+/// (emulated) Graph with the token idguard obtained for it, called by the official Python
+/// SDK client through idguard as alice and as bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_the_upstream_calls_graph_on_behalf_of_each_caller() {
+    let secret = format!("upstream~{}", uuid::Uuid::new_v4().simple());
+    let entra = DevEntra::builder()
+        .api(DevApi {
+            client_id: PROFILE_CLIENT.into(),
+            identifier_uri: UPSTREAM_AUD.into(),
+            client_secret: secret.clone(),
+        })
+        .start()
+        .await
+        .unwrap();
+    let s = stack_with(
+        entra,
+        "tests/upstreams/graph_profile_server.py",
+        |_| UpstreamCredential::obo([UPSTREAM_SCOPE]),
+        &[
+            ("WHOAMI_AUDIENCE", UPSTREAM_AUD),
+            ("WHOAMI_JWKS_URL", "{entra_jwks}"),
+            ("PROFILE_CLIENT_ID", PROFILE_CLIENT),
+            ("PROFILE_CLIENT_SECRET", &secret),
+            ("PROFILE_AUTHORITY", "{entra}"),
+            ("PROFILE_GRAPH_URL", "{graph}"),
+        ],
+    )
+    .await;
+    let mut originals = Vec::new();
+    for user in ["alice", "bob"] {
+        let token = s.entra.token_for(user).unwrap().mint().unwrap();
+        let graph_before = s.entra.requests(DevEndpoint::Graph);
+        let out = python_client(&s.url, &token, "my_profile").await;
+        let call = &out["call"];
+        assert_eq!(call["ok"], true, "{out}");
+        assert_eq!(call["is_error"], false, "{out}");
+        // The structured result is the report's last line.
+        let text = call["text"].as_str().unwrap();
+        let answer: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let u = s.entra.users().iter().find(|u| u.key == user).unwrap();
+        let profile = &answer["profile"];
+        assert_eq!(profile["id"], u.object_id.as_str(), "{answer}");
+        assert_eq!(profile["displayName"], u.name.as_str(), "{answer}");
+        assert_eq!(profile["userPrincipalName"], u.upn.as_str(), "{answer}");
+        assert_eq!(answer["caller_oid"], u.object_id.as_str(), "{answer}");
+        assert_eq!(answer["saw_foreign_token"], false, "{answer}");
+        assert!(
+            out["tools"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("my_profile"))
+        );
+        assert_eq!(s.entra.requests(DevEndpoint::Graph), graph_before + 1);
+        originals.push(token);
+    }
+    let seen = s.up.bearers().await;
+    assert!(!seen.is_empty());
+    assert!(originals.iter().all(|o| !seen.contains(o)));
 }
 
 #[test]

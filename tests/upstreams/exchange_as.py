@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 import jwt
+from lifecycle import exit_on_stdin_eof
 from cryptography.hazmat.primitives.asymmetric import ec
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -215,20 +216,8 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(r.status, {"error": r.error, "error_description": r.description})
 
 
-def exit_on_stdin_eof() -> None:
-    def wait() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        finally:
-            os._exit(0)
-
-    threading.Thread(target=wait, name="stdin-eof", daemon=True).start()
-
-
 def main() -> int:
-    if os.environ.get("IDGUARD_EXIT_ON_STDIN_EOF") == "1":
-        exit_on_stdin_eof()
+    exit_on_stdin_eof()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port = server.server_address[1]
     BASE["url"] = f"http://127.0.0.1:{port}"
