@@ -591,5 +591,25 @@ fn bad_upstream_keys_are_named() {
     };
     keys.retain(|k| k.starts_with("upstream."));
     assert_eq!(keys, ["upstream.audience", "upstream.scopes"]);
+    std::fs::write(
+        &file,
+        "[upstream]\ncredential = \"token_exchange\"\ntoken_endpiont = \"https://as/token\"\n",
+    )
+    .unwrap();
+    let err = idguard::IdGuardConfig::load(Some(&file), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did you mean `token_endpoint`"), "{err}");
+    std::fs::write(
+        &file,
+        "[upstream]\ncredential = \"token_exchange\"\ntoken_endpoint = \"http://as.example.com/token\"\nresource = \"https://up/mcp\"\n",
+    )
+    .unwrap();
+    let config = idguard::IdGuardConfig::load(Some(&file), Vec::new()).unwrap();
+    let problems = config.resolve().unwrap_err().to_string();
+    assert!(
+        problems.contains("upstream.token_endpoint") && problems.contains("https"),
+        "{problems}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
