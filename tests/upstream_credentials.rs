@@ -12,11 +12,9 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use axum::Router;
 use axum::routing::get;
@@ -30,80 +28,15 @@ use idguard_dev::{DevApi, DevEndpoint, DevEntra};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
 
+#[path = "support/python_server.rs"]
+mod python_server;
+use python_server::{PyServer, loopback_client as http};
+
 const UPSTREAM_SCOPE: &str = "api://upstream-app/.default";
 const UPSTREAM_AUD: &str = "api://upstream-app";
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A Python server of `tests/upstreams/`, killed on drop.
-struct PyServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl PyServer {
-    /// Runs `script` with `env` until it prints `listening on 127.0.0.1:PORT`.
-    fn start(script: &str, env: &[(&str, &str)]) -> PyServer {
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .current_dir(manifest_dir())
-            .env("PYTHONUNBUFFERED", "1")
-            .env("IDGUARD_EXIT_ON_STDIN_EOF", "1")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect(
-            "python3 with `mcp` and PyJWT: pip install -r tests/mcp_client/requirements.txt pyjwt cryptography",
-        );
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(p) = line.trim().strip_prefix("listening on 127.0.0.1:") {
-                    let _ = tx.send(p.parse::<u16>().unwrap());
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{script} did not start"));
-        PyServer { child, port }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn bearers(&self) -> Vec<String> {
-        let v: Value = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(self.url("/_probe/bearers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["bearers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_str().unwrap().to_owned())
-            .collect()
-    }
 }
 
 /// idguard in gateway mode with `credential`, in front of an upstream started with `env`
@@ -172,7 +105,7 @@ async fn stack_with(
     let jwks = credential.assertion().map(IdentityAssertion::jwks);
     let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
     let gateway = Gateway::new(
-        reqwest::Url::parse(&format!("http://127.0.0.1:{}/mcp", up.port)).unwrap(),
+        reqwest::Url::parse(&up.url("/mcp")).unwrap(),
         reqwest::Client::builder().no_proxy().build().unwrap(),
     )
     .with_credential(credential);
@@ -196,14 +129,6 @@ async fn stack_with(
 
 fn entra_jwks(entra: &DevEntra) -> String {
     format!("{}/{}/discovery/v2.0/keys", entra.url(), entra.tenant_id())
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 impl Stack {
@@ -356,24 +281,11 @@ const EXCHANGE_CLIENT: &str = "idguard-gateway";
 const EXCHANGE_SECRET: &str = "s3cret:+/&=";
 
 async fn as_stats(authz: &PyServer) -> Value {
-    http()
-        .get(authz.url("/_probe/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    authz.get_json("/_probe/stats").await
 }
 
 async fn as_fail(authz: &PyServer, how: Value) {
-    let res = http()
-        .post(authz.url("/_probe/fail"))
-        .json(&how)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    authz.post_json("/_probe/fail", &how).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,13 +331,12 @@ async fn token_exchange_gets_each_caller_a_token_from_the_upstreams_own_server()
     )
     .await;
     // The AS verifies the actor token with idguard's JWKS, now that idguard listens.
-    let res = http()
-        .post(authz.url("/_probe/actor"))
-        .json(&json!({"jwks": s.url.replace("/mcp", JWKS_PATH)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    authz
+        .post_json(
+            "/_probe/actor",
+            &json!({"jwks": s.url.replace("/mcp", JWKS_PATH)}),
+        )
+        .await;
     let mut originals = Vec::new();
     for user in ["alice", "bob"] {
         let (token, who, oid) = s.whoami_as(user).await;
