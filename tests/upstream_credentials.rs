@@ -376,10 +376,29 @@ async fn token_exchange_gets_each_caller_a_token_from_the_upstreams_own_server()
             assert!(challenge.contains("invalid_token"), "{challenge}");
         }
     }
+    // Throttled: 503 with the AS's Retry-After. Not an RFC 8693 answer (a JWT where an
+    // access token was asked for, an unknown token type): 502.
+    as_fail(&authz, json!({"status": 429, "retry_after": 7})).await;
+    let token = s.entra.token_for("alice").unwrap().mint().unwrap();
+    let res = s.initialize(&http, &token).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "7");
+    for answer in [
+        json!({"access_token": "t", "token_type": "Bearer", "expires_in": 60,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:jwt"}),
+        json!({"access_token": "t", "token_type": "DPoP", "expires_in": 60,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+        json!({"access_token": "t", "token_type": "Bearer", "expires_in": "soon",
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+    ] {
+        as_fail(&authz, json!({"status": 200, "answer": answer})).await;
+        let token = s.entra.token_for("alice").unwrap().mint().unwrap();
+        assert_eq!(s.initialize(&http, &token).await.status(), 502, "{answer}");
+    }
     as_fail(&authz, json!({})).await;
     // The AS down: 503 with Retry-After for a caller not cached; the cached one still works.
     let before = as_stats(&authz).await["requests"].as_u64().unwrap();
-    assert_eq!(before, 5);
+    assert_eq!(before, 9);
     drop(authz);
     let token = s.entra.token_for("alice").unwrap().mint().unwrap();
     let res = s.initialize(&http, &token).await;

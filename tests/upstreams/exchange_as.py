@@ -26,7 +26,8 @@ else `Bearer`. Its public key is at `GET /jwks.json`.
 `GET /_probe/stats` → `{"requests": N, "issued": N, "subjects": [...], "actors": [...]}`
 (every `/token` request, the tokens issued, the subject tokens received, the actor `sub`s).
 `POST /_probe/fail` with `{"status": 400, "error": "invalid_target"}` makes every following
-`/token` request fail so (`{}` clears it).
+`/token` request fail so; with `"answer": {...}` and/or `"retry_after": N` it answers that
+body (and `Retry-After`) with that status instead; `{}` clears it.
 
 Usage: python3 tests/upstreams/exchange_as.py   (prints `listening on 127.0.0.1:PORT`)
 """
@@ -127,7 +128,7 @@ def verify_actor(form: dict[str, str]) -> dict[str, Any] | None:
 
 def exchange(form: dict[str, str], auth: str | None) -> dict[str, Any]:
     if FAIL:
-        raise Refusal(FAIL["status"], FAIL["error"], "configured failure")
+        raise Refusal(FAIL["status"], FAIL.get("error", ""), "configured failure")
     check_client(auth)
     if form.get("grant_type") != GRANT:
         raise Refusal(400, "unsupported_grant_type", "not a token exchange")
@@ -174,9 +175,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # quiet
         pass
 
-    def answer(self, status: int, body: Any) -> None:
+    def answer(self, status: int, body: Any, retry_after: int | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("retry-after", str(retry_after))
         self.send_header("content-type", "application/json")
         self.send_header("cache-control", "no-store")
         self.send_header("content-length", str(len(data)))
@@ -210,6 +213,9 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             STATS["requests"] += 1
         form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        if "answer" in FAIL or "retry_after" in FAIL:
+            self.answer(FAIL["status"], FAIL.get("answer", {}), FAIL.get("retry_after"))
+            return
         try:
             self.answer(200, exchange(form, self.headers.get("authorization")))
         except Refusal as r:
