@@ -207,9 +207,15 @@ impl TokenExchange {
         self.actor.as_ref().map(|(a, _)| a)
     }
 
-    /// `Bearer <exchanged token>` for `principal` whose token is `subject`, from the cache
-    /// when fresh.
-    pub(crate) async fn header_for(
+    /// `Bearer <exchanged token>` (marked sensitive) for `principal` whose validated token
+    /// is `subject`, from the cache when fresh, else exchanged with `http`. The gateway
+    /// calls it for each request; it is public for other uses of the same token.
+    ///
+    /// # Errors
+    ///
+    /// The answer for the caller when no token could be had (`401`, `403`, `500`, `502`,
+    /// `503` with `Retry-After`; see the module docs of [`UpstreamCredential`](super::UpstreamCredential)).
+    pub async fn header_for(
         &self,
         http: &reqwest::Client,
         principal: &Principal,
