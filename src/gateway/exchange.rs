@@ -214,7 +214,7 @@ impl TokenExchange {
     /// # Errors
     ///
     /// The answer for the caller when no token could be had (`401`, `403`, `500`, `502`,
-    /// `503` with `Retry-After`; see the module docs of [`UpstreamCredential`](super::UpstreamCredential)).
+    /// `503` with `Retry-After`), as `docs/upstream-credentials.md` lists them.
     pub async fn header_for(
         &self,
         http: &reqwest::Client,
