@@ -131,6 +131,15 @@ impl Challenge {
             .param(Param::ResourceMetadata, resource_metadata)
     }
 
+    /// The upstream's authorization server refused the caller's token in a token exchange:
+    /// `Bearer error="invalid_token", error_description="…"`.
+    pub(crate) fn upstream_refused_token() -> Self {
+        Self::bearer().param(Param::Error, "invalid_token").param(
+            Param::ErrorDescription,
+            "the upstream's authorization server refused the token: sign in again",
+        )
+    }
+
     /// Entra's claims challenge, for clients that declared `cp1`: `Bearer realm="",
     /// authorization_uri="…", error="insufficient_claims", claims="…"` (`claims` already
     /// base64-encoded).

@@ -7,23 +7,42 @@ use std::path::PathBuf;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use super::{IdentityAssertion, UpstreamCredential};
+use super::{IdentityAssertion, JWT_TOKEN_TYPE, TokenExchange, UpstreamCredential};
 use crate::error::ConfigProblem;
 
 /// `[upstream]`: the credential the gateway sends upstream (never the caller's token).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `"none"` (default), `"obo"`, `"identity_assertion"` or `"static"`.
+    /// `"none"` (default), `"obo"`, `"identity_assertion"`, `"token_exchange"` or
+    /// `"static"`.
     pub credential: Option<String>,
-    /// `obo`: the scopes of the upstream's own API, e.g. `["api://upstream-app/.default"]`.
+    /// `obo`: the scopes of the upstream's own API, e.g. `["api://upstream-app/.default"]`;
+    /// `token_exchange`: the `scope` asked for (optional).
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// `identity_assertion`: the assertions' audience (the upstream).
+    /// `identity_assertion`: the assertions' audience (the upstream); `token_exchange`: the
+    /// `audience` asked for.
     pub audience: Option<String>,
-    /// `identity_assertion`: a PKCS#8 P-256 private key (PEM); default a key generated at
-    /// each start.
+    /// `identity_assertion`, and `token_exchange` with an actor token: a PKCS#8 P-256
+    /// private key (PEM); default a key generated at each start.
     pub key_file: Option<PathBuf>,
+    /// `token_exchange`: the upstream authorization server's token endpoint (https, or http
+    /// on a loopback address).
+    pub token_endpoint: Option<String>,
+    /// `token_exchange`: the `resource` asked for (the upstream's URL).
+    pub resource: Option<String>,
+    /// `token_exchange`: idguard's client id at that authorization server.
+    pub client_id: Option<String>,
+    /// `token_exchange`: a file holding the client secret (HTTP Basic); without it
+    /// `client_id` is sent as a public client's.
+    pub client_secret_file: Option<PathBuf>,
+    /// `token_exchange`: `"identity_assertion"` to send an `actor_token` naming idguard,
+    /// signed with the `key_file` key (its JWKS at `/.well-known/idguard-jwks.json`).
+    pub actor_token: Option<String>,
+    /// `token_exchange`: the `actor_token_type` (default
+    /// `urn:ietf:params:oauth:token-type:jwt`).
+    pub actor_token_type: Option<String>,
     /// `static`: the header's name.
     pub header: Option<String>,
     /// `static`: a file holding the header's value (a secret).
@@ -48,6 +67,29 @@ pub enum UpstreamSettings {
     },
     /// `static`: this header.
     Static(UpstreamCredential),
+    /// `token_exchange`: RFC 8693 at the upstream's authorization server.
+    TokenExchange(ExchangeSettings),
+}
+
+/// `[upstream]` with `credential = "token_exchange"`, checked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ExchangeSettings {
+    /// `upstream.token_endpoint`.
+    pub token_endpoint: reqwest::Url,
+    /// `upstream.audience`.
+    pub audience: Option<String>,
+    /// `upstream.resource`.
+    pub resource: Option<String>,
+    /// `upstream.scopes`.
+    pub scopes: Vec<String>,
+    /// `upstream.client_id`.
+    pub client_id: Option<String>,
+    /// The content of `upstream.client_secret_file`.
+    pub client_secret: Option<crate::setting::Secret>,
+    /// `upstream.actor_token_type` when `upstream.actor_token` is set, with the content of
+    /// `upstream.key_file`.
+    pub actor: Option<(String, Option<crate::setting::Secret>)>,
 }
 
 impl UpstreamSettings {
@@ -67,6 +109,31 @@ impl UpstreamSettings {
                 })
             }
             Self::Static(c) => c.clone(),
+            Self::TokenExchange(x) => {
+                let mut exchange = TokenExchange::from_url(x.token_endpoint.clone())
+                    .with_scopes(x.scopes.iter().cloned());
+                if let Some(a) = &x.audience {
+                    exchange = exchange.with_audience(a);
+                }
+                if let Some(r) = &x.resource {
+                    exchange = exchange.with_resource(r);
+                }
+                exchange = match (&x.client_id, &x.client_secret) {
+                    (Some(id), Some(secret)) => exchange.with_client_secret(id, secret.clone()),
+                    (Some(id), None) => exchange.with_client_id(id),
+                    _ => exchange,
+                };
+                if let Some((kind, key_pem)) = &x.actor {
+                    // The actor token is for the authorization server: its `aud`.
+                    let aud = x.token_endpoint.as_str();
+                    let signer = match key_pem {
+                        Some(pem) => IdentityAssertion::from_pem(pem.expose(), issuer, aud)?,
+                        None => IdentityAssertion::generate(issuer, aud)?,
+                    };
+                    exchange = exchange.with_actor_token(signer, kind);
+                }
+                UpstreamCredential::token_exchange(exchange)
+            }
         })
     }
 }
@@ -86,12 +153,28 @@ impl UpstreamConfig {
         let obo = mode == "obo";
         let ia = mode == "identity_assertion";
         let st = mode == "static";
-        if !obo {
+        let tx = mode == "token_exchange";
+        if !obo && !tx {
             unused("scopes", !self.scopes.is_empty(), problems);
         }
-        if !ia {
+        if !ia && !tx {
             unused("audience", self.audience.is_some(), problems);
+        }
+        let signs = ia || (tx && self.actor_token.is_some());
+        if !signs {
             unused("key_file", self.key_file.is_some(), problems);
+        }
+        if !tx {
+            for (key, set) in [
+                ("token_endpoint", self.token_endpoint.is_some()),
+                ("resource", self.resource.is_some()),
+                ("client_id", self.client_id.is_some()),
+                ("client_secret_file", self.client_secret_file.is_some()),
+                ("actor_token", self.actor_token.is_some()),
+                ("actor_token_type", self.actor_token_type.is_some()),
+            ] {
+                unused(key, set, problems);
+            }
         }
         if !st {
             unused("header", self.header.is_some(), problems);
@@ -127,29 +210,10 @@ impl UpstreamConfig {
                         "required with `credential = \"identity_assertion\"`: the upstream's identifier, the assertions' `aud`",
                     ));
                 }
-                let key_pem = self.key_file.as_ref().and_then(|path| {
-                    match std::fs::read_to_string(path) {
-                        Ok(pem) => {
-                            if IdentityAssertion::from_pem(&pem, "", "").is_err() {
-                                problems.push(ConfigProblem::new(
-                                    "upstream.key_file",
-                                    format!(
-                                        "`{}` is not a PKCS#8 P-256 private key (`openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem`)",
-                                        path.display()
-                                    ),
-                                ));
-                            }
-                            Some(crate::setting::Secret::new(pem))
-                        }
-                        Err(e) => {
-                            problems.push(ConfigProblem::new(
-                                "upstream.key_file",
-                                format!("cannot read `{}`: {e}", path.display()),
-                            ));
-                            None
-                        }
-                    }
-                });
+                let key_pem = self
+                    .key_file
+                    .as_ref()
+                    .and_then(|path| read_key(path, problems));
                 UpstreamSettings::IdentityAssertion { audience, key_pem }
             }
             "static" => {
@@ -215,15 +279,148 @@ impl UpstreamConfig {
                     _ => UpstreamSettings::None,
                 }
             }
+            "token_exchange" => self.check_exchange(problems),
             other => {
                 problems.push(ConfigProblem::new(
                     "upstream.credential",
                     format!(
-                        "`{other}` is not one of `none`, `obo`, `identity_assertion`, `static`"
+                        "`{other}` is not one of `none`, `obo`, `identity_assertion`, `token_exchange`, `static`"
                     ),
                 ));
                 UpstreamSettings::None
             }
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// `credential = "token_exchange"`.
+    fn check_exchange(&self, problems: &mut Vec<ConfigProblem>) -> UpstreamSettings {
+        let mut problem = |key: &str, text: String| {
+            problems.push(ConfigProblem::new(format!("upstream.{key}"), text));
+        };
+        let token_endpoint = match self.token_endpoint.as_deref() {
+            None => {
+                problem(
+                    "token_endpoint",
+                    "required with `credential = \"token_exchange\"`: the upstream authorization server's token endpoint".into(),
+                );
+                None
+            }
+            Some(url) => match TokenExchange::new(url) {
+                Ok(_) => reqwest::Url::parse(url).ok(),
+                Err(e) => {
+                    problem("token_endpoint", format!("`{url}`: {e}"));
+                    None
+                }
+            },
+        };
+        let blank = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+        if blank(&self.audience) && blank(&self.resource) {
+            problem(
+                "audience",
+                "`audience` or `resource` is required with `credential = \"token_exchange\"`: the upstream the token is for".into(),
+            );
+        }
+        let client_secret = match (&self.client_secret_file, blank(&self.client_id)) {
+            (Some(_), true) => {
+                problem(
+                    "client_id",
+                    "required with `client_secret_file`: idguard's client id at the authorization server".into(),
+                );
+                None
+            }
+            (Some(path), false) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    Some(crate::setting::Secret::new(text.trim()))
+                }
+                Ok(_) => {
+                    problem(
+                        "client_secret_file",
+                        format!("`{}` is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem(
+                        "client_secret_file",
+                        format!("cannot read `{}`: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            (None, _) => None,
+        };
+        let actor = match self.actor_token.as_deref() {
+            None => {
+                if self.actor_token_type.is_some() {
+                    problem(
+                        "actor_token_type",
+                        "not used without `actor_token = \"identity_assertion\"`".into(),
+                    );
+                }
+                None
+            }
+            Some("identity_assertion") => {
+                let key_pem = self
+                    .key_file
+                    .as_ref()
+                    .and_then(|path| read_key(path, problems));
+                let kind = self
+                    .actor_token_type
+                    .clone()
+                    .unwrap_or_else(|| JWT_TOKEN_TYPE.to_owned());
+                Some((kind, key_pem))
+            }
+            Some(other) => {
+                problems.push(ConfigProblem::new(
+                    "upstream.actor_token",
+                    format!(
+                        "`{other}` is not `identity_assertion` (the only actor token idguard makes)"
+                    ),
+                ));
+                None
+            }
+        };
+        match token_endpoint {
+            Some(token_endpoint) => UpstreamSettings::TokenExchange(ExchangeSettings {
+                token_endpoint,
+                audience: self.audience.clone().filter(|v| !v.trim().is_empty()),
+                resource: self.resource.clone().filter(|v| !v.trim().is_empty()),
+                scopes: self.scopes.clone(),
+                client_id: self.client_id.clone().filter(|v| !v.trim().is_empty()),
+                client_secret,
+                actor,
+            }),
+            None => UpstreamSettings::None,
+        }
+    }
+}
+
+/// Reads `upstream.key_file`, a PKCS#8 P-256 private key.
+fn read_key(
+    path: &std::path::Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<crate::setting::Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) => {
+            if IdentityAssertion::from_pem(&pem, "", "").is_err() {
+                problems.push(ConfigProblem::new(
+                    "upstream.key_file",
+                    format!(
+                        "`{}` is not a PKCS#8 P-256 private key (`openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem`)",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(crate::setting::Secret::new(pem))
+        }
+        Err(e) => {
+            problems.push(ConfigProblem::new(
+                "upstream.key_file",
+                format!("cannot read `{}`: {e}", path.display()),
+            ));
+            None
         }
     }
 }
@@ -279,6 +476,47 @@ mod tests {
                 ..Default::default()
             }),
             ["upstream.header", "upstream.value_file"]
+        );
+        assert_eq!(
+            keys(UpstreamConfig {
+                credential: Some("token_exchange".into()),
+                token_endpoint: Some("http://as.example.com/token".into()),
+                client_secret_file: Some("/nonexistent".into()),
+                actor_token_type: Some("x".into()),
+                header: Some("X-A".into()),
+                ..Default::default()
+            }),
+            [
+                "upstream.header",
+                "upstream.token_endpoint",
+                "upstream.audience",
+                "upstream.client_id",
+                "upstream.actor_token_type"
+            ]
+        );
+        let mut p = Vec::new();
+        let ok = UpstreamConfig {
+            credential: Some("token_exchange".into()),
+            token_endpoint: Some("http://127.0.0.1:9/token".into()),
+            resource: Some("https://up.example.com/mcp".into()),
+            actor_token: Some("identity_assertion".into()),
+            ..Default::default()
+        }
+        .check(&mut p);
+        assert!(p.is_empty(), "{p:?}");
+        let cred = ok.credential("https://idg/mcp").unwrap();
+        assert_eq!(
+            cred.assertion().unwrap().audience(),
+            "http://127.0.0.1:9/token"
+        );
+        assert_eq!(
+            keys(UpstreamConfig {
+                credential: Some("obo".into()),
+                scopes: vec!["api://x/.default".into()],
+                token_endpoint: Some("https://as/token".into()),
+                ..Default::default()
+            }),
+            ["upstream.token_endpoint"]
         );
         assert_eq!(
             keys(UpstreamConfig {

@@ -5,6 +5,8 @@
 //!   audience (the guard's [`OboClient`] and its cache); app-only callers are refused;
 //! - `identity_assertion`: a short-lived ES256 JWT signed by idguard
 //!   ([`IdentityAssertion`]), cached per caller until shortly before it expires;
+//! - `token_exchange`: an RFC 8693 token exchange at the upstream's own authorization
+//!   server ([`TokenExchange`]), cached per caller;
 //! - `static`: one fixed header, for upstreams that only need to know the request came
 //!   through idguard.
 
@@ -17,6 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{self, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
+use super::TokenExchange;
 use crate::error::{Rejection, RejectionKind};
 use crate::obo::{BearerToken, OboClient};
 use crate::principal::Principal;
@@ -38,6 +41,7 @@ enum Kind {
     None,
     Obo(Arc<[String]>),
     Assertion(IdentityAssertion),
+    Exchange(Arc<TokenExchange>),
     Static(HeaderName, HeaderValue),
 }
 
@@ -52,6 +56,10 @@ impl fmt::Debug for UpstreamCredential {
             Kind::Assertion(a) => f
                 .debug_tuple("UpstreamCredential::IdentityAssertion")
                 .field(a)
+                .finish(),
+            Kind::Exchange(x) => f
+                .debug_tuple("UpstreamCredential::TokenExchange")
+                .field(x)
                 .finish(),
             Kind::Static(name, _) => f
                 .debug_struct("UpstreamCredential::Static")
@@ -83,29 +91,44 @@ impl UpstreamCredential {
         Self(Kind::Assertion(assertion))
     }
 
+    /// `Authorization: Bearer <token>`: the caller's token exchanged (RFC 8693) at the
+    /// upstream's authorization server.
+    pub fn token_exchange(exchange: TokenExchange) -> Self {
+        Self(Kind::Exchange(Arc::new(exchange)))
+    }
+
     /// One fixed header. The value is marked sensitive (hidden from `Debug`).
     pub fn static_header(name: HeaderName, mut value: HeaderValue) -> Self {
         value.set_sensitive(true);
         Self(Kind::Static(name, value))
     }
 
-    /// The identity assertion signer, when this is `identity_assertion` (its JWKS is to be
-    /// served at [`JWKS_PATH`]).
+    /// The identity assertion signer, when this is `identity_assertion` or a
+    /// `token_exchange` with an actor token (its JWKS is to be served at [`JWKS_PATH`]).
     pub fn assertion(&self) -> Option<&IdentityAssertion> {
         match &self.0 {
             Kind::Assertion(a) => Some(a),
+            Kind::Exchange(x) => x.actor(),
             _ => None,
         }
     }
 
-    /// The header for the request whose extensions are `ext` (set by
-    /// `ValidateTokenLayer`), or the answer that refuses it.
+    /// The header for the request with `headers` whose extensions are `ext` (set by
+    /// `ValidateTokenLayer`), or the answer that refuses it; `http` makes token exchanges.
     pub(crate) async fn header(
         &self,
         ext: &http::Extensions,
+        headers: &http::HeaderMap,
+        http: &reqwest::Client,
     ) -> Result<Option<(HeaderName, HeaderValue)>, Rejection> {
         match &self.0 {
             Kind::None => Ok(None),
+            Kind::Exchange(x) => {
+                let principal = ext.get::<Principal>().ok_or_else(unwired)?;
+                let subject = crate::token::bearer_token(headers).map_err(|_| unwired())?;
+                let value = x.header_for(http, principal, subject).await?;
+                Ok(Some((header::AUTHORIZATION, value)))
+            }
             Kind::Static(name, value) => Ok(Some((name.clone(), value.clone()))),
             Kind::Assertion(a) => {
                 let principal = ext.get::<Principal>().ok_or_else(unwired)?;
@@ -188,7 +211,7 @@ pub enum AssertionKeyError {
     InvalidKey,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -288,43 +311,68 @@ impl IdentityAssertion {
     /// A `500` [`Rejection`] when signing fails (logged).
     pub fn header_for(&self, principal: &Principal) -> Result<HeaderValue, Rejection> {
         let s = &self.0;
-        let key: Arc<str> = cache_key(principal).into();
+        self.signed(cache_key(principal).into(), |now, exp| {
+            json!({
+                "iss": s.issuer,
+                "aud": s.audience,
+                "sub": format!("{}/{}", principal.tenant_id(), principal.object_id()),
+                "iat": now,
+                "nbf": now,
+                "exp": exp,
+                "jti": uuid::Uuid::new_v4().to_string(),
+                "tid": principal.tenant_id(),
+                "oid": principal.object_id(),
+                "name": principal.name(),
+                "preferred_username": principal.upn(),
+                "roles": principal.roles(),
+                "groups": principal.groups(),
+                "scp": principal.scopes().join(" "),
+                "azp": principal.app_id(),
+            })
+        })
+        .ok_or_else(|| Rejection::new(RejectionKind::Internal, None))
+    }
+
+    /// A JWT naming idguard itself (`iss` = `sub` = the issuer, `aud` = the audience): the
+    /// actor token of a token exchange. Cached like the callers' assertions.
+    pub(crate) fn self_assertion(&self) -> Option<String> {
+        let s = &self.0;
+        let value = self.signed(Arc::from(""), |now, exp| {
+            json!({
+                "iss": s.issuer,
+                "aud": s.audience,
+                "sub": s.issuer,
+                "iat": now,
+                "nbf": now,
+                "exp": exp,
+                "jti": uuid::Uuid::new_v4().to_string(),
+            })
+        })?;
+        let jwt = value.to_str().ok()?.strip_prefix("Bearer ")?;
+        Some(jwt.to_owned())
+    }
+
+    /// `Bearer <jwt>` for the cache entry `key`, signed anew with `claims(now, exp)` when
+    /// missing or stale. `None` (logged) when signing fails.
+    fn signed(&self, key: Arc<str>, claims: impl FnOnce(u64, u64) -> Value) -> Option<HeaderValue> {
+        let s = &self.0;
         let now = unix_now();
         if let Some((value, refresh_at)) = s.cache.get(&key)
             && now < refresh_at
         {
-            return Ok(value);
+            return Some(value);
         }
         let exp = now + ASSERTION_LIFETIME.as_secs();
-        let claims = json!({
-            "iss": s.issuer,
-            "aud": s.audience,
-            "sub": format!("{}/{}", principal.tenant_id(), principal.object_id()),
-            "iat": now,
-            "nbf": now,
-            "exp": exp,
-            "jti": uuid::Uuid::new_v4().to_string(),
-            "tid": principal.tenant_id(),
-            "oid": principal.object_id(),
-            "name": principal.name(),
-            "preferred_username": principal.upn(),
-            "roles": principal.roles(),
-            "groups": principal.groups(),
-            "scp": principal.scopes().join(" "),
-            "azp": principal.app_id(),
-        });
-        let jwt = jsonwebtoken::encode(&s.header, &claims, &s.key).map_err(|e| {
-            tracing::error!(target: "idguard::gateway", error = %e, "cannot sign the identity assertion");
-            Rejection::new(RejectionKind::Internal, None)
-        })?;
-        let mut value = HeaderValue::try_from(format!("Bearer {jwt}"))
-            .map_err(|_| Rejection::new(RejectionKind::Internal, None))?;
+        let jwt = jsonwebtoken::encode(&s.header, &claims(now, exp), &s.key)
+            .inspect_err(|e| tracing::error!(target: "idguard::gateway", error = %e, "cannot sign the identity assertion"))
+            .ok()?;
+        let mut value = HeaderValue::try_from(format!("Bearer {jwt}")).ok()?;
         value.set_sensitive(true);
         s.cache.insert(
             key,
             (value.clone(), exp.saturating_sub(ASSERTION_SKEW.as_secs())),
         );
-        Ok(value)
+        Some(value)
     }
 }
 

@@ -20,7 +20,8 @@
 //!
 //! What the upstream gets instead of the caller's token is its [`UpstreamCredential`]
 //! (`[upstream] credential`): nothing, an on-behalf-of token, an identity assertion signed
-//! by idguard, or a fixed header.
+//! by idguard, a token from the upstream's own authorization server (RFC 8693 token
+//! exchange), or a fixed header.
 //!
 //! Replies keep only `Content-Type`, `Cache-Control`, `Mcp-Session-Id`,
 //! `MCP-Protocol-Version`, `Retry-After` and `WWW-Authenticate`: no cookies from the
@@ -42,12 +43,17 @@ use crate::error::{Rejection, RejectionKind};
 
 mod config;
 mod credential;
+mod exchange;
 
-pub use config::{UpstreamConfig, UpstreamSettings};
+pub use config::{ExchangeSettings, UpstreamConfig, UpstreamSettings};
 
 pub use credential::{
     ASSERTION_LIFETIME, ASSERTION_SKEW, AssertionKeyError, IdentityAssertion, JWKS_PATH,
     UpstreamCredential,
+};
+pub use exchange::{
+    DEFAULT_EXCHANGE_SKEW, DEFAULT_EXCHANGE_TIMEOUT, InsecureTokenEndpoint, JWT_TOKEN_TYPE,
+    TokenExchange,
 };
 
 /// Request headers forwarded as the caller sent them.
@@ -227,7 +233,10 @@ impl tower_service::Service<Request<Body>> for Gateway {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
             let mut headers = request_headers(&parts.headers, peer);
-            match credential.header(&parts.extensions).await {
+            match credential
+                .header(&parts.extensions, &parts.headers, &client)
+                .await
+            {
                 Ok(Some((name, value))) => {
                     headers.insert(name, value);
                 }

@@ -45,6 +45,7 @@ pub use crate::setting::Secret;
 pub use crate::token::BearerToken;
 pub(crate) use client::OboSettings;
 pub use client::{OboClient, OboStats, OboToken};
+pub(crate) use client::{backoff, retry_after};
 pub(crate) use credential::ClientAuth;
 pub use credential::ClientCredential;
 pub use extract::Obo;

@@ -21,6 +21,7 @@ pub(crate) mod layer;
 pub use authenticate::TokenStats;
 pub(crate) use authenticate::{Authenticator, IssuedTokens, OnBehalfOf, Session};
 pub use bearer::BearerToken;
+pub(crate) use bearer::bearer_token;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};

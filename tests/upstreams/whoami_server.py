@@ -25,10 +25,10 @@ import json
 import os
 import socket
 import sys
-import threading
 from typing import Any
 
 import jwt
+from lifecycle import exit_on_stdin_eof
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -111,32 +111,26 @@ class AnnouncingServer(uvicorn.Server):
             print(f"listening on 127.0.0.1:{self._port}", flush=True)
 
 
-def exit_on_stdin_eof() -> None:
-    def wait() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        finally:
-            os._exit(0)
-
-    threading.Thread(target=wait, name="stdin-eof", daemon=True).start()
-
-
-def main() -> int:
-    if os.environ.get("IDGUARD_EXIT_ON_STDIN_EOF") == "1":
-        exit_on_stdin_eof()
+def serve(server: MCPServer) -> None:
+    """Serves `server` at `/mcp` behind [`Probe`] on a free loopback port, announced on
+    stdout as `listening on 127.0.0.1:PORT`."""
+    exit_on_stdin_eof()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    app = mcp.streamable_http_app(
+    app = server.streamable_http_app(
         streamable_http_path="/mcp",
         stateless_http=True,
         json_response=True,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     config = uvicorn.Config(Probe(app), log_level="warning", lifespan="on")
-    server = AnnouncingServer(config, sock.getsockname()[1])
-    asyncio.run(server.serve(sockets=[sock]))
+    announcing = AnnouncingServer(config, sock.getsockname()[1])
+    asyncio.run(announcing.serve(sockets=[sock]))
+
+
+def main() -> int:
+    serve(mcp)
     return 0
 
 

@@ -361,6 +361,8 @@ fn entra_manifest_lists_exactly_the_roles_the_policies_use() {
 // The annotated example file: tests/newcomer.rs (it checks clean once its placeholder
 // OAuth key is replaced).
 
+#[path = "../../../tests/support/python_server.rs"]
+mod python_server;
 #[path = "../../../tests/support/whoami.rs"]
 mod whoami;
 
@@ -372,8 +374,8 @@ async fn gateway_identity_assertions_verify_with_the_binarys_jwks() {
     let entra = DevEntra::builder().start().await.unwrap();
     let port = common::free_port();
     let jwks = format!("http://127.0.0.1:{port}/.well-known/idguard-jwks.json");
-    let up = whoami::Whoami::start(
-        Path::new(ROOT),
+    let up = python_server::PyServer::start(
+        "tests/upstreams/whoami_server.py",
         &[
             ("WHOAMI_AUDIENCE", "api://upstream-app"),
             ("WHOAMI_JWKS_URL", &jwks),
@@ -390,7 +392,7 @@ async fn gateway_identity_assertions_verify_with_the_binarys_jwks() {
         "",
         &format!(
             "upstream = \"{}\"\n\n[upstream]\ncredential = \"identity_assertion\"\naudience = \"api://upstream-app\"\n",
-            up.url()
+            up.url("/mcp")
         ),
     );
     let port_arg = port.to_string();

@@ -32,6 +32,7 @@ pub struct DevEntraBuilder {
     tenants: Vec<DevTenant>,
     users: Vec<DevUser>,
     apps: Vec<DevApp>,
+    apis: Vec<crate::DevApi>,
     api_client_id: String,
     redirect_uris: Vec<String>,
     identifier_uris: Vec<String>,
@@ -44,6 +45,7 @@ impl Default for DevEntraBuilder {
             tenants: default_tenants(),
             users: default_users(),
             apps: default_apps(),
+            apis: Vec::new(),
             api_client_id: DEV_API_CLIENT_ID.to_owned(),
             redirect_uris: Vec::new(),
             identifier_uris: Vec::new(),
@@ -75,6 +77,14 @@ impl DevEntraBuilder {
     pub fn app(mut self, app: DevApp) -> Self {
         self.apps.retain(|a| a.key != app.key);
         self.apps.push(app);
+        self
+    }
+
+    /// Registers (or replaces, by client id) another API as a confidential client that may
+    /// do on-behalf-of with the tokens issued for it (see [`DevApi`](crate::DevApi)).
+    pub fn api(mut self, api: crate::DevApi) -> Self {
+        self.apis.retain(|a| a.client_id != api.client_id);
+        self.apis.push(api);
         self
     }
 
@@ -144,6 +154,7 @@ impl DevEntraBuilder {
             tenants: self.tenants,
             users: self.users,
             apps: self.apps,
+            apis: self.apis,
             api_client_id: self.api_client_id,
             identifier_uris: self.identifier_uris,
             keys: RwLock::new(ring),

@@ -75,7 +75,7 @@ pub use certificate::DevCertificate;
 pub use failure::{DevGraphFailure, DevOboFailure, DevSignInFailure};
 pub use mint::TokenMint;
 pub use obo::MFA_CLAIMS;
-pub use users::{DevApp, DevTenant, DevUser, named_callers, overage_user};
+pub use users::{DevApi, DevApp, DevTenant, DevUser, named_callers, overage_user};
 
 use failure::set_failure;
 use keys::{KeyRing, SigningKey};

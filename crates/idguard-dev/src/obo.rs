@@ -2,8 +2,10 @@
 //!
 //! `POST /{tenant}/oauth2/v2.0/token` accepts the jwt-bearer OBO grant: it checks the
 //! middle tier's client credential (the secret, a PS256 certificate assertion whose `aud`
-//! is this exact endpoint, or a federated assertion the emulator signed), checks the user
-//! assertion (RS256 by a published key, `aud` = the API, not expired), applies the
+//! is this exact endpoint, or a federated assertion the emulator signed; or the secret of
+//! another API registered with [`DevEntraBuilder::api`](crate::DevEntraBuilder::api)),
+//! checks the user assertion (RS256 by a published key, `aud` = the API that asks, not
+//! expired), applies the
 //! per-user failure mode, and issues a Graph (or other resource) token. The
 //! `authorization_code` and `refresh_token` grants on the same endpoint are the sign-in
 //! module's (`sign_in/`); they share the credential check and the answer's shape.
@@ -295,16 +297,32 @@ async fn token_endpoint(
             "AADSTS70003: The app requested an unsupported grant type.",
         );
     }
-    if field("client_id") != s.api_client_id {
-        return unknown_client();
-    }
-    if let Some(answer) = refuse_client(&s, &form, &endpoint) {
+    // The dev API itself, or another API registered as a confidential client.
+    let middle = if field("client_id") == s.api_client_id {
+        None
+    } else {
+        match s.apis.iter().find(|a| a.client_id == field("client_id")) {
+            Some(api) => Some(api),
+            None => return unknown_client(),
+        }
+    };
+    let refused = match middle {
+        None => refuse_client(&s, &form, &endpoint),
+        Some(api) => (form.get("client_secret") != Some(&api.client_secret)).then(|| {
+            invalid_client(
+                7_000_215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+            )
+        }),
+    };
+    if let Some(answer) = refused {
         return answer;
     }
     let Some(claims) = verify_own(&s, field("assertion")) else {
         return invalid_grant(50_013, "Assertion failed signature validation.");
     };
-    if str_claim(&claims, "aud") != s.api_client_id {
+    let aud = str_claim(&claims, "aud");
+    if !middle.map_or(aud == s.api_client_id, |api| api.is_audience(aud)) {
         return invalid_grant(
             500_131,
             "Assertion audience does not match the Client app presenting the assertion.",
@@ -375,7 +393,8 @@ async fn token_endpoint(
     } else {
         short.join(" ")
     };
-    let access_token = match downstream_token(&s, &tid, &oid, resource, &scp) {
+    let appid = middle.map_or(s.api_client_id.as_str(), |api| api.client_id.as_str());
+    let access_token = match downstream_token(&s, &tid, &oid, resource, &scp, appid) {
         Ok(t) => t,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
@@ -383,14 +402,15 @@ async fn token_endpoint(
     token_response(&s, granted.join(" "), access_token, [])
 }
 
-/// A v1 access token for a downstream resource (Graph or another API), issued to the dev
-/// API for user `oid`: what the on-behalf-of and the sign-in grants hand out.
+/// A v1 access token for a downstream resource (Graph or another API), issued to client
+/// `appid` for user `oid`: what the on-behalf-of and the sign-in grants hand out.
 pub(crate) fn downstream_token(
     s: &Shared,
     tid: &str,
     oid: &str,
     resource: &str,
     scp: &str,
+    appid: &str,
 ) -> Result<String, super::DevError> {
     let lifetime = s.downstream_lifetime.load(Ordering::Relaxed);
     let now = unix_now();
@@ -402,7 +422,7 @@ pub(crate) fn downstream_token(
         "exp": now + lifetime,
         "tid": tid,
         "oid": oid,
-        "appid": s.api_client_id,
+        "appid": appid,
         "scp": scp,
         "ver": "1.0",
         "uti": uuid::Uuid::new_v4().to_string(),

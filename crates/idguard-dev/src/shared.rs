@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) tenants: Vec<DevTenant>,
     pub(crate) users: Vec<DevUser>,
     pub(crate) apps: Vec<DevApp>,
+    /// Other APIs' confidential clients that may do on-behalf-of ([`DevApi`]).
+    pub(crate) apis: Vec<crate::DevApi>,
     pub(crate) api_client_id: String,
     /// Extra Application ID URIs of the dev API (besides `api://{api_client_id}`).
     pub(crate) identifier_uris: Vec<String>,
@@ -70,6 +72,7 @@ impl std::fmt::Debug for Shared {
             .field("tenants", &self.tenants)
             .field("users", &self.users.len())
             .field("apps", &self.apps.len())
+            .field("apis", &self.apis)
             .field("api_client_id", &self.api_client_id)
             .field("identifier_uris", &self.identifier_uris)
             .field("sign_in", &self.sign_in)

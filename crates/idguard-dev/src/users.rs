@@ -51,6 +51,35 @@ pub struct DevApp {
     pub roles: Vec<String>,
 }
 
+/// Another API's app registration: a confidential client (with a secret) that may exchange
+/// on-behalf-of the tokens issued for it (audience its client id or Application ID URI),
+/// e.g. an MCP server behind idguard that calls Microsoft Graph for the signed-in user.
+#[derive(Clone)]
+pub struct DevApi {
+    /// Application (client) id.
+    pub client_id: String,
+    /// Application ID URI (`api://upstream-app`): the `aud` of the tokens issued for it.
+    pub identifier_uri: String,
+    /// Its client secret.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for DevApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevApi")
+            .field("client_id", &self.client_id)
+            .field("identifier_uri", &self.identifier_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevApi {
+    /// Whether a token for `aud` is issued to this API.
+    pub(crate) fn is_audience(&self, aud: &str) -> bool {
+        aud == self.client_id || aud == self.identifier_uri
+    }
+}
+
 impl DevUser {
     /// The claims of a v2 delegated token for this user with the default scope, as JSON
     /// (for tools that describe a caller by claims, such as policy test cases).

@@ -160,7 +160,14 @@ fn graph_token(
     } else {
         requested.graph.join(" ")
     };
-    let token = downstream_token(s, &session.tid, &session.user_oid, GRAPH_RESOURCE, &scp)?;
+    let token = downstream_token(
+        s,
+        &session.tid,
+        &session.user_oid,
+        GRAPH_RESOURCE,
+        &scp,
+        &s.api_client_id,
+    )?;
     let scope: Vec<String> = scp
         .split(' ')
         .map(|n| format!("{GRAPH_RESOURCE}/{n}"))

@@ -1,0 +1,99 @@
+//! `idguard serve` in gateway mode with `[upstream] credential = "token_exchange"` from its
+//! configuration file: the client secret read from `client_secret_file`, the actor token
+//! signed with the key whose JWKS the binary serves, against the real RFC 8693 server
+//! `tests/upstreams/exchange_as.py` and the whoami upstream that verifies the issued token.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+mod common;
+#[path = "../../../tests/support/python_server.rs"]
+mod python_server;
+
+use common::{Proc, Workdir, mcp};
+use idguard_dev::DevEntra;
+use python_server::PyServer;
+use serde_json::json;
+
+const AUD: &str = "urn:contoso:upstream";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exchanges_each_callers_token_at_the_configured_server() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let api = entra.api_client_id().to_owned();
+    let authz = PyServer::start(
+        "tests/upstreams/exchange_as.py",
+        &[
+            (
+                "EXCHANGE_SUBJECT_JWKS",
+                &format!("{}/{}/discovery/v2.0/keys", entra.url(), entra.tenant_id()),
+            ),
+            (
+                "EXCHANGE_SUBJECT_ISSUER",
+                &entra.issuer_v2(entra.tenant_id()),
+            ),
+            ("EXCHANGE_SUBJECT_AUDIENCES", &format!("{api},api://{api}")),
+            ("EXCHANGE_CLIENT_ID", "idguard-gateway"),
+            ("EXCHANGE_CLIENT_SECRET", "from a file: s3cret"),
+            ("EXCHANGE_AUDIENCE", AUD),
+        ],
+    );
+    let up = PyServer::start(
+        "tests/upstreams/whoami_server.py",
+        &[
+            ("WHOAMI_AUDIENCE", AUD),
+            ("WHOAMI_JWKS_URL", &authz.url("/jwks.json")),
+        ],
+    );
+    let dir = Workdir::with_policies("bin-exchange");
+    dir.write("as-secret", "from a file: s3cret\n");
+    let secret_file = dir.path().join("as-secret");
+    dir.config(
+        entra.url(),
+        &entra,
+        "",
+        &format!(
+            "upstream = \"{}\"\n\n[upstream]\ncredential = \"token_exchange\"\ntoken_endpoint = \"{}\"\naudience = \"{AUD}\"\nscopes = [\"tools.read\"]\nclient_id = \"idguard-gateway\"\nclient_secret_file = \"{}\"\nactor_token = \"identity_assertion\"\n",
+            up.url("/mcp"),
+            authz.url("/token"),
+            secret_file.display()
+        ),
+    );
+    let proc = Proc::spawn(&["--port", "0"], &dir);
+    let line = proc.line("idguard: gateway ");
+    let url = line.split(" -> ").next().unwrap().to_owned();
+    // The server checks the actor token against the JWKS the binary serves.
+    let jwks = url.replace("/mcp", "/.well-known/idguard-jwks.json");
+    authz
+        .post_json("/_probe/actor", &json!({"jwks": jwks}))
+        .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let alice = entra.token_for("alice").unwrap().mint().unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    assert!(mcp(&http, &url, &alice, &init).await["result"].is_object());
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "whoami", "arguments": {}}});
+    let reply = mcp(&http, &url, &alice, &call).await;
+    let who = &reply["result"]["structuredContent"];
+    let bearer = &who["bearer"];
+    assert_eq!(bearer["valid"], true, "{reply}");
+    let oid = entra
+        .users()
+        .iter()
+        .find(|u| u.key == "alice")
+        .unwrap()
+        .object_id
+        .clone();
+    assert_eq!(bearer["claims"]["oid"], oid.as_str(), "{reply}");
+    assert_eq!(bearer["claims"]["act"]["sub"], "http://127.0.0.1/mcp");
+    assert_eq!(bearer["claims"]["scope"], "tools.read");
+    assert_eq!(who["saw_foreign_token"], false);
+    let stats = authz.get_json("/_probe/stats").await;
+    assert_eq!(stats["requests"], 1, "{stats}");
+    assert!(!up.bearers().await.contains(&alice));
+}
