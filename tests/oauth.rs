@@ -9,6 +9,8 @@
     reason = "tests fail loudly"
 )]
 
+#[path = "support/browser.rs"]
+mod browser;
 mod common;
 #[cfg(feature = "redis")]
 #[path = "support/redis_server.rs"]
@@ -23,6 +25,7 @@ use axum::Router;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use browser::{Browser, hidden, location, query};
 use common::{Stack, stack_with};
 use idguard::obo::Secret;
 use idguard::{IdGuardBuilder, OAuthConfig, OboConfig};
@@ -68,94 +71,6 @@ async fn proxy_stack_with(oauth: OAuthConfig) -> Stack {
 
 async fn proxy_stack() -> Stack {
     proxy_stack_with(oauth_config()).await
-}
-
-/// A browser: no automatic redirects, its own cookie jar.
-struct Browser {
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .unwrap(),
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn keep_cookies(&mut self, res: &reqwest::Response) {
-        for v in res.headers().get_all("set-cookie") {
-            let v = v.to_str().unwrap();
-            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if v.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn get(&mut self, url: &str) -> reqwest::Response {
-        let res = self
-            .http
-            .get(url)
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&res);
-        res
-    }
-
-    async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        let res = self
-            .http
-            .post(url)
-            .header("cookie", self.cookie_header())
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&res);
-        res
-    }
-}
-
-fn location(res: &reqwest::Response) -> String {
-    res.headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no redirect ({})", res.status()))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn query(url: &str) -> HashMap<String, String> {
-    reqwest::Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap() + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 fn pkce() -> (String, String) {
@@ -258,16 +173,7 @@ async fn to_callback(s: &Stack, client_id: &str, challenge: &str) -> (Browser, S
 /// The whole browser part: the client's redirect with `code`, `state` and `iss`.
 async fn sign_in(s: &Stack, client_id: &str, challenge: &str) -> HashMap<String, String> {
     let (mut b, callback) = to_callback(s, client_id, challenge).await;
-    let res = b.get(&callback).await;
-    assert_eq!(
-        res.status(),
-        303,
-        "{}",
-        res.text().await.unwrap_or_default()
-    );
-    let back = location(&res);
-    assert!(back.starts_with(CLIENT_REDIRECT), "{back}");
-    query(&back)
+    b.back_to_client(&callback, CLIENT_REDIRECT).await
 }
 
 async fn token(s: &Stack, form: &[(&str, &str)]) -> (u16, Value) {
