@@ -1389,6 +1389,36 @@ mod on_redis {
     }
 
     #[tokio::test]
+    async fn sign_ins_in_progress_are_counted_across_replicas() {
+        let server = RedisServer::start();
+        let a = redis_stack(&server, "5s").await;
+        let b = redis_stack(&server, "5s").await;
+        // The same keys: a client registered on A is known to B.
+        let client_id = register(&a, CLIENT_REDIRECT).await;
+        let (_, challenge) = pkce();
+        let mut browser = Browser::new();
+        // 256 sign-ins in progress per client, half on each replica.
+        for i in 0..256 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            let res = browser
+                .get(&authorize_url(s, &client_id, CLIENT_REDIRECT, &challenge))
+                .await;
+            assert_eq!(res.status(), 200, "sign-in {i}");
+        }
+        for s in [&a, &b] {
+            let res = browser
+                .get(&authorize_url(s, &client_id, CLIENT_REDIRECT, &challenge))
+                .await;
+            assert_eq!(
+                res.status(),
+                429,
+                "the client's limit holds on every replica"
+            );
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+
+    #[tokio::test]
     async fn registrations_are_counted_in_redis() {
         let server = RedisServer::start();
         let entra = DevEntra::builder().start().await.unwrap();

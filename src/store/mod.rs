@@ -392,6 +392,31 @@ mod tests {
         assert!(problems.iter().any(|p| p.key() == "store.redis_url"));
     }
 
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_environment_sets_the_section_and_the_password() {
+        use crate::config::IdGuardConfig;
+        use crate::config::testing::env;
+        let loaded = IdGuardConfig::read(
+            None,
+            env(&[
+                ("IDGUARD_STORE_REDIS_URL", "redis://127.0.0.1:6379/2"),
+                ("IDGUARD_STORE_PASSWORD", "12345678"),
+                ("IDGUARD_STORE_COMMAND_TIMEOUT", "300ms"),
+            ]),
+        )
+        .unwrap();
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let s = check(loaded.config.store.unwrap()).unwrap();
+        assert_eq!(
+            s.password.unwrap().expose(),
+            "12345678",
+            "a number read as text"
+        );
+        assert_eq!(s.command_timeout, Duration::from_millis(300));
+        assert_eq!(s.url.path(), "/2");
+    }
+
     #[cfg(not(feature = "redis"))]
     #[test]
     fn without_the_feature_the_section_is_refused() {
