@@ -191,12 +191,16 @@ impl RedisStore {
         self.shared.key_prefix()
     }
 
+    /// The record's key and its kind's index.
     fn keys(&self, kind: RecordKind, key: &str) -> (String, String) {
-        let name = kind_name(kind);
         (
-            self.shared.key(&["oauth", name, key]),
-            self.shared.key(&["oauth", "index", name]),
+            self.record(kind, key),
+            self.shared.key(&["oauth", "index", kind_name(kind)]),
         )
+    }
+
+    fn record(&self, kind: RecordKind, key: &str) -> String {
+        self.shared.key(&["oauth", kind_name(kind), key])
     }
 }
 
@@ -231,7 +235,7 @@ impl OAuthStore for RedisStore {
     }
 
     fn get(&self, kind: RecordKind, key: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
-        let (record, _) = self.keys(kind, key);
+        let record = self.record(kind, key);
         Box::pin(async move {
             self.shared
                 .query(redis::cmd("GET").arg(&record))

@@ -321,3 +321,23 @@ async fn a_replica_killed_mid_sign_in_leaves_the_flow_to_the_other() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn config_check_names_store_problems_without_the_password() {
+    let dir = Workdir::with_policies("replicas-check");
+    dir.write(
+        "idguard.toml",
+        "[token]\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nclient_id = \"8c1a5e6f-0000-4000-8000-000000000001\"\nresource = \"https://mcp.contoso.com/mcp\"\n\n[store]\nredis_url = \"redis://idguard:hunter2-secret@redis.internal:6379/0\"\ncommand_timeout = \"soon\"\n",
+    );
+    let out = common::idguard()
+        .args(["config", "check"])
+        .current_dir(&*dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("`store.redis_url`"), "{text}");
+    assert!(text.contains("password_file"), "{text}");
+    assert!(text.contains("`store.command_timeout`"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
