@@ -280,6 +280,30 @@ async fn a_sign_in_crosses_replicas_and_rotation_and_revocation_are_shared() {
     )
     .await;
 
+    // `/revoke` on one replica ends the session on both.
+    let (mut browser, callback) = start_sign_in(a, &client_id).await;
+    let code = finish_sign_in(&mut browser, a, &callback).await;
+    let tokens = redeem(http, a, &client_id, &code).await;
+    let access = field(&tokens, "access_token");
+    assert_eq!(mcp_status(http, b, access).await, 200);
+    let res = http
+        .post(format!("{a}/revoke"))
+        .form(&[
+            ("token", field(&tokens, "refresh_token")),
+            ("client_id", client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    until(
+        Duration::from_secs(10),
+        "B ends the revoked session",
+        || async { (mcp_status(http, b, access).await == 401).then_some(()) },
+    )
+    .await;
+    assert_eq!(mcp_status(http, a, access).await, 401);
+
     // Both replicas report the shared store.
     for base in [a, b] {
         let h = health(http, base).await;
