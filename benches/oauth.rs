@@ -2,7 +2,10 @@
 //! both through the validated-token cache, in one run: the proxy path adds an HMAC check,
 //! a state-store lookup and the unsealing of the session's Entra token.
 //!
-//! `cargo bench --bench oauth`
+//! With the `redis` feature and `redis-server` installed, the same token with its session
+//! in Redis, read on every validation and through the local session cache.
+//!
+//! `cargo bench --bench oauth` (`--features redis` for the Redis figures)
 
 #![allow(
     clippy::unwrap_used,
@@ -117,37 +120,45 @@ async fn sign_in(base: &str) -> String {
     tokens["access_token"].as_str().unwrap().to_owned()
 }
 
+/// A guard with the OAuth proxy on `entra` (its state in Redis with `store`), serving its
+/// routes on loopback, and an idguard access token for alice.
+async fn proxy(entra: &DevEntra, store: Option<idguard::StoreConfig>) -> (IdGuard, String) {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    entra.allow_redirect_uri(format!("{base}/callback"));
+    let mut builder = IdGuard::builder()
+        .authority(entra.url())
+        .tenant(entra.tenant_id())
+        .client_id(entra.api_client_id())
+        .resource(format!("{base}/mcp"))
+        .required_scopes(["mcp.tools"])
+        .obo(OboConfig {
+            client_secret: Some(Secret::new(entra.client_secret())),
+            apis: BTreeMap::new(),
+            ..OboConfig::default()
+        })
+        .oauth(OAuthConfig {
+            keys: vec![Secret::new("bench-proxy-key-0123456789abcdef-0123456789")],
+            ..OAuthConfig::default()
+        });
+    if let Some(store) = store {
+        builder = builder.store(store);
+    }
+    let guard = builder.build().await.unwrap();
+    let app = guard.oauth_router::<()>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let token = sign_in(&base).await;
+    (guard, token)
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (entra, guard, proxied, direct) = rt.block_on(async {
         let entra = DevEntra::builder().start().await.unwrap();
         entra.set_sign_in_user(Some("alice")).unwrap();
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        entra.allow_redirect_uri(format!("{base}/callback"));
-        let guard = IdGuard::builder()
-            .authority(entra.url())
-            .tenant(entra.tenant_id())
-            .client_id(entra.api_client_id())
-            .resource(format!("{base}/mcp"))
-            .required_scopes(["mcp.tools"])
-            .obo(OboConfig {
-                client_secret: Some(Secret::new(entra.client_secret())),
-                apis: BTreeMap::new(),
-                ..OboConfig::default()
-            })
-            .oauth(OAuthConfig {
-                keys: vec![Secret::new("bench-proxy-key-0123456789abcdef-0123456789")],
-                ..OAuthConfig::default()
-            })
-            .build()
-            .await
-            .unwrap();
-        let app = guard.oauth_router::<()>();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let proxied = sign_in(&base).await;
+        let (guard, proxied) = proxy(&entra, None).await;
         let direct = entra.token_for("alice").unwrap().mint().unwrap();
         (entra, guard, proxied, direct)
     });
@@ -170,9 +181,52 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    #[cfg(feature = "redis")]
+    on_redis(&mut g, &rt, &entra);
     g.finish();
     drop(entra);
 }
+
+/// The same token with the session in a real Redis server on loopback: read on every
+/// validation (`store.session_cache_ttl = "0s"`), and from the local session cache (the
+/// default 5 s). `proxy_token_warm` (the in-memory store) is the baseline of the same run.
+#[cfg(feature = "redis")]
+fn on_redis(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    entra: &DevEntra,
+) {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "oauth bench: redis-server is not installed; skipping proxy_token_redis_* (Debian: apt-get install redis-server)"
+        );
+        return;
+    }
+    let server = redis_server::RedisServer::start();
+    let store = |ttl: &str| idguard::StoreConfig {
+        redis_url: Some(server.url()),
+        session_cache_ttl: Some(ttl.into()),
+        ..idguard::StoreConfig::default()
+    };
+    let (uncached, uncached_token) = rt.block_on(proxy(entra, Some(store("0s"))));
+    let (cached, cached_token) = rt.block_on(proxy(entra, Some(store("5s"))));
+    g.bench_function("proxy_token_redis_uncached", |b| {
+        b.to_async(rt)
+            .iter(|| async { uncached.validate(black_box(&uncached_token)).await.unwrap() })
+    });
+    g.bench_function("proxy_token_redis_cached", |b| {
+        b.to_async(rt)
+            .iter(|| async { cached.validate(black_box(&cached_token)).await.unwrap() })
+    });
+}
+
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
 
 criterion_group!(benches, bench);
 criterion_main!(benches);

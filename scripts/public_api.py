@@ -30,7 +30,7 @@ def document(target_dir):
     doc = os.path.join(target_dir, "doc", "idguard")
     shutil.rmtree(doc, ignore_errors=True)
     subprocess.run(
-        ["cargo", "doc", "-p", "idguard", "--no-deps", "--quiet"],
+        ["cargo", "doc", "-p", "idguard", "--no-deps", "--quiet", "--features", "redis"],
         cwd=ROOT, check=True,
         env={**os.environ, "RUSTDOCFLAGS": ""},
     )

@@ -25,7 +25,8 @@ pub(crate) use challenge::Challenge;
 /// Why a bearer token was not accepted.
 ///
 /// The variants are for logs, metrics and tests; on the wire every one of them is the same
-/// `401 invalid_token` (or `503` for [`KeysUnavailable`](Self::KeysUnavailable)), except
+/// `401 invalid_token` (or `503` for [`KeysUnavailable`](Self::KeysUnavailable) and
+/// [`StoreUnavailable`](Self::StoreUnavailable)), except
 /// [`InsufficientScope`](Self::InsufficientScope) (`403 insufficient_scope`) and
 /// [`GroupsUnresolved`](Self::GroupsUnresolved) (answered as the on-behalf-of error is).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +87,10 @@ pub enum TokenError {
     /// resource, or whose session was revoked.
     #[error("idguard-issued token is invalid, expired or revoked")]
     SessionEnded,
+    /// The session behind an idguard-issued token could not be read: the shared store
+    /// (`[store]`) is unreachable. Answered `503` with `Retry-After`, never as a pass.
+    #[error("the session store is unavailable")]
+    StoreUnavailable,
     /// A valid token with none of the required scopes (`token.required_scopes`) and none of
     /// the required roles (`token.required_roles`).
     #[error("token carries none of the required scopes or roles")]

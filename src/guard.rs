@@ -31,6 +31,7 @@ use crate::oauth::{MemoryStore, OAuthStore};
 use crate::obo::OboClient;
 use crate::obo::config::OboConfig;
 use crate::principal::Principal;
+use crate::store::{SharedStore, StoreConfig};
 use crate::token::config::TokenConfig;
 use crate::token::jwks::KeyStore;
 use crate::token::layer::ValidateTokenLayer;
@@ -53,7 +54,25 @@ struct Inner {
     authorization_server: String,
     obo: Option<OboClient>,
     oauth: Option<Arc<Proxy>>,
+    /// The Redis connection replicas share (`[store]`).
+    store: Option<SharedStore>,
 }
+
+/// The state store's health, for `/healthz` and `/metrics` ([`IdGuard::store_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStatus {
+    /// `"redis"` with `[store]`, `"memory"` otherwise.
+    pub kind: &'static str,
+    /// Whether the last command (or the probe every few seconds) reached the store.
+    pub reachable: bool,
+    /// Store commands that failed or timed out since start.
+    pub errors: u64,
+}
+
+/// How often an idle guard checks that its shared store answers (`PING`).
+#[cfg(feature = "redis")]
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 impl IdGuard {
     /// The MCP authorization layer for `engine`, whose step-up challenges point at this
@@ -125,15 +144,29 @@ impl IdGuard {
                 resource_metadata_url.clone(),
             )
         });
+        let shared = shared_store(&config)?;
         let oauth = match (&config.oauth, &config.obo) {
             (Some(settings), Some(obo)) => {
-                let store = store.unwrap_or_else(|| {
-                    Arc::new(MemoryStore::new(settings.store_max_bytes)) as Arc<dyn OAuthStore>
-                });
+                let store = match (store, &shared) {
+                    (Some(store), _) => store,
+                    #[cfg(feature = "redis")]
+                    (None, Some(shared)) => {
+                        Arc::new(crate::oauth::RedisStore::from_shared(Arc::clone(shared)))
+                            as Arc<dyn OAuthStore>
+                    }
+                    _ => {
+                        Arc::new(MemoryStore::new(settings.store_max_bytes)) as Arc<dyn OAuthStore>
+                    }
+                };
+                let session_cache_ttl = config
+                    .store
+                    .as_ref()
+                    .map_or(Duration::ZERO, |s| s.session_cache_ttl);
                 Some(Arc::new(
                     Proxy::new(
                         settings.clone(),
                         store,
+                        shared.clone().map(|s| (s, session_cache_ttl)),
                         obo.credential.clone(),
                         client.clone(),
                         &crate::oauth::proxy::ProtectedApi {
@@ -170,10 +203,15 @@ impl IdGuard {
         }
         let auth = Arc::new(auth);
         spawn_periodic_refresh(Arc::downgrade(&auth), config.jwks_refresh_interval);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &shared {
+            spawn_store_probe(Arc::downgrade(shared));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 oauth,
                 obo,
+                store: shared,
                 auth,
                 authorization_server,
                 config,
@@ -194,6 +232,29 @@ impl IdGuard {
     /// The OAuth proxy's counters, when `[oauth]` is configured.
     pub fn oauth_stats(&self) -> Option<crate::oauth::OAuthStats> {
         self.inner.oauth.as_deref().map(Proxy::stats)
+    }
+
+    /// The OAuth proxy's state store and its health: `None` without `[oauth]` and
+    /// `[store]`.
+    pub fn store_status(&self) -> Option<StoreStatus> {
+        match &self.inner.store {
+            #[cfg(feature = "redis")]
+            Some(shared) => {
+                let (reachable, errors) = shared.health();
+                Some(StoreStatus {
+                    kind: "redis",
+                    reachable,
+                    errors,
+                })
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(never) => match *never {},
+            None => self.inner.oauth.as_ref().map(|_| StoreStatus {
+                kind: "memory",
+                reachable: true,
+                errors: 0,
+            }),
+        }
     }
 
     /// The on-behalf-of client, when `[obo]` is configured.
@@ -327,15 +388,62 @@ impl IssuedTokens for Proxy {
         self.is_own_token(token)
     }
 
-    fn session<'a>(&'a self, token: &'a str, leeway: u64) -> BoxFuture<'a, Option<Session>> {
+    fn session<'a>(
+        &'a self,
+        token: &'a str,
+        leeway: u64,
+    ) -> BoxFuture<'a, Result<Option<Session>, TokenError>> {
         Box::pin(async move {
-            self.entra_token_for(token, leeway).await.map(|s| Session {
+            let found = self
+                .entra_token_for(token, leeway)
+                .await
+                .map_err(|_| TokenError::StoreUnavailable)?;
+            Ok(found.map(|s| Session {
                 entra_token: s.entra_token,
                 scopes: s.scopes,
                 client: s.client,
-            })
+            }))
         })
     }
+}
+
+/// The connection `[store]` describes (no I/O: it connects on first use).
+fn shared_store(config: &ResolvedConfig) -> Result<Option<SharedStore>, StartupError> {
+    let Some(settings) = &config.store else {
+        return Ok(None);
+    };
+    #[cfg(feature = "redis")]
+    {
+        crate::store::redis::Shared::new(settings)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|reason| {
+                StartupError::Config(crate::error::ConfigError::from_problems(vec![
+                    crate::error::ConfigProblem::new("store.redis_url", reason),
+                ]))
+            })
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = settings;
+        Ok(None)
+    }
+}
+
+/// Checks the shared store every [`STORE_PROBE_EVERY`], so its health is current (and
+/// the connection comes back) while no request uses it; ends with the guard.
+#[cfg(feature = "redis")]
+fn spawn_store_probe(shared: Weak<crate::store::redis::Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORE_PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.ping().await;
+        }
+    });
 }
 
 /// 5 s to connect, 10 s in all.
@@ -395,6 +503,7 @@ pub struct IdGuardBuilder {
     obo: Option<OboConfig>,
     oauth: Option<OAuthConfig>,
     store: Option<Arc<dyn OAuthStore>>,
+    shared: Option<StoreConfig>,
     client: Option<reqwest::Client>,
 }
 
@@ -405,6 +514,7 @@ impl std::fmt::Debug for IdGuardBuilder {
             .field("obo", &self.obo)
             .field("oauth", &self.oauth)
             .field("store", &self.store)
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -521,6 +631,13 @@ impl IdGuardBuilder {
         self
     }
 
+    /// `[store]`: the Redis server replicas share for the OAuth proxy's state and limits
+    /// (needs the `redis` feature; without it the configuration is refused).
+    pub fn store(mut self, store: StoreConfig) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
     /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
     /// 10 s total timeout).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
@@ -538,6 +655,7 @@ impl IdGuardBuilder {
             token: self.token,
             obo: self.obo,
             oauth: self.oauth,
+            store: self.shared,
             ..IdGuardConfig::default()
         }
         .resolve()?;

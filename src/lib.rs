@@ -16,6 +16,7 @@ mod error;
 mod guard;
 mod principal;
 mod setting;
+mod store;
 mod token;
 
 pub mod gateway;
@@ -31,13 +32,17 @@ pub mod internals;
 pub use config::{IdGuardConfig, ResolvedConfig, ServerConfig};
 pub use entra::{DEFAULT_AUTHORITY, TenantMode};
 pub use error::{ConfigError, ConfigProblem, Rejection, RejectionKind, StartupError, TokenError};
-pub use guard::{IdGuard, IdGuardBuilder};
+pub use guard::{IdGuard, IdGuardBuilder, StoreStatus};
 pub use mcp::config::McpConfig;
 pub use oauth::config::{
     DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_REFRESH_TOKEN_LIFETIME, OAuthConfig,
 };
 pub use obo::config::OboConfig;
 pub use principal::{MissingPrincipal, Principal, TokenVersion};
+pub use store::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
+    DEFAULT_SESSION_CACHE_TTL, StoreConfig,
+};
 pub use token::config::{
     DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY,
     DEFAULT_TOKEN_CACHE_CAPACITY, TokenConfig,

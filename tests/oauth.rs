@@ -9,7 +9,12 @@
     reason = "tests fail loudly"
 )]
 
+#[path = "support/browser.rs"]
+mod browser;
 mod common;
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,6 +25,7 @@ use axum::Router;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use browser::{Browser, hidden, location, query};
 use common::{Stack, stack_with};
 use idguard::obo::Secret;
 use idguard::{IdGuardBuilder, OAuthConfig, OboConfig};
@@ -65,94 +71,6 @@ async fn proxy_stack_with(oauth: OAuthConfig) -> Stack {
 
 async fn proxy_stack() -> Stack {
     proxy_stack_with(oauth_config()).await
-}
-
-/// A browser: no automatic redirects, its own cookie jar.
-struct Browser {
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .unwrap(),
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn keep_cookies(&mut self, res: &reqwest::Response) {
-        for v in res.headers().get_all("set-cookie") {
-            let v = v.to_str().unwrap();
-            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if v.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn get(&mut self, url: &str) -> reqwest::Response {
-        let res = self
-            .http
-            .get(url)
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&res);
-        res
-    }
-
-    async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        let res = self
-            .http
-            .post(url)
-            .header("cookie", self.cookie_header())
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&res);
-        res
-    }
-}
-
-fn location(res: &reqwest::Response) -> String {
-    res.headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no redirect ({})", res.status()))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn query(url: &str) -> HashMap<String, String> {
-    reqwest::Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap() + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 fn pkce() -> (String, String) {
@@ -255,16 +173,7 @@ async fn to_callback(s: &Stack, client_id: &str, challenge: &str) -> (Browser, S
 /// The whole browser part: the client's redirect with `code`, `state` and `iss`.
 async fn sign_in(s: &Stack, client_id: &str, challenge: &str) -> HashMap<String, String> {
     let (mut b, callback) = to_callback(s, client_id, challenge).await;
-    let res = b.get(&callback).await;
-    assert_eq!(
-        res.status(),
-        303,
-        "{}",
-        res.text().await.unwrap_or_default()
-    );
-    let back = location(&res);
-    assert!(back.starts_with(CLIENT_REDIRECT), "{back}");
-    query(&back)
+    b.back_to_client(&callback, CLIENT_REDIRECT).await
 }
 
 async fn token(s: &Stack, form: &[(&str, &str)]) -> (u16, Value) {
@@ -1217,4 +1126,318 @@ async fn operators_can_restrict_redirect_hosts() {
         ))
         .await;
     assert_eq!(res.status(), 400);
+}
+
+/// The proxy's state in a real Redis server (`[store]`): the store's semantics, and what
+/// happens when the server goes away and comes back.
+#[cfg(feature = "redis")]
+mod on_redis {
+    use std::time::Duration;
+
+    use idguard::StoreConfig;
+    use idguard::oauth::{OAuthStore, RecordKind, RedisStore};
+
+    use super::*;
+
+    use super::redis_server::RedisServer;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn store_config(server: &RedisServer, prefix: &str) -> StoreConfig {
+        StoreConfig {
+            redis_url: Some(server.url()),
+            key_prefix: Some(prefix.to_owned()),
+            command_timeout: Some("500ms".into()),
+            ..StoreConfig::default()
+        }
+    }
+
+    fn store(server: &RedisServer, prefix: &str) -> RedisStore {
+        RedisStore::new(store_config(server, prefix)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_take_and_kinds_are_separate() {
+        let server = RedisServer::start();
+        let s = store(&server, "t1:");
+        s.put(RecordKind::Code, "k", b"v".to_vec(), HOUR)
+            .await
+            .unwrap();
+        assert!(s.get(RecordKind::State, "k").await.unwrap().is_none());
+        assert_eq!(s.get(RecordKind::Code, "k").await.unwrap().unwrap(), b"v");
+        // `take` is single use, also when two callers race for it.
+        let (a, b) = tokio::join!(s.take(RecordKind::Code, "k"), s.take(RecordKind::Code, "k"));
+        let won = [a.unwrap(), b.unwrap()];
+        assert_eq!(won.iter().filter(|v| v.is_some()).count(), 1, "{won:?}");
+        assert!(s.get(RecordKind::Code, "k").await.unwrap().is_none());
+        // `remove`, and a value larger than its kind allows.
+        s.put(RecordKind::Pending, "p", b"x".to_vec(), HOUR)
+            .await
+            .unwrap();
+        s.remove(RecordKind::Pending, "p").await.unwrap();
+        assert!(s.get(RecordKind::Pending, "p").await.unwrap().is_none());
+        let err = s
+            .put(RecordKind::Code, "big", vec![0; 64 * 1024], HOUR)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("larger"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn swap_is_compare_and_set_under_concurrency() {
+        let server = RedisServer::start();
+        let s = store(&server, "t2:");
+        s.put(RecordKind::Session, "s", b"gen-1".to_vec(), HOUR)
+            .await
+            .unwrap();
+        // Twenty replicas rotate generation 1 at once: exactly one wins.
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.swap(
+                        RecordKind::Session,
+                        "s",
+                        b"gen-1",
+                        format!("gen-2-{i}").into_bytes(),
+                        HOUR,
+                    )
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+        let now = s.get(RecordKind::Session, "s").await.unwrap().unwrap();
+        assert!(now.starts_with(b"gen-2-"));
+        // A swap from a stale value, or of a missing record, changes nothing.
+        assert!(
+            !s.swap(RecordKind::Session, "s", b"gen-1", b"x".to_vec(), HOUR)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.swap(RecordKind::Session, "none", b"", b"x".to_vec(), HOUR)
+                .await
+                .unwrap()
+        );
+        assert!(s.get(RecordKind::Session, "none").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn records_expire_by_redis_ttl_and_prefixes_isolate() {
+        let server = RedisServer::start();
+        let a = store(&server, "deployment-a:");
+        let b = store(&server, "deployment-b:");
+        a.put(RecordKind::State, "k", b"a".to_vec(), HOUR)
+            .await
+            .unwrap();
+        assert!(b.get(RecordKind::State, "k").await.unwrap().is_none());
+        assert!(b.take(RecordKind::State, "k").await.unwrap().is_none());
+        assert_eq!(a.get(RecordKind::State, "k").await.unwrap().unwrap(), b"a");
+        a.put(
+            RecordKind::Pending,
+            "short",
+            b"v".to_vec(),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+        // Redis expires it (poll: the server's clock decides).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while a.get(RecordKind::Pending, "short").await.unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !a.swap(RecordKind::Pending, "short", b"v", b"w".to_vec(), HOUR)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// `POST /register` of a minimal client, whatever the answer.
+    async fn try_register(s: &Stack) -> reqwest::Response {
+        s.http
+            .post(format!("{}/register", s.base))
+            .json(&json!({"redirect_uris": [CLIENT_REDIRECT]}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn redis_stack(server: &RedisServer, cache: &str) -> Stack {
+        let entra = DevEntra::builder().start().await.unwrap();
+        let configure = configure(&entra, oauth_config());
+        let store = StoreConfig {
+            session_cache_ttl: Some(cache.into()),
+            ..store_config(server, "stack:")
+        };
+        let stack = stack_with(entra, move |b| configure(b).store(store)).await;
+        stack
+            .entra
+            .allow_redirect_uri(format!("{}/callback", stack.base));
+        stack.entra.set_sign_in_user(Some("alice")).unwrap();
+        stack
+    }
+
+    /// Polls until `f` is true (the connection comes back on its own).
+    async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !f().await {
+            assert!(tokio::time::Instant::now() < deadline, "never happened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_down_answers_503_keeps_entra_tokens_and_resumes_after_a_restart() {
+        let mut server = RedisServer::start();
+        let s = redis_stack(&server, "0s").await;
+        let client_id = register(&s, CLIENT_REDIRECT).await;
+        let (verifier, challenge) = pkce();
+        let back = sign_in(&s, &client_id, &challenge).await;
+        let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+        assert_eq!(status, 200, "{tokens}");
+        let access = tokens["access_token"].as_str().unwrap().to_owned();
+        let rt = tokens["refresh_token"].as_str().unwrap().to_owned();
+        assert_eq!(s.me(Some(&access)).await.status(), 200);
+        let status = s.guard.store_status().unwrap();
+        assert_eq!((status.kind, status.reachable), ("redis", true));
+
+        server.stop();
+        // Proxy-issued tokens: the session cannot be read, so 503, never 200 nor 401.
+        let res = s.me(Some(&access)).await;
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key("retry-after"));
+        // Direct Entra tokens need no store.
+        let direct = s.entra.token_for("alice").unwrap().mint().unwrap();
+        assert_eq!(s.me(Some(&direct)).await.status(), 200);
+        // Every proxy endpoint that needs the store: 503 with Retry-After.
+        let res = try_register(&s).await;
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key("retry-after"));
+        let res = Browser::new()
+            .get(&authorize_url(&s, &client_id, CLIENT_REDIRECT, &challenge))
+            .await;
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key("retry-after"));
+        let (status, err) = refresh(&s, &client_id, &rt).await;
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (503, Some("temporarily_unavailable"))
+        );
+        let health = s.guard.store_status().unwrap();
+        assert!(!health.reachable && health.errors > 0, "{health:?}");
+
+        // Back (empty: no persistence): the same process serves again.
+        server.restart();
+        until(|| async { try_register(&s).await.status() == 201 }).await;
+        assert!(s.guard.store_status().unwrap().reachable);
+        // The lost session is gone, not guessed.
+        assert_eq!(s.me(Some(&access)).await.status(), 401);
+        let back = sign_in(&s, &client_id, &challenge).await;
+        let (status, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+        assert_eq!(status, 200, "{tokens}");
+        let access = tokens["access_token"].as_str().unwrap();
+        assert_eq!(s.me(Some(access)).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_cached_session_ends_within_the_bound_after_a_revocation_elsewhere() {
+        let server = RedisServer::start();
+        let s = redis_stack(&server, "1s").await;
+        let client_id = register(&s, CLIENT_REDIRECT).await;
+        let (verifier, challenge) = pkce();
+        let back = sign_in(&s, &client_id, &challenge).await;
+        let (_, tokens) = redeem(&s, &client_id, &back["code"], &verifier).await;
+        let access = tokens["access_token"].as_str().unwrap();
+        assert_eq!(s.me(Some(access)).await.status(), 200);
+        // Another replica ends the session: every session record goes.
+        let mut conn = redis_client(&server).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("stack:oauth:session:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // This replica refuses the token once its cached copy is older than the bound
+        // (polled: the bound is the cache's, not this test's).
+        until(|| async { s.me(Some(access)).await.status() == 401 }).await;
+    }
+
+    async fn redis_client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sign_ins_in_progress_are_counted_across_replicas() {
+        let server = RedisServer::start();
+        let a = redis_stack(&server, "5s").await;
+        let b = redis_stack(&server, "5s").await;
+        // The same keys: a client registered on A is known to B.
+        let client_id = register(&a, CLIENT_REDIRECT).await;
+        let (_, challenge) = pkce();
+        let mut browser = Browser::new();
+        // 256 sign-ins in progress per client, half on each replica.
+        for i in 0..256 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            let res = browser
+                .get(&authorize_url(s, &client_id, CLIENT_REDIRECT, &challenge))
+                .await;
+            assert_eq!(res.status(), 200, "sign-in {i}");
+        }
+        for s in [&a, &b] {
+            let res = browser
+                .get(&authorize_url(s, &client_id, CLIENT_REDIRECT, &challenge))
+                .await;
+            assert_eq!(
+                res.status(),
+                429,
+                "the client's limit holds on every replica"
+            );
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+
+    #[tokio::test]
+    async fn registrations_are_counted_in_redis() {
+        let server = RedisServer::start();
+        let entra = DevEntra::builder().start().await.unwrap();
+        let configure = configure(
+            &entra,
+            OAuthConfig {
+                registration_rate_limit: Some(2),
+                ..oauth_config()
+            },
+        );
+        let store = store_config(&server, "limits:");
+        let s = stack_with(entra, move |b| configure(b).store(store)).await;
+        register(&s, CLIENT_REDIRECT).await;
+        register(&s, CLIENT_REDIRECT).await;
+        let res = try_register(&s).await;
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()["retry-after"], "30");
+        // The bucket lives in Redis (every replica draws from it).
+        let mut conn = redis_client(&server).await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg("limits:limit:registrations")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 1);
+    }
 }

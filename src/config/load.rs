@@ -27,7 +27,9 @@ const LIST_KEYS: [&str; 11] = [
 ];
 
 /// Sections of the configuration, as written in the file.
-const SECTIONS: [&str; 6] = ["token", "server", "mcp", "obo", "oauth", "upstream"];
+const SECTIONS: [&str; 7] = [
+    "token", "server", "mcp", "obo", "oauth", "upstream", "store",
+];
 
 /// Where the keys of a configuration came from, so that problems name what the operator
 /// wrote: the environment variable (`IDGUARD_MCP_DENIALS`) or the file's key
@@ -84,7 +86,7 @@ pub(crate) struct Loaded {
 }
 
 /// Keys holding secrets: their type errors never quote the value.
-const SECRET_KEYS: [&str; 3] = ["client_secret", "keys", "session_keys"];
+const SECRET_KEYS: [&str; 4] = ["client_secret", "keys", "session_keys", "password"];
 
 impl IdGuardConfig {
     /// Reads `path` (TOML; optional) and applies `IDGUARD_<SECTION>_<KEY>` environment
@@ -172,7 +174,7 @@ impl IdGuardConfig {
             }) else {
                 problems.push(ConfigProblem::new(
                     name,
-                    "not a configuration variable: idguard reads `IDGUARD_<SECTION>_<KEY>` (sections `token`, `server`, `mcp`, `obo`, `oauth`, `upstream`) and `IDGUARD_LOG`",
+                    "not a configuration variable: idguard reads `IDGUARD_<SECTION>_<KEY>` (sections `token`, `server`, `mcp`, `obo`, `oauth`, `upstream`, `store`) and `IDGUARD_LOG`",
                 ));
                 continue;
             };
@@ -242,7 +244,7 @@ impl IdGuardConfig {
                         format!("unknown key{hint}")
                     }
                 } else if SECRET_KEYS.contains(&key.as_str()) {
-                    if key == "client_secret" {
+                    if key == "client_secret" || key == "password" {
                         "must be a string in quotes".to_owned()
                     } else {
                         "must be a list of strings, like `[\"…\"]`".to_owned()
@@ -314,6 +316,7 @@ fn check_key(section: &str, key: &str, value: &toml::Value) -> Result<(), String
         "obo" => one.try_into::<OboConfig>().map(drop),
         "oauth" => one.try_into::<OAuthConfig>().map(drop),
         "upstream" => one.try_into::<crate::gateway::UpstreamConfig>().map(drop),
+        "store" => one.try_into::<crate::store::StoreConfig>().map(drop),
         _ => Ok(()),
     };
     result.map_err(|e| e.message().trim().replace('\n', " "))

@@ -13,7 +13,7 @@
 //!
 //! Each section is checked by its owner and this module only composes them: `[token]` in
 //! `crate::token`, `[server]` in `server`, `[mcp]` in `crate::mcp`, `[obo]` in `crate::obo`,
-//! `[oauth]` in `crate::oauth`, `[upstream]` in `crate::gateway`. Reading the file and the `IDGUARD_*` environment (unknown
+//! `[oauth]` in `crate::oauth`, `[upstream]` in `crate::gateway`, `[store]` in `crate::store`. Reading the file and the `IDGUARD_*` environment (unknown
 //! keys, type errors, "did you mean") is `load`; what the `idguard` binary checks on top
 //! (`check_binary`) is `binary`. The sections' raw and checked types live with their owners,
 //! which do not come back here for them.
@@ -34,6 +34,7 @@ use crate::mcp::config::McpConfig;
 use crate::oauth::config::{OAuthConfig, OAuthContext, OAuthSettings};
 use crate::obo::OboSettings;
 use crate::obo::config::OboConfig;
+use crate::store::{StoreConfig, StoreSettings};
 use crate::token::config::{AuthSettings, KeySettings, TokenConfig};
 
 #[cfg(feature = "internals")]
@@ -66,6 +67,9 @@ pub struct IdGuardConfig {
     /// What the gateway's upstream receives to know who is calling (`[upstream]`).
     #[serde(default)]
     pub upstream: crate::gateway::UpstreamConfig,
+    /// The Redis server replicas share (`[store]`); in-memory stores when absent.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
 }
 
 /// A configuration that passed every check. Built only by [`IdGuardConfig::resolve`].
@@ -88,6 +92,7 @@ pub struct ResolvedConfig {
     pub(crate) jwks_cache_file: Option<PathBuf>,
     pub(crate) obo: Option<OboSettings>,
     pub(crate) oauth: Option<OAuthSettings>,
+    pub(crate) store: Option<StoreSettings>,
 }
 
 impl ResolvedConfig {
@@ -187,6 +192,7 @@ impl IdGuardConfig {
             )
         });
         let obo = self.obo.map(|o| o.check(&mut problems));
+        let store = self.store.map(|s| s.check(&mut problems));
         match t.tenant {
             Some(tenant) if problems.is_empty() => Ok(ResolvedConfig {
                 authority: t.authority,
@@ -205,6 +211,7 @@ impl IdGuardConfig {
                 jwks_cache_file: t.jwks_cache_file,
                 obo: obo.flatten(),
                 oauth: oauth.flatten(),
+                store: store.flatten(),
             }),
             _ => Err(ConfigError::from_problems(problems)),
         }

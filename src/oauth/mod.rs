@@ -21,12 +21,17 @@ pub(crate) mod html;
 pub(crate) mod keys;
 pub(crate) mod metadata;
 pub(crate) mod proxy;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 pub use cimd::DEFAULT_CIMD_CACHE_CAPACITY;
 pub(crate) use keys::{MIN_KEY_BYTES, ProxyKeys};
 pub use metadata::ProtectedResourceMetadata;
 pub use proxy::OAuthStats;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisStore;
 pub use store::{
     DEFAULT_MEMORY_STORE_BYTES, MemoryStore, OAuthStore, RecordKind, StoreError, StoreFuture,
 };

@@ -36,8 +36,13 @@ pub(crate) trait IssuedTokens: Send + Sync + fmt::Debug {
     fn is_issued(&self, token: &str) -> bool;
 
     /// The session behind a valid idguard-issued token; `None` when the token is altered,
-    /// expired (beyond `leeway` seconds), not for this resource, or its session ended.
-    fn session<'a>(&'a self, token: &'a str, leeway: u64) -> BoxFuture<'a, Option<Session>>;
+    /// expired (beyond `leeway` seconds), not for this resource, or its session ended;
+    /// [`TokenError::StoreUnavailable`] when the session store cannot answer.
+    fn session<'a>(
+        &'a self,
+        token: &'a str,
+        leeway: u64,
+    ) -> BoxFuture<'a, Result<Option<Session>, TokenError>>;
 }
 
 /// What an idguard-issued token stands for.
@@ -404,7 +409,11 @@ impl Authenticator {
         let Some(issued) = &self.issued else {
             return Err(Refusal::Token(TokenError::SessionEnded));
         };
-        let Some(session) = issued.session(&token, self.leeway).await else {
+        let Some(session) = issued
+            .session(&token, self.leeway)
+            .await
+            .map_err(Refusal::Token)?
+        else {
             return Err(Refusal::Token(TokenError::SessionEnded));
         };
         let principal = self
@@ -490,6 +499,11 @@ impl Authenticator {
             // Only without `[obo]` (never in practice): the groups service is unavailable.
             TokenError::GroupsUnresolved(_) => {
                 tracing::error!(target: "idguard::rejection", "{e}");
+                Rejection::new(RejectionKind::Unavailable, None)
+            }
+            TokenError::StoreUnavailable => {
+                // The store logs its own failures (rate limited).
+                tracing::debug!(target: "idguard::rejection", "{e}");
                 Rejection::new(RejectionKind::Unavailable, None)
             }
             TokenError::KeysUnavailable => {

@@ -709,8 +709,11 @@ impl Health {
             );
         };
         let keys = idguard::internals::key_status(guard);
-        let ok =
-            policy.last_error.is_none() && identity.reachable != Some(false) && keys.failures == 0;
+        let store = guard.store_status();
+        let ok = policy.last_error.is_none()
+            && identity.reachable != Some(false)
+            && keys.failures == 0
+            && store.is_none_or(|s| s.reachable);
         (
             true,
             serde_json::json!({
@@ -727,6 +730,11 @@ impl Health {
                     "cache_file_error": keys.cache_error,
                 },
                 "identity": identity_json,
+                "store": store.map(|s| serde_json::json!({
+                    "kind": s.kind,
+                    "reachable": s.reachable,
+                    "errors": s.errors,
+                })),
             }),
         )
     }
@@ -821,6 +829,14 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     let mut body = s.metrics.render(&s.guard.stats(), &s.policies, obo, oauth);
     let keys = idguard::internals::key_status(&s.guard);
     let reachable = s.health.identity().reachable;
+    if let Some(store) = s.guard.store_status() {
+        let kind = store.kind;
+        body.push_str(&format!(
+            "# HELP idguard_store_reachable 1 if the OAuth state store answered its last command or probe.\n# TYPE idguard_store_reachable gauge\nidguard_store_reachable{{kind=\"{kind}\"}} {}\n# HELP idguard_store_errors_total Store commands that failed or timed out (each answered 503).\n# TYPE idguard_store_errors_total counter\nidguard_store_errors_total{{kind=\"{kind}\"}} {}\n",
+            u64::from(store.reachable),
+            store.errors
+        ));
+    }
     for (name, help, value) in [
         (
             "idguard_jwks_fetch_failures",

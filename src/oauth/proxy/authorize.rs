@@ -178,7 +178,12 @@ async fn consent_page(
     pending: &Pending,
 ) -> Result<Response, OAuthError> {
     let txn = fresh(32)?;
-    if let Err(wait) = p.sign_ins.admit(pending, PENDING_TTL) {
+    let admitted = p
+        .sign_ins
+        .admit_counted(pending, PENDING_TTL)
+        .await
+        .map_err(|e| super::limit_failed(&e))?;
+    if let Err(wait) = admitted {
         tracing::debug!(target: "idguard::oauth", client = %client_label(&pending.client_id), origin = ?pending.origin, "authorize: too many sign-ins in progress");
         return Ok(too_many_sign_ins(wait));
     }
@@ -186,7 +191,7 @@ async fn consent_page(
         .put_sealed(RecordKind::Pending, &txn, pending, PENDING_TTL)
         .await
     {
-        p.sign_ins.release(pending);
+        p.sign_ins.release_counted(pending).await;
         return Err(e);
     }
     let nonce = match html::cookie_value(headers, html::CSRF_COOKIE).filter(|n| n.len() >= 32) {
@@ -259,7 +264,7 @@ pub(super) async fn consent(
     let pending: Pending = match p.take_sealed(RecordKind::Pending, txn).await {
         Ok(Some(pending)) => {
             // The Entra leg (if approved) holds a place of its own.
-            p.sign_ins.release(&pending);
+            p.sign_ins.release_counted(&pending).await;
             pending
         }
         Ok(None) => {

@@ -171,7 +171,9 @@ pub(super) async fn start(p: &Proxy, leg: Leg) -> Response {
         return e.into_response();
     }
     // In place of the pending request (or the previous leg) it follows.
-    p.sign_ins.hold(&leg.pending, STATE_TTL);
+    if let Err(e) = p.sign_ins.hold_counted(&leg.pending, STATE_TTL).await {
+        return super::limit_failed(&e).into_response();
+    }
     let Some(binding) = p.keys.stamp(
         Purpose::Consent,
         format!("{}|{state}", leg.pending.client_id).as_bytes(),
@@ -259,7 +261,7 @@ pub(super) async fn callback(
         );
     }
     match p.take_sealed::<Leg>(RecordKind::State, state).await {
-        Ok(Some(_)) => p.sign_ins.release(&leg.pending),
+        Ok(Some(_)) => p.sign_ins.release_counted(&leg.pending).await,
         Ok(None) => return unknown(),
         Err(e) => return e.into_response(),
     }

@@ -6,6 +6,8 @@
 //! - **Refresh tokens**: `{sid}.{generation}.{nonce}.{key id}.{tag}`, a MAC by the proxy
 //!   key: only the proxy can make one, so an old generation coming back is proof of reuse.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
@@ -156,6 +158,16 @@ fn parse_refresh_token<'t>(keys: &ProxyKeys, token: &'t str) -> Option<(&'t str,
     Some((sid, generation))
 }
 
+/// What a replica keeps of a session it read (for `store.session_cache_ttl` at most).
+pub(super) struct CachedSession {
+    client_id: String,
+    access_token: String,
+}
+
+/// The store could not say whether a session exists: `503`, never `401` nor a pass.
+#[derive(Debug)]
+pub(crate) struct StoreDown;
+
 /// What an idguard access token stands for.
 pub(crate) struct ProxySession {
     /// The Entra access token: the caller's identity and on-behalf-of assertion.
@@ -200,26 +212,61 @@ impl Proxy {
     }
 
     /// The Entra access token behind a valid idguard access token, with what the caller
-    /// is through this client.
-    pub(crate) async fn entra_token_for(&self, token: &str, leeway: u64) -> Option<ProxySession> {
-        let claims = self.verify_access_token(token, leeway)?;
-        let (session, _) = self
-            .get_sealed::<Session>(RecordKind::Session, &claims.sid)
-            .await
-            .ok()??;
+    /// is through this client; `Err` when the store cannot answer (never a guess).
+    pub(crate) async fn entra_token_for(
+        &self,
+        token: &str,
+        leeway: u64,
+    ) -> Result<Option<ProxySession>, StoreDown> {
+        let Some(claims) = self.verify_access_token(token, leeway) else {
+            return Ok(None);
+        };
+        let Some(session) = self.session_of(&claims.sid).await? else {
+            return Ok(None);
+        };
         if session.client_id != claims.client_id {
-            return None;
+            return Ok(None);
         }
         let scopes = claims
             .scope
             .split(' ')
             .map(|s| s.rsplit_once('/').map_or(s, |(_, short)| short).to_owned())
             .collect();
-        Some(ProxySession {
-            entra_token: session.access_token,
+        Ok(Some(ProxySession {
+            entra_token: session.access_token.clone(),
             scopes,
             client: client_label(&claims.client_id),
-        })
+        }))
+    }
+
+    /// The session `sid`: from the local cache (a shared store, `store.session_cache_ttl`),
+    /// or read from the store.
+    async fn session_of(&self, sid: &str) -> Result<Option<Arc<CachedSession>>, StoreDown> {
+        if let Some(hit) = self.sessions.as_ref().and_then(|c| c.get(sid)) {
+            return Ok(Some(hit));
+        }
+        let found = self
+            .get_sealed::<Session>(RecordKind::Session, sid)
+            .await
+            .map_err(|_| StoreDown)?;
+        let Some((session, _)) = found else {
+            return Ok(None);
+        };
+        let cached = Arc::new(CachedSession {
+            client_id: session.client_id,
+            access_token: session.access_token,
+        });
+        if let Some(cache) = &self.sessions {
+            cache.insert(sid.to_owned(), Arc::clone(&cached));
+        }
+        Ok(Some(cached))
+    }
+
+    /// Drops `sid` from the local session cache (its session changed or ended here).
+    pub(super) fn forget_session(&self, sid: &str) {
+        if let Some(cache) = &self.sessions {
+            cache.invalidate(sid);
+        }
     }
 
     /// A refresh token for generation `generation` of session `sid`.

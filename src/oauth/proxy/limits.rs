@@ -1,9 +1,13 @@
-//! The proxy's rate limits, counted in this process (a replica counts its own): a token
-//! bucket for dynamic registrations, and the sign-ins in progress per client and per
-//! address.
+//! The proxy's rate limits: a token bucket for dynamic registrations, and the sign-ins in
+//! progress per client and per address. Counted in this process (a replica counts its
+//! own), or with `[store]` in Redis (every replica counts against the same limits, by
+//! scripts that check and count in one step, on the server's clock). A store failure is
+//! an error (`503`), never room.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+#[cfg(feature = "redis")]
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,6 +18,12 @@ use http::header::{self, HeaderValue};
 use super::super::html;
 use super::super::keys::digest_b64;
 use super::sealed::Pending;
+#[cfg(feature = "redis")]
+use crate::store::redis::Shared;
+
+/// A limit that could not be counted: the shared store failed.
+#[derive(Debug)]
+pub(super) struct Uncounted(pub(super) String);
 
 /// Sign-ins one address may have in progress at once (an IPv4 address, or an IPv6 /64).
 pub(super) const MAX_SIGN_INS_PER_ADDRESS: usize = 64;
@@ -53,14 +63,112 @@ impl Bucket {
     }
 }
 
+/// The registration limit: a bucket in this process, or one in Redis for all replicas.
+pub(super) struct Registrations {
+    local: Mutex<Bucket>,
+    per_minute: u32,
+    #[cfg(feature = "redis")]
+    shared: Option<Arc<Shared>>,
+}
+
+/// KEYS: the bucket (a hash). ARGV: registrations per minute. 0, or the seconds to wait.
+#[cfg(feature = "redis")]
+const BUCKET: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local per = tonumber(ARGV[1])
+if per <= 0 then return 60 end
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(b[1]) or per
+local last = tonumber(b[2]) or now
+tokens = math.min(per, tokens + math.max(0, now - last) * per / 60000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.max(1, math.ceil((1 - tokens) * 60 / per)) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', now)
+redis.call('PEXPIRE', KEYS[1], 120000)
+return wait";
+
+impl Registrations {
+    /// `per_minute` registrations, counted here.
+    pub(super) fn local(per_minute: u32) -> Self {
+        Self {
+            local: Mutex::new(Bucket::new(per_minute, tokio::time::Instant::now())),
+            per_minute,
+            #[cfg(feature = "redis")]
+            shared: None,
+        }
+    }
+
+    /// `per_minute` registrations across every replica using `shared`.
+    #[cfg(feature = "redis")]
+    pub(super) fn shared(per_minute: u32, shared: Arc<Shared>) -> Self {
+        Self {
+            shared: Some(shared),
+            ..Self::local(per_minute)
+        }
+    }
+
+    /// Takes a registration; otherwise the seconds to wait.
+    pub(super) async fn take(&self) -> Result<Result<(), u64>, Uncounted> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(BUCKET));
+            let mut inv = script.prepare_invoke();
+            inv.key(shared.key(&["limit", "registrations"]))
+                .arg(self.per_minute);
+            let wait: u64 = shared.script(inv).await.map_err(|e| Uncounted(e.0))?;
+            return Ok(if wait == 0 { Ok(()) } else { Err(wait) });
+        }
+        let _ = self.per_minute;
+        Ok(self
+            .local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(tokio::time::Instant::now()))
+    }
+}
+
 /// Sign-ins in progress — a pending authorization request, then the Entra leg of an
 /// approved one — counted per client and per address, so that one client or one address
 /// cannot fill the store's share of pending requests (and answer everyone's sign-in with
 /// `503`). Each place is the deadline of the record it stands for; a consent, a
-/// callback or the deadline frees it. Counted in this process (a replica counts its own).
+/// callback or the deadline frees it. Counted in this process, or in Redis for every
+/// replica (a sorted set of deadlines per client and per address).
 pub(super) struct SignIns {
     tallies: Mutex<(Tally<String>, Tally<IpAddr>)>,
+    #[cfg(feature = "redis")]
+    shared: Option<Arc<Shared>>,
 }
+
+/// KEYS: the client's places, the address's places. ARGV: ttl ms, client limit, address
+/// limit, a fresh member, whether there is an address (`1`), whether to check (`1`).
+/// `-1` when a place was taken, otherwise the milliseconds until there is room.
+#[cfg(feature = "redis")]
+const ADMIT: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local n = 1
+if ARGV[5] == '1' then n = 2 end
+local limits = {tonumber(ARGV[2]), tonumber(ARGV[3])}
+local wait = -1
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if ARGV[6] == '1' and redis.call('ZCARD', KEYS[i]) >= limits[i] then
+    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    local w = 0
+    if first[2] then w = tonumber(first[2]) - now end
+    if w > wait then wait = w end
+  end
+end
+if wait >= 0 then return wait end
+for i = 1, n do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[4])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return -1";
+
+/// KEYS: the client's places, the address's places (if any). Frees the place of each that
+/// ends first.
+#[cfg(feature = "redis")]
+const RELEASE: &str = "for i = 1, #KEYS do redis.call('ZPOPMIN', KEYS[i]) end return 1";
 
 /// Deadlines per key, at most `limit` live ones each.
 struct Tally<K> {
@@ -123,7 +231,102 @@ impl SignIns {
     pub(super) fn new(per_client: usize, per_address: usize) -> Self {
         Self {
             tallies: Mutex::new((Tally::new(per_client), Tally::new(per_address))),
+            #[cfg(feature = "redis")]
+            shared: None,
         }
+    }
+
+    /// The same limits, counted in Redis for every replica using `shared`.
+    #[cfg(feature = "redis")]
+    pub(super) fn shared(per_client: usize, per_address: usize, shared: Arc<Shared>) -> Self {
+        Self {
+            shared: Some(shared),
+            ..Self::new(per_client, per_address)
+        }
+    }
+
+    /// The shared script for `pending`: `Ok(None)` when counted in this process.
+    #[cfg(feature = "redis")]
+    async fn shared_admit(
+        &self,
+        pending: &Pending,
+        ttl: Duration,
+        check: bool,
+    ) -> Result<Option<Result<(), Duration>>, Uncounted> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(ADMIT));
+        let (client, address) = sign_in_keys(pending);
+        let (limit_client, limit_address) = {
+            let t = self.lock();
+            (t.0.limit, t.1.limit)
+        };
+        let member = super::super::keys::random_token(12)
+            .ok_or_else(|| Uncounted("no randomness available".into()))?;
+        let address_key = address.map_or_else(String::new, |a| a.to_string());
+        let mut inv = script.prepare_invoke();
+        inv.key(shared.key(&["limit", "signin", "client", &client]))
+            .key(shared.key(&["limit", "signin", "address", &address_key]))
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(limit_client)
+            .arg(limit_address)
+            .arg(member)
+            .arg(if address.is_some() { "1" } else { "0" })
+            .arg(if check { "1" } else { "0" });
+        let wait: i64 = shared.script(inv).await.map_err(|e| Uncounted(e.0))?;
+        Ok(Some(match u64::try_from(wait) {
+            Ok(ms) => Err(Duration::from_millis(ms)),
+            Err(_) => Ok(()),
+        }))
+    }
+
+    /// Takes a place for a new sign-in of `pending` for `ttl`; otherwise how long until
+    /// there is room.
+    pub(super) async fn admit_counted(
+        &self,
+        pending: &Pending,
+        ttl: Duration,
+    ) -> Result<Result<(), Duration>, Uncounted> {
+        #[cfg(feature = "redis")]
+        if let Some(answer) = self.shared_admit(pending, ttl, true).await? {
+            return Ok(answer);
+        }
+        Ok(self.admit(pending, ttl))
+    }
+
+    /// Takes a place without checking (see [`hold`](Self::hold)).
+    pub(super) async fn hold_counted(
+        &self,
+        pending: &Pending,
+        ttl: Duration,
+    ) -> Result<(), Uncounted> {
+        #[cfg(feature = "redis")]
+        if self.shared_admit(pending, ttl, false).await?.is_some() {
+            return Ok(());
+        }
+        self.hold(pending, ttl);
+        Ok(())
+    }
+
+    /// Frees a place of this sign-in's client and address. A failure to free errs on the
+    /// strict side: the place ends with its deadline.
+    pub(super) async fn release_counted(&self, pending: &Pending) {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(RELEASE));
+            let (client, address) = sign_in_keys(pending);
+            let mut inv = script.prepare_invoke();
+            inv.key(shared.key(&["limit", "signin", "client", &client]));
+            if let Some(a) = address {
+                inv.key(shared.key(&["limit", "signin", "address", &a.to_string()]));
+            }
+            let _: Result<i64, _> = shared.script(inv).await;
+            return;
+        }
+        self.release(pending);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Tally<String>, Tally<IpAddr>)> {

@@ -26,8 +26,9 @@ mod sealed;
 mod token;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -44,8 +45,12 @@ use super::keys::{ProxyKeys, digest_b64, random_token};
 use super::store::OAuthStore;
 use crate::oauth::config::OAuthSettings;
 use crate::obo::ClientCredential;
+use crate::store::SharedStore;
 use issued::AccessTokens;
-use limits::{Bucket, MAX_SIGN_INS_PER_ADDRESS, MAX_SIGN_INS_PER_CLIENT, SignIns};
+use limits::{MAX_SIGN_INS_PER_ADDRESS, MAX_SIGN_INS_PER_CLIENT, Registrations, SignIns};
+
+/// Sessions a replica keeps read from a shared store (`store.session_cache_ttl`).
+const SESSION_CACHE_CAPACITY: u64 = 100_000;
 
 /// The proxy's state: settings, keys, store, and Entra's endpoints.
 pub(crate) struct Proxy {
@@ -65,9 +70,11 @@ pub(crate) struct Proxy {
     api_scopes: Vec<String>,
     /// Makes and checks the access tokens the proxy issues.
     access_tokens: AccessTokens,
-    registrations: Mutex<Bucket>,
+    registrations: Registrations,
     /// Sign-ins in progress per client and per address.
     sign_ins: SignIns,
+    /// Sessions read from a shared store, reused for `store.session_cache_ttl`.
+    sessions: Option<moka::sync::Cache<String, Arc<issued::CachedSession>>>,
     events: [AtomicU64; EVENTS],
 }
 
@@ -145,7 +152,14 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": self.error, "error_description": self.description}));
-        (self.status, no_store(), body).into_response()
+        let mut res = (self.status, no_store(), body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::error::RETRY_AFTER_SECS),
+            );
+        }
+        res
     }
 }
 
@@ -177,7 +191,14 @@ fn fresh(bytes: usize) -> Result<String, OAuthError> {
 }
 
 fn store_failed(e: &super::store::StoreError) -> OAuthError {
-    tracing::error!(target: "idguard::oauth", error = %e, "state store failed");
+    // A shared store logs its own failures, rate limited (`idguard::store`).
+    tracing::debug!(target: "idguard::oauth", error = %e, "state store failed");
+    OAuthError::new("temporarily_unavailable", "the state store is unavailable")
+}
+
+/// A limit that could not be counted: `503`, never room.
+fn limit_failed(e: &limits::Uncounted) -> OAuthError {
+    tracing::debug!(target: "idguard::oauth", error = %e.0, "rate limit store failed");
     OAuthError::new("temporarily_unavailable", "the state store is unavailable")
 }
 
@@ -238,6 +259,7 @@ impl Proxy {
     pub(crate) fn new(
         settings: OAuthSettings,
         store: Arc<dyn OAuthStore>,
+        shared: Option<(SharedStore, Duration)>,
         credential: ClientCredential,
         http: reqwest::Client,
         config: &ProtectedApi<'_>,
@@ -259,6 +281,28 @@ impl Proxy {
         let authority = config.authority.to_owned();
         let access_tokens = AccessTokens::new(&settings.keys, &settings.issuer, config.resource)
             .ok_or("cannot derive the access-token keys")?;
+        let rate = settings.registration_rate_limit;
+        let (registrations, sign_ins, cache_ttl) = match shared {
+            #[cfg(feature = "redis")]
+            Some((shared, ttl)) => (
+                Registrations::shared(rate, shared.clone()),
+                SignIns::shared(MAX_SIGN_INS_PER_CLIENT, MAX_SIGN_INS_PER_ADDRESS, shared),
+                ttl,
+            ),
+            #[cfg(not(feature = "redis"))]
+            Some((never, _)) => match never {},
+            None => (
+                Registrations::local(rate),
+                SignIns::new(MAX_SIGN_INS_PER_CLIENT, MAX_SIGN_INS_PER_ADDRESS),
+                Duration::ZERO,
+            ),
+        };
+        let sessions = (!cache_ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(SESSION_CACHE_CAPACITY)
+                .time_to_live(cache_ttl)
+                .build()
+        });
         Ok(Self {
             keys: settings.keys.clone(),
             store,
@@ -278,11 +322,9 @@ impl Proxy {
                 .collect(),
             access_tokens,
             events: Default::default(),
-            registrations: Mutex::new(Bucket::new(
-                settings.registration_rate_limit,
-                tokio::time::Instant::now(),
-            )),
-            sign_ins: SignIns::new(MAX_SIGN_INS_PER_CLIENT, MAX_SIGN_INS_PER_ADDRESS),
+            registrations,
+            sign_ins,
+            sessions,
             settings,
         })
     }

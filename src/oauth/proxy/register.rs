@@ -16,14 +16,6 @@ impl Proxy {
     pub(super) fn redirect_allowed(&self, uri: &str) -> bool {
         redirect_host_allowed(&self.settings.allowed_redirect_hosts, uri)
     }
-
-    /// Takes a registration from the bucket; otherwise the seconds to wait.
-    fn allow_registration(&self) -> Result<(), u64> {
-        self.registrations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(tokio::time::Instant::now())
-    }
 }
 
 /// Whether `uri` names a host in `allowed`, or a loopback host; anything goes when
@@ -49,7 +41,11 @@ pub(super) async fn register(
             "the registration is too large",
         );
     };
-    if let Err(wait) = p.allow_registration() {
+    let allowed = match p.registrations.take().await {
+        Ok(allowed) => allowed,
+        Err(e) => return super::limit_failed(&e).into_response(),
+    };
+    if let Err(wait) = allowed {
         let mut res = json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "temporarily_unavailable",

@@ -172,6 +172,9 @@ impl Proxy {
         ttl: Duration,
     ) -> Result<bool, OAuthError> {
         let bytes = self.seal_record(kind, key, value)?;
+        if kind == RecordKind::Session {
+            self.forget_session(key);
+        }
         self.store
             .swap(kind, key, current, bytes, ttl)
             .await
@@ -180,6 +183,7 @@ impl Proxy {
 
     /// Removes the session `sid` (its access and refresh tokens stop working).
     pub(super) async fn end_session(&self, sid: &str) -> Result<(), OAuthError> {
+        self.forget_session(sid);
         self.store
             .remove(RecordKind::Session, sid)
             .await

@@ -1,0 +1,367 @@
+//! Two `idguard` processes sharing one real Redis server (`[store]`), with the OAuth proxy
+//! on, against one dev Entra emulator: a sign-in that starts on one replica finishes on
+//! the other, refresh rotation is exact across them, a replayed refresh token revokes the
+//! family everywhere, and a replica killed mid sign-in leaves the flow to the other.
+//!
+//! Both replicas have the same configuration (the same `[oauth]` keys, the same public
+//! resource `http://127.0.0.1/mcp`); the test plays the load balancer by sending each step
+//! to the replica it chooses, as a client behind one would.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+#[path = "../../../tests/support/browser.rs"]
+mod browser;
+mod common;
+#[path = "../../../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use browser::{Browser, hidden, location};
+use common::{Launch, Proc, Workdir, base_of, config_toml, free_port, health, metrics, until};
+use idguard_dev::DevEntra;
+use redis_server::RedisServer;
+use serde_json::{Value, json};
+
+/// The public base URL both replicas are configured with (the load balancer's).
+const PUBLIC: &str = "http://127.0.0.1";
+const CLIENT_REDIRECT: &str = "http://127.0.0.1:33418/callback";
+/// RFC 7636 appendix B.
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// The shared configuration of every replica.
+fn config(entra: &DevEntra, redis: &RedisServer, ports: &[u16]) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "{}\n[mcp]\nallowed_hosts = [{}]\n\n[obo]\nclient_secret = \"{}\"\n\n[oauth]\nscopes = [\"mcp.tools\"]\nkeys = [\"replica-test-key-0123456789abcdef-0123456789abcdef\"]\n\n[store]\nredis_url = \"{}\"\nkey_prefix = \"replicas:\"\nsession_cache_ttl = \"1s\"\n",
+        config_toml(entra.url(), entra, "required_scopes = [\"mcp.tools\"]", ""),
+        hosts.join(", "),
+        entra.client_secret(),
+        redis.url()
+    )
+}
+
+/// A replica on `port`, in its own copy of the configuration and policies.
+fn replica(name: &str, config: &str, port: u16) -> (Proc, String) {
+    let dir = Workdir::with_policies(&format!("replicas-{name}"));
+    dir.write("idguard.toml", config);
+    let proc = Launch::in_dir(&["serve", "--port", &port.to_string()], dir)
+        .env(&[("IDGUARD_LOG", "idguard=debug")])
+        .stderr_log()
+        .spawn();
+    let base = base_of(&proc.line("idguard: demo tools at "));
+    (proc, base)
+}
+
+struct Cluster {
+    entra: DevEntra,
+    _redis: RedisServer,
+    a: Option<Proc>,
+    _b: Proc,
+    base_a: String,
+    base_b: String,
+    http: reqwest::Client,
+}
+
+async fn cluster(name: &str) -> Cluster {
+    let entra = DevEntra::builder().start().await.unwrap();
+    entra.set_sign_in_user(Some("alice")).unwrap();
+    entra.allow_redirect_uri(format!("{PUBLIC}/callback"));
+    let redis = RedisServer::start();
+    let ports = [free_port(), free_port()];
+    let text = config(&entra, &redis, &ports);
+    let (a, base_a) = replica(&format!("{name}-a"), &text, ports[0]);
+    let (b, base_b) = replica(&format!("{name}-b"), &text, ports[1]);
+    Cluster {
+        entra,
+        _redis: redis,
+        a: Some(a),
+        _b: b,
+        base_a,
+        base_b,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+/// `url` (on the public base URL) sent to the replica at `base`.
+fn on(base: &str, url: &str) -> String {
+    format!("{base}{}", url.strip_prefix(PUBLIC).unwrap())
+}
+
+async fn register(http: &reqwest::Client, base: &str) -> String {
+    let res = http
+        .post(format!("{base}/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "client_name": "replicas"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["client_id"].as_str().unwrap().to_owned()
+}
+
+/// `/authorize` and `/consent` on the replica at `base`, then Entra: the browser and the
+/// callback URL (on the public base URL).
+async fn start_sign_in(base: &str, client_id: &str) -> (Browser, String) {
+    let mut b = Browser::new();
+    let url = reqwest::Url::parse_with_params(
+        &format!("{base}/authorize"),
+        [
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("state", "s1"),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+            ("scope", "mcp.tools offline_access"),
+            ("resource", &format!("{PUBLIC}/mcp")),
+        ],
+    )
+    .unwrap();
+    let res = b.get(url.as_str()).await;
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    let res = b
+        .post_form(
+            &format!("{base}/consent"),
+            &[
+                ("txn", &hidden(&html, "txn")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303, "consent redirects to Entra");
+    let res = b.get(&location(&res)).await;
+    assert_eq!(res.status(), 302);
+    let callback = location(&res);
+    assert!(
+        callback.starts_with(&format!("{PUBLIC}/callback")),
+        "{callback}"
+    );
+    (b, callback)
+}
+
+/// `/callback` on the replica at `base`: the client's code.
+async fn finish_sign_in(b: &mut Browser, base: &str, callback: &str) -> String {
+    b.back_to_client(&on(base, callback), CLIENT_REDIRECT).await["code"].clone()
+}
+
+async fn token(http: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let res = http
+        .post(format!("{base}/token"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn redeem(http: &reqwest::Client, base: &str, client_id: &str, code: &str) -> Value {
+    let (status, body) = token(
+        http,
+        base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("client_id", client_id),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn refresh(http: &reqwest::Client, base: &str, client_id: &str, rt: &str) -> (u16, Value) {
+    token(
+        http,
+        base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+/// The status of a `tools/list` with `token` at the replica at `base`.
+async fn mcp_status(http: &reqwest::Client, base: &str, token: &str) -> u16 {
+    common::mcp_post(
+        http,
+        &format!("{base}/mcp"),
+        token,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
+}
+
+fn field<'v>(v: &'v Value, name: &str) -> &'v str {
+    v[name].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_crosses_replicas_and_rotation_and_revocation_are_shared() {
+    let c = cluster("cross").await;
+    let (a, b, http) = (&c.base_a, &c.base_b, &c.http);
+    // Registration, /authorize and /consent on A; /callback and /token on B.
+    let client_id = register(http, a).await;
+    let (mut browser, callback) = start_sign_in(a, &client_id).await;
+    let code = finish_sign_in(&mut browser, b, &callback).await;
+    let tokens = redeem(http, b, &client_id, &code).await;
+    let access1 = field(&tokens, "access_token");
+    let rt1 = field(&tokens, "refresh_token");
+    // The token works on both replicas; so does a direct Entra token.
+    assert_eq!(mcp_status(http, a, access1).await, 200);
+    assert_eq!(mcp_status(http, b, access1).await, 200);
+    let direct = c.entra.token_for("alice").unwrap().mint().unwrap();
+    assert_eq!(mcp_status(http, a, &direct).await, 200);
+    // Refresh on A, then on B with what A issued.
+    let (status, renewed) = refresh(http, a, &client_id, rt1).await;
+    assert_eq!(status, 200, "{renewed}");
+    let rt2 = field(&renewed, "refresh_token");
+    let (status, renewed) = refresh(http, b, &client_id, rt2).await;
+    assert_eq!(status, 200, "{renewed}");
+    let access3 = field(&renewed, "access_token").to_owned();
+    let rt3 = field(&renewed, "refresh_token").to_owned();
+    assert_eq!(mcp_status(http, a, &access3).await, 200);
+
+    // Replaying the first refresh token on B revokes the family on both replicas: A
+    // refuses once its cached copy of the session is older than `session_cache_ttl`.
+    let (status, err) = refresh(http, b, &client_id, rt1).await;
+    assert_eq!((status, field(&err, "error")), (400, "invalid_grant"));
+    assert_eq!(mcp_status(http, b, &access3).await, 401);
+    until(Duration::from_secs(10), "A sees the revocation", || async {
+        (mcp_status(http, a, &access3).await == 401).then_some(())
+    })
+    .await;
+    let (status, _) = refresh(http, a, &client_id, &rt3).await;
+    assert_eq!(status, 400, "the newest refresh token died with its family");
+
+    // The other way round, and a code replayed on the other replica: refused, and what
+    // its first redemption issued is revoked on both.
+    let (mut browser, callback) = start_sign_in(b, &client_id).await;
+    let code = finish_sign_in(&mut browser, a, &callback).await;
+    let tokens = redeem(http, a, &client_id, &code).await;
+    let access = field(&tokens, "access_token");
+    assert_eq!(mcp_status(http, b, access).await, 200);
+    let (status, _) = token(
+        http,
+        b,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "a code redeemed on A does not redeem on B");
+    until(
+        Duration::from_secs(10),
+        "the replay revokes on both",
+        || async {
+            (mcp_status(http, a, access).await == 401 && mcp_status(http, b, access).await == 401)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // `/revoke` on one replica ends the session on both.
+    let (mut browser, callback) = start_sign_in(a, &client_id).await;
+    let code = finish_sign_in(&mut browser, a, &callback).await;
+    let tokens = redeem(http, a, &client_id, &code).await;
+    let access = field(&tokens, "access_token");
+    assert_eq!(mcp_status(http, b, access).await, 200);
+    let res = http
+        .post(format!("{a}/revoke"))
+        .form(&[
+            ("token", field(&tokens, "refresh_token")),
+            ("client_id", client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    until(
+        Duration::from_secs(10),
+        "B ends the revoked session",
+        || async { (mcp_status(http, b, access).await == 401).then_some(()) },
+    )
+    .await;
+    assert_eq!(mcp_status(http, a, access).await, 401);
+
+    // Both replicas report the shared store.
+    for base in [a, b] {
+        let h = health(http, base).await;
+        assert_eq!(h["store"]["kind"], "redis", "{h}");
+        assert_eq!(h["store"]["reachable"], true, "{h}");
+    }
+    let m = metrics(http, a).await;
+    assert!(
+        m.contains("idguard_store_reachable{kind=\"redis\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("idguard_store_errors_total{kind=\"redis\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_sign_in_leaves_the_flow_to_the_other() {
+    let mut c = cluster("killed").await;
+    let http = c.http.clone();
+    let client_id = register(&http, &c.base_a).await;
+    let (mut browser, callback) = start_sign_in(&c.base_a, &client_id).await;
+    // A goes away between Entra and the callback.
+    let mut a = c.a.take().unwrap();
+    a.terminate(Duration::from_secs(30)).await;
+    let code = finish_sign_in(&mut browser, &c.base_b, &callback).await;
+    let tokens = redeem(&http, &c.base_b, &client_id, &code).await;
+    assert_eq!(
+        mcp_status(&http, &c.base_b, field(&tokens, "access_token")).await,
+        200
+    );
+    let (status, body) = refresh(
+        &http,
+        &c.base_b,
+        &client_id,
+        field(&tokens, "refresh_token"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn config_check_names_store_problems_without_the_password() {
+    let dir = Workdir::with_policies("replicas-check");
+    dir.write(
+        "idguard.toml",
+        "[token]\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nclient_id = \"8c1a5e6f-0000-4000-8000-000000000001\"\nresource = \"https://mcp.contoso.com/mcp\"\n\n[store]\nredis_url = \"redis://idguard:hunter2-secret@redis.internal:6379/0\"\ncommand_timeout = \"soon\"\n",
+    );
+    let out = common::idguard()
+        .args(["config", "check"])
+        .current_dir(&*dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("`store.redis_url`"), "{text}");
+    assert!(text.contains("password_file"), "{text}");
+    assert!(text.contains("`store.command_timeout`"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
