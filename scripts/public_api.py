@@ -8,7 +8,8 @@
 Items: modules, types, traits, functions, constants, macros; for types, their inherent
 methods and associated constants, public fields and enum variants. Trait implementations
 are left out (they follow from the types), and so are `#[doc(hidden)]` items such as
-`idguard::internals`, which is for idguard's own crates only.
+`idguard::internals`, which is for idguard's own crates only. Documented with every feature
+on, so feature-gated items (`redis`) are listed too.
 """
 
 import html
@@ -30,7 +31,7 @@ def document(target_dir):
     doc = os.path.join(target_dir, "doc", "idguard")
     shutil.rmtree(doc, ignore_errors=True)
     subprocess.run(
-        ["cargo", "doc", "-p", "idguard", "--no-deps", "--quiet"],
+        ["cargo", "doc", "-p", "idguard", "--no-deps", "--quiet", "--all-features"],
         cwd=ROOT, check=True,
         env={**os.environ, "RUSTDOCFLAGS": ""},
     )

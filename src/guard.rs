@@ -396,6 +396,8 @@ pub struct IdGuardBuilder {
     oauth: Option<OAuthConfig>,
     store: Option<Arc<dyn OAuthStore>>,
     client: Option<reqwest::Client>,
+    #[cfg(feature = "redis")]
+    obo_shared: Option<crate::obo::SharedTokenCache>,
 }
 
 impl std::fmt::Debug for IdGuardBuilder {
@@ -521,6 +523,14 @@ impl IdGuardBuilder {
         self
     }
 
+    /// A second level for the on-behalf-of token cache, shared by replicas (needs
+    /// [`obo`](Self::obo)): a token one replica obtained serves the others from Redis.
+    #[cfg(feature = "redis")]
+    pub fn obo_shared_cache(mut self, cache: crate::obo::SharedTokenCache) -> Self {
+        self.obo_shared = Some(cache);
+        self
+    }
+
     /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
     /// 10 s total timeout).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
@@ -545,7 +555,20 @@ impl IdGuardBuilder {
             Some(client) => client,
             None => default_client(&resolved)?,
         };
-        IdGuard::start(resolved, client, self.store).await
+        let guard = IdGuard::start(resolved, client, self.store).await?;
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.obo_shared {
+            let attached = guard.obo_client().is_some_and(|obo| obo.set_shared(shared));
+            if !attached {
+                return Err(StartupError::Config(crate::ConfigError::from_problems(
+                    vec![crate::ConfigProblem::new(
+                        "obo",
+                        "a shared on-behalf-of token cache needs `[obo]`",
+                    )],
+                )));
+            }
+        }
+        Ok(guard)
     }
 }
 
