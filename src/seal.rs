@@ -74,3 +74,30 @@ pub(crate) fn open<'k>(
     let plain = key.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
     Some(plain.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(secret: &[u8]) -> (String, LessSafeKey) {
+        key_from(&hkdf::Salt::new(hkdf::HKDF_SHA256, b"test").extract(secret)).unwrap()
+    }
+
+    #[test]
+    fn opens_only_with_its_key_and_associated_data() {
+        let (id, k) = key(b"0123456789abcdef0123456789abcdef");
+        let (other_id, other) = key(b"fedcba9876543210fedcba9876543210");
+        assert_ne!(id, other_id);
+        let sealed = seal(&id, &k, b"here", b"token").unwrap();
+        assert!(sealed.starts_with(&format!("{id}.")));
+        assert!(!sealed.contains("token"));
+        assert_eq!(open(|_| Some(&k), b"here", &sealed).unwrap(), b"token");
+        assert!(open(|_| Some(&k), b"there", &sealed).is_none());
+        assert!(open(|_| Some(&other), b"here", &sealed).is_none());
+        assert!(open(|_| None, b"here", &sealed).is_none());
+        assert!(open(|_| Some(&k), b"here", "no-dot").is_none());
+        assert!(open(|_| Some(&k), b"here", &format!("{id}.AAAA")).is_none());
+        // Two seals of one value differ (a fresh nonce each time).
+        assert_ne!(sealed, seal(&id, &k, b"here", b"token").unwrap());
+    }
+}
