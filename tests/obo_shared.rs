@@ -2,8 +2,9 @@
 //! Entra emulator over loopback: two replicas (two `IdGuard`s, each its own first level)
 //! share one Redis; a token one obtained serves the other, concurrent first requests across
 //! both cost at most two token requests, Redis holds tokens sealed and bound to their key,
-//! a dead lock holder is taken over, Redis stopped answers `503` with `Retry-After` and
-//! Redis back resumes without a rebuild, and tokens expire as in the first level.
+//! a dead lock holder is taken over, a proactive refresh serves every replica, Redis
+//! stopped answers `503` with `Retry-After` and Redis back resumes without a rebuild, and
+//! tokens expire as in the first level.
 
 #![cfg(feature = "redis")]
 #![allow(
@@ -125,6 +126,18 @@ impl Replica {
         let res = self.graph(token).await;
         assert_eq!(res.status(), 200);
         res.text().await.unwrap()
+    }
+
+    /// Polls until the replica serves a token other than `old` (a background refresh).
+    async fn token_other_than(&self, token: &str, old: &str) -> String {
+        for _ in 0..1_000 {
+            let served = self.graph_token(token).await;
+            if served != old {
+                return served;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("no refreshed token served");
     }
 
     fn stats(&self) -> idguard::obo::OboStats {
@@ -368,4 +381,25 @@ async fn tokens_are_not_served_past_their_lifetime() {
         "A's first level expired too"
     );
     assert_eq!(token_requests(&entra), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proactive_refresh_on_one_replica_serves_the_others() {
+    let redis = RedisServer::start();
+    let entra = DevEntra::builder().start().await.unwrap();
+    entra.set_refresh_in(Some(Duration::from_secs(2)));
+    let a = replica(&entra, &redis, "60s").await;
+    let b = replica(&entra, &redis, "60s").await;
+    let alice = entra.token_for("alice").unwrap().mint().unwrap();
+    let first = a.graph_token(&alice).await;
+    assert_eq!(b.graph_token(&alice).await, first);
+    assert_eq!(token_requests(&entra), 1);
+
+    // Past the refresh point (Entra's `refresh_in`), each replica keeps serving its token
+    // and refreshes in the background: A exchanges, B takes A's fresh token from Redis.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let refreshed = a.token_other_than(&alice, &first).await;
+    assert_eq!(b.token_other_than(&alice, &first).await, refreshed);
+    assert_eq!(token_requests(&entra), 2, "one refresh for both replicas");
+    assert_eq!(b.stats().exchanges, 0);
 }

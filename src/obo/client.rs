@@ -156,6 +156,15 @@ impl fmt::Debug for OboClient {
     }
 }
 
+/// Why a token is loaded past the first level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Not in the first level.
+    Miss,
+    /// In the first level, and due for Entra's proactive refresh (`refresh_in`).
+    Refresh,
+}
+
 /// What the token endpoint returned on success.
 struct Issued {
     token: OboToken,
@@ -337,7 +346,10 @@ impl OboClient {
         }
         inner
             .cache
-            .try_get_with(key, self.load(&key, principal, assertion, scopes))
+            .try_get_with(
+                key,
+                self.load(&key, principal, assertion, scopes, Load::Miss),
+            )
             .await
             .map(|c| c.token)
             .map_err(|e| (*e).clone())
@@ -361,14 +373,11 @@ impl OboClient {
             flag.clone(),
         );
         tokio::spawn(async move {
-            match this.fetch(&principal, &assertion, &scopes).await {
-                Ok(fresh) => {
-                    #[cfg(feature = "redis")]
-                    if let Some(shared) = this.inner.shared.get() {
-                        shared.store(&key, &fresh, &this).await;
-                    }
-                    this.inner.cache.insert(key, fresh).await;
-                }
+            match this
+                .load(&key, &principal, &assertion, &scopes, Load::Refresh)
+                .await
+            {
+                Ok(fresh) => this.inner.cache.insert(key, fresh).await,
                 Err(e) => {
                     flag.store(false, Ordering::Release);
                     tracing::warn!(target: "idguard::obo", reason = %e, "proactive refresh failed; the cached token keeps serving");
@@ -377,22 +386,24 @@ impl OboClient {
         });
     }
 
-    /// A first-level miss: the second level when there is one, else an exchange.
+    /// A first-level miss or a proactive refresh: the second level when there is one (for
+    /// a refresh, only a token not yet due for one), else an exchange.
     async fn load(
         &self,
         key: &CacheKey,
         principal: &Principal,
         assertion: &BearerToken,
         scopes: &[String],
+        why: Load,
     ) -> Result<Cached, OboError> {
         #[cfg(feature = "redis")]
         if let Some(shared) = self.inner.shared.get() {
             return shared
-                .load(key, self, self.fetch(principal, assertion, scopes))
+                .load(key, self, why, self.fetch(principal, assertion, scopes))
                 .await;
         }
         #[cfg(not(feature = "redis"))]
-        let _ = key;
+        let _ = (key, why);
         self.fetch(principal, assertion, scopes).await
     }
 

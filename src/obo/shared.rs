@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::OboError;
 use super::cache::{CacheKey, Cached};
-use super::client::{OboClient, OboToken, SHARED_HITS};
+use super::client::{Load, OboClient, OboToken, SHARED_HITS};
 use crate::error::{ConfigError, ConfigProblem};
 use crate::seal;
 use crate::setting::Secret;
@@ -160,15 +160,17 @@ impl SharedTokenCache {
     }
 
     /// The token for `key`: from Redis, else from `fetch` (one replica at a time per key),
-    /// written to Redis for the others.
+    /// written to Redis for the others. For a [`Load::Refresh`], a token in Redis that is
+    /// itself due for a refresh counts as absent.
     pub(crate) async fn load(
         &self,
         key: &CacheKey,
         client: &OboClient,
+        why: Load,
         fetch: impl Future<Output = Result<Cached, OboError>>,
     ) -> Result<Cached, OboError> {
         let (name, lock) = self.names(key);
-        if let Some(hit) = self.read(&name, client).await? {
+        if let Some(hit) = self.read(&name, client, why).await? {
             return Ok(hit);
         }
         let holder = uuid::Uuid::new_v4().simple().to_string();
@@ -177,7 +179,7 @@ impl SharedTokenCache {
         let locked = loop {
             if self.try_lock(&lock, &holder).await? {
                 // Written between our read and our lock?
-                if let Some(hit) = self.read(&name, client).await? {
+                if let Some(hit) = self.read(&name, client, why).await? {
                     self.unlock(&lock, &holder).await;
                     return Ok(hit);
                 }
@@ -189,7 +191,7 @@ impl SharedTokenCache {
             }
             tokio::time::sleep(pause).await;
             pause = pause.saturating_mul(2).min(POLL_MAX);
-            if let Some(hit) = self.read(&name, client).await? {
+            if let Some(hit) = self.read(&name, client, why).await? {
                 return Ok(hit);
             }
         };
@@ -204,12 +206,6 @@ impl SharedTokenCache {
         fetched
     }
 
-    /// Writes a token refreshed in the background, for the other replicas.
-    pub(crate) async fn store(&self, key: &CacheKey, fresh: &Cached, client: &OboClient) {
-        let (name, _) = self.names(key);
-        let _ = self.write(&name, fresh, client).await;
-    }
-
     fn names(&self, key: &CacheKey) -> (String, String) {
         let hex = key.hex();
         let prefix = &self.inner.prefix;
@@ -219,7 +215,12 @@ impl SharedTokenCache {
         )
     }
 
-    async fn read(&self, name: &str, client: &OboClient) -> Result<Option<Cached>, OboError> {
+    async fn read(
+        &self,
+        name: &str,
+        client: &OboClient,
+        why: Load,
+    ) -> Result<Option<Cached>, OboError> {
         let sealed: Option<String> = self.query(redis::cmd("GET").arg(name)).await?;
         let Some(sealed) = sealed else {
             return Ok(None);
@@ -238,14 +239,18 @@ impl SharedTokenCache {
         let now = Instant::now();
         let ttl = Duration::from_millis(left);
         let deadline = now + ttl;
+        let refresh_at = record
+            .r
+            .map(|r| now + Duration::from_millis(r.saturating_sub(now_ms)))
+            .filter(|at| *at < deadline);
+        if why == Load::Refresh && refresh_at.is_some_and(|at| at <= now) {
+            return Ok(None);
+        }
         client.count(SHARED_HITS);
         Ok(Some(Cached {
             token: OboToken::new(record.t, record.s, Duration::from_secs(record.e)),
             deadline,
-            refresh_at: record
-                .r
-                .map(|r| now + Duration::from_millis(r.saturating_sub(now_ms)))
-                .filter(|at| *at < deadline),
+            refresh_at,
             ttl,
             refreshing: Arc::new(AtomicBool::new(false)),
         }))
