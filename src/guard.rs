@@ -392,12 +392,12 @@ fn spawn_periodic_refresh(auth: Weak<Authenticator>, every: Duration) {
 #[must_use]
 pub struct IdGuardBuilder {
     token: TokenConfig,
+    #[cfg(feature = "redis")]
+    obo_shared: Option<crate::obo::SharedTokenCache>,
     obo: Option<OboConfig>,
     oauth: Option<OAuthConfig>,
     store: Option<Arc<dyn OAuthStore>>,
     client: Option<reqwest::Client>,
-    #[cfg(feature = "redis")]
-    obo_shared: Option<crate::obo::SharedTokenCache>,
 }
 
 impl std::fmt::Debug for IdGuardBuilder {
@@ -523,18 +523,18 @@ impl IdGuardBuilder {
         self
     }
 
+    /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
+    /// 10 s total timeout).
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// A second level for the on-behalf-of token cache, shared by replicas (needs
     /// [`obo`](Self::obo)): a token one replica obtained serves the others from Redis.
     #[cfg(feature = "redis")]
     pub fn obo_shared_cache(mut self, cache: crate::obo::SharedTokenCache) -> Self {
         self.obo_shared = Some(cache);
-        self
-    }
-
-    /// The HTTP client for discovery, keys, on-behalf-of and Graph (default: 5 s connect,
-    /// 10 s total timeout).
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
         self
     }
 
