@@ -106,7 +106,6 @@ fn bench(c: &mut Criterion) {
 #[cfg(feature = "redis")]
 fn bench_second_level(c: &mut Criterion) {
     #[path = "../tests/support/redis_server.rs"]
-    #[allow(unreachable_pub, clippy::collapsible_if, reason = "the tests' fixture")]
     mod redis_server;
 
     let present = std::process::Command::new("redis-server")

@@ -15,11 +15,6 @@
 )]
 
 #[path = "support/redis_server.rs"]
-#[allow(
-    unreachable_pub,
-    clippy::collapsible_if,
-    reason = "the shared fixture, as it is on main"
-)]
 mod redis_server;
 
 use std::collections::BTreeMap;
