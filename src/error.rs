@@ -541,6 +541,10 @@ pub enum OboError {
     /// The client credential could not be prepared (unreadable file, bad key).
     #[error("client credential: {0}")]
     Credential(String),
+    /// The shared (Redis) token cache did not answer in time: no token is exchanged around
+    /// it, the request answers `503` with `Retry-After`.
+    #[error("the shared on-behalf-of token cache is unreachable")]
+    SharedCacheUnavailable,
 }
 
 #[cfg(test)]

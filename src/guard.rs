@@ -500,6 +500,8 @@ fn spawn_periodic_refresh(auth: Weak<Authenticator>, every: Duration) {
 #[must_use]
 pub struct IdGuardBuilder {
     token: TokenConfig,
+    #[cfg(feature = "redis")]
+    obo_shared: Option<crate::obo::SharedTokenCache>,
     obo: Option<OboConfig>,
     oauth: Option<OAuthConfig>,
     store: Option<Arc<dyn OAuthStore>>,
@@ -645,6 +647,14 @@ impl IdGuardBuilder {
         self
     }
 
+    /// A second level for the on-behalf-of token cache, shared by replicas (needs
+    /// [`obo`](Self::obo)): a token one replica obtained serves the others from Redis.
+    #[cfg(feature = "redis")]
+    pub fn obo_shared_cache(mut self, cache: crate::obo::SharedTokenCache) -> Self {
+        self.obo_shared = Some(cache);
+        self
+    }
+
     /// Resolves the configuration and starts the guard.
     ///
     /// # Errors
@@ -663,7 +673,20 @@ impl IdGuardBuilder {
             Some(client) => client,
             None => default_client(&resolved)?,
         };
-        IdGuard::start(resolved, client, self.store).await
+        let guard = IdGuard::start(resolved, client, self.store).await?;
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.obo_shared {
+            let attached = guard.obo_client().is_some_and(|obo| obo.set_shared(shared));
+            if !attached {
+                return Err(StartupError::Config(crate::ConfigError::from_problems(
+                    vec![crate::ConfigProblem::new(
+                        "obo",
+                        "a shared on-behalf-of token cache needs `[obo]`",
+                    )],
+                )));
+            }
+        }
+        Ok(guard)
     }
 }
 

@@ -15,6 +15,7 @@ mod entra;
 mod error;
 mod guard;
 mod principal;
+mod seal;
 mod setting;
 mod store;
 mod token;

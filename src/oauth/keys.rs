@@ -7,13 +7,15 @@
 //! every seal (as associated data) and every MAC, so a value sealed as one thing (a client
 //! registration) never opens as another (a session).
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::LessSafeKey;
 use aws_lc_rs::{digest, hkdf, hmac, rand};
+
+use crate::seal;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// The shortest secret accepted in `oauth.keys`, in bytes.
-pub(crate) const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = seal::MIN_SECRET_BYTES;
 
 /// Length of the secrets [`ProxyKeys::secrets`] derives (HMAC-SHA256's output length).
 pub(crate) const SECRET_BYTES: usize = 32;
@@ -104,15 +106,6 @@ fn aad(purpose: Purpose, context: &[u8]) -> Vec<u8> {
     v
 }
 
-/// HKDF output length of key ids.
-struct IdLen;
-
-impl hkdf::KeyType for IdLen {
-    fn len(&self) -> usize {
-        6
-    }
-}
-
 impl ProxyKeys {
     /// Derives the keys; `None` when `secrets` is empty or a secret is too short.
     pub(crate) fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Option<Self> {
@@ -124,23 +117,11 @@ impl ProxyKeys {
                 return None;
             }
             let prk = salt.extract(secret);
-            let seal = prk
-                .expand(&[b"seal"], &AES_256_GCM)
-                .ok()
-                .map(UnboundKey::from)
-                .map(LessSafeKey::new)?;
+            let (id, seal) = seal::key_from(&prk)?;
             let mac = prk
                 .expand(&[b"mac"], hmac::HMAC_SHA256)
                 .ok()
                 .map(hmac::Key::from)?;
-            // The key id is published in tokens and client ids: derived, not a hash of
-            // the secret itself.
-            let mut raw_id = [0u8; 6];
-            prk.expand(&[b"key id"], IdLen)
-                .ok()?
-                .fill(&mut raw_id)
-                .ok()?;
-            let id = URL_SAFE_NO_PAD.encode(raw_id);
             keys.push(Material { id, seal, mac, prk });
         }
         (!keys.is_empty()).then_some(Self { keys })
@@ -181,36 +162,17 @@ impl ProxyKeys {
         plaintext: &[u8],
     ) -> Option<String> {
         let key = self.current()?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::fill(&mut nonce).ok()?;
-        let mut buf = plaintext.to_vec();
-        key.seal
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(purpose, context)),
-                &mut buf,
-            )
-            .ok()?;
-        let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&buf);
-        Some(format!("{}.{}", key.id, URL_SAFE_NO_PAD.encode(out)))
+        seal::seal(&key.id, &key.seal, &aad(purpose, context), plaintext)
     }
 
     /// The plaintext of a [`seal`](Self::seal)ed value; `None` if it was tampered with,
     /// sealed for another purpose or context, or by a key no longer configured.
     pub(crate) fn open(&self, purpose: Purpose, context: &[u8], sealed: &str) -> Option<Vec<u8>> {
-        let (id, body) = sealed.split_once('.')?;
-        let key = self.by_id(id)?;
-        let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
-        let (nonce, ciphertext) = raw.split_at_checked(NONCE_LEN)?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut buf = ciphertext.to_vec();
-        let plain = key
-            .seal
-            .open_in_place(nonce, Aad::from(aad(purpose, context)), &mut buf)
-            .ok()?;
-        Some(plain.to_vec())
+        seal::open(
+            |id| self.by_id(id).map(|k| &k.seal),
+            &aad(purpose, context),
+            sealed,
+        )
     }
 
     /// HMAC of `data` with the current key: `(key id, base64url tag)`.

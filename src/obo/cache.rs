@@ -32,6 +32,19 @@ impl CacheKey {
         out.copy_from_slice(ctx.finish().as_ref());
         Self(out)
     }
+
+    /// Lower-case hex of the digest: how the key is named in a shared store.
+    #[cfg_attr(
+        not(feature = "redis"),
+        expect(dead_code, reason = "the redis second level")
+    )]
+    pub(crate) fn hex(&self) -> String {
+        use std::fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
 }
 
 /// A cached token with its deadline (tokio's clock, so tests can pause time) and the

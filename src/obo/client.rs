@@ -51,6 +51,18 @@ struct TokenInner {
 }
 
 impl OboToken {
+    #[cfg_attr(
+        not(feature = "redis"),
+        expect(dead_code, reason = "the redis second level")
+    )]
+    pub(crate) fn new(access_token: String, scope: String, expires_in: Duration) -> Self {
+        Self(Arc::new(TokenInner {
+            access_token: Secret::new(access_token),
+            scope,
+            expires_in,
+        }))
+    }
+
     /// The access token, for the downstream call's `Authorization: Bearer` header. Never
     /// log it.
     pub fn expose_secret(&self) -> &str {
@@ -108,7 +120,10 @@ pub(crate) struct Inner {
     /// Per tenant: no token requests before this instant (Entra's `Retry-After`).
     throttled: Mutex<HashMap<String, tokio::time::Instant>>,
     pub(crate) graph: Graph,
-    counters: [std::sync::atomic::AtomicU64; 3],
+    counters: [std::sync::atomic::AtomicU64; 4],
+    /// The second level, shared by replicas; set once, before the first request.
+    #[cfg(feature = "redis")]
+    shared: std::sync::OnceLock<super::shared::SharedTokenCache>,
 }
 
 /// Counters of an [`OboClient`], for metrics.
@@ -121,11 +136,14 @@ pub struct OboStats {
     pub exchanges: u64,
     /// Exchanges that failed.
     pub errors: u64,
+    /// First-level misses served from the shared (Redis) second level.
+    pub shared_hits: u64,
 }
 
 const HITS: usize = 0;
 const EXCHANGES: usize = 1;
 const ERRORS: usize = 2;
+pub(crate) const SHARED_HITS: usize = 3;
 
 impl fmt::Debug for OboClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,6 +154,15 @@ impl fmt::Debug for OboClient {
             .field("apis", &self.inner.apis)
             .finish_non_exhaustive()
     }
+}
+
+/// Why a token is loaded past the first level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Not in the first level.
+    Miss,
+    /// In the first level, and due for Entra's proactive refresh (`refresh_in`).
+    Refresh,
 }
 
 /// What the token endpoint returned on success.
@@ -173,6 +200,8 @@ impl OboClient {
                 throttled: Mutex::new(HashMap::new()),
                 graph,
                 counters: Default::default(),
+                #[cfg(feature = "redis")]
+                shared: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -241,10 +270,18 @@ impl OboClient {
             cache_hits: c(HITS),
             exchanges: c(EXCHANGES),
             errors: c(ERRORS),
+            shared_hits: c(SHARED_HITS),
         }
     }
 
-    fn count(&self, which: usize) {
+    /// Puts `shared` behind this client's cache, as its second level; `false` if one is
+    /// already there. Call it before the client serves requests.
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_shared(&self, shared: super::shared::SharedTokenCache) -> bool {
+        self.inner.shared.set(shared).is_ok()
+    }
+
+    pub(crate) fn count(&self, which: usize) {
         if let Some(c) = self.inner.counters.get(which) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -263,6 +300,19 @@ impl OboClient {
     /// see incoming tokens expire.
     pub(crate) fn unix_now(&self) -> u64 {
         self.inner.anchor_unix + self.inner.anchor.elapsed().as_secs()
+    }
+
+    /// [`unix_now`](Self::unix_now) in milliseconds.
+    #[cfg_attr(
+        not(feature = "redis"),
+        expect(dead_code, reason = "the redis second level")
+    )]
+    pub(crate) fn unix_now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.inner.anchor.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .anchor_unix
+            .saturating_mul(1000)
+            .saturating_add(elapsed)
     }
 
     async fn get(
@@ -296,7 +346,10 @@ impl OboClient {
         }
         inner
             .cache
-            .try_get_with(key, self.fetch(principal, assertion, scopes))
+            .try_get_with(
+                key,
+                self.load(&key, principal, assertion, scopes, Load::Miss),
+            )
             .await
             .map(|c| c.token)
             .map_err(|e| (*e).clone())
@@ -320,7 +373,10 @@ impl OboClient {
             flag.clone(),
         );
         tokio::spawn(async move {
-            match this.fetch(&principal, &assertion, &scopes).await {
+            match this
+                .load(&key, &principal, &assertion, &scopes, Load::Refresh)
+                .await
+            {
                 Ok(fresh) => this.inner.cache.insert(key, fresh).await,
                 Err(e) => {
                     flag.store(false, Ordering::Release);
@@ -328,6 +384,27 @@ impl OboClient {
                 }
             }
         });
+    }
+
+    /// A first-level miss or a proactive refresh: the second level when there is one (for
+    /// a refresh, only a token not yet due for one), else an exchange.
+    async fn load(
+        &self,
+        key: &CacheKey,
+        principal: &Principal,
+        assertion: &BearerToken,
+        scopes: &[String],
+        why: Load,
+    ) -> Result<Cached, OboError> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.inner.shared.get() {
+            return shared
+                .load(key, self, why, self.fetch(principal, assertion, scopes))
+                .await;
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (key, why);
+        self.fetch(principal, assertion, scopes).await
     }
 
     /// The loader: one exchange (with its own timeout, so a dropped caller cannot leave

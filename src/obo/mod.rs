@@ -37,6 +37,8 @@ pub(crate) mod config;
 mod credential;
 mod extract;
 mod graph;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::time::Duration;
 
@@ -49,6 +51,8 @@ pub(crate) use client::{backoff, retry_after};
 pub(crate) use credential::ClientAuth;
 pub use credential::ClientCredential;
 pub use extract::Obo;
+#[cfg(feature = "redis")]
+pub use shared::{DEFAULT_SHARED_LOCK_TTL, SharedTokenCache};
 
 use crate::entra::{EntraError, Refusal, authorize_endpoint};
 use crate::error::{Challenge, Rejection, RejectionKind};
@@ -64,6 +68,8 @@ pub const DEFAULT_OBO_CACHE_CAPACITY: u64 = 10_000;
 pub const DEFAULT_OBO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a `5xx` or network failure is retried.
 pub const DEFAULT_OBO_MAX_RETRIES: u32 = 2;
+/// The `Retry-After` of the `503` answered while the shared token cache is unreachable.
+pub const SHARED_CACHE_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The API name the Graph helpers use (`[obo.apis] graph = [...]`).
 pub const GRAPH_API: &str = "graph";
 
@@ -166,6 +172,11 @@ pub(crate) fn rejection_for(
             tracing::warn!(target: "idguard::rejection", reason = %err, "on-behalf-of throttled");
             Rejection::new(RejectionKind::Throttled, None)
                 .with_retry_after(retry_after.as_secs().max(1))
+        }
+        OboError::SharedCacheUnavailable => {
+            tracing::error!(target: "idguard::rejection", reason = %err, "on-behalf-of answers 503 while the shared token cache is unreachable");
+            Rejection::new(RejectionKind::Unavailable, None)
+                .with_retry_after(SHARED_CACHE_RETRY_AFTER.as_secs())
         }
         OboError::Unavailable(_) | OboError::Graph { .. } => {
             tracing::error!(target: "idguard::rejection", reason = %err, "on-behalf-of failed");
