@@ -42,8 +42,10 @@ use crate::error::{Rejection, RejectionKind};
 
 mod config;
 mod credential;
+mod many;
 
 pub use config::{UpstreamConfig, UpstreamSettings};
+pub use many::{Gateways, UPSTREAM_UNAVAILABLE_CODE};
 
 pub use credential::{
     ASSERTION_LIFETIME, ASSERTION_SKEW, AssertionKeyError, IdentityAssertion, JWKS_PATH,
