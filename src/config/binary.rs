@@ -21,8 +21,8 @@ pub struct Checked {
     pub server: ServerSettings,
     /// `[mcp]`, checked.
     pub mcp: McpSettings,
-    /// `[upstream]`, checked.
-    pub upstream: crate::gateway::UpstreamSettings,
+    /// `[upstream]` or `[[upstream]]`, checked.
+    pub upstream: crate::gateway::UpstreamsSettings,
     /// Where each key came from.
     pub origins: Origins,
 }
@@ -64,6 +64,12 @@ pub fn check_binary(
     let mut server = config.server.check(&mut problems);
     let mut mcp = config.mcp.check(&mut problems);
     let upstream = config.upstream.check(&mut problems);
+    if matches!(config.upstream, crate::gateway::Upstreams::Many(_)) && server.upstream.is_some() {
+        problems.push(ConfigProblem::new(
+            "server.upstream",
+            "not used with `[[upstream]]` entries: each entry names its own `url`",
+        ));
+    }
     let resolved = if dev {
         None
     } else {
@@ -131,5 +137,60 @@ pub fn check_binary(
         })
     } else {
         Err(ConfigError::from_problems(origins.rename(problems)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str, env: &[(&str, &str)]) -> Result<Checked, Vec<String>> {
+        let path = std::env::temp_dir().join(format!("idguard-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, toml).unwrap();
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        let checked = check_binary(Some(&path), env, &Overrides::default(), true);
+        let _ = std::fs::remove_file(&path);
+        checked.map_err(|e| e.problems().iter().map(|p| p.key().to_owned()).collect())
+    }
+
+    #[test]
+    fn upstream_entries_are_read_and_named_by_index() {
+        let entries = r#"
+            [[upstream]]
+            name = "github"
+            url = "http://127.0.0.1:9001/mcp"
+            [[upstream]]
+            name = "docs"
+            url = "http://127.0.0.1:9002/mcp"
+            idle_timeout = "1m"
+        "#;
+        let checked = problems(entries, &[]).unwrap();
+        let crate::gateway::UpstreamsSettings::Many(named) = checked.upstream else {
+            panic!("entries");
+        };
+        let names: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["github", "docs"]);
+
+        let bad = format!(
+            "[server]\nupstream = \"http://127.0.0.1:9/mcp\"\n{entries}\n[[upstream]]\nname = \"docs\"\nnme = \"x\"\n"
+        );
+        let keys = problems(&bad, &[("IDGUARD_UPSTREAM_TIMEOUT", "5s")]).unwrap_err();
+        assert_eq!(
+            keys,
+            [
+                "IDGUARD_UPSTREAM_TIMEOUT",
+                "upstream[2].nme",
+                "upstream[2].name",
+                "upstream[2].url",
+                "server.upstream"
+            ]
+        );
+
+        // A single `[upstream]` table reads as before.
+        let one = problems("[upstream]\ncredential = \"none\"\nname = \"solo\"\n", &[]).unwrap();
+        assert!(matches!(
+            one.upstream,
+            crate::gateway::UpstreamsSettings::One(Some(ref n), crate::gateway::UpstreamSettings::None) if n == "solo"
+        ));
     }
 }

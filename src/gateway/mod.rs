@@ -44,7 +44,8 @@ mod config;
 mod credential;
 mod many;
 
-pub use config::{UpstreamConfig, UpstreamSettings};
+pub(crate) use config::upstream_url;
+pub use config::{NamedUpstream, UpstreamConfig, UpstreamSettings, Upstreams, UpstreamsSettings};
 pub use many::{Gateways, UPSTREAM_UNAVAILABLE_CODE};
 
 pub use credential::{
