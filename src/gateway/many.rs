@@ -116,8 +116,11 @@ struct SessionState {
     routed: VecDeque<(String, usize)>,
 }
 
-/// An upstream that did not answer usefully.
-struct Down;
+/// An upstream that did not answer usefully; with idguard's own refusal of the caller on
+/// the way to it (its credential: consent or a claims challenge for on-behalf-of, say).
+struct Down(Option<Rejection>);
+
+const DOWN: Down = Down(None);
 
 impl Gateways {
     /// Routes to `upstreams` (name, gateway), whose items `servers` attributes; give the
@@ -340,7 +343,7 @@ impl Gateways {
         method: Method,
         body: Bytes,
     ) -> Result<Response<Body>, Down> {
-        let (name, gateway) = self.inner.upstreams.get(index).ok_or(Down)?;
+        let (name, gateway) = self.inner.upstreams.get(index).ok_or(DOWN)?;
         let mut req = Request::new(Body::from(body));
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/");
@@ -370,7 +373,14 @@ impl Gateways {
             Ok(res)
         } else {
             tracing::warn!(target: "idguard::gateway", server = &**name, status = res.status().as_u16(), "upstream refused or unavailable");
-            Err(Down)
+            let mut res = res;
+            let refusal = res.extensions_mut().remove::<Rejection>().filter(|r| {
+                !matches!(
+                    r.kind(),
+                    RejectionKind::BadGateway | RejectionKind::GatewayTimeout
+                )
+            });
+            Err(Down(refusal))
         }
     }
 
@@ -421,13 +431,13 @@ impl Gateways {
         let bytes = Limited::new(res.into_body(), MAX_READ_BYTES)
             .collect()
             .await
-            .map_err(|_| Down)?
+            .map_err(|_| DOWN)?
             .to_bytes();
-        let id = message.get("id").ok_or(Down)?;
+        let id = message.get("id").ok_or(DOWN)?;
         let answer = messages(&content_type, &bytes)
             .into_iter()
             .find(|m| m.get("id") == Some(id) && m.get("method").is_none())
-            .ok_or(Down)?;
+            .ok_or(DOWN)?;
         Ok((answer, session))
     }
 
@@ -441,7 +451,7 @@ impl Gateways {
     ) -> Result<(String, Value), Down> {
         let message = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init});
         let (answer, session) = self.ask(index, None, headers, ext, &message).await?;
-        let result = answer.get("result").cloned().ok_or(Down)?;
+        let result = answer.get("result").cloned().ok_or(DOWN)?;
         let session = session.unwrap_or_default();
         let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.send(
@@ -688,7 +698,7 @@ impl Gateways {
                     &message,
                 )
                 .await?;
-            let result = answer.get("result").ok_or(Down)?;
+            let result = answer.get("result").ok_or(DOWN)?;
             if let Some(Value::Array(page)) = result.get(key) {
                 items.extend(page.iter().cloned());
             }
@@ -712,11 +722,13 @@ impl Gateways {
         let Some((server, _)) = self.inner.upstreams.get(index) else {
             return unavailable(id, "?");
         };
-        let Ok(upstream) = self
+        let upstream = match self
             .upstream_session(index, session, &parts.headers, &parts.extensions)
             .await
-        else {
-            return unavailable(id, server);
+        {
+            Ok(upstream) => upstream,
+            Err(Down(Some(refusal))) => return refusal.into_response(),
+            Err(Down(None)) => return unavailable(id, server),
         };
         {
             let mut state = lock(&session.state);
@@ -725,10 +737,14 @@ impl Gateways {
             }
             state.routed.push_back((id.to_string(), index));
         }
-        let res = self.post_to(index, &upstream, parts, message).await;
-        let Ok(res) = res else {
-            self.forget(index, session);
-            return unavailable(id, server);
+        let res = match self.post_to(index, &upstream, parts, message).await {
+            Ok(res) => res,
+            // The caller's own answer (consent, a claims challenge): as with one upstream.
+            Err(Down(Some(refusal))) => return refusal.into_response(),
+            Err(Down(None)) => {
+                self.forget(index, session);
+                return unavailable(id, server);
+            }
         };
         let (mut head, body) = res.into_parts();
         head.headers.remove(MCP_SESSION_ID);

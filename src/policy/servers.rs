@@ -73,7 +73,8 @@ impl std::fmt::Debug for Servers {
 
 impl Servers {
     /// Several servers: tool and prompt names are `<server>__<name>`, resources are
-    /// claimed.
+    /// claimed. Names should not contain [`SERVER_SEPARATOR`] (the `idguard` binary allows
+    /// `a-z`, `0-9` and `-`): a name is read up to the first one.
     pub fn new<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
         Self::build(names.into_iter().map(Into::into).collect(), false)
     }
@@ -228,6 +229,52 @@ impl Servers {
 mod tests {
     use super::*;
     use crate::policy::{PromptInfo, ResourceInfo, ToolInfo};
+
+    fn engine(servers: Option<Servers>) -> crate::policy::PolicyEngine {
+        let rules = r#"
+            @id("readers") permit (principal in Role::"R", action, resource);
+            @id("not-gh") forbid (principal, action, resource in Server::"gh");
+        "#;
+        let engine = crate::policy::PolicyEngine::from_sources(
+            include_str!("../../policies/schema.cedarschema"),
+            None,
+            [("p.cedar", rules)],
+        )
+        .unwrap();
+        match servers {
+            Some(s) => engine.with_servers(s),
+            None => engine,
+        }
+    }
+
+    #[test]
+    fn server_parents_decide_and_unowned_items_are_denied() {
+        use crate::policy::Phase;
+        let p = crate::Principal::from_unvalidated_claims(
+            &serde_json::json!({"tid": "t", "oid": "o", "scp": "s", "roles": ["R"]}),
+        )
+        .unwrap();
+        let allowed = |e: &crate::policy::PolicyEngine, item: &Item| {
+            e.decide(&p, item, Phase::Call, None).is_allow()
+        };
+        let tool = |n: &str| Item::Tool(ToolInfo::new(n));
+        let servers = Servers::new(["gh", "docs"]);
+        let many = engine(Some(servers.clone()));
+        assert!(!allowed(&many, &tool("gh__create_issue")));
+        assert!(allowed(&many, &tool("docs__search")));
+        // No known prefix, an unclaimed URI: no item of any server, denied (never cached).
+        assert!(!allowed(&many, &tool("create_issue")));
+        let uri = Item::Resource(ResourceInfo {
+            uri: "docs://a".into(),
+        });
+        assert!(!allowed(&many, &uri));
+        assert!(servers.claim_resource("docs", "docs://a"));
+        assert!(allowed(&many, &uri), "decided afresh once claimed");
+        // One named upstream: every item is its; unnamed: no parent, today's meaning.
+        assert!(!allowed(&engine(Some(Servers::single("gh"))), &tool("x")));
+        assert!(allowed(&engine(Some(Servers::single("docs"))), &tool("x")));
+        assert!(allowed(&engine(None), &tool("gh__x")));
+    }
 
     #[test]
     fn names_and_claims_attribute_items() {
