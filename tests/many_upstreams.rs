@@ -112,6 +112,30 @@ impl Python {
         }
     }
 
+    /// Waits (polling its probe, bounded) until the upstream received `method` with `id`.
+    async fn wait_for(&self, method: &str, id: impl Into<Value>) {
+        let id = id.into();
+        let probe = format!("http://127.0.0.1:{}/_probe/requests", self.port);
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let log: Value = http.get(&probe).send().await.unwrap().json().await.unwrap();
+            let seen = log["rpc"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e[0] == method && e[1] == id);
+            if seen {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upstream never received {method} {id}: {log}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn kill(&self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let _ = child.kill();
@@ -386,6 +410,25 @@ async fn lists_merge_per_caller_calls_route_and_server_policies_decide() {
         )
         .await;
     assert!(prompt["result"]["messages"].is_array(), "{prompt}");
+
+    // A cancellation goes to the upstream that got the request.
+    let slow = json!({"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+        "params": {"name": "py__get_document", "arguments": {"delay_ms": 3000}}});
+    let cancel = async {
+        stack.python.wait_for("tools/call", 50).await;
+        let (status, _, _) = alice
+            .post(
+                json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": 50, "reason": "test"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        stack
+            .python
+            .wait_for("notifications/cancelled", Value::Null)
+            .await;
+    };
+    let (_, ()) = tokio::join!(alice.post(slow), cancel);
 
     // bob (Tools.Read): read-only tools, but nothing of `Server::"py"`, not even py's
     // read-only whoami: the server policy decides.

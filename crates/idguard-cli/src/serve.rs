@@ -124,6 +124,20 @@ enum Inner {
     Many(Vec<idguard::gateway::NamedUpstream>),
 }
 
+impl Inner {
+    /// What the banner says is served.
+    fn describe(&self) -> String {
+        match self {
+            Self::Demo => "demo tools".to_owned(),
+            Self::Upstream(url) => format!("gateway to {url}"),
+            Self::Many(entries) => {
+                let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+                format!("gateway to upstreams {}", names.join(", "))
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let path = config_path(args.config.as_deref());
     let by_env = configured_by_env();
@@ -277,7 +291,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             &mcp_path,
             &policy_dir,
             denials,
-            server.upstream.as_ref(),
+            &app_parts.inner.describe(),
         )?;
         Some(entra)
     } else {
@@ -977,9 +991,8 @@ fn print_dev_banner(
     mcp_path: &str,
     policies: &Path,
     denials: Denials,
-    upstream: Option<&reqwest::Url>,
+    serves: &str,
 ) -> Result<(), Box<dyn Error>> {
-    let serves = upstream.map_or_else(|| "demo tools".to_owned(), |u| format!("gateway to {u}"));
     let lifetime = Duration::from_secs(8 * 3600);
     let alice = entra.token_for("alice")?.lifetime(lifetime).mint()?;
     let bob = entra.token_for("bob")?.lifetime(lifetime).mint()?;
