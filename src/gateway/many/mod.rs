@@ -1,4 +1,7 @@
 //! Several upstreams behind one MCP endpoint: [`Gateways`].
+//!
+//! About 850 lines, a third of them the type's documentation: sessions, lists and routing
+//! share the session state; `wire.rs` holds what reads and writes the bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -15,17 +18,21 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value, json};
 use tower_service::Service;
 
+mod wire;
+
 use super::Gateway;
 use crate::error::{Rejection, RejectionKind};
 use crate::policy::Servers;
 use crate::principal::Principal;
+use wire::{
+    MAX_READ_BYTES, MCP_SESSION_ID, accepted, inward_id, json_reply, messages, rewrite_stream,
+    rpc_error, rpc_result, unavailable,
+};
 
 /// JSON-RPC code of a request routed to an upstream that does not answer; the message and
 /// `data.server` name the server.
 pub const UPSTREAM_UNAVAILABLE_CODE: i64 = -32050;
 
-/// Longest upstream reply read whole (an `initialize` or a list page).
-const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
 /// Pages of one upstream's list read at most.
 const MAX_PAGES: usize = 100;
 /// Sessions remembered (idle ones are forgotten after a day).
@@ -33,7 +40,6 @@ const MAX_SESSIONS: u64 = 10_000;
 /// Routed request ids remembered per session, for cancellations.
 const ROUTED_PER_SESSION: usize = 1024;
 
-const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// Caller headers passed to the upstreams' gateways (which filter again).
 const PASSED: [HeaderName; 7] = [
@@ -147,188 +153,6 @@ impl Gateways {
 fn owner_of(ext: &http::Extensions) -> Option<String> {
     ext.get::<Principal>()
         .map(|p| format!("{}/{}", p.tenant_id(), p.object_id()))
-}
-
-fn json_reply(status: StatusCode, body: &Value, session: Option<&str>) -> Response<Body> {
-    let mut res = Response::new(Body::from(body.to_string()));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(id) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
-        res.headers_mut().insert(MCP_SESSION_ID, id);
-    }
-    res
-}
-
-fn accepted() -> Response<Body> {
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::ACCEPTED;
-    res
-}
-
-fn rpc_error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
-    let mut error = json!({"code": code, "message": message});
-    if let (Some(data), Some(e)) = (data, error.as_object_mut()) {
-        e.insert("data".into(), data);
-    }
-    json!({"jsonrpc": "2.0", "id": id, "error": error})
-}
-
-fn rpc_result(id: &Value, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
-}
-
-fn unavailable(id: &Value, server: &str) -> Response<Body> {
-    json_reply(
-        StatusCode::OK,
-        &rpc_error(
-            id,
-            UPSTREAM_UNAVAILABLE_CODE,
-            &format!("upstream `{server}` is unavailable"),
-            Some(json!({"server": server})),
-        ),
-        None,
-    )
-}
-
-/// The JSON-RPC messages of a reply body: a JSON message or batch, or SSE events' data.
-fn messages(content_type: &str, body: &[u8]) -> Vec<Value> {
-    if content_type.starts_with("text/event-stream") {
-        let text = String::from_utf8_lossy(body);
-        sse_events(&text)
-            .into_iter()
-            .filter_map(|data| serde_json::from_str(&data).ok())
-            .collect()
-    } else {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(a)) => a,
-            Ok(v) => vec![v],
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-/// The `data` of each event in `text` (complete events only).
-fn sse_events(text: &str) -> Vec<String> {
-    let mut events = Vec::new();
-    let mut data: Vec<&str> = Vec::new();
-    for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
-        if line.is_empty() {
-            if !data.is_empty() {
-                events.push(data.join("\n"));
-            }
-            data.clear();
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        if field == "data" {
-            data.push(value.strip_prefix(' ').unwrap_or(value));
-        }
-    }
-    if !data.is_empty() {
-        events.push(data.join("\n"));
-    }
-    events
-}
-
-/// The caller's id for a server-to-client request `id` of upstream `server`.
-fn outward_id(server: &str, id: &Value) -> Option<Value> {
-    match id {
-        Value::Number(n) => Some(Value::String(format!("{server}:n{n}"))),
-        Value::String(s) => Some(Value::String(format!("{server}:s{s}"))),
-        _ => None,
-    }
-}
-
-/// The upstream and its own id behind an id made by [`outward_id`].
-fn inward_id(servers: &[(Arc<str>, Gateway)], id: &Value) -> Option<(usize, Value)> {
-    let text = id.as_str()?;
-    let (server, rest) = text.split_once(':')?;
-    let index = servers.iter().position(|(n, _)| &**n == server)?;
-    let id = if let Some(n) = rest.strip_prefix('n') {
-        Value::Number(n.parse::<i64>().ok()?.into())
-    } else {
-        Value::String(rest.strip_prefix('s')?.to_owned())
-    };
-    Some((index, id))
-}
-
-/// One SSE event of upstream `server`'s reply, as the caller gets it: server-to-client
-/// requests renumbered, event ids removed; `None` drops it.
-fn rewrite_event(server: &str, event: &str) -> Option<String> {
-    let mut data: Vec<&str> = Vec::new();
-    for line in event.split('\n').map(|l| l.trim_end_matches('\r')) {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        if field == "data" {
-            data.push(value.strip_prefix(' ').unwrap_or(value));
-        }
-    }
-    if data.is_empty() {
-        return None;
-    }
-    let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
-    if message.get("method").is_some()
-        && let Some(id) = message.get("id")
-    {
-        let id = outward_id(server, id)?;
-        message.as_object_mut()?.insert("id".into(), id);
-    }
-    Some(format!("event: message\ndata: {message}\n\n"))
-}
-
-/// `body` (an upstream's SSE reply) rewritten event by event with [`rewrite_event`].
-fn rewrite_stream(server: Arc<str>, body: Body) -> Body {
-    let stream = futures_util::stream::unfold(
-        (body.into_data_stream(), Vec::<u8>::new(), false),
-        move |(mut body, mut buf, done)| {
-            let server = server.clone();
-            async move {
-                use futures_util::StreamExt as _;
-                if done {
-                    return None;
-                }
-                loop {
-                    // A complete event in the buffer: rewrite it.
-                    let end = buf
-                        .windows(2)
-                        .position(|w| w == b"\n\n")
-                        .map(|i| (i, 2))
-                        .or_else(|| {
-                            buf.windows(4)
-                                .position(|w| w == b"\r\n\r\n")
-                                .map(|i| (i, 4))
-                        });
-                    if let Some((at, sep)) = end {
-                        let event: Vec<u8> = buf.drain(..at + sep).collect();
-                        let text = String::from_utf8_lossy(&event);
-                        let out = rewrite_event(&server, &text).unwrap_or_default();
-                        return Some((
-                            Ok::<_, std::io::Error>(Bytes::from(out)),
-                            (body, buf, false),
-                        ));
-                    }
-                    if buf.len() > MAX_READ_BYTES {
-                        tracing::error!(target: "idguard::gateway", server = &*server, "upstream event too large: stream ended");
-                        return None;
-                    }
-                    match body.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(e)) => {
-                            return Some((Err(std::io::Error::other(e)), (body, buf, true)));
-                        }
-                        None => {
-                            let text = String::from_utf8_lossy(&buf).into_owned();
-                            let out = rewrite_event(&server, &text).unwrap_or_default();
-                            return Some((Ok(Bytes::from(out)), (body, Vec::new(), true)));
-                        }
-                    }
-                }
-            }
-        },
-    );
-    Body::from_stream(stream)
 }
 
 impl Gateways {
@@ -1027,34 +851,5 @@ impl Service<Request<Body>> for Gateways {
                 _ => Rejection::new(RejectionKind::MethodNotAllowed, None).into_response(),
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_request_ids_round_trip_and_stay_apart() {
-        let client = reqwest::Client::new();
-        let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
-        let ups = vec![
-            (Arc::from("a"), Gateway::new(url.clone(), client.clone())),
-            (Arc::from("b"), Gateway::new(url, client)),
-        ];
-        let a = outward_id("a", &json!(1)).unwrap();
-        let b = outward_id("b", &json!(1)).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(inward_id(&ups, &a), Some((0, json!(1))));
-        assert_eq!(inward_id(&ups, &b), Some((1, json!(1))));
-        let s = outward_id("b", &json!("x:y")).unwrap();
-        assert_eq!(inward_id(&ups, &s), Some((1, json!("x:y"))));
-        assert_eq!(inward_id(&ups, &json!("c:n1")), None);
-        assert_eq!(inward_id(&ups, &json!(7)), None);
-        let event =
-            "id: 9\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\"}\n\n";
-        let out = rewrite_event("a", event).unwrap();
-        assert!(out.contains("\"a:n3\"") && !out.contains("id: 9"), "{out}");
-        assert_eq!(rewrite_event("a", "data: not json\n\n"), None);
     }
 }
