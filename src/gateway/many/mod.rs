@@ -68,13 +68,14 @@ const PASSED: [HeaderName; 7] = [
 ///   are kept, each claimed by the first server listing it ([`Servers`]): a URI another
 ///   server already claimed is left out (fail closed). Claims are first made at
 ///   `initialize` (each upstream's resource and template lists are read then), so that a
-///   read before any list is decided with its server; an unclaimed URI is refused. An upstream that does not answer is
-///   left out (its items disappear) and logged;
+///   read before any list is decided with its server; an unclaimed URI is refused. An
+///   upstream that does not answer is left out (its items disappear) and logged;
 /// - **routing**: `tools/call`, `prompts/get` (by prefix, sent with the original name),
 ///   `resources/read`, `resources/subscribe`, `resources/unsubscribe` (by the URI's claim),
 ///   `completion/complete` (by its reference). A call to an upstream that does not answer
-///   gets a JSON-RPC error naming the server ([`UPSTREAM_UNAVAILABLE_CODE`]); nothing that
-///   names no known server is sent anywhere;
+///   gets a JSON-RPC error naming the server ([`UPSTREAM_UNAVAILABLE_CODE`]); idguard's own
+///   refusal on the way (the upstream's credential: consent, a claims challenge) is
+///   answered as with one upstream; nothing that names no known server is sent anywhere;
 /// - **notifications**: `notifications/initialized` and `notifications/roots/list_changed`
 ///   go to every upstream; `notifications/cancelled` to the upstream that got the request;
 ///   others are dropped;
