@@ -168,6 +168,11 @@ struct Stack {
 }
 
 async fn stack() -> Stack {
+    stack_with(None).await
+}
+
+/// [`stack`], with a third upstream named `fake` at `fake` when given.
+async fn stack_with(fake: Option<String>) -> Stack {
     let python = Python::start().await;
     let demo = demo_upstream().await;
     let entra = DevEntra::builder().start().await.unwrap();
@@ -183,7 +188,11 @@ async fn stack() -> Stack {
         .build()
         .await
         .unwrap();
-    let servers = Servers::new(["demo", "py"]);
+    let mut names = vec!["demo", "py"];
+    if fake.is_some() {
+        names.push("fake");
+    }
+    let servers = Servers::new(names);
     let policies = PolicyEngine::from_sources(
         include_str!("../policies/schema.cedarschema"),
         None,
@@ -198,13 +207,14 @@ async fn stack() -> Stack {
         .unwrap();
     let gateway = |url: &str| Gateway::new(reqwest::Url::parse(url).unwrap(), client.clone());
     let py_url = format!("http://127.0.0.1:{}/mcp", python.port);
-    let gateways = Gateways::new(
-        [
-            ("demo".to_owned(), gateway(&demo)),
-            ("py".to_owned(), gateway(&py_url)),
-        ],
-        servers,
-    );
+    let mut upstreams = vec![
+        ("demo".to_owned(), gateway(&demo)),
+        ("py".to_owned(), gateway(&py_url)),
+    ];
+    if let Some(fake) = &fake {
+        upstreams.push(("fake".to_owned(), gateway(fake)));
+    }
+    let gateways = Gateways::new(upstreams, servers);
     let app = Router::new().nest_service(
         "/mcp",
         ServiceBuilder::new()
@@ -287,6 +297,15 @@ impl<'s> Session<'s> {
 
     /// POSTs `body`; the status, headers and the message answering its id (if any).
     async fn post(&self, body: Value) -> (StatusCode, http::HeaderMap, Option<Value>) {
+        let (status, headers, all) = self.post_all(&body).await;
+        let answer = all
+            .into_iter()
+            .find(|m| body.get("id").is_some() && m.get("id") == body.get("id"));
+        (status, headers, answer)
+    }
+
+    /// POSTs `body`; the status, headers and every message of the reply.
+    async fn post_all(&self, body: &Value) -> (StatusCode, http::HeaderMap, Vec<Value>) {
         let mut req = self
             .stack
             .http
@@ -307,10 +326,7 @@ impl<'s> Session<'s> {
             .unwrap_or_default()
             .to_owned();
         let text = res.text().await.unwrap();
-        let answer = messages(&ct, &text)
-            .into_iter()
-            .find(|m| body.get("id").is_some() && m.get("id") == body.get("id"));
-        (status, headers, answer)
+        (status, headers, messages(&ct, &text))
     }
 
     async fn rpc(&mut self, method: &str, params: Value) -> Value {
@@ -489,4 +505,105 @@ async fn one_upstream_down_leaves_the_others_working() {
     let mut bob = Session::open(&stack, "bob").await;
     let tools = bob.names("tools/list", "tools", "name").await;
     assert!(tools.contains("demo__list_documents"), "{tools:?}");
+}
+
+/// A minimal MCP upstream over real HTTP whose one tool, `ask`, asks the client (an
+/// `elicitation/create` with id 7 on the call's SSE stream) before it answers; it records
+/// every JSON-RPC response it receives.
+async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let answers: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let seen = answers.clone();
+    let handler = move |body: String| {
+        let seen = seen.clone();
+        async move {
+            let m: Value = serde_json::from_str(&body).unwrap();
+            let json = |v: Value| {
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .header("mcp-session-id", "fake-session")
+                    .body(axum::body::Body::from(v.to_string()))
+                    .unwrap()
+            };
+            let id = m["id"].clone();
+            match m["method"].as_str() {
+                None => {
+                    seen.lock().unwrap().push(m);
+                    http::Response::builder()
+                        .status(202)
+                        .body(axum::body::Body::empty())
+                        .unwrap()
+                }
+                Some(_) if id.is_null() => http::Response::builder()
+                    .status(202)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+                Some("initialize") => json(json!({"jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "fake", "version": "1"}}})),
+                Some("tools/list") => {
+                    json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                    {"name": "ask", "inputSchema": {"type": "object"},
+                     "annotations": {"readOnlyHint": true}}]}}))
+                }
+                Some("tools/call") => {
+                    let ask = json!({"jsonrpc": "2.0", "id": 7, "method": "elicitation/create",
+                        "params": {"message": "proceed?", "requestedSchema": {"type": "object", "properties": {}}}});
+                    let done = json!({"jsonrpc": "2.0", "id": id, "result": {
+                        "content": [{"type": "text", "text": "asked"}]}});
+                    http::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from(format!(
+                            "id: e1\nevent: message\ndata: {ask}\n\nid: e2\nevent: message\ndata: {done}\n\n"
+                        )))
+                        .unwrap()
+                }
+                Some(_) => json(json!({"jsonrpc": "2.0", "id": id,
+                    "error": {"code": -32601, "message": "Method not found"}})),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let app = Router::new().route("/mcp", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
+    let (fake, answers) = eliciting_upstream().await;
+    let stack = stack_with(Some(fake)).await;
+    let alice = Session::open(&stack, "alice").await;
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "fake__ask", "arguments": {}}});
+    let (status, _, messages) = alice.post_all(&call).await;
+    assert_eq!(status, StatusCode::OK);
+    let ask = messages
+        .iter()
+        .find(|m| m["method"] == "elicitation/create")
+        .unwrap_or_else(|| panic!("no elicitation reached the caller: {messages:?}"));
+    assert_eq!(ask["id"], "fake:n7", "{ask}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["id"] == 9 && m["result"].is_object())
+    );
+    let (status, _, _) = alice
+        .post(json!({"jsonrpc": "2.0", "id": "fake:n7", "result": {"action": "accept", "content": {}}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let got = answers.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0]["id"], 7,
+        "the upstream gets its own id back: {got:?}"
+    );
+    // An answer naming no upstream goes nowhere.
+    let (status, _, _) = alice
+        .post(json!({"jsonrpc": "2.0", "id": "nobody:n7", "result": {}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answers.lock().unwrap().len(), 1);
 }
