@@ -21,8 +21,8 @@ pub struct Checked {
     pub server: ServerSettings,
     /// `[mcp]`, checked.
     pub mcp: McpSettings,
-    /// `[upstream]`, checked.
-    pub upstream: crate::gateway::UpstreamSettings,
+    /// `[upstream]` or `[[upstream]]`, checked.
+    pub upstream: crate::gateway::UpstreamsSettings,
     /// Where each key came from.
     pub origins: Origins,
 }
@@ -65,19 +65,41 @@ pub fn check_binary(
     let mut mcp = config.mcp.check(&mut problems);
     let upstream = config.upstream.check(&mut problems);
     if !dev {
-        if matches!(upstream, crate::gateway::UpstreamSettings::Obo(_)) && config.obo.is_none() {
-            problems.push(ConfigProblem::new(
-                "upstream.credential",
-                "`obo` exchanges the caller's token with idguard's own app: configure `[obo]` (its client secret or certificate)",
-            ));
+        use crate::gateway::{UpstreamSettings, UpstreamsSettings};
+        let (credentials, single): (Vec<(String, &UpstreamSettings)>, bool) = match &upstream {
+            UpstreamsSettings::One(_, c) => (vec![("upstream.credential".into(), c)], true),
+            UpstreamsSettings::Many(entries) => (
+                entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("upstream[{i}].credential"), &e.credential))
+                    .collect(),
+                false,
+            ),
+        };
+        for (key, credential) in credentials {
+            if matches!(credential, UpstreamSettings::Obo(_)) && config.obo.is_none() {
+                problems.push(ConfigProblem::new(
+                    key.clone(),
+                    "`obo` exchanges the caller's token with idguard's own app: configure `[obo]` (its client secret or certificate)",
+                ));
+            }
+            if single
+                && !matches!(credential, UpstreamSettings::None)
+                && server.upstream.is_none()
+            {
+                problems.push(ConfigProblem::new(
+                    key,
+                    "has no effect without `server.upstream` (gateway mode)",
+                ));
+            }
         }
-        if !matches!(upstream, crate::gateway::UpstreamSettings::None) && server.upstream.is_none()
-        {
-            problems.push(ConfigProblem::new(
-                "upstream.credential",
-                "has no effect without `server.upstream` (gateway mode)",
-            ));
-        }
+    }
+    if matches!(config.upstream, crate::gateway::Upstreams::Many(_)) && server.upstream.is_some() {
+        problems.push(ConfigProblem::new(
+            "server.upstream",
+            "not used with `[[upstream]]` entries: each entry names its own `url`",
+        ));
     }
     let resolved = if dev {
         None
@@ -146,5 +168,60 @@ pub fn check_binary(
         })
     } else {
         Err(ConfigError::from_problems(origins.rename(problems)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str, env: &[(&str, &str)]) -> Result<Checked, Vec<String>> {
+        let path = std::env::temp_dir().join(format!("idguard-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, toml).unwrap();
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        let checked = check_binary(Some(&path), env, &Overrides::default(), true);
+        let _ = std::fs::remove_file(&path);
+        checked.map_err(|e| e.problems().iter().map(|p| p.key().to_owned()).collect())
+    }
+
+    #[test]
+    fn upstream_entries_are_read_and_named_by_index() {
+        let entries = r#"
+            [[upstream]]
+            name = "github"
+            url = "http://127.0.0.1:9001/mcp"
+            [[upstream]]
+            name = "docs"
+            url = "http://127.0.0.1:9002/mcp"
+            idle_timeout = "1m"
+        "#;
+        let checked = problems(entries, &[]).unwrap();
+        let crate::gateway::UpstreamsSettings::Many(named) = checked.upstream else {
+            panic!("entries");
+        };
+        let names: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["github", "docs"]);
+
+        let bad = format!(
+            "[server]\nupstream = \"http://127.0.0.1:9/mcp\"\n{entries}\n[[upstream]]\nname = \"docs\"\nnme = \"x\"\n"
+        );
+        let keys = problems(&bad, &[("IDGUARD_UPSTREAM_TIMEOUT", "5s")]).unwrap_err();
+        assert_eq!(
+            keys,
+            [
+                "IDGUARD_UPSTREAM_TIMEOUT",
+                "upstream[2].nme",
+                "upstream[2].name",
+                "upstream[2].url",
+                "server.upstream"
+            ]
+        );
+
+        // A single `[upstream]` table reads as before.
+        let one = problems("[upstream]\ncredential = \"none\"\nname = \"solo\"\n", &[]).unwrap();
+        assert!(matches!(
+            one.upstream,
+            crate::gateway::UpstreamsSettings::One(Some(ref n), crate::gateway::UpstreamSettings::None) if n == "solo"
+        ));
     }
 }

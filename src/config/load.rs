@@ -149,6 +149,11 @@ impl IdGuardConfig {
                 table.remove(&name);
                 let hint = suggestion(&name, SECTIONS.iter().copied());
                 problems.push(ConfigProblem::new(name, format!("unknown section{hint}")));
+            } else if name == "upstream"
+                && let Some(toml::Value::Array(entries)) = table.get(&name)
+                && entries.iter().all(toml::Value::is_table)
+            {
+                // `[[upstream]]` entries: checked one by one below.
             } else if !table.get(&name).is_some_and(toml::Value::is_table) {
                 table.remove(&name);
                 let message = format!("must be a section: `[{name}]` and its keys");
@@ -195,26 +200,45 @@ impl IdGuardConfig {
                 toml::Value::String(value.clone())
             };
             let dotted = format!("{section}.{key}");
-            origins.env.insert(dotted.clone(), name);
+            origins.env.insert(dotted.clone(), name.clone());
             raw_env.insert(dotted, value);
-            if let toml::Value::Table(sec) = table
+            match table
                 .entry(section.to_owned())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             {
-                sec.insert(key.to_owned(), parsed);
+                toml::Value::Table(sec) => {
+                    sec.insert(key.to_owned(), parsed);
+                }
+                _ => problems.push(ConfigProblem::new(
+                    name.clone(),
+                    "cannot set a key of `[[upstream]]` entries: write it in the file's entry",
+                )),
             }
         }
         // Then every key on its own: unknown keys and type errors are all reported, and
         // left out so that the rest can still be checked.
+        let mut tables: Vec<(String, &mut toml::Table)> = Vec::new();
         for (section, value) in &mut table {
-            let Some(keys) = value.as_table_mut() else {
-                continue;
-            };
+            match value {
+                toml::Value::Table(keys) => tables.push((section.clone(), keys)),
+                toml::Value::Array(entries) => {
+                    for (i, entry) in entries.iter_mut().enumerate() {
+                        if let toml::Value::Table(keys) = entry {
+                            tables.push((format!("{section}[{i}]"), keys));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (section, keys) in tables {
+            let section = section.as_str();
+            let kind = section.split('[').next().unwrap_or(section);
             let names: Vec<String> = keys.keys().cloned().collect();
             for key in names {
                 let dotted = format!("{section}.{key}");
                 let Some(v) = keys.get(&key) else { continue };
-                let Err(message) = check_key(section, &key, v) else {
+                let Err(message) = check_key(kind, &key, v) else {
                     continue;
                 };
                 // A variable's value that read as a number or boolean may be a string.
@@ -223,7 +247,7 @@ impl IdGuardConfig {
                     && !v.is_array()
                 {
                     let text = toml::Value::String(raw.clone());
-                    if check_key(section, &key, &text).is_ok() {
+                    if check_key(kind, &key, &text).is_ok() {
                         keys.insert(key, text);
                         continue;
                     }

@@ -64,9 +64,10 @@ pub struct IdGuardConfig {
     /// The OAuth proxy for MCP clients (`[oauth]`); off when absent.
     #[serde(default)]
     pub oauth: Option<OAuthConfig>,
-    /// What the gateway's upstream receives to know who is calling (`[upstream]`).
+    /// The gateway's upstream: what it receives to know who is calling (`[upstream]`), or
+    /// several upstreams behind one endpoint (`[[upstream]]` entries).
     #[serde(default)]
-    pub upstream: crate::gateway::UpstreamConfig,
+    pub upstream: crate::gateway::Upstreams,
     /// The Redis server replicas share (`[store]`); in-memory stores when absent.
     #[serde(default)]
     pub store: Option<StoreConfig>,

@@ -273,13 +273,7 @@ impl ServerConfig {
             ));
         }
         let upstream = self.upstream.as_deref().and_then(|text| {
-            let parsed = url::Url::parse(text.trim()).ok().filter(|u| {
-                matches!(u.scheme(), "http" | "https")
-                    && u.host_str().is_some_and(|h| !h.is_empty())
-                    && u.fragment().is_none()
-                    && u.username().is_empty()
-                    && u.password().is_none()
-            });
+            let parsed = crate::gateway::upstream_url(text);
             if parsed.is_none() {
                 problems.push(ConfigProblem::new(
                     "server.upstream",

@@ -47,6 +47,20 @@ pub struct UpstreamConfig {
     pub header: Option<String>,
     /// `static`: a file holding the header's value (a secret).
     pub value_file: Option<PathBuf>,
+    /// The upstream's name (`[a-z0-9-]`, at most 32 characters): required in `[[upstream]]`
+    /// entries, where it prefixes the upstream's tool and prompt names
+    /// (`<name>__<tool>`); optional for a single `[upstream]`, where it makes
+    /// `Server::"<name>"` the parent of every item (names unchanged).
+    pub name: Option<String>,
+    /// `[[upstream]]` entries: the upstream's MCP endpoint URL (a single upstream's is
+    /// `server.upstream`).
+    pub url: Option<String>,
+    /// `[[upstream]]` entries: as `server.upstream_connect_timeout`, for this upstream.
+    pub connect_timeout: Option<String>,
+    /// `[[upstream]]` entries: as `server.upstream_timeout`, for this upstream.
+    pub timeout: Option<String>,
+    /// `[[upstream]]` entries: as `server.upstream_idle_timeout`, for this upstream.
+    pub idle_timeout: Option<String>,
 }
 
 /// `[upstream]`, checked.
@@ -397,6 +411,177 @@ impl UpstreamConfig {
     }
 }
 
+/// `[upstream]` (one upstream, at `server.upstream`) or `[[upstream]]` entries (several
+/// behind one endpoint, each with its `name` and `url`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Upstreams {
+    /// A single `[upstream]` table.
+    One(Box<UpstreamConfig>),
+    /// `[[upstream]]` entries.
+    Many(Vec<UpstreamConfig>),
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::One(Box::default())
+    }
+}
+
+/// One `[[upstream]]` entry, checked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NamedUpstream {
+    /// `name`.
+    pub name: String,
+    /// `url`.
+    pub url: url::Url,
+    /// The credential keys.
+    pub credential: UpstreamSettings,
+    /// `connect_timeout`, when set.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `timeout`, when set.
+    pub timeout: Option<std::time::Duration>,
+    /// `idle_timeout`, when set.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// `[upstream]` or `[[upstream]]`, checked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum UpstreamsSettings {
+    /// `[upstream]`: its name, if any, and its credential.
+    One(Option<String>, UpstreamSettings),
+    /// `[[upstream]]` entries, in order.
+    Many(Vec<NamedUpstream>),
+}
+
+impl Default for UpstreamsSettings {
+    fn default() -> Self {
+        Self::One(None, UpstreamSettings::None)
+    }
+}
+
+/// Longest upstream name.
+const MAX_NAME: usize = 32;
+
+impl Upstreams {
+    /// Checks every key (`upstream.scopes`, `upstream[1].name`, …).
+    pub(crate) fn check(&self, problems: &mut Vec<ConfigProblem>) -> UpstreamsSettings {
+        match self {
+            Self::One(one) => {
+                for (key, set) in [
+                    ("url", one.url.is_some()),
+                    ("connect_timeout", one.connect_timeout.is_some()),
+                    ("timeout", one.timeout.is_some()),
+                    ("idle_timeout", one.idle_timeout.is_some()),
+                ] {
+                    if set {
+                        problems.push(ConfigProblem::new(
+                            format!("upstream.{key}"),
+                            format!("only in `[[upstream]]` entries: a single upstream's is `server.upstream{}`", if key == "url" { String::new() } else { format!("_{key}") }),
+                        ));
+                    }
+                }
+                let name = one.name.as_ref().map(|n| {
+                    check_name("upstream.name", n, problems);
+                    n.clone()
+                });
+                UpstreamsSettings::One(name, one.check(problems))
+            }
+            Self::Many(entries) => {
+                if entries.is_empty() {
+                    problems.push(ConfigProblem::new(
+                        "upstream",
+                        "has no entries: write `[[upstream]]` tables with `name` and `url`",
+                    ));
+                }
+                let mut named = Vec::new();
+                for (i, entry) in entries.iter().enumerate() {
+                    let at = format!("upstream[{i}]");
+                    let mut own = Vec::new();
+                    let credential = entry.check(&mut own);
+                    problems.extend(own.into_iter().map(|p| {
+                        let key = p.key().replacen("upstream.", &format!("{at}."), 1);
+                        ConfigProblem::new(key, p.message().to_owned())
+                    }));
+                    let name = match &entry.name {
+                        None => {
+                            problems.push(ConfigProblem::new(
+                                format!("{at}.name"),
+                                "required in `[[upstream]]` entries: a short name like `github` (it prefixes the upstream's tool and prompt names)",
+                            ));
+                            None
+                        }
+                        Some(n) => {
+                            check_name(&format!("{at}.name"), n, problems);
+                            if entries.iter().take(i).any(|e| e.name.as_ref() == Some(n)) {
+                                problems.push(ConfigProblem::new(
+                                    format!("{at}.name"),
+                                    format!(
+                                        "`{n}` names an earlier entry too: names must be unique"
+                                    ),
+                                ));
+                            }
+                            Some(n.clone())
+                        }
+                    };
+                    let url = match &entry.url {
+                        None => {
+                            problems.push(ConfigProblem::new(
+                                format!("{at}.url"),
+                                "required in `[[upstream]]` entries: the upstream's MCP endpoint, e.g. `http://127.0.0.1:9000/mcp`",
+                            ));
+                            None
+                        }
+                        Some(text) => {
+                            let url = upstream_url(text);
+                            if url.is_none() {
+                                problems.push(ConfigProblem::new(
+                                    format!("{at}.url"),
+                                    format!("`{text}` must be an http or https URL with a host, e.g. `http://127.0.0.1:9000/mcp`"),
+                                ));
+                            }
+                            url
+                        }
+                    };
+                    let mut duration = |key: &str, value: &Option<String>| {
+                        let text = value.as_ref()?;
+                        match crate::setting::parse_duration(text) {
+                            Ok(d) if !d.is_zero() => Some(d),
+                            Ok(_) => {
+                                problems.push(ConfigProblem::new(
+                                    format!("{at}.{key}"),
+                                    "must be more than zero",
+                                ));
+                                None
+                            }
+                            Err(m) => {
+                                problems.push(ConfigProblem::new(format!("{at}.{key}"), m));
+                                None
+                            }
+                        }
+                    };
+                    let connect_timeout = duration("connect_timeout", &entry.connect_timeout);
+                    let timeout = duration("timeout", &entry.timeout);
+                    let idle_timeout = duration("idle_timeout", &entry.idle_timeout);
+                    if let (Some(name), Some(url)) = (name, url) {
+                        named.push(NamedUpstream {
+                            name,
+                            url,
+                            credential,
+                            connect_timeout,
+                            timeout,
+                            idle_timeout,
+                        });
+                    }
+                }
+                UpstreamsSettings::Many(named)
+            }
+        }
+    }
+}
+
 /// Reads `upstream.key_file`, a PKCS#8 P-256 private key.
 fn read_key(
     path: &std::path::Path,
@@ -425,6 +610,33 @@ fn read_key(
     }
 }
 
+/// An upstream's MCP endpoint: http or https, with a host, no fragment or credentials.
+pub(crate) fn upstream_url(text: &str) -> Option<url::Url> {
+    url::Url::parse(text.trim()).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.fragment().is_none()
+            && u.username().is_empty()
+            && u.password().is_none()
+    })
+}
+
+fn check_name(key: &str, name: &str, problems: &mut Vec<ConfigProblem>) {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        problems.push(ConfigProblem::new(
+            key,
+            format!(
+                "`{name}` must be 1 to {MAX_NAME} characters of `a-z`, `0-9` and `-`, like `github`"
+            ),
+        ));
+    }
+}
+
 /// Headers a `static` credential may not replace.
 const FORBIDDEN: [&str; 12] = [
     "host",
@@ -449,6 +661,75 @@ mod tests {
         let mut p = Vec::new();
         c.check(&mut p);
         p.iter().map(|p| p.key().to_owned()).collect()
+    }
+
+    fn many(toml: &str) -> (Vec<String>, UpstreamsSettings) {
+        #[derive(Deserialize)]
+        struct File {
+            upstream: Upstreams,
+        }
+        let file: File = toml::from_str(toml).unwrap();
+        let mut p = Vec::new();
+        let settings = file.upstream.check(&mut p);
+        (p.iter().map(|p| p.key().to_owned()).collect(), settings)
+    }
+
+    #[test]
+    fn upstream_entries_are_checked_by_index() {
+        let (problems, settings) = many(
+            r#"
+            [[upstream]]
+            name = "github"
+            url = "http://127.0.0.1:9001/mcp"
+            timeout = "30s"
+            [[upstream]]
+            name = "docs"
+            url = "http://127.0.0.1:9002/mcp"
+            credential = "obo"
+            scopes = ["api://docs/.default"]
+            "#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let UpstreamsSettings::Many(entries) = settings else {
+            panic!("entries")
+        };
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].name, "github");
+        assert_eq!(entries[0].timeout, Some(std::time::Duration::from_secs(30)));
+        assert!(matches!(entries[1].credential, UpstreamSettings::Obo(_)));
+
+        let (problems, _) = many(
+            r#"
+            [[upstream]]
+            name = "GitHub"
+            url = "ftp://x"
+            [[upstream]]
+            url = "http://127.0.0.1:9/mcp"
+            credential = "obo"
+            timeout = "soon"
+            [[upstream]]
+            name = "docs"
+            url = "http://127.0.0.1:9/mcp"
+            [[upstream]]
+            name = "docs"
+            url = "http://127.0.0.1:9/mcp"
+            "#,
+        );
+        assert_eq!(
+            problems,
+            [
+                "upstream[0].name",
+                "upstream[0].url",
+                "upstream[1].scopes",
+                "upstream[1].name",
+                "upstream[1].timeout",
+                "upstream[3].name",
+            ]
+        );
+        // A single table keeps today's keys; entry-only keys are named.
+        let (problems, settings) = many("[upstream]\nname = \"solo\"\nurl = \"http://x/mcp\"\n");
+        assert_eq!(problems, ["upstream.url"]);
+        assert!(matches!(settings, UpstreamsSettings::One(Some(n), _) if n == "solo"));
     }
 
     #[test]

@@ -44,8 +44,14 @@ use crate::error::{Rejection, RejectionKind};
 mod config;
 mod credential;
 mod exchange;
+mod many;
 
-pub use config::{ExchangeSettings, UpstreamConfig, UpstreamSettings};
+pub(crate) use config::upstream_url;
+pub use config::{
+    ExchangeSettings, NamedUpstream, UpstreamConfig, UpstreamSettings, Upstreams,
+    UpstreamsSettings,
+};
+pub use many::{Gateways, UPSTREAM_UNAVAILABLE_CODE};
 
 pub use credential::{
     ASSERTION_LIFETIME, ASSERTION_SKEW, AssertionKeyError, IdentityAssertion, JWKS_PATH,

@@ -155,6 +155,7 @@ pub(crate) struct Names {
     tool: EntityTypeName,
     resource: EntityTypeName,
     prompt: EntityTypeName,
+    server: EntityTypeName,
     call_tool: EntityUid,
     read_resource: EntityUid,
     get_prompt: EntityUid,
@@ -174,6 +175,7 @@ impl Names {
             tool: t("Tool")?,
             resource: t("McpResource")?,
             prompt: t("Prompt")?,
+            server: t("Server")?,
             call_tool: a("call_tool"),
             read_resource: a("read_resource"),
             get_prompt: a("get_prompt"),
@@ -217,15 +219,34 @@ pub(crate) fn scene(
     principal: &Principal,
     items: &[Item],
     server: &str,
+    servers: Option<&super::Servers>,
 ) -> Result<Scene, String> {
     let (principal_uid, mut entities) = principal_entities(names, principal)?;
     let caller: HashSet<EntityUid> = entities.iter().map(|e| e.uid()).collect();
     let mut seen = HashSet::new();
     let mut resources = Vec::with_capacity(items.len());
     for item in items {
-        let (uid, entity) = item_entity(names, item, server)?;
+        // A named server's item: its `server` is that name, and `Server::"<name>"` its parent.
+        let named = servers.and_then(|s| s.server_of(item));
+        // Behind several servers, an item none of them owns is no item: denied, and (an
+        // error) never cached, so a later claim is decided afresh.
+        if named.is_none() && servers.is_some_and(|s| !s.is_single()) {
+            return Err(format!("`{}` belongs to no upstream", item.id()));
+        }
+        let (uid, entity) = item_entity(
+            names,
+            item,
+            named.as_deref().unwrap_or(server),
+            named.is_some(),
+        )?;
         if seen.insert(uid.clone()) {
             entities.push(entity);
+        }
+        if let Some(name) = named {
+            let parent = Names::uid(&names.server, &name);
+            if seen.insert(parent.clone()) {
+                entities.push(Entity::new_no_attrs(parent, HashSet::new()));
+            }
         }
         resources.push(uid);
     }
@@ -337,7 +358,12 @@ fn principal_entities(names: &Names, p: &Principal) -> Result<(EntityUid, Vec<En
     Ok((uid, out))
 }
 
-fn item_entity(names: &Names, item: &Item, server: &str) -> Result<(EntityUid, Entity), String> {
+fn item_entity(
+    names: &Names,
+    item: &Item,
+    server: &str,
+    parent: bool,
+) -> Result<(EntityUid, Entity), String> {
     let mut attrs: HashMap<String, RestrictedExpression> = HashMap::new();
     attrs.insert("server".into(), string(server));
     let uid = match item {
@@ -367,7 +393,12 @@ fn item_entity(names: &Names, item: &Item, server: &str) -> Result<(EntityUid, E
         }
         Item::Prompt(p) => Names::uid(&names.prompt, &p.name),
     };
-    let entity = Entity::new(uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+    let parents = if parent {
+        HashSet::from([Names::uid(&names.server, server)])
+    } else {
+        HashSet::new()
+    };
+    let entity = Entity::new(uid.clone(), attrs, parents).map_err(|e| e.to_string())?;
     Ok((uid, entity))
 }
 

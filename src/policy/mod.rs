@@ -51,6 +51,7 @@ pub mod cases;
 mod entities;
 mod reload;
 pub mod review;
+mod servers;
 mod shadow;
 mod slice;
 mod store;
@@ -68,6 +69,7 @@ use serde::{Deserialize, Serialize};
 pub use arguments::{ARGUMENTS_SCHEMA_FILE, generate_arguments_schema};
 pub use entities::{Item, PromptInfo, ResourceInfo, ToolInfo};
 pub use reload::PolicyWatch;
+pub use servers::{SERVER_SEPARATOR, Servers};
 pub use shadow::{Disagreement, ItemDisagreements, OTHER_ITEMS, ShadowStats};
 pub use store::{PolicyLoadError, PolicyProblem};
 pub use trace::{
@@ -306,6 +308,8 @@ pub struct PolicyEngine {
 struct Inner {
     dir: Option<PathBuf>,
     server: String,
+    /// The named servers whose items this engine judges, if any.
+    servers: Option<Servers>,
     snapshot: ArcSwap<Snapshot>,
     next_epoch: AtomicU64,
     reload_lock: Mutex<()>,
@@ -332,6 +336,7 @@ impl Inner {
         if let Some(theirs) = Arc::get_mut(&mut shadow.inner)
             && theirs.server == self.server
         {
+            theirs.servers.clone_from(&self.servers);
             theirs.scenes = self.scenes.clone();
         }
         self.shadow = Some(Shadow::new(shadow));
@@ -405,6 +410,7 @@ impl PolicyEngine {
             inner: Arc::new(Inner {
                 dir,
                 server: "default".to_owned(),
+                servers: None,
                 snapshot: ArcSwap::from_pointee(snapshot),
                 next_epoch: AtomicU64::new(2),
                 reload_lock: Mutex::new(()),
@@ -431,6 +437,28 @@ impl PolicyEngine {
                 let engine = shadow.engine.with_server_name(inner.server.clone());
                 inner.shadow = Some(Shadow::new(engine));
             }
+        }
+        self
+    }
+
+    /// Judges the items of named MCP servers: each item [`servers`](Servers) attributes
+    /// to a server gets `Server::"<name>"` as its parent and that name as its `server`
+    /// attribute, so policies can say `resource in Server::"github"`. Items of no named
+    /// server keep [`with_server_name`](Self::with_server_name)'s name and no parent. Call
+    /// before sharing the engine (a shadow set takes the same servers).
+    #[must_use]
+    pub fn with_servers(mut self, servers: Servers) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.servers = Some(servers);
+                if let Some(shadow) = inner.shadow.take() {
+                    inner.attach_shadow(shadow.engine);
+                }
+            }
+            None => tracing::error!(
+                target: "idguard::policy",
+                "servers were given to an engine already in use; they are ignored"
+            ),
         }
         self
     }
@@ -1027,11 +1055,22 @@ impl PolicyEngine {
         let scene = match items {
             // Single decisions repeat (a caller calling a tool again): reuse the entities.
             [item] => self.inner.scenes.get(principal, item, || {
-                entities::scene(&snapshot.names, principal, items, &self.inner.server)
+                entities::scene(
+                    &snapshot.names,
+                    principal,
+                    items,
+                    &self.inner.server,
+                    self.inner.servers.as_ref(),
+                )
             }),
-            _ => {
-                entities::scene(&snapshot.names, principal, items, &self.inner.server).map(Arc::new)
-            }
+            _ => entities::scene(
+                &snapshot.names,
+                principal,
+                items,
+                &self.inner.server,
+                self.inner.servers.as_ref(),
+            )
+            .map(Arc::new),
         };
         let requests = scene.and_then(|scene| {
             let requests = entities::requests(

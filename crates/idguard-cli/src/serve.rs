@@ -26,9 +26,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::metrics::Metrics;
-use idguard::gateway::Gateway;
+use idguard::gateway::{Gateway, Gateways, UpstreamsSettings};
 use idguard::mcp::{AuthorizeMcpLayer, Denials, McpCacheCapacities, UnknownMethods};
-use idguard::policy::PolicyEngine;
+use idguard::policy::{PolicyEngine, Servers};
 use idguard::{IdGuard, Principal, StartupError};
 use idguard::{IdGuardConfig, ResolvedConfig};
 use idguard_dev::demo::DemoServer;
@@ -120,6 +120,22 @@ fn configured_by_env() -> Vec<String> {
 enum Inner {
     Demo,
     Upstream(reqwest::Url),
+    /// `[[upstream]]` entries: several upstreams behind one endpoint.
+    Many(Vec<idguard::gateway::NamedUpstream>),
+}
+
+impl Inner {
+    /// What the banner says is served.
+    fn describe(&self) -> String {
+        match self {
+            Self::Demo => "demo tools".to_owned(),
+            Self::Upstream(url) => format!("gateway to {url}"),
+            Self::Many(entries) => {
+                let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+                format!("gateway to upstreams {}", names.join(", "))
+            }
+        }
+    }
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
@@ -179,9 +195,18 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let denials = mcp_settings.denials;
     let unknown_methods = mcp_settings.unknown_methods;
     let policy_caches = mcp_settings.policy_caches;
-    let inner = match &server.upstream {
-        None => Inner::Demo,
-        Some(url) => Inner::Upstream(url.clone()),
+    let inner = match (&server.upstream, &upstream_settings) {
+        (_, UpstreamsSettings::Many(entries)) => Inner::Many(entries.clone()),
+        (None, _) => Inner::Demo,
+        (Some(url), _) => Inner::Upstream(url.clone()),
+    };
+    // Each item's server: `[[upstream]]` names, or the single upstream's name if any.
+    let servers = match (&inner, &upstream_settings) {
+        (Inner::Many(entries), _) => Some(Servers::new(entries.iter().map(|e| e.name.clone()))),
+        (Inner::Upstream(_), UpstreamsSettings::One(Some(name), _)) => {
+            Some(Servers::single(name.clone()))
+        }
+        _ => None,
     };
     // Policies do not depend on the identity provider: a broken directory stops the start.
     let policies = PolicyEngine::from_dir(&policy_dir)
@@ -192,6 +217,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             )
         })?
         .with_cache_capacities(policy_caches);
+    let policies = match &servers {
+        Some(servers) => policies.with_servers(servers.clone()),
+        None => policies,
+    };
     let shadow_dir = args
         .shadow_policies
         .clone()
@@ -235,6 +264,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         mcp_path: mcp_path.clone(),
         server: server.clone(),
         upstream: upstream_settings,
+        servers,
         config: config.clone(),
         dev,
     };
@@ -261,7 +291,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             &mcp_path,
             &policy_dir,
             denials,
-            server.upstream.as_ref(),
+            &app_parts.inner.describe(),
         )?;
         Some(entra)
     } else {
@@ -289,6 +319,15 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
                     match &app_parts.inner {
                         Inner::Upstream(url) => {
                             println!("idguard: gateway {base}{} -> {url}", app_parts.mcp_path);
+                        }
+                        Inner::Many(entries) => {
+                            let names: Vec<&str> =
+                                entries.iter().map(|e| e.name.as_str()).collect();
+                            println!(
+                                "idguard: gateway {base}{} -> upstreams {}",
+                                app_parts.mcp_path,
+                                names.join(", ")
+                            );
                         }
                         Inner::Demo => {
                             println!("idguard: demo tools at {base}{}", app_parts.mcp_path);
@@ -454,8 +493,10 @@ struct AppParts {
     inner: Inner,
     mcp_path: String,
     server: idguard::internals::ServerSettings,
-    /// `[upstream]`: what the gateway's upstream receives.
-    upstream: idguard::gateway::UpstreamSettings,
+    /// `[upstream]` or `[[upstream]]`: what the gateway's upstreams receive.
+    upstream: UpstreamsSettings,
+    /// The named servers whose items the policies judge, if any.
+    servers: Option<Servers>,
     config: IdGuardConfig,
     dev: bool,
 }
@@ -498,17 +539,31 @@ impl AppParts {
             health: self.health.clone(),
             entra,
         };
-        let credential = self.upstream.credential(guard.config().resource())?;
-        let jwks = credential
-            .assertion()
-            .map(idguard::gateway::IdentityAssertion::jwks);
+        let resource = guard.config().resource();
+        let credentials = match &self.upstream {
+            UpstreamsSettings::Many(entries) => entries
+                .iter()
+                .map(|e| e.credential.credential(resource))
+                .collect::<Result<Vec<_>, _>>()?,
+            UpstreamsSettings::One(_, settings) => vec![settings.credential(resource)?],
+            _ => Vec::new(),
+        };
+        // The public keys of the identity assertions the upstreams receive, in one set.
+        let keys: Vec<serde_json::Value> = credentials
+            .iter()
+            .filter_map(idguard::gateway::UpstreamCredential::assertion)
+            .filter_map(|a| a.jwks().get("keys").and_then(|k| k.as_array()).cloned())
+            .flatten()
+            .collect();
+        let jwks = (!keys.is_empty()).then(|| serde_json::json!({ "keys": keys }));
         let mcp_service = mcp_router(
             guard,
             mcp_layer,
             &self.inner,
             &self.mcp_path,
             &self.server,
-            credential,
+            credentials,
+            self.servers.clone(),
         )?;
         let mut app = Router::new()
             .route(
@@ -549,7 +604,8 @@ fn mcp_router(
     inner: &Inner,
     path: &str,
     server: &idguard::internals::ServerSettings,
-    credential: idguard::gateway::UpstreamCredential,
+    credentials: Vec<idguard::gateway::UpstreamCredential>,
+    servers: Option<Servers>,
 ) -> Result<Router<AppState>, Box<dyn Error>> {
     let layers = ServiceBuilder::new()
         .layer(guard.validate_token_layer())
@@ -578,11 +634,31 @@ fn mcp_router(
             let client = reqwest::Client::builder()
                 .connect_timeout(server.upstream_connect_timeout)
                 .build()?;
+            let credential = credentials.into_iter().next().unwrap_or_default();
             let gateway = Gateway::new(url.clone(), client)
                 .with_response_timeout(server.upstream_timeout)
                 .with_idle_timeout(server.upstream_idle_timeout)
                 .with_credential(credential);
             Router::new().nest_service(path, layers.service(gateway))
+        }
+        Inner::Many(entries) => {
+            let mut upstreams = Vec::with_capacity(entries.len());
+            for (entry, credential) in entries.iter().zip(credentials) {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(
+                        entry
+                            .connect_timeout
+                            .unwrap_or(server.upstream_connect_timeout),
+                    )
+                    .build()?;
+                let gateway = Gateway::new(entry.url.clone(), client)
+                    .with_response_timeout(entry.timeout.unwrap_or(server.upstream_timeout))
+                    .with_idle_timeout(entry.idle_timeout.unwrap_or(server.upstream_idle_timeout))
+                    .with_credential(credential);
+                upstreams.push((entry.name.clone(), gateway));
+            }
+            let servers = servers.ok_or("several upstreams without their names")?;
+            Router::new().nest_service(path, layers.service(Gateways::new(upstreams, servers)))
         }
     })
 }
@@ -931,9 +1007,8 @@ fn print_dev_banner(
     mcp_path: &str,
     policies: &Path,
     denials: Denials,
-    upstream: Option<&reqwest::Url>,
+    serves: &str,
 ) -> Result<(), Box<dyn Error>> {
-    let serves = upstream.map_or_else(|| "demo tools".to_owned(), |u| format!("gateway to {u}"));
     let lifetime = Duration::from_secs(8 * 3600);
     let alice = entra.token_for("alice")?.lifetime(lifetime).mint()?;
     let bob = entra.token_for("bob")?.lifetime(lifetime).mint()?;

@@ -22,7 +22,8 @@ use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
 use common::{
-    DemoService, Proc, ROOT, Workdir, demo_service, health, idguard, metrics, tool_names,
+    DemoService, Proc, ROOT, Workdir, demo_service, health, idguard, mcp_post, messages, metrics,
+    tool_names,
 };
 use idguard_dev::DevEntra;
 use serde_json::{Value, json};
@@ -294,6 +295,57 @@ async fn gateway_mode_filters_streams_and_never_forwards_the_token() {
         0,
         "the caller's token reached upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_entries_serve_several_upstreams_behind_one_endpoint() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let (first, first_url) = start_upstream().await;
+    let (second, second_url) = start_upstream().await;
+    let dir = Workdir::with_policies("bin-many");
+    let entries = format!(
+        "\n[[upstream]]\nname = \"one\"\nurl = \"{first_url}\"\n\n[[upstream]]\nname = \"two\"\nurl = \"{second_url}\"\ntimeout = \"30s\"\n"
+    );
+    dir.write(
+        "idguard.toml",
+        &(common::config_toml(entra.url(), &entra, "", "") + &entries),
+    );
+    let mut proc = Proc::spawn(&["--port", "0"], &dir);
+    let line = proc.line("idguard: gateway ");
+    assert!(line.ends_with("-> upstreams one, two"), "{line}");
+    let url = line.split(" -> ").next().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    for (user, per_upstream) in [("alice", 6), ("bob", 4)] {
+        let token = entra.token_for(user).unwrap().mint().unwrap();
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "binary-test", "version": "1"}}});
+        let res = mcp_post(&http, &url, &token, &init).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let session = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let res = mcp_post(&http, &url, &token, &list)
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+        let text = res.text().await.unwrap();
+        let reply = messages(&text).find(|v| v["id"] == 1).unwrap();
+        let names: BTreeSet<&str> = reply["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2 * per_upstream, "{user}: {names:?}");
+        assert!(names.contains("one__list_documents") && names.contains("two__list_documents"));
+    }
+    proc.sigterm();
+    assert!(proc.wait(Duration::from_secs(30)).success());
+    for upstream in [first, second] {
+        assert!(upstream.requests.load(Ordering::SeqCst) >= 2);
+        assert_eq!(upstream.authorized.load(Ordering::SeqCst), 0);
+    }
 }
 
 /// `idguard config check` on `text`: success, and what it printed.

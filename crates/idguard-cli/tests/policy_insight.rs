@@ -900,7 +900,7 @@ async fn admin_decisions_streams_with_shadow_answers_to_admins_only() {
 
     let health = health(&http, &base).await;
     assert_eq!(health["shadow_policy"]["epoch"], 1, "{health}");
-    assert_eq!(health["shadow_policy"]["policies"], 10, "{health}");
+    assert_eq!(health["shadow_policy"]["policies"], 11, "{health}");
 
     let admin = format!("{base}/admin/decisions");
     let status = |res: reqwest::Response| res.status().as_u16();

@@ -1,0 +1,856 @@
+//! Several upstreams behind one MCP endpoint: [`Gateways`].
+//!
+//! About 850 lines, a third of them the type's documentation: sessions, lists and routing
+//! share the session state; `wire.rs` holds what reads and writes the bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Map, Value, json};
+use tower_service::Service;
+
+mod wire;
+
+use super::Gateway;
+use crate::error::{Rejection, RejectionKind};
+use crate::policy::Servers;
+use crate::principal::Principal;
+use wire::{
+    MAX_READ_BYTES, MCP_SESSION_ID, accepted, inward_id, json_reply, messages, rewrite_stream,
+    rpc_error, rpc_result, unavailable,
+};
+
+/// JSON-RPC code of a request routed to an upstream that does not answer; the message and
+/// `data.server` name the server.
+pub const UPSTREAM_UNAVAILABLE_CODE: i64 = -32050;
+
+/// Pages of one upstream's list read at most.
+const MAX_PAGES: usize = 100;
+/// Sessions remembered (idle ones are forgotten after a day).
+const MAX_SESSIONS: u64 = 10_000;
+/// Routed request ids remembered per session, for cancellations.
+const ROUTED_PER_SESSION: usize = 1024;
+
+const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// Caller headers passed to the upstreams' gateways (which filter again).
+const PASSED: [HeaderName; 7] = [
+    header::USER_AGENT,
+    header::HOST,
+    MCP_PROTOCOL_VERSION,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("baggage"),
+];
+
+/// Several upstreams behind one MCP endpoint: a service that owns one
+/// [`Gateway`] per named upstream and sits where a single `Gateway` sits, inside
+/// `AuthorizeMcpLayer` (which still decides every request and filters every reply).
+///
+/// - **sessions**: idguard answers `initialize` itself after initializing each upstream
+///   with the caller's parameters (capabilities merged), and issues its own
+///   `Mcp-Session-Id` (which the layer binds to the caller, as for any server); behind it,
+///   one upstream session per caller session per upstream. The session also remembers its
+///   caller and answers anyone else `404`. An upstream down at `initialize` is initialized
+///   again when a later list reaches it;
+/// - **lists** (`tools/list`, `prompts/list`, `resources/list`,
+///   `resources/templates/list`): every reachable upstream's, all pages, merged into one
+///   page. Tool and prompt names become `<server>__<name>`; resource URIs and templates
+///   are kept, each claimed by the first server listing it ([`Servers`]): a URI another
+///   server already claimed is left out (fail closed). Claims are first made at
+///   `initialize` (each upstream's resource and template lists are read then), so that a
+///   read before any list is decided with its server; an unclaimed URI is refused. An
+///   upstream that does not answer is left out (its items disappear) and logged;
+/// - **routing**: `tools/call`, `prompts/get` (by prefix, sent with the original name),
+///   `resources/read`, `resources/subscribe`, `resources/unsubscribe` (by the URI's claim),
+///   `completion/complete` (by its reference). A call to an upstream that does not answer
+///   gets a JSON-RPC error naming the server ([`UPSTREAM_UNAVAILABLE_CODE`]); idguard's own
+///   refusal on the way (the upstream's credential: consent, a claims challenge) is
+///   answered as with one upstream; nothing that names no known server is sent anywhere;
+/// - **notifications**: `notifications/initialized` and `notifications/roots/list_changed`
+///   go to every upstream; `notifications/cancelled` to the upstream that got the request;
+///   others are dropped;
+/// - **server-to-client requests** (sampling, elicitation, roots) in an upstream's reply
+///   stream reach the caller with the id `<server>:n<id>` (or `:s<id>` for a string), so two
+///   upstreams' ids never collide; the caller's answer goes back to that server with its
+///   own id; an answer that names no server is dropped;
+/// - **not merged**: the standalone `GET` stream (`405`: MCP lets a server offer none;
+///   server-to-client messages then arrive on `POST` replies only), stream resumption
+///   (`Last-Event-ID`; event ids are removed), batches (`400`), tasks and the sessionless
+///   2026-07-28 era (`server/discover`, `subscriptions/listen`: `-32601`).
+#[derive(Clone, Debug)]
+pub struct Gateways {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: Vec<(Arc<str>, Gateway)>,
+    servers: Servers,
+    sessions: moka::sync::Cache<String, Arc<Session>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateways")
+            .field("servers", &self.servers)
+            .field("sessions", &self.sessions.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One caller session: its upstream sessions.
+struct Session {
+    owner: String,
+    /// `initialize`'s params, to initialize an upstream that was down.
+    init: Value,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// Upstream index → its session id (`""`: a sessionless upstream).
+    upstream: HashMap<usize, String>,
+    /// Request id (as JSON text) → the upstream it went to.
+    routed: VecDeque<(String, usize)>,
+}
+
+/// An upstream that did not answer usefully; with idguard's own refusal of the caller on
+/// the way to it (its credential: consent or a claims challenge for on-behalf-of, say).
+struct Down(Option<Rejection>);
+
+const DOWN: Down = Down(None);
+
+impl Gateways {
+    /// Routes to `upstreams` (name, gateway), whose items `servers` attributes; give the
+    /// same `servers` to the [`PolicyEngine`](crate::policy::PolicyEngine)
+    /// ([`with_servers`](crate::policy::PolicyEngine::with_servers)) so that policies see
+    /// each item's server. `servers` must name every upstream.
+    pub fn new(upstreams: impl IntoIterator<Item = (String, Gateway)>, servers: Servers) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                upstreams: upstreams
+                    .into_iter()
+                    .map(|(n, g)| (Arc::from(n), g))
+                    .collect(),
+                servers,
+                sessions: moka::sync::Cache::builder()
+                    .max_capacity(MAX_SESSIONS)
+                    .time_to_idle(Duration::from_secs(24 * 3600))
+                    .build(),
+            }),
+        }
+    }
+}
+
+fn owner_of(ext: &http::Extensions) -> Option<String> {
+    ext.get::<Principal>()
+        .map(|p| format!("{}/{}", p.tenant_id(), p.object_id()))
+}
+
+impl Gateways {
+    /// Sends `body` (a POST) to upstream `index` in `session`, with the caller's `headers`
+    /// and `ext`ensions (its credential needs them).
+    async fn send(
+        &self,
+        index: usize,
+        upstream_session: Option<&str>,
+        headers: &HeaderMap,
+        ext: &http::Extensions,
+        method: Method,
+        body: Bytes,
+    ) -> Result<Response<Body>, Down> {
+        let (name, gateway) = self.inner.upstreams.get(index).ok_or(DOWN)?;
+        let mut req = Request::new(Body::from(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = http::Uri::from_static("/");
+        *req.extensions_mut() = ext.clone();
+        let h = req.headers_mut();
+        for name in &PASSED {
+            if let Some(v) = headers.get(name) {
+                h.insert(name.clone(), v.clone());
+            }
+        }
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(id) = upstream_session
+            .filter(|s| !s.is_empty())
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            h.insert(MCP_SESSION_ID, id);
+        }
+        let Ok(res) = gateway.clone().call(req).await;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            tracing::warn!(target: "idguard::gateway", server = &**name, status = res.status().as_u16(), "upstream refused or unavailable");
+            let mut res = res;
+            let refusal = res.extensions_mut().remove::<Rejection>().filter(|r| {
+                !matches!(
+                    r.kind(),
+                    RejectionKind::BadGateway | RejectionKind::GatewayTimeout
+                )
+            });
+            Err(Down(refusal))
+        }
+    }
+
+    /// POSTs `message` to upstream `index` in its session `upstream`.
+    async fn post_to(
+        &self,
+        index: usize,
+        upstream: &str,
+        parts: &http::request::Parts,
+        message: &Value,
+    ) -> Result<Response<Body>, Down> {
+        let body = Bytes::from(message.to_string());
+        self.send(
+            index,
+            Some(upstream),
+            &parts.headers,
+            &parts.extensions,
+            Method::POST,
+            body,
+        )
+        .await
+    }
+
+    /// Sends a request to upstream `index` and reads its answer to `id`, whole.
+    async fn ask(
+        &self,
+        index: usize,
+        upstream_session: Option<&str>,
+        headers: &HeaderMap,
+        ext: &http::Extensions,
+        message: &Value,
+    ) -> Result<(Value, Option<String>), Down> {
+        let body = Bytes::from(message.to_string());
+        let res = self
+            .send(index, upstream_session, headers, ext, Method::POST, body)
+            .await?;
+        let session = res
+            .headers()
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let content_type = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = Limited::new(res.into_body(), MAX_READ_BYTES)
+            .collect()
+            .await
+            .map_err(|_| DOWN)?
+            .to_bytes();
+        let id = message.get("id").ok_or(DOWN)?;
+        let answer = messages(&content_type, &bytes)
+            .into_iter()
+            .find(|m| m.get("id") == Some(id) && m.get("method").is_none())
+            .ok_or(DOWN)?;
+        Ok((answer, session))
+    }
+
+    /// Initializes upstream `index` for a session; its session id and `initialize` result.
+    async fn initialize(
+        &self,
+        index: usize,
+        init: &Value,
+        headers: &HeaderMap,
+        ext: &http::Extensions,
+    ) -> Result<(String, Value), Down> {
+        let message = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init});
+        let (answer, session) = self.ask(index, None, headers, ext, &message).await?;
+        let result = answer.get("result").cloned().ok_or(DOWN)?;
+        let session = session.unwrap_or_default();
+        let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.send(
+            index,
+            Some(&session),
+            headers,
+            ext,
+            Method::POST,
+            Bytes::from(done.to_string()),
+        )
+        .await?;
+        Ok((session, result))
+    }
+
+    /// The session id of upstream `index` in `session`, initializing it when missing.
+    async fn upstream_session(
+        &self,
+        index: usize,
+        session: &Session,
+        headers: &HeaderMap,
+        ext: &http::Extensions,
+    ) -> Result<String, Down> {
+        let known = lock(&session.state).upstream.get(&index).cloned();
+        if let Some(id) = known {
+            return Ok(id);
+        }
+        let (id, _) = self.initialize(index, &session.init, headers, ext).await?;
+        lock(&session.state).upstream.insert(index, id.clone());
+        Ok(id)
+    }
+
+    fn forget(&self, index: usize, session: &Session) {
+        lock(&session.state).upstream.remove(&index);
+    }
+
+    async fn open(
+        &self,
+        id: &Value,
+        message: &Value,
+        parts: &http::request::Parts,
+    ) -> Response<Body> {
+        let Some(owner) = owner_of(&parts.extensions) else {
+            return Rejection::new(RejectionKind::Internal, None).into_response();
+        };
+        let init = message.get("params").cloned().unwrap_or_else(|| json!({}));
+        let answers = futures_util::future::join_all((0..self.inner.upstreams.len()).map(|i| {
+            let init = &init;
+            async move {
+                (
+                    i,
+                    self.initialize(i, init, &parts.headers, &parts.extensions)
+                        .await,
+                )
+            }
+        }))
+        .await;
+        let mut state = SessionState::default();
+        let mut capabilities = Map::new();
+        let mut version = None;
+        for (i, answer) in answers {
+            let Ok((session, result)) = answer else {
+                continue;
+            };
+            state.upstream.insert(i, session);
+            if version.is_none() {
+                version = result.get("protocolVersion").cloned();
+            }
+            if let Some(Value::Object(caps)) = result.get("capabilities") {
+                for key in ["tools", "resources", "prompts", "logging", "completions"] {
+                    if caps.contains_key(key) {
+                        capabilities.insert(key.into(), json!({}));
+                    }
+                }
+            }
+        }
+        // Resources are attributed by claims: made now, so that a read before any list is
+        // decided with its server (an unclaimed URI is refused).
+        let claims: Vec<(usize, String)> = state
+            .upstream
+            .iter()
+            .map(|(i, s)| (*i, s.clone()))
+            .collect();
+        futures_util::future::join_all(claims.iter().map(|(i, s)| self.claim_all(*i, s, parts)))
+            .await;
+        if state.upstream.is_empty() {
+            tracing::error!(target: "idguard::gateway", "no upstream answered initialize");
+            return Rejection::new(RejectionKind::BadGateway, None).into_response();
+        }
+        let session_id = uuid::Uuid::new_v4().simple().to_string();
+        self.inner.sessions.insert(
+            session_id.clone(),
+            Arc::new(Session {
+                owner,
+                init,
+                state: Mutex::new(state),
+            }),
+        );
+        let result = json!({
+            "protocolVersion": version.unwrap_or_else(|| json!("2025-06-18")),
+            "capabilities": capabilities,
+            "serverInfo": {"name": "idguard", "version": env!("CARGO_PKG_VERSION")},
+        });
+        json_reply(StatusCode::OK, &rpc_result(id, result), Some(&session_id))
+    }
+
+    /// Every reachable upstream's `method` list, merged into one result.
+    async fn list(
+        &self,
+        id: &Value,
+        method: &str,
+        key: &str,
+        session: &Session,
+        parts: &http::request::Parts,
+    ) -> Value {
+        let pages =
+            futures_util::future::join_all((0..self.inner.upstreams.len()).map(|i| async move {
+                (i, self.list_one(i, id, method, key, session, parts).await)
+            }))
+            .await;
+        let mut merged = Vec::new();
+        for (i, items) in pages {
+            let Some((server, _)) = self.inner.upstreams.get(i) else {
+                continue;
+            };
+            let Ok(items) = items else {
+                tracing::warn!(target: "idguard::gateway", server = &**server, method, "upstream left out of a list");
+                continue;
+            };
+            for mut item in items {
+                let Some(fields) = item.as_object_mut() else {
+                    continue;
+                };
+                let keep = match key {
+                    "tools" | "prompts" => match fields.get("name").and_then(Value::as_str) {
+                        Some(name) => {
+                            let prefixed =
+                                format!("{server}{}{name}", crate::policy::SERVER_SEPARATOR);
+                            fields.insert("name".into(), Value::String(prefixed));
+                            true
+                        }
+                        None => false,
+                    },
+                    "resources" => fields
+                        .get("uri")
+                        .and_then(Value::as_str)
+                        .is_some_and(|uri| self.claimed(server, uri, false)),
+                    _ => fields
+                        .get("uriTemplate")
+                        .and_then(Value::as_str)
+                        .is_some_and(|uri| self.claimed(server, uri, true)),
+                };
+                if keep {
+                    merged.push(item);
+                }
+            }
+        }
+        let mut result = Map::new();
+        result.insert(key.into(), Value::Array(merged));
+        rpc_result(id, Value::Object(result))
+    }
+
+    /// Claims upstream `index`'s resources and templates (its lists, not returned).
+    async fn claim_all(&self, index: usize, upstream: &str, parts: &http::request::Parts) {
+        let Some((server, _)) = self.inner.upstreams.get(index) else {
+            return;
+        };
+        for (method, key, field, template) in [
+            ("resources/list", "resources", "uri", false),
+            (
+                "resources/templates/list",
+                "resourceTemplates",
+                "uriTemplate",
+                true,
+            ),
+        ] {
+            let id = json!(format!("idguard-claims-{key}"));
+            let Ok(items) = self.pages(index, upstream, &id, method, key, parts).await else {
+                continue;
+            };
+            for item in &items {
+                if let Some(uri) = item.get(field).and_then(Value::as_str) {
+                    self.claimed(server, uri, template);
+                }
+            }
+        }
+    }
+
+    fn claimed(&self, server: &str, uri: &str, template: bool) -> bool {
+        let ok = if template {
+            self.inner.servers.claim_template(server, uri)
+        } else {
+            self.inner.servers.claim_resource(server, uri)
+        };
+        if !ok {
+            tracing::warn!(target: "idguard::gateway", server, "a resource another upstream already lists (or past the table's size) is left out");
+        }
+        ok
+    }
+
+    /// Every page of upstream `index`'s list.
+    async fn list_one(
+        &self,
+        index: usize,
+        id: &Value,
+        method: &str,
+        key: &str,
+        session: &Session,
+        parts: &http::request::Parts,
+    ) -> Result<Vec<Value>, Down> {
+        let upstream = self
+            .upstream_session(index, session, &parts.headers, &parts.extensions)
+            .await?;
+        let pages = self.pages(index, &upstream, id, method, key, parts).await;
+        if pages.is_err() {
+            self.forget(index, session);
+        }
+        pages
+    }
+
+    /// Every page of a list of upstream `index` in its session `upstream`.
+    async fn pages(
+        &self,
+        index: usize,
+        upstream: &str,
+        id: &Value,
+        method: &str,
+        key: &str,
+        parts: &http::request::Parts,
+    ) -> Result<Vec<Value>, Down> {
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            let (answer, _) = self
+                .ask(
+                    index,
+                    Some(upstream),
+                    &parts.headers,
+                    &parts.extensions,
+                    &message,
+                )
+                .await?;
+            let result = answer.get("result").ok_or(DOWN)?;
+            if let Some(Value::Array(page)) = result.get(key) {
+                items.extend(page.iter().cloned());
+            }
+            cursor = result.get("nextCursor").filter(|c| c.is_string()).cloned();
+            if cursor.is_none() {
+                return Ok(items);
+            }
+        }
+        Ok(items)
+    }
+
+    /// Sends `message` (rewritten) to upstream `index`, and passes its reply on.
+    async fn route(
+        &self,
+        index: usize,
+        id: &Value,
+        message: &Value,
+        session: &Session,
+        parts: &http::request::Parts,
+    ) -> Response<Body> {
+        let Some((server, _)) = self.inner.upstreams.get(index) else {
+            return unavailable(id, "?");
+        };
+        let upstream = match self
+            .upstream_session(index, session, &parts.headers, &parts.extensions)
+            .await
+        {
+            Ok(upstream) => upstream,
+            Err(Down(Some(refusal))) => return refusal.into_response(),
+            Err(Down(None)) => return unavailable(id, server),
+        };
+        {
+            let mut state = lock(&session.state);
+            if state.routed.len() >= ROUTED_PER_SESSION {
+                state.routed.pop_front();
+            }
+            state.routed.push_back((id.to_string(), index));
+        }
+        let res = match self.post_to(index, &upstream, parts, message).await {
+            Ok(res) => res,
+            // The caller's own answer (consent, a claims challenge): as with one upstream.
+            Err(Down(Some(refusal))) => return refusal.into_response(),
+            Err(Down(None)) => {
+                self.forget(index, session);
+                return unavailable(id, server);
+            }
+        };
+        let (mut head, body) = res.into_parts();
+        head.headers.remove(MCP_SESSION_ID);
+        let sse = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = if sse {
+            rewrite_stream(server.clone(), body)
+        } else {
+            body
+        };
+        Response::from_parts(head, body)
+    }
+
+    /// The upstream index of a tool or prompt name, and its own name.
+    fn by_name<'a>(&self, name: &'a str) -> Option<(usize, &'a str)> {
+        let (server, own) = self.inner.servers.split(name)?;
+        let index = self
+            .inner
+            .upstreams
+            .iter()
+            .position(|(n, _)| &**n == server)?;
+        Some((index, own))
+    }
+
+    fn by_uri(&self, uri: &str) -> Option<usize> {
+        let server = self.inner.servers.resource_server(uri)?;
+        self.inner.upstreams.iter().position(|(n, _)| *n == server)
+    }
+
+    /// The upstream a request naming an item goes to, with the message it gets.
+    fn target(&self, method: &str, message: &Value) -> Option<(usize, Value)> {
+        let mut out = message.clone();
+        let params = out.get_mut("params")?.as_object_mut()?;
+        let index = match method {
+            "tools/call" | "prompts/get" => {
+                let name = params.get("name")?.as_str()?;
+                let (index, own) = self.by_name(name)?;
+                let own = own.to_owned();
+                params.insert("name".into(), Value::String(own));
+                index
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                self.by_uri(params.get("uri")?.as_str()?)?
+            }
+            "completion/complete" => {
+                let reference = params.get_mut("ref")?.as_object_mut()?;
+                match reference.get("type")?.as_str()? {
+                    "ref/prompt" => {
+                        let name = reference.get("name")?.as_str()?;
+                        let (index, own) = self.by_name(name)?;
+                        let own = own.to_owned();
+                        reference.insert("name".into(), Value::String(own));
+                        index
+                    }
+                    "ref/resource" => self.by_uri(reference.get("uri")?.as_str()?)?,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        Some((index, out))
+    }
+
+    /// To every upstream with a session (for notifications); their answers are not read.
+    async fn fan_out(&self, message: &Value, session: &Session, parts: &http::request::Parts) {
+        let sessions: Vec<(usize, String)> = lock(&session.state)
+            .upstream
+            .iter()
+            .map(|(i, s)| (*i, s.clone()))
+            .collect();
+        futures_util::future::join_all(
+            sessions
+                .iter()
+                .map(|(i, s)| self.post_to(*i, s, parts, message)),
+        )
+        .await;
+    }
+
+    async fn post(&self, parts: http::request::Parts, body: Body) -> Response<Body> {
+        let Ok(bytes) = body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+        else {
+            return Rejection::new(RejectionKind::BadRequest, None).into_response();
+        };
+        let Ok(message) = serde_json::from_slice::<Value>(&bytes) else {
+            return Rejection::new(RejectionKind::BadRequest, None).into_response();
+        };
+        if !message.is_object() {
+            tracing::debug!(target: "idguard::rejection", "a batch, with several upstreams");
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, -32600, "batches are not supported here", None),
+                None,
+            );
+        }
+        let method = message.get("method").and_then(Value::as_str);
+        let id = message.get("id").cloned();
+        if let (Some("initialize"), Some(id)) = (method, &id) {
+            return self.open(id, &message, &parts).await;
+        }
+        let session = parts
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| self.inner.sessions.get(s));
+        let owner = owner_of(&parts.extensions);
+        let Some(session) = session.filter(|s| owner.as_deref() == Some(s.owner.as_str())) else {
+            return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
+        };
+        let Some(method) = method else {
+            // A response to a server-to-client request: back to the server that asked.
+            if let Some((index, own)) = id
+                .as_ref()
+                .and_then(|i| inward_id(&self.inner.upstreams, i))
+            {
+                let mut message = message;
+                if let Some(m) = message.as_object_mut() {
+                    m.insert("id".into(), own);
+                }
+                let upstream = lock(&session.state).upstream.get(&index).cloned();
+                if let Some(upstream) = upstream {
+                    let _ = self.post_to(index, &upstream, &parts, &message).await;
+                }
+            } else {
+                tracing::debug!(target: "idguard::rejection", "a response naming no upstream: dropped");
+            }
+            return accepted();
+        };
+        let Some(id) = id else {
+            match method {
+                "notifications/initialized" | "notifications/roots/list_changed" => {
+                    self.fan_out(&message, &session, &parts).await;
+                }
+                "notifications/cancelled" => {
+                    let request = message
+                        .get("params")
+                        .and_then(|p| p.get("requestId"))
+                        .map(Value::to_string);
+                    let index = request.and_then(|r| {
+                        lock(&session.state)
+                            .routed
+                            .iter()
+                            .find(|(id, _)| *id == r)
+                            .map(|(_, i)| *i)
+                    });
+                    let upstream = index.and_then(|i| {
+                        lock(&session.state)
+                            .upstream
+                            .get(&i)
+                            .cloned()
+                            .map(|s| (i, s))
+                    });
+                    if let Some((i, s)) = upstream {
+                        let _ = self.post_to(i, &s, &parts, &message).await;
+                    }
+                }
+                _ => {}
+            }
+            return accepted();
+        };
+        let list = match method {
+            "tools/list" => Some("tools"),
+            "prompts/list" => Some("prompts"),
+            "resources/list" => Some("resources"),
+            "resources/templates/list" => Some("resourceTemplates"),
+            _ => None,
+        };
+        if let Some(key) = list {
+            if message
+                .get("params")
+                .and_then(|p| p.get("cursor"))
+                .is_some_and(|c| !c.is_null())
+            {
+                let e = rpc_error(
+                    &id,
+                    -32602,
+                    "invalid cursor: the merged list is one page",
+                    None,
+                );
+                return json_reply(StatusCode::OK, &e, None);
+            }
+            let merged = self.list(&id, method, key, &session, &parts).await;
+            return json_reply(StatusCode::OK, &merged, None);
+        }
+        match method {
+            "ping" => json_reply(StatusCode::OK, &rpc_result(&id, json!({})), None),
+            "logging/setLevel" => {
+                self.fan_out(&message, &session, &parts).await;
+                json_reply(StatusCode::OK, &rpc_result(&id, json!({})), None)
+            }
+            _ => match self.target(method, &message) {
+                Some((index, out)) => self.route(index, &id, &out, &session, &parts).await,
+                None if matches!(
+                    method,
+                    "tools/call"
+                        | "prompts/get"
+                        | "resources/read"
+                        | "resources/subscribe"
+                        | "resources/unsubscribe"
+                        | "completion/complete"
+                ) =>
+                {
+                    tracing::debug!(target: "idguard::rejection", method, "names no upstream's item");
+                    let e = rpc_error(&id, -32602, "no upstream serves this item", None);
+                    json_reply(StatusCode::OK, &e, None)
+                }
+                None => {
+                    let e = rpc_error(&id, -32601, "Method not found", None);
+                    json_reply(StatusCode::OK, &e, None)
+                }
+            },
+        }
+    }
+
+    async fn delete(&self, parts: http::request::Parts) -> Response<Body> {
+        let key = parts
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let owner = owner_of(&parts.extensions);
+        let session = key.as_deref().and_then(|k| self.inner.sessions.get(k));
+        let (Some(key), Some(session)) = (key, session) else {
+            return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
+        };
+        if owner.as_deref() != Some(session.owner.as_str()) {
+            return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
+        }
+        self.inner.sessions.invalidate(&key);
+        let sessions: Vec<(usize, String)> = lock(&session.state).upstream.drain().collect();
+        futures_util::future::join_all(sessions.iter().filter(|(_, s)| !s.is_empty()).map(
+            |(i, s)| {
+                self.send(
+                    *i,
+                    Some(s),
+                    &parts.headers,
+                    &parts.extensions,
+                    Method::DELETE,
+                    Bytes::new(),
+                )
+            },
+        ))
+        .await;
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = StatusCode::OK;
+        res
+    }
+}
+
+fn lock(m: &Mutex<SessionState>) -> std::sync::MutexGuard<'_, SessionState> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Service<Request<Body>> for Gateways {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    // Boxed: every request waits on the network anyway.
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let path = req.uri().path();
+            if !(path.is_empty() || path == "/") {
+                return Ok(Rejection::new(RejectionKind::NotServed, None).into_response());
+            }
+            let (parts, body) = req.into_parts();
+            Ok(match parts.method {
+                Method::POST => this.post(parts, body).await,
+                Method::DELETE => this.delete(parts).await,
+                _ => Rejection::new(RejectionKind::MethodNotAllowed, None).into_response(),
+            })
+        })
+    }
+}

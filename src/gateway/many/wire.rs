@@ -1,0 +1,234 @@
+//! The wire side of [`Gateways`](super::Gateways): JSON-RPC replies idguard writes, upstream
+//! replies read whole (JSON or Server-Sent Events), and upstream reply streams rewritten
+//! event by event (server-to-client request ids renumbered per upstream).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::UPSTREAM_UNAVAILABLE_CODE;
+use crate::gateway::Gateway;
+
+/// Longest upstream reply read whole (an `initialize` or a list page), and longest event.
+pub(super) const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
+
+pub(super) const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+
+pub(super) fn json_reply(
+    status: StatusCode,
+    body: &Value,
+    session: Option<&str>,
+) -> Response<Body> {
+    let mut res = Response::new(Body::from(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(id) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        res.headers_mut().insert(MCP_SESSION_ID, id);
+    }
+    res
+}
+
+pub(super) fn accepted() -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::ACCEPTED;
+    res
+}
+
+pub(super) fn rpc_error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut error = json!({"code": code, "message": message});
+    if let (Some(data), Some(e)) = (data, error.as_object_mut()) {
+        e.insert("data".into(), data);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": error})
+}
+
+pub(super) fn rpc_result(id: &Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+pub(super) fn unavailable(id: &Value, server: &str) -> Response<Body> {
+    json_reply(
+        StatusCode::OK,
+        &rpc_error(
+            id,
+            UPSTREAM_UNAVAILABLE_CODE,
+            &format!("upstream `{server}` is unavailable"),
+            Some(json!({"server": server})),
+        ),
+        None,
+    )
+}
+
+/// The JSON-RPC messages of a reply body: a JSON message or batch, or SSE events' data.
+pub(super) fn messages(content_type: &str, body: &[u8]) -> Vec<Value> {
+    if content_type.starts_with("text/event-stream") {
+        let text = String::from_utf8_lossy(body);
+        sse_events(&text)
+            .into_iter()
+            .filter_map(|data| serde_json::from_str(&data).ok())
+            .collect()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(a)) => a,
+            Ok(v) => vec![v],
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The `data` of each event in `text` (complete events only).
+fn sse_events(text: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut data: Vec<&str> = Vec::new();
+    for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if line.is_empty() {
+            if !data.is_empty() {
+                events.push(data.join("\n"));
+            }
+            data.clear();
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        if field == "data" {
+            data.push(value.strip_prefix(' ').unwrap_or(value));
+        }
+    }
+    if !data.is_empty() {
+        events.push(data.join("\n"));
+    }
+    events
+}
+
+/// The caller's id for a server-to-client request `id` of upstream `server`.
+pub(super) fn outward_id(server: &str, id: &Value) -> Option<Value> {
+    match id {
+        Value::Number(n) => Some(Value::String(format!("{server}:n{n}"))),
+        Value::String(s) => Some(Value::String(format!("{server}:s{s}"))),
+        _ => None,
+    }
+}
+
+/// The upstream and its own id behind an id made by [`outward_id`].
+pub(super) fn inward_id(servers: &[(Arc<str>, Gateway)], id: &Value) -> Option<(usize, Value)> {
+    let text = id.as_str()?;
+    let (server, rest) = text.split_once(':')?;
+    let index = servers.iter().position(|(n, _)| &**n == server)?;
+    let id = if let Some(n) = rest.strip_prefix('n') {
+        Value::Number(n.parse::<i64>().ok()?.into())
+    } else {
+        Value::String(rest.strip_prefix('s')?.to_owned())
+    };
+    Some((index, id))
+}
+
+/// One SSE event of upstream `server`'s reply, as the caller gets it: server-to-client
+/// requests renumbered, event ids removed; `None` drops it.
+fn rewrite_event(server: &str, event: &str) -> Option<String> {
+    let mut data: Vec<&str> = Vec::new();
+    for line in event.split('\n').map(|l| l.trim_end_matches('\r')) {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        if field == "data" {
+            data.push(value.strip_prefix(' ').unwrap_or(value));
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    if message.get("method").is_some()
+        && let Some(id) = message.get("id")
+    {
+        let id = outward_id(server, id)?;
+        message.as_object_mut()?.insert("id".into(), id);
+    }
+    Some(format!("event: message\ndata: {message}\n\n"))
+}
+
+/// `body` (an upstream's SSE reply) rewritten event by event with [`rewrite_event`].
+pub(super) fn rewrite_stream(server: Arc<str>, body: Body) -> Body {
+    let stream = futures_util::stream::unfold(
+        (body.into_data_stream(), Vec::<u8>::new(), false),
+        move |(mut body, mut buf, done)| {
+            let server = server.clone();
+            async move {
+                use futures_util::StreamExt as _;
+                if done {
+                    return None;
+                }
+                loop {
+                    // A complete event in the buffer: rewrite it.
+                    let end = buf
+                        .windows(2)
+                        .position(|w| w == b"\n\n")
+                        .map(|i| (i, 2))
+                        .or_else(|| {
+                            buf.windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .map(|i| (i, 4))
+                        });
+                    if let Some((at, sep)) = end {
+                        let event: Vec<u8> = buf.drain(..at + sep).collect();
+                        let text = String::from_utf8_lossy(&event);
+                        let out = rewrite_event(&server, &text).unwrap_or_default();
+                        return Some((
+                            Ok::<_, std::io::Error>(Bytes::from(out)),
+                            (body, buf, false),
+                        ));
+                    }
+                    if buf.len() > MAX_READ_BYTES {
+                        tracing::error!(target: "idguard::gateway", server = &*server, "upstream event too large: stream ended");
+                        return None;
+                    }
+                    match body.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            return Some((Err(std::io::Error::other(e)), (body, buf, true)));
+                        }
+                        None => {
+                            let text = String::from_utf8_lossy(&buf).into_owned();
+                            let out = rewrite_event(&server, &text).unwrap_or_default();
+                            return Some((Ok(Bytes::from(out)), (body, Vec::new(), true)));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_request_ids_round_trip_and_stay_apart() {
+        let client = reqwest::Client::new();
+        let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+        let ups = vec![
+            (Arc::from("a"), Gateway::new(url.clone(), client.clone())),
+            (Arc::from("b"), Gateway::new(url, client)),
+        ];
+        let a = outward_id("a", &json!(1)).unwrap();
+        let b = outward_id("b", &json!(1)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(inward_id(&ups, &a), Some((0, json!(1))));
+        assert_eq!(inward_id(&ups, &b), Some((1, json!(1))));
+        let s = outward_id("b", &json!("x:y")).unwrap();
+        assert_eq!(inward_id(&ups, &s), Some((1, json!("x:y"))));
+        assert_eq!(inward_id(&ups, &json!("c:n1")), None);
+        assert_eq!(inward_id(&ups, &json!(7)), None);
+        let event =
+            "id: 9\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\"}\n\n";
+        let out = rewrite_event("a", event).unwrap();
+        assert!(out.contains("\"a:n3\"") && !out.contains("id: 9"), "{out}");
+        assert_eq!(rewrite_event("a", "data: not json\n\n"), None);
+    }
+}

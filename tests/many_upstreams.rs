@@ -1,0 +1,609 @@
+//! Several upstreams behind one MCP endpoint (`gateway::Gateways`), against real servers:
+//! the stack `idguard serve` builds for `[[upstream]]` entries,
+//! `ValidateTokenLayer` → `AuthorizeMcpLayer` → `Gateways` (one `Gateway` per upstream), on
+//! 127.0.0.1 port 0, with the dev Entra emulator (alice: `Tools.Admin`; bob: `Tools.Read`)
+//! and real tokens.
+//!
+//! Upstreams:
+//! - `demo`: rmcp's `StreamableHttpService` serving idguard-dev's demo tools, in process
+//!   on its own loopback listener (stateful, SSE replies);
+//! - `py`: `tests/upstreams/python_server.py`, the official MCP Python SDK, a child process
+//!   on a free loopback port (killed on drop, and exiting when its stdin closes).
+//!
+//! Policies ([`POLICIES`]): admins use everything; `Tools.Read` calls read-only tools; and
+//! nothing of `Server::"py"` is for anyone but admins.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use http::{StatusCode, header};
+use idguard::IdGuard;
+use idguard::gateway::{Gateway, Gateways, UPSTREAM_UNAVAILABLE_CODE};
+use idguard::policy::{PolicyEngine, Servers};
+use idguard_dev::DevEntra;
+use idguard_dev::demo::DemoServer;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{Value, json};
+use tower::ServiceBuilder;
+
+const STEP: Duration = Duration::from_secs(20);
+const STARTUP: Duration = Duration::from_secs(90);
+
+const POLICIES: &str = r#"
+@id("admins-everything")
+permit (principal in Role::"Tools.Admin", action, resource);
+
+@id("readers-read-only-tools")
+permit (principal in Role::"Tools.Read", action == Action::"call_tool", resource)
+when { resource.read_only };
+
+@id("py-is-for-admins")
+forbid (principal, action, resource in Server::"py")
+unless { principal in Role::"Tools.Admin" };
+"#;
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python SDK upstream, killed on drop.
+struct Python {
+    child: std::sync::Mutex<Child>,
+    port: u16,
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Python {
+    /// Starts it and waits for its `listening on 127.0.0.1:PORT` line (no sleeps).
+    async fn start() -> Python {
+        let mut child = Command::new("python3")
+            .arg("tests/upstreams/python_server.py")
+            .arg("0")
+            .current_dir(manifest_dir())
+            .env("PYTHONUNBUFFERED", "1")
+            .env("IDGUARD_EXIT_ON_STDIN_EOF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 (with the MCP SDK of tests/mcp_client/requirements.txt)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u16>();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = line
+                    .trim()
+                    .strip_prefix("listening on 127.0.0.1:")
+                    .and_then(|p| p.parse().ok())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = tokio::time::timeout(STARTUP, rx)
+            .await
+            .expect("the Python upstream did not start")
+            .expect("the Python upstream exited");
+        Python {
+            child: std::sync::Mutex::new(child),
+            port,
+        }
+    }
+
+    /// Waits (polling its probe, bounded) until the upstream received `method` with `id`.
+    async fn wait_for(&self, method: &str, id: impl Into<Value>) {
+        let id = id.into();
+        let probe = format!("http://127.0.0.1:{}/_probe/requests", self.port);
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let log: Value = http.get(&probe).send().await.unwrap().json().await.unwrap();
+            let seen = log["rpc"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e[0] == method && e[1] == id);
+            if seen {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upstream never received {method} {id}: {log}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The rmcp demo server on its own loopback listener: its MCP URL.
+async fn demo_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let demo = DemoServer::new();
+    let service = StreamableHttpService::new(
+        move || Ok(demo.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = Router::new().nest_service("/mcp", service);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/mcp")
+}
+
+struct Stack {
+    entra: DevEntra,
+    url: String,
+    python: Python,
+    http: reqwest::Client,
+}
+
+async fn stack() -> Stack {
+    stack_with(None).await
+}
+
+/// [`stack`], with a third upstream named `fake` at `fake` when given.
+async fn stack_with(fake: Option<String>) -> Stack {
+    let python = Python::start().await;
+    let demo = demo_upstream().await;
+    let entra = DevEntra::builder().start().await.unwrap();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let guard = IdGuard::builder()
+        .authority(entra.url())
+        .tenant(entra.tenant_id())
+        .client_id(entra.api_client_id())
+        .resource(format!("{base}/mcp"))
+        .build()
+        .await
+        .unwrap();
+    let mut names = vec!["demo", "py"];
+    if fake.is_some() {
+        names.push("fake");
+    }
+    let servers = Servers::new(names);
+    let policies = PolicyEngine::from_sources(
+        include_str!("../policies/schema.cedarschema"),
+        None,
+        [("many.cedar", POLICIES)],
+    )
+    .unwrap()
+    .with_servers(servers.clone());
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let gateway = |url: &str| Gateway::new(reqwest::Url::parse(url).unwrap(), client.clone());
+    let py_url = format!("http://127.0.0.1:{}/mcp", python.port);
+    let mut upstreams = vec![
+        ("demo".to_owned(), gateway(&demo)),
+        ("py".to_owned(), gateway(&py_url)),
+    ];
+    if let Some(fake) = &fake {
+        upstreams.push(("fake".to_owned(), gateway(fake)));
+    }
+    let gateways = Gateways::new(upstreams, servers);
+    let app = Router::new().nest_service(
+        "/mcp",
+        ServiceBuilder::new()
+            .layer(guard.validate_token_layer())
+            .layer(guard.authorize_mcp_layer(policies))
+            .service(gateways),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Stack {
+        entra,
+        url: format!("{base}/mcp"),
+        python,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(STEP)
+            .build()
+            .unwrap(),
+    }
+}
+
+/// A raw MCP client session (JSON-RPC over POST; JSON or SSE replies).
+struct Session<'s> {
+    stack: &'s Stack,
+    token: String,
+    id: Option<String>,
+    next: i64,
+}
+
+/// The JSON-RPC messages of a reply: the JSON body, or each SSE event's data.
+fn messages(content_type: &str, text: &str) -> Vec<Value> {
+    if content_type.starts_with("text/event-stream") {
+        text.split("\n\n")
+            .filter_map(|event| {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                serde_json::from_str(&data.join("\n")).ok()
+            })
+            .collect()
+    } else {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(a)) => a,
+            Ok(v) => vec![v],
+            Err(_) => vec![],
+        }
+    }
+}
+
+impl<'s> Session<'s> {
+    async fn open(stack: &'s Stack, user: &str) -> Session<'s> {
+        let mut s = Session {
+            stack,
+            token: stack.entra.token_for(user).unwrap().mint().unwrap(),
+            id: None,
+            next: 1,
+        };
+        let (status, headers, answer) = s
+            .post(
+                json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "many-upstreams-test", "version": "1"}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer:?}");
+        let result = &answer.as_ref().unwrap()["result"];
+        for cap in ["tools", "resources", "prompts"] {
+            assert!(result["capabilities"].get(cap).is_some(), "{result}");
+        }
+        let id = headers.get("mcp-session-id").unwrap().to_str().unwrap();
+        assert!(id.starts_with("idg1."), "the layer binds the session: {id}");
+        s.id = Some(id.to_owned());
+        let (status, _, _) = s
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        s
+    }
+
+    /// POSTs `body`; the status, headers and the message answering its id (if any).
+    async fn post(&self, body: Value) -> (StatusCode, http::HeaderMap, Option<Value>) {
+        let (status, headers, all) = self.post_all(&body).await;
+        let answer = all
+            .into_iter()
+            .find(|m| body.get("id").is_some() && m.get("id") == body.get("id"));
+        (status, headers, answer)
+    }
+
+    /// POSTs `body`; the status, headers and every message of the reply.
+    async fn post_all(&self, body: &Value) -> (StatusCode, http::HeaderMap, Vec<Value>) {
+        let mut req = self
+            .stack
+            .http
+            .post(&self.stack.url)
+            .bearer_auth(&self.token)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(body.to_string());
+        if let Some(id) = &self.id {
+            req = req.header("mcp-session-id", id);
+        }
+        let res = req.send().await.unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = res.text().await.unwrap();
+        (status, headers, messages(&ct, &text))
+    }
+
+    async fn rpc(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let (status, _, answer) = self
+            .post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{method}: {answer:?}");
+        answer.unwrap_or_else(|| panic!("{method}: no answer"))
+    }
+
+    async fn names(&mut self, method: &str, key: &str, field: &str) -> BTreeSet<String> {
+        let reply = self.rpc(method, json!({})).await;
+        reply["result"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method}: {reply}"))
+            .iter()
+            .map(|t| t[field].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn call(&mut self, tool: &str, arguments: Value) -> Value {
+        self.rpc("tools/call", json!({"name": tool, "arguments": arguments}))
+            .await
+    }
+}
+
+fn text_of(reply: &Value) -> String {
+    reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text content: {reply}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_merge_per_caller_calls_route_and_server_policies_decide() {
+    let stack = stack().await;
+    let mut alice = Session::open(&stack, "alice").await;
+    let tools = alice.names("tools/list", "tools", "name").await;
+    for t in [
+        "demo__list_documents",
+        "demo__delete_document",
+        "py__whoami",
+        "py__delete_document",
+        "py__get_document",
+    ] {
+        assert!(tools.contains(t), "alice lacks {t}: {tools:?}");
+    }
+    assert!(
+        tools
+            .iter()
+            .all(|t| t.starts_with("demo__") || t.starts_with("py__")),
+        "{tools:?}"
+    );
+
+    // Routed to the right server, with the server's own name.
+    let py = alice.call("py__whoami", json!({})).await;
+    assert!(
+        text_of(&py).starts_with("upstream: anonymous caller"),
+        "{py}"
+    );
+    let demo = alice.call("demo__list_documents", json!({})).await;
+    assert!(text_of(&demo).contains("Quarterly plan"), "{demo}");
+    let deleted = alice.call("py__delete_document", json!({"id": "d9"})).await;
+    assert_eq!(text_of(&deleted), "deleted d9");
+
+    // Resources keep their URIs and are read from their server; prompts are prefixed.
+    let resources = alice.names("resources/list", "resources", "uri").await;
+    for r in [
+        "docs://public/handbook",
+        "docs://public/readme",
+        "docs://secret/plan",
+    ] {
+        assert!(resources.contains(r), "{resources:?}");
+    }
+    let read = alice
+        .rpc("resources/read", json!({"uri": "docs://public/readme"}))
+        .await;
+    assert_eq!(
+        read["result"]["contents"][0]["text"], "public readme",
+        "{read}"
+    );
+    let templated = alice
+        .rpc("resources/read", json!({"uri": "docs://secret/x"}))
+        .await;
+    assert_eq!(
+        templated["result"]["contents"][0]["text"], "SECRET DOCUMENT x",
+        "{templated}"
+    );
+    let prompts = alice.names("prompts/list", "prompts", "name").await;
+    assert!(prompts.contains("py__public_prompt"), "{prompts:?}");
+    let prompt = alice
+        .rpc(
+            "prompts/get",
+            json!({"name": "py__public_prompt", "arguments": {"topic": "q3"}}),
+        )
+        .await;
+    assert!(prompt["result"]["messages"].is_array(), "{prompt}");
+
+    // A cancellation goes to the upstream that got the request.
+    let slow = json!({"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+        "params": {"name": "py__get_document", "arguments": {"delay_ms": 3000}}});
+    let cancel = async {
+        stack.python.wait_for("tools/call", 50).await;
+        let (status, _, _) = alice
+            .post(
+                json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": 50, "reason": "test"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        stack
+            .python
+            .wait_for("notifications/cancelled", Value::Null)
+            .await;
+    };
+    let (_, ()) = tokio::join!(alice.post(slow), cancel);
+
+    // bob (Tools.Read): read-only tools, but nothing of `Server::"py"`, not even py's
+    // read-only whoami: the server policy decides.
+    let mut bob = Session::open(&stack, "bob").await;
+    let tools = bob.names("tools/list", "tools", "name").await;
+    assert!(tools.contains("demo__list_documents"), "{tools:?}");
+    assert!(!tools.contains("demo__delete_document"), "{tools:?}");
+    assert!(tools.iter().all(|t| !t.starts_with("py__")), "{tools:?}");
+    let denied = bob.call("py__whoami", json!({})).await;
+    assert!(
+        denied.get("error").is_some() || denied["result"]["isError"] == true,
+        "{denied}"
+    );
+    let read = bob
+        .rpc("resources/read", json!({"uri": "docs://public/readme"}))
+        .await;
+    assert!(read.get("result").is_none(), "{read}");
+    let allowed = bob.call("demo__list_documents", json!({})).await;
+    assert!(text_of(&allowed).contains("Quarterly plan"), "{allowed}");
+
+    // bob cannot use alice's session.
+    let stolen = Session {
+        stack: &stack,
+        token: bob.token.clone(),
+        id: alice.id.clone(),
+        next: 100,
+    };
+    let (status, _, _) = stolen
+        .post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_down_leaves_the_others_working() {
+    let stack = stack().await;
+    let mut alice = Session::open(&stack, "alice").await;
+    let tools = alice.names("tools/list", "tools", "name").await;
+    assert!(tools.contains("py__whoami"), "{tools:?}");
+
+    stack.python.kill();
+
+    let tools = alice.names("tools/list", "tools", "name").await;
+    assert!(tools.contains("demo__list_documents"), "{tools:?}");
+    assert!(
+        tools.iter().all(|t| !t.starts_with("py__")),
+        "py's tools vanish: {tools:?}"
+    );
+    let down = alice.call("py__whoami", json!({})).await;
+    assert_eq!(down["error"]["code"], UPSTREAM_UNAVAILABLE_CODE, "{down}");
+    assert!(
+        down["error"]["message"].as_str().unwrap().contains("`py`"),
+        "names the server: {down}"
+    );
+    let demo = alice.call("demo__list_documents", json!({})).await;
+    assert!(text_of(&demo).contains("Quarterly plan"), "{demo}");
+    // A new session still opens with the upstream that is left.
+    let mut bob = Session::open(&stack, "bob").await;
+    let tools = bob.names("tools/list", "tools", "name").await;
+    assert!(tools.contains("demo__list_documents"), "{tools:?}");
+}
+
+/// A minimal MCP upstream over real HTTP whose one tool, `ask`, asks the client (an
+/// `elicitation/create` with id 7 on the call's SSE stream) before it answers; it records
+/// every JSON-RPC response it receives.
+async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let answers: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let seen = answers.clone();
+    let handler = move |body: String| {
+        let seen = seen.clone();
+        async move {
+            let m: Value = serde_json::from_str(&body).unwrap();
+            let json = |v: Value| {
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .header("mcp-session-id", "fake-session")
+                    .body(axum::body::Body::from(v.to_string()))
+                    .unwrap()
+            };
+            let id = m["id"].clone();
+            match m["method"].as_str() {
+                None => {
+                    seen.lock().unwrap().push(m);
+                    http::Response::builder()
+                        .status(202)
+                        .body(axum::body::Body::empty())
+                        .unwrap()
+                }
+                Some(_) if id.is_null() => http::Response::builder()
+                    .status(202)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+                Some("initialize") => json(json!({"jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "fake", "version": "1"}}})),
+                Some("tools/list") => {
+                    json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                    {"name": "ask", "inputSchema": {"type": "object"},
+                     "annotations": {"readOnlyHint": true}}]}}))
+                }
+                Some("tools/call") => {
+                    let ask = json!({"jsonrpc": "2.0", "id": 7, "method": "elicitation/create",
+                        "params": {"message": "proceed?", "requestedSchema": {"type": "object", "properties": {}}}});
+                    let done = json!({"jsonrpc": "2.0", "id": id, "result": {
+                        "content": [{"type": "text", "text": "asked"}]}});
+                    http::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from(format!(
+                            "id: e1\nevent: message\ndata: {ask}\n\nid: e2\nevent: message\ndata: {done}\n\n"
+                        )))
+                        .unwrap()
+                }
+                Some(_) => json(json!({"jsonrpc": "2.0", "id": id,
+                    "error": {"code": -32601, "message": "Method not found"}})),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let app = Router::new().route("/mcp", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
+    let (fake, answers) = eliciting_upstream().await;
+    let stack = stack_with(Some(fake)).await;
+    let alice = Session::open(&stack, "alice").await;
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "fake__ask", "arguments": {}}});
+    let (status, _, messages) = alice.post_all(&call).await;
+    assert_eq!(status, StatusCode::OK);
+    let ask = messages
+        .iter()
+        .find(|m| m["method"] == "elicitation/create")
+        .unwrap_or_else(|| panic!("no elicitation reached the caller: {messages:?}"));
+    assert_eq!(ask["id"], "fake:n7", "{ask}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["id"] == 9 && m["result"].is_object())
+    );
+    let (status, _, _) = alice
+        .post(json!({"jsonrpc": "2.0", "id": "fake:n7", "result": {"action": "accept", "content": {}}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let got = answers.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0]["id"], 7,
+        "the upstream gets its own id back: {got:?}"
+    );
+    // An answer naming no upstream goes nowhere.
+    let (status, _, _) = alice
+        .post(json!({"jsonrpc": "2.0", "id": "nobody:n7", "result": {}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answers.lock().unwrap().len(), 1);
+}
