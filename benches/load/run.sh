@@ -17,7 +17,8 @@
 #   benches/load/run.sh            # needs wrk (Debian: apt-get install wrk)
 #   SCENARIOS="call list" CONNECTIONS=1 THREADS=1 benches/load/run.sh   # a subset, latency-bound
 # The fixture and the `idguard` binary are taken from $CARGO_TARGET_DIR (default target/);
-# FIXTURE and IDGUARD name prebuilt ones (skipping the build).
+# FIXTURE and IDGUARD name prebuilt ones (skipping the build); BASELINE another `idguard`
+# binary run beside the gateway (rows `baseline`), to compare two builds in one run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -74,7 +75,10 @@ authority=$(value bare AUTHORITY) tenant=$(value bare TENANT) client_id=$(value 
 start idguard --authority "$authority" --tenant "$tenant" --client-id "$client_id"
 
 # The gateway: `idguard serve` in front of the bare fixture, with the fixture's policies.
-cat > "$work/idguard.toml" <<TOML
+# BASELINE names a second `idguard` binary (another build), run beside it as `baseline`.
+start_gateway() { # name binary
+  local name=$1 bin=$2
+  cat > "$work/$name.toml" <<TOML
 [token]
 authority = "$authority"
 tenant = "$tenant"
@@ -85,13 +89,16 @@ resource = "http://127.0.0.1/mcp"
 upstream = "$(cat "$work/bare.url")"
 policies = "$root/benches/load/policies"
 TOML
-(cd "$work" && exec "${server[@]}" "$IDGUARD" serve --config "$work/idguard.toml" --port 0 \
-  > "$work/gateway.out" 2>/dev/null) &
-pids+=($!); echo $! > "$work/gateway.pid"
-wait_for "$work/gateway.out" "idguard: gateway " "$(cat "$work/gateway.pid")"
-sed -n 's/^idguard: gateway \([^ ]*\) -> .*/\1/p' "$work/gateway.out" > "$work/gateway.url"
+  (cd "$work" && exec "${server[@]}" "$bin" serve --config "$work/$name.toml" --port 0 \
+    > "$work/$name.out" 2>/dev/null) &
+  pids+=($!); echo $! > "$work/$name.pid"
+  wait_for "$work/$name.out" "idguard: gateway " "$(cat "$work/$name.pid")"
+  sed -n 's/^idguard: gateway \([^ ]*\) -> .*/\1/p' "$work/$name.out" > "$work/$name.url"
+  cp "$work/bare.tokens" "$work/$name.tokens"
+}
+start_gateway gateway "$IDGUARD"
+[ -n "${BASELINE:-}" ] && start_gateway baseline "$(realpath "$BASELINE")"
 cp "$work/bare.tokens" "$work/idguard.tokens"
-cp "$work/bare.tokens" "$work/gateway.tokens"
 : > "$work/none.tokens"
 sed 's/:.*/:eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.aW52YWxpZA/' "$work/bare.tokens" > "$work/invalid.tokens"
 
@@ -110,7 +117,7 @@ run() { # label server scenario tokens
   local up_ticks=$(( $(cpu_ticks "$upstream") - up_before ))
   local rss; rss=$(grep VmHWM "/proc/$pid/status" | awk '{print $2}')
   python3 benches/load/summarize.py "$label" "$out" "$rss" "$ticks" "$(getconf CLK_TCK)" | tee -a "$work/rows"
-  if [ "$server" = gateway ]; then
+  if [ "$server" = gateway ] || [ "$server" = baseline ]; then
     python3 benches/load/summarize.py "  (the bare fixture behind it)" "$out" \
       "$(grep VmHWM "/proc/$upstream/status" | awk '{print $2}')" "$up_ticks" "$(getconf CLK_TCK)"
   fi
@@ -125,9 +132,11 @@ for s in ${SCENARIOS:-call list invalid none}; do
   case $s in
     call) run "bare tools/call"          bare    call bare
           run "idguard tools/call"       idguard call idguard
+          [ -n "${BASELINE:-}" ] && run "baseline tools/call" baseline call baseline
           run "gateway tools/call"       gateway call gateway ;;
     list) run "bare tools/list (100)"    bare    list bare
           run "idguard tools/list (100)" idguard list idguard
+          [ -n "${BASELINE:-}" ] && run "baseline tools/list (100)" baseline list baseline
           run "gateway tools/list (100)" gateway list gateway ;;
     invalid) run "idguard invalid token" idguard list invalid ;;
     none) run "idguard no token"         idguard list none ;;
@@ -144,7 +153,7 @@ for line in open(sys.argv[1]):
         pass
 for what in ("tools/call", "tools/list (100)"):
     bare = rows.get(f"bare {what}")
-    for who in ("idguard", "gateway"):
+    for who in ("idguard", "baseline", "gateway"):
         got = rows.get(f"{who} {what}")
         if bare and got is not None:
             print(f"{who}/bare {what}: {100 * got / bare:.0f} %")
