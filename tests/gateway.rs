@@ -1755,8 +1755,9 @@ async fn the_hop_sends_content_length_and_reuses_its_connection() {
         .unwrap();
     let upstream_url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
-    // (Content-Length, Transfer-Encoding, body length) of every request.
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>, usize)>>> = Arc::default();
+    /// `Content-Length`, `Transfer-Encoding` and the body's length, of one request.
+    type Seen = (Option<String>, Option<String>, usize);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     {
         let (accepted, seen) = (accepted.clone(), seen.clone());
         tokio::spawn(async move {

@@ -196,7 +196,8 @@ async fn whole(mut res: reqwest::Response, idle: Duration) -> Option<bytes::Byte
 
 /// The headers the upstream gets for a request with `from`.
 fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
-    let mut to = HeaderMap::new();
+    // Room for what is forwarded, the forwarding headers and a credential: no regrowth.
+    let mut to = HeaderMap::with_capacity(from.len() + 4);
     for (name, value) in from {
         if FORWARDED_REQUEST.contains(name) || name.as_str().starts_with("mcp-param-") {
             to.append(name.clone(), value.clone());
@@ -215,14 +216,14 @@ fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
         to.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
     if let Some(peer) = peer {
-        let ip = peer.ip();
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        let ip = peer.ip().to_string();
+        let node = match peer {
+            SocketAddr::V4(_) => ip.clone(),
+            SocketAddr::V6(_) => format!("\"[{ip}]\""),
+        };
+        if let Ok(v) = HeaderValue::try_from(ip) {
             to.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        let node = match ip {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-        };
         let forwarded = match host {
             Some(h) => format!("for={node};host=\"{h}\""),
             None => format!("for={node}"),
