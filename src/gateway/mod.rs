@@ -22,6 +22,10 @@
 //! (`[upstream] credential`): nothing, an on-behalf-of token, an identity assertion signed
 //! by idguard, or a fixed header.
 //!
+//! A JSON reply of known length up to 1 MiB is read whole (each part within the idle
+//! timeout) and passed on as one body; anything else, event streams first, is streamed as
+//! it arrives.
+//!
 //! Replies keep only `Content-Type`, `Cache-Control`, `Mcp-Session-Id`,
 //! `MCP-Protocol-Version`, `Retry-After` and `WWW-Authenticate`: no cookies from the
 //! upstream, no hop-by-hop headers.
