@@ -5,13 +5,21 @@
 //! `--bare` serves it alone; otherwise behind the full idguard stack (token validation from
 //! the dev Entra emulator, the fixture policies in `benches/load/policies`: `tool_000`–`049`
 //! need `Tools.Read`, `050`–`079` `Tools.Write`, `080`–`099` `Tools.Admin`). Prints
-//! `IDGUARD_LOAD_URL=…`, then one `IDGUARD_LOAD_TOKEN=<role>:<token>` line per user
-//! (`--users N`, default 6, cycling reader, writer, admin), then serves until Ctrl-C or
-//! until standard input closes.
+//! `IDGUARD_LOAD_URL=…`, the emulator's `IDGUARD_LOAD_AUTHORITY=`, `IDGUARD_LOAD_TENANT=`
+//! and `IDGUARD_LOAD_CLIENT_ID=`, one `IDGUARD_LOAD_TOKEN=<role>:<token>` line per user
+//! (`--users N`, default 6, cycling reader, writer, admin) and `IDGUARD_LOAD_READY`, then
+//! serves until Ctrl-C or until standard input closes.
 //!
 //! ```sh
 //! cargo run --release --example load_fixture -- --tools 100 [--bare] [--port 0] [--users 6]
 //! ```
+//!
+//! `--authority URL --tenant ID --client-id ID [--audience AUD]` validates tokens of that
+//! Entra-shaped authority instead (another fixture's emulator, a peer's IdP, a real
+//! tenant): no emulator starts and no token is printed; the caller brings tokens whose
+//! `roles` are those above. `--audience` (repeatable) sets the accepted `aud` values
+//! (default the client id). `benches/load/run.sh` points the in-process fixture at the bare
+//! fixture's emulator this way, so one set of tokens drives every scenario.
 //!
 //! `--distinct-users N` measures memory instead of serving: it mints N tokens with distinct
 //! `oid`s (roles cycling as above), sends one `tools/call` and one `tools/list` per token
@@ -254,15 +262,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             auth_methods: vec!["pwd".into(), "mfa".into()],
         });
     }
-    let entra = builder.start().await?;
+    let external: Option<String> = args
+        .iter()
+        .position(|a| a == "--authority")
+        .and_then(|i| args.get(i + 1).cloned());
+    // The emulator runs unless an external authority was named (it mints the tokens).
+    let entra = match external {
+        Some(_) => None,
+        None => Some(builder.start().await?),
+    };
+    let (authority, tenant, client_id) = match (&external, &entra) {
+        (Some(authority), _) => (
+            authority.clone(),
+            arg(&args, "--tenant", String::new()),
+            arg(&args, "--client-id", String::new()),
+        ),
+        (None, Some(e)) => (
+            e.url().to_owned(),
+            e.tenant_id().to_owned(),
+            e.api_client_id().to_owned(),
+        ),
+        (None, None) => return Err("no authority".into()),
+    };
+    let audiences: Vec<String> = args
+        .windows(2)
+        .filter(|w| w.first().is_some_and(|a| a == "--audience"))
+        .filter_map(|w| w.get(1).cloned())
+        .collect();
     let app = if bare {
         Router::new().nest_service("/mcp", mcp)
     } else {
-        let guard = IdGuard::builder()
-            .authority(entra.url())
-            .tenant(entra.tenant_id())
-            .client_id(entra.api_client_id())
-            .resource(format!("{base}/mcp"))
+        let mut guard = IdGuard::builder()
+            .authority(authority.as_str())
+            .tenant(tenant.as_str())
+            .client_id(client_id.as_str())
+            .resource(format!("{base}/mcp"));
+        if !audiences.is_empty() {
+            guard = guard.audiences(audiences);
+        }
+        let guard = guard
             .with_cache_capacity(arg(
                 &args,
                 "--token-cache",
@@ -284,11 +322,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     if distinct_users > 0 {
-        return distinct_users_rss(&entra, app, distinct_users, roles.len().min(users)).await;
+        let Some(entra) = &entra else {
+            return Err("--distinct-users mints its tokens: not with --authority".into());
+        };
+        return distinct_users_rss(entra, app, distinct_users, roles.len().min(users)).await;
     }
 
     println!("IDGUARD_LOAD_URL={base}/mcp");
+    println!("IDGUARD_LOAD_AUTHORITY={authority}");
+    println!("IDGUARD_LOAD_TENANT={tenant}");
+    println!("IDGUARD_LOAD_CLIENT_ID={client_id}");
     for u in 0..users {
+        let Some(entra) = &entra else { break };
         let (role, _) = roles.get(u % roles.len()).copied().unwrap_or(roles[0]);
         let token = entra
             .token_for(&format!("user{u}"))?
@@ -296,6 +341,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .mint()?;
         println!("IDGUARD_LOAD_TOKEN={role}:{token}");
     }
+    println!("IDGUARD_LOAD_READY");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let mut stdin = tokio::io::stdin();

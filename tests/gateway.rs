@@ -1681,33 +1681,10 @@ async fn a_silent_upstream_is_cut_off_in_time() {
             held.push(socket);
         }
     });
-    let entra = DevEntra::builder().start().await.unwrap();
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let guard = IdGuard::builder()
-        .authority(entra.url())
-        .tenant(entra.tenant_id())
-        .client_id(entra.api_client_id())
-        .resource(format!("{base}/mcp"))
-        .build()
-        .await
-        .unwrap();
-    let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
-    let gateway = Gateway::new(
-        reqwest::Url::parse(&hung_url).unwrap(),
-        reqwest::Client::new(),
-    )
-    .with_response_timeout(Duration::from_millis(800));
-    let app = Router::new().nest_service(
-        "/mcp",
-        ServiceBuilder::new()
-            .layer(guard.validate_token_layer())
-            .layer(guard.authorize_mcp_layer(policies))
-            .service(gateway),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (entra, base) = guarded(&hung_url, |g| {
+        g.with_response_timeout(Duration::from_millis(800))
+    })
+    .await;
     let started = std::time::Instant::now();
     let res = reqwest::Client::builder()
         .no_proxy()
@@ -1729,4 +1706,136 @@ async fn a_silent_upstream_is_cut_off_in_time() {
         format!("{took:?} {}", res.status()),
     );
     c.finish();
+}
+
+/// idguard's stack (the test policies, a fresh emulator) in front of `upstream_url`, an
+/// upstream that is not an MCP SDK process: the emulator and idguard's base URL.
+async fn guarded(
+    upstream_url: &str,
+    configure: impl FnOnce(Gateway) -> Gateway,
+) -> (DevEntra, String) {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let guard = IdGuard::builder()
+        .authority(entra.url())
+        .tenant(entra.tenant_id())
+        .client_id(entra.api_client_id())
+        .resource(format!("{base}/mcp"))
+        .build()
+        .await
+        .unwrap();
+    let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
+    let gateway = configure(Gateway::new(
+        reqwest::Url::parse(upstream_url).unwrap(),
+        reqwest::Client::new(),
+    ));
+    let app = Router::new().nest_service(
+        "/mcp",
+        ServiceBuilder::new()
+            .layer(guard.validate_token_layer())
+            .layer(guard.authorize_mcp_layer(policies))
+            .service(gateway),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (entra, base)
+}
+
+/// The hop: the upstream gets the body idguard holds with its `Content-Length` (never
+/// chunked), and consecutive requests reuse one pooled keep-alive connection. The upstream
+/// is a plain HTTP/1.1 server on loopback that counts the connections it accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hop_sends_content_length_and_reuses_its_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let upstream_url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    /// `Content-Length`, `Transfer-Encoding` and the body's length, of one request.
+    type Seen = (Option<String>, Option<String>, usize);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    {
+        let (accepted, seen) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let header = |name| {
+                                req.headers()
+                                    .get(name)
+                                    .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
+                            };
+                            let (length, chunked) = (
+                                header(header::CONTENT_LENGTH),
+                                header(header::TRANSFER_ENCODING),
+                            );
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let id = serde_json::from_slice::<Value>(&body).unwrap()["id"].clone();
+                            seen.lock().unwrap().push((length, chunked, body.len()));
+                            let reply =
+                                json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header(header::CONTENT_TYPE, "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                );
+            }
+        });
+    }
+    let (entra, base) = guarded(&upstream_url, |g| g).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .unwrap();
+    let bob = entra.token_for("bob").unwrap().mint().unwrap();
+    let mut sent = Vec::new();
+    for id in 1..=5 {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
+        sent.push(body.len());
+        let res = http
+            .post(format!("{base}/mcp"))
+            .bearer_auth(&bob)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let reply: Value = res.json().await.unwrap();
+        assert_eq!(reply["id"], json!(id), "{reply}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for ((length, chunked, got), sent) in seen.iter().zip(&sent) {
+        assert_eq!(
+            length.as_deref(),
+            Some(sent.to_string().as_str()),
+            "{seen:?}"
+        );
+        assert_eq!(chunked, &None, "never chunked: {seen:?}");
+        assert_eq!(got, sent);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "five requests one after another share one keep-alive connection"
+    );
 }

@@ -14,7 +14,7 @@ start() { # name binary args...
   local name=$1 bin=$2; shift 2; mkfifo "$work/$name.in"
   "$bin" "$@" < "$work/$name.in" > "$work/$name.out" 2>/dev/null & pids+=($!)
   exec {fd}>"$work/$name.in"
-  for _ in $(seq 1 300); do grep -q IDGUARD_LOAD_TOKEN "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 300); do grep -q IDGUARD_LOAD_READY "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
   grep '^IDGUARD_LOAD_URL=' "$work/$name.out" | cut -d= -f2 > "$work/$name.url"
   grep '^IDGUARD_LOAD_TOKEN=' "$work/$name.out" | cut -d= -f2- > "$work/$name.tokens"
 }

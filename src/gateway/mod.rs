@@ -23,6 +23,10 @@
 //! by idguard, a token from the upstream's own authorization server (RFC 8693 token
 //! exchange), or a fixed header.
 //!
+//! A JSON reply of known length up to 1 MiB is read whole (each part within the idle
+//! timeout) and passed on as one body; anything else, event streams first, is streamed as
+//! it arrives.
+//!
 //! Replies keep only `Content-Type`, `Cache-Control`, `Mcp-Session-Id`,
 //! `MCP-Protocol-Version`, `Retry-After` and `WWW-Authenticate`: no cookies from the
 //! upstream, no hop-by-hop headers.
@@ -156,9 +160,60 @@ fn with_idle_timeout(
     })
 }
 
+/// Replies up to this size, JSON and of a known length, are read whole before they go on.
+const WHOLE_REPLY_BYTES: u64 = 1024 * 1024;
+
+/// Whether `res` is read whole: JSON (not a stream) of a known, small length.
+fn read_whole(res: &reqwest::Response) -> bool {
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    json && res.content_length().is_some_and(|n| n <= WHOLE_REPLY_BYTES)
+}
+
+/// The whole of a reply read by [`read_whole`]: each part within `idle`, as a stream's;
+/// `None` when a part is late, the connection fails, or the body outgrows its length.
+async fn whole(mut res: reqwest::Response, idle: Duration) -> Option<bytes::Bytes> {
+    let length = usize::try_from(res.content_length()?).ok()?;
+    let mut first: Option<bytes::Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, res.chunk()).await {
+            Ok(Ok(Some(chunk))) => match first.take() {
+                // One chunk (the usual case) goes on as it came, without a copy.
+                None if rest.is_empty() => first = Some(chunk),
+                held => {
+                    if rest.is_empty() {
+                        rest.reserve(length);
+                    }
+                    if let Some(held) = held {
+                        rest.extend_from_slice(&held);
+                    }
+                    rest.extend_from_slice(&chunk);
+                }
+            },
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                tracing::error!(target: "idguard::gateway", error = %crate::entra::without_url(&e), "upstream reply broken off");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(target: "idguard::gateway", idle_secs = idle.as_secs(), "upstream reply silent too long: ended");
+                return None;
+            }
+        }
+    }
+    let bytes = first.unwrap_or_else(|| rest.freeze());
+    (bytes.len() == length).then_some(bytes)
+}
+
 /// The headers the upstream gets for a request with `from`.
 fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
-    let mut to = HeaderMap::new();
+    // Room for what is forwarded, the forwarding headers and a credential: no regrowth.
+    let mut to = HeaderMap::with_capacity(from.len() + 4);
     for (name, value) in from {
         if FORWARDED_REQUEST.contains(name) || name.as_str().starts_with("mcp-param-") {
             to.append(name.clone(), value.clone());
@@ -177,14 +232,14 @@ fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
         to.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
     if let Some(peer) = peer {
-        let ip = peer.ip();
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        let ip = peer.ip().to_string();
+        let node = match peer {
+            SocketAddr::V4(_) => ip.clone(),
+            SocketAddr::V6(_) => format!("\"[{ip}]\""),
+        };
+        if let Ok(v) = HeaderValue::try_from(ip) {
             to.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        let node = match ip {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-        };
         let forwarded = match host {
             Some(h) => format!("for={node};host=\"{h}\""),
             None => format!("for={node}"),
@@ -280,6 +335,17 @@ impl tower_service::Service<Request<Body>> for Gateway {
                 // idguard cannot filter what it cannot read (it asks for identity).
                 tracing::error!(target: "idguard::gateway", "upstream reply is content-encoded");
                 return Ok(Rejection::new(RejectionKind::BadGateway, None).into_response());
+            }
+            if read_whole(&res) {
+                // A small JSON reply goes on whole: the layer above reads it whole anyway,
+                // and a stream, a timer per chunk and two boxes cost more than the reply.
+                return Ok(match whole(res, idle_timeout).await {
+                    Some(bytes) => {
+                        *out.body_mut() = Body::from(bytes);
+                        out
+                    }
+                    None => Rejection::new(RejectionKind::BadGateway, None).into_response(),
+                });
             }
             *out.body_mut() =
                 Body::from_stream(with_idle_timeout(res.bytes_stream(), idle_timeout));

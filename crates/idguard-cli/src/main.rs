@@ -13,6 +13,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// With `--features mimalloc`, mimalloc instead of the system allocator (off by default:
+/// `benches/load/README.md` has the figures).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Microsoft Entra ID identity and Cedar policies in front of MCP servers and APIs.
 #[derive(Debug, Parser)]
 #[command(

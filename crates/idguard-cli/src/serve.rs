@@ -631,8 +631,12 @@ fn mcp_router(
             Router::new().nest_service(path, layers.service(service))
         }
         Inner::Upstream(url) => {
+            // Keep-alive connections are pooled per host (reqwest's default: no bound, 90 s
+            // idle). No retries: a request forwarded once is never replayed, and the
+            // client does not copy every request in case it must.
             let client = reqwest::Client::builder()
                 .connect_timeout(server.upstream_connect_timeout)
+                .retry(reqwest::retry::never().max_retries_per_request(0))
                 .build()?;
             let credential = credentials.into_iter().next().unwrap_or_default();
             let gateway = Gateway::new(url.clone(), client)
