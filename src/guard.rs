@@ -145,6 +145,13 @@ impl IdGuard {
             )
         });
         let shared = shared_store(&config)?;
+        #[cfg(feature = "redis")]
+        if let (Some(store), Some(obo), Some(settings)) = (&shared, &obo, &config.store) {
+            // `[store]` with `[obo]`: the replicas share their on-behalf-of tokens.
+            let cache = crate::obo::SharedTokenCache::from_store(store, &settings.keys)
+                .map_err(StartupError::Config)?;
+            obo.set_shared(cache);
+        }
         let oauth = match (&config.oauth, &config.obo) {
             (Some(settings), Some(obo)) => {
                 let store = match (store, &shared) {
@@ -681,7 +688,7 @@ impl IdGuardBuilder {
                 return Err(StartupError::Config(crate::ConfigError::from_problems(
                     vec![crate::ConfigProblem::new(
                         "obo",
-                        "a shared on-behalf-of token cache needs `[obo]`",
+                        "a shared on-behalf-of token cache needs `[obo]`, and `[store]` already gives it one: use either",
                     )],
                 )));
             }

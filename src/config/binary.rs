@@ -67,7 +67,7 @@ pub fn check_binary(
     if !dev {
         use crate::gateway::{UpstreamSettings, UpstreamsSettings};
         let (credentials, single): (Vec<(String, &UpstreamSettings)>, bool) = match &upstream {
-            UpstreamsSettings::One(_, c) => (vec![("upstream.credential".into(), c)], true),
+            UpstreamsSettings::One(_, c) => (vec![("upstream.credential".into(), &**c)], true),
             UpstreamsSettings::Many(entries) => (
                 entries
                     .iter()
@@ -84,9 +84,7 @@ pub fn check_binary(
                     "`obo` exchanges the caller's token with idguard's own app: configure `[obo]` (its client secret or certificate)",
                 ));
             }
-            if single
-                && !matches!(credential, UpstreamSettings::None)
-                && server.upstream.is_none()
+            if single && !matches!(credential, UpstreamSettings::None) && server.upstream.is_none()
             {
                 problems.push(ConfigProblem::new(
                     key,
@@ -221,7 +219,8 @@ mod tests {
         let one = problems("[upstream]\ncredential = \"none\"\nname = \"solo\"\n", &[]).unwrap();
         assert!(matches!(
             one.upstream,
-            crate::gateway::UpstreamsSettings::One(Some(ref n), crate::gateway::UpstreamSettings::None) if n == "solo"
+            crate::gateway::UpstreamsSettings::One(Some(ref n), ref c)
+                if n == "solo" && matches!(**c, crate::gateway::UpstreamSettings::None)
         ));
     }
 }

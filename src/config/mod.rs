@@ -181,6 +181,7 @@ impl IdGuardConfig {
         self.mcp.check(&mut problems);
         self.upstream.check(&mut problems);
         let t = self.token.check(&mut problems);
+        let oauth_keys = self.oauth.as_ref().map(|o| o.keys.clone());
         let oauth = self.oauth.map(|o| {
             o.check(
                 &OAuthContext {
@@ -193,7 +194,20 @@ impl IdGuardConfig {
             )
         });
         let obo = self.obo.map(|o| o.check(&mut problems));
-        let store = self.store.map(|s| s.check(&mut problems));
+        let mut store = self.store.and_then(|s| s.check(&mut problems));
+        if let Some(store) = &mut store {
+            // The on-behalf-of tokens replicas share are sealed under `store.keys`, by
+            // default the OAuth proxy's keys; without either they would be shared in clear.
+            if store.keys.is_empty() {
+                store.keys = oauth_keys.unwrap_or_default();
+            }
+            if store.keys.is_empty() && obo.as_ref().is_some_and(Option::is_some) {
+                problems.push(ConfigProblem::new(
+                    "store.keys",
+                    "required with `[obo]` and no `[oauth]`: secrets of 32 bytes or more that seal the on-behalf-of tokens replicas share (e.g. `openssl rand -base64 48`)",
+                ));
+            }
+        }
         match t.tenant {
             Some(tenant) if problems.is_empty() => Ok(ResolvedConfig {
                 authority: t.authority,
@@ -212,7 +226,7 @@ impl IdGuardConfig {
                 jwks_cache_file: t.jwks_cache_file,
                 obo: obo.flatten(),
                 oauth: oauth.flatten(),
-                store: store.flatten(),
+                store,
             }),
             _ => Err(ConfigError::from_problems(problems)),
         }
@@ -242,6 +256,64 @@ mod tests {
         assert_eq!(r.leeway, DEFAULT_LEEWAY);
         assert_eq!(r.authority, DEFAULT_AUTHORITY);
         assert!(matches!(r.tenant, TenantMode::Single(_)));
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn shared_obo_tokens_are_sealed_under_store_keys_or_oauth_keys() {
+        let store = || StoreConfig {
+            redis_url: Some("redis://127.0.0.1:6379/0".into()),
+            ..StoreConfig::default()
+        };
+        let obo = || OboConfig {
+            client_secret: Some(Secret::new("a-client-secret")),
+            ..OboConfig::default()
+        };
+        // `[obo]` and `[store]` without `[oauth]`: `store.keys` is required.
+        let err = IdGuardConfig {
+            token: valid(),
+            obo: Some(obo()),
+            store: Some(store()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.problems().iter().any(|p| p.key() == "store.keys"),
+            "{err}"
+        );
+        // Short keys are named, never quoted.
+        let err = IdGuardConfig {
+            token: valid(),
+            obo: Some(obo()),
+            store: Some(StoreConfig {
+                keys: vec![Secret::new("short-store-key")],
+                ..store()
+            }),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("store.keys"), "{err}");
+        assert!(!err.to_string().contains("short-store-key"), "{err}");
+        // `oauth.keys` is the default.
+        let oauth_key = "k3Jx9Qv0P1u5e8ZbN2m7R4t6Y0w3S5d8F1h4J7l0Z2x5C8v1B4n7M0q3W6e9R2t5";
+        let resolved = IdGuardConfig {
+            token: valid(),
+            obo: Some(obo()),
+            oauth: Some(OAuthConfig {
+                keys: vec![Secret::new(oauth_key)],
+                scopes: Some(vec!["mcp.tools".into()]),
+                ..OAuthConfig::default()
+            }),
+            store: Some(store()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let keys = &resolved.store.unwrap().keys;
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].expose(), oauth_key);
     }
 
     #[test]

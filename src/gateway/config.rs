@@ -451,14 +451,14 @@ pub struct NamedUpstream {
 #[non_exhaustive]
 pub enum UpstreamsSettings {
     /// `[upstream]`: its name, if any, and its credential.
-    One(Option<String>, UpstreamSettings),
+    One(Option<String>, Box<UpstreamSettings>),
     /// `[[upstream]]` entries, in order.
     Many(Vec<NamedUpstream>),
 }
 
 impl Default for UpstreamsSettings {
     fn default() -> Self {
-        Self::One(None, UpstreamSettings::None)
+        Self::One(None, Box::new(UpstreamSettings::None))
     }
 }
 
@@ -487,7 +487,7 @@ impl Upstreams {
                     check_name("upstream.name", n, problems);
                     n.clone()
                 });
-                UpstreamsSettings::One(name, one.check(problems))
+                UpstreamsSettings::One(name, Box::new(one.check(problems)))
             }
             Self::Many(entries) => {
                 if entries.is_empty() {

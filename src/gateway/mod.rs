@@ -52,8 +52,7 @@ mod many;
 
 pub(crate) use config::upstream_url;
 pub use config::{
-    ExchangeSettings, NamedUpstream, UpstreamConfig, UpstreamSettings, Upstreams,
-    UpstreamsSettings,
+    ExchangeSettings, NamedUpstream, UpstreamConfig, UpstreamSettings, Upstreams, UpstreamsSettings,
 };
 pub use many::{Gateways, UPSTREAM_UNAVAILABLE_CODE};
 

@@ -74,6 +74,9 @@ struct Inner {
     keys: Vec<(String, LessSafeKey)>,
     command_timeout: Duration,
     unlock: redis::Script,
+    /// The binary's `[store]` connection, when built from it: commands go through it, so
+    /// their failures show in the store's health (`/healthz`, `/metrics`).
+    store: Option<crate::store::SharedStore>,
 }
 
 impl fmt::Debug for SharedTokenCache {
@@ -120,6 +123,16 @@ impl SharedTokenCache {
         keys: &[Secret],
         command_timeout: Duration,
     ) -> Result<Self, ConfigError> {
+        Self::build(connection, key_prefix, keys, command_timeout, None)
+    }
+
+    fn build(
+        connection: ConnectionManager,
+        key_prefix: &str,
+        keys: &[Secret],
+        command_timeout: Duration,
+        store: Option<crate::store::SharedStore>,
+    ) -> Result<Self, ConfigError> {
         let bad = |message: &str| {
             ConfigError::from_problems(vec![ConfigProblem::new("obo shared cache keys", message)])
         };
@@ -145,9 +158,25 @@ impl SharedTokenCache {
                 keys: derived,
                 command_timeout,
                 unlock: redis::Script::new(UNLOCK),
+                store,
             }),
             lock_ttl: DEFAULT_SHARED_LOCK_TTL,
         })
+    }
+
+    /// The second level `[store]` describes: its connection, key prefix and command
+    /// timeout, tokens sealed under `store.keys` (or `oauth.keys`).
+    pub(crate) fn from_store(
+        store: &crate::store::SharedStore,
+        keys: &[Secret],
+    ) -> Result<Self, ConfigError> {
+        Self::build(
+            store.connection(),
+            store.key_prefix(),
+            keys,
+            store.command_timeout(),
+            Some(Arc::clone(store)),
+        )
     }
 
     /// How long a replica's exchange lock lives (default [`DEFAULT_SHARED_LOCK_TTL`]):
@@ -317,6 +346,13 @@ impl SharedTokenCache {
     /// One command, within the command timeout; a failure is logged once here and becomes
     /// [`OboError::SharedCacheUnavailable`].
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, OboError> {
+        if let Some(store) = &self.inner.store {
+            // Counted and logged (rate-limited) by the store.
+            return store
+                .query(command)
+                .await
+                .map_err(|_| OboError::SharedCacheUnavailable);
+        }
         let mut connection = self.inner.connection.clone();
         match tokio::time::timeout(
             self.inner.command_timeout,
@@ -326,7 +362,7 @@ impl SharedTokenCache {
         {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                tracing::error!(target: "idguard::obo", error = %e, "redis unreachable: on-behalf-of answers 503 until it is back");
+                tracing::error!(target: "idguard::obo", kind = ?e.kind(), "redis unreachable: on-behalf-of answers 503 until it is back");
                 Err(OboError::SharedCacheUnavailable)
             }
             Err(_) => {

@@ -66,6 +66,12 @@ pub struct StoreConfig {
     /// [`DEFAULT_SESSION_CACHE_TTL`]: a session revoked on another replica is refused here
     /// within this bound. `"0s"` reads the store on every request.
     pub session_cache_ttl: Option<String>,
+    /// Secrets (at least 32 bytes each) that seal the on-behalf-of tokens the replicas
+    /// share in Redis: the first seals, every one opens (put a new one first, drop the old
+    /// one once its tokens expired, within an hour). Default: `oauth.keys`. Required with
+    /// `[obo]` when there is no `[oauth]`.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
 }
 
 /// Default `store.key_prefix`.
@@ -95,6 +101,10 @@ pub(crate) struct StoreSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) session_cache_ttl: Duration,
+    /// `store.keys`, or `oauth.keys` when it is empty (see [`IdGuardConfig::resolve`]).
+    ///
+    /// [`IdGuardConfig::resolve`]: crate::config::IdGuardConfig::resolve
+    pub(crate) keys: Vec<Secret>,
 }
 
 impl StoreConfig {
@@ -262,6 +272,12 @@ impl StoreConfig {
                 "is how late a revocation may be seen: at most `60s` (default `5s`)".into(),
             );
         }
+        crate::setting::check_secrets(
+            "store.keys",
+            self.keys.iter().map(Secret::expose),
+            crate::seal::MIN_SECRET_BYTES,
+            problems,
+        );
         let mut url = url?;
         if problems.len() > before {
             return None;
@@ -276,6 +292,7 @@ impl StoreConfig {
             connect_timeout,
             command_timeout,
             session_cache_ttl,
+            keys: self.keys,
         })
     }
 }

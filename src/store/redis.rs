@@ -82,21 +82,18 @@ impl Shared {
     }
 
     /// A clone of the connection (cheap: the manager is shared).
-    #[allow(
-        dead_code,
-        reason = "for the on-behalf-of second level (`obo/shared.rs`), built alongside"
-    )]
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
     /// What every key starts with (`store.key_prefix`).
-    #[allow(
-        dead_code,
-        reason = "for the on-behalf-of second level (`obo/shared.rs`), built alongside"
-    )]
     pub(crate) fn key_prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// `store.command_timeout`.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// `{prefix}{parts joined by ':'}`.
@@ -167,7 +164,7 @@ impl Shared {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::error!(target: "idguard::store", url = %self.shown, errors, "{failure}: the OAuth proxy answers 503 until the store is back (further failures within {LOG_EVERY_SECS}s are counted, not logged)");
+            tracing::error!(target: "idguard::store", url = %self.shown, errors, "{failure}: the OAuth proxy and on-behalf-of answer 503 until the store is back (further failures within {LOG_EVERY_SECS}s are counted, not logged)");
         }
     }
 

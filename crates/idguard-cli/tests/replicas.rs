@@ -1,7 +1,9 @@
 //! Two `idguard` processes sharing one real Redis server (`[store]`), with the OAuth proxy
 //! on, against one dev Entra emulator: a sign-in that starts on one replica finishes on
 //! the other, refresh rotation is exact across them, a replayed refresh token revokes the
-//! family everywhere, and a replica killed mid sign-in leaves the flow to the other.
+//! family everywhere, a replica killed mid sign-in leaves the flow to the other, an
+//! on-behalf-of token one replica obtained serves the other from Redis, and with Redis
+//! stopped mid-run nothing that needs it is allowed, until it is back.
 //!
 //! Both replicas have the same configuration (the same `[oauth]` keys, the same public
 //! resource `http://127.0.0.1/mcp`); the test plays the load balancer by sending each step
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use browser::{Browser, hidden, location};
 use common::{Launch, Proc, Workdir, base_of, config_toml, free_port, health, metrics, until};
-use idguard_dev::DevEntra;
+use idguard_dev::{DevEndpoint, DevEntra};
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 
@@ -39,10 +41,11 @@ const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 fn config(entra: &DevEntra, redis: &RedisServer, ports: &[u16]) -> String {
     let hosts: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     format!(
-        "{}\n[mcp]\nallowed_hosts = [{}]\n\n[obo]\nclient_secret = \"{}\"\n\n[oauth]\nscopes = [\"mcp.tools\"]\nkeys = [\"replica-test-key-0123456789abcdef-0123456789abcdef\"]\n\n[store]\nredis_url = \"{}\"\nkey_prefix = \"replicas:\"\nsession_cache_ttl = \"1s\"\n",
+        "{}\n[mcp]\nallowed_hosts = [{}]\n\n[obo]\nclient_secret = \"{}\"\ngraph_url = \"{}\"\n[obo.apis]\ngraph = [\"https://graph.microsoft.com/User.Read\"]\n\n[oauth]\nscopes = [\"mcp.tools\"]\nkeys = [\"replica-test-key-0123456789abcdef-0123456789abcdef\"]\n\n[store]\nredis_url = \"{}\"\nkey_prefix = \"replicas:\"\nsession_cache_ttl = \"1s\"\n",
         config_toml(entra.url(), entra, "required_scopes = [\"mcp.tools\"]", ""),
         hosts.join(", "),
         entra.client_secret(),
+        entra.graph_url(),
         redis.url()
     )
 }
@@ -61,7 +64,7 @@ fn replica(name: &str, config: &str, port: u16) -> (Proc, String) {
 
 struct Cluster {
     entra: DevEntra,
-    _redis: RedisServer,
+    redis: RedisServer,
     a: Option<Proc>,
     _b: Proc,
     base_a: String,
@@ -80,7 +83,7 @@ async fn cluster(name: &str) -> Cluster {
     let (b, base_b) = replica(&format!("{name}-b"), &text, ports[1]);
     Cluster {
         entra,
-        _redis: redis,
+        redis,
         a: Some(a),
         _b: b,
         base_a,
@@ -94,13 +97,18 @@ fn on(base: &str, url: &str) -> String {
     format!("{base}{}", url.strip_prefix(PUBLIC).unwrap())
 }
 
-async fn register(http: &reqwest::Client, base: &str) -> String {
-    let res = http
-        .post(format!("{base}/register"))
+/// `POST /register` (a client with the test's redirect URI) at the replica at `base`.
+async fn try_register(http: &reqwest::Client, base: &str) -> reqwest::Response {
+    http.post(format!("{base}/register"))
         .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "client_name": "replicas"}))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A registered client's id.
+async fn register(http: &reqwest::Client, base: &str) -> String {
+    let res = try_register(http, base).await;
     assert_eq!(res.status(), 201);
     let body: Value = res.json().await.unwrap();
     body["client_id"].as_str().unwrap().to_owned()
@@ -206,6 +214,24 @@ async fn mcp_status(http: &reqwest::Client, base: &str, token: &str) -> u16 {
     .unwrap()
     .status()
     .as_u16()
+}
+
+/// The reply of `tools/call my_profile` (the demo tool that reads the caller's Graph
+/// profile on their behalf) with `token` at the replica at `base`.
+async fn my_profile(http: &reqwest::Client, base: &str, token: &str) -> String {
+    common::mcp_post(
+        http,
+        &format!("{base}/mcp"),
+        token,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "my_profile", "arguments": {}}}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap()
 }
 
 fn field<'v>(v: &'v Value, name: &str) -> &'v str {
@@ -344,6 +370,129 @@ async fn a_replica_killed_mid_sign_in_leaves_the_flow_to_the_other() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_behalf_of_tokens_are_shared_and_a_stopped_redis_allows_nothing_it_should_not() {
+    let mut c = cluster("obo").await;
+    let http = c.http.clone();
+    let (a, b) = (c.base_a.clone(), c.base_b.clone());
+    let bob = c.entra.token_for("bob").unwrap().mint().unwrap();
+    let exchanges = || c.entra.requests(DevEndpoint::Token);
+
+    // Bob's Graph token, obtained on A, serves B from Redis: one token request in all.
+    let before = exchanges();
+    let profile = my_profile(&http, &a, &bob).await;
+    assert!(profile.contains("Bob Reader"), "{profile}");
+    assert_eq!(exchanges(), before + 1);
+    assert!(my_profile(&http, &b, &bob).await.contains("Bob Reader"));
+    assert_eq!(exchanges(), before + 1, "B used the token A obtained");
+
+    // A signed-in client, for what follows.
+    let client_id = register(&http, &a).await;
+    let (mut browser, callback) = start_sign_in(&a, &client_id).await;
+    let code = finish_sign_in(&mut browser, &b, &callback).await;
+    let tokens = redeem(&http, &b, &client_id, &code).await;
+    let access = field(&tokens, "access_token").to_owned();
+    let rt = field(&tokens, "refresh_token").to_owned();
+    assert_eq!(mcp_status(&http, &a, &access).await, 200);
+
+    c.redis.stop();
+    // Direct Entra tokens keep working: validation and policy need no store.
+    let alice = c.entra.token_for("alice").unwrap().mint().unwrap();
+    assert_eq!(mcp_status(&http, &a, &alice).await, 200);
+    // An on-behalf-of token not in a replica's own cache is not obtained around Redis.
+    let before = exchanges();
+    let refused = my_profile(&http, &b, &alice).await;
+    assert!(!refused.contains("Alice"), "{refused}");
+    assert_eq!(exchanges(), before, "no exchange while Redis is down");
+    // The proxy's endpoints answer 503 with Retry-After, never an answer that skips a check.
+    let (status, body) = refresh(&http, &a, &client_id, &rt).await;
+    assert_eq!(
+        (status, field(&body, "error")),
+        (503, "temporarily_unavailable")
+    );
+    let res = try_register(&http, &b).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    // An idguard-issued token is refused once the replica's copy of its session is older
+    // than `session_cache_ttl` (1 s here).
+    until(
+        Duration::from_secs(10),
+        "A refuses the issued token",
+        || async { (mcp_status(&http, &a, &access).await == 503).then_some(()) },
+    )
+    .await;
+    let h = health(&http, &b).await;
+    assert_eq!(h["store"]["reachable"], false, "{h}");
+
+    c.redis.restart();
+    // Back (empty: the test server keeps no data), and both replicas serve again without a
+    // restart: registration works, what Redis lost is refused, not guessed.
+    until(Duration::from_secs(20), "A registers again", || async {
+        let res = try_register(&http, &a).await;
+        (res.status() == 201).then_some(())
+    })
+    .await;
+    let status = until(Duration::from_secs(20), "B reaches Redis again", || async {
+        let s = mcp_status(&http, &b, &access).await;
+        (s != 503).then_some(s)
+    })
+    .await;
+    assert_eq!(status, 401, "the lost session is gone, not guessed");
+    let (status, body) = refresh(&http, &b, &client_id, &rt).await;
+    assert!(matches!(status, 400 | 401), "{status} {body}");
+    let profile = until(
+        Duration::from_secs(20),
+        "B's on-behalf-of resumes",
+        || async {
+            let p = my_profile(&http, &b, &alice).await;
+            p.contains("userPrincipalName").then_some(p)
+        },
+    )
+    .await;
+    assert!(profile.contains("Alice"), "{profile}");
+    assert_eq!(health(&http, &b).await["store"]["reachable"], true);
+}
+
+/// The `/register` bucket (60 a minute, all clients together) and the sign-ins in progress
+/// per address (64) are counted in Redis: what one replica admitted, the other counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_counted_across_replicas() {
+    let c = cluster("limits").await;
+    let (http, a, b) = (&c.http, &c.base_a, &c.base_b);
+    let mut client_id = String::new();
+    for i in 0..60 {
+        client_id = register(http, if i % 2 == 0 { a } else { b }).await;
+    }
+    for base in [a, b] {
+        let res = try_register(http, base).await;
+        assert_eq!(res.status(), 429, "the 61st registration, at {base}");
+    }
+    let authorize = |base: &str| {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{base}/authorize"),
+            [
+                ("response_type", "code"),
+                ("client_id", client_id.as_str()),
+                ("redirect_uri", CLIENT_REDIRECT),
+                ("code_challenge", CHALLENGE),
+                ("code_challenge_method", "S256"),
+                ("scope", "mcp.tools"),
+            ],
+        )
+        .unwrap();
+        http.get(url).send()
+    };
+    for i in 0..64 {
+        let res = authorize(if i % 2 == 0 { a } else { b }).await.unwrap();
+        assert_eq!(res.status(), 200, "sign-in {i}");
+    }
+    for base in [a, b] {
+        let res = authorize(base).await.unwrap();
+        assert_eq!(res.status(), 429, "the 65th sign-in in progress, at {base}");
+        assert!(res.headers().contains_key("retry-after"));
+    }
 }
 
 #[test]
