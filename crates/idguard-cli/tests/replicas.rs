@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use browser::{Browser, hidden, location};
 use common::{Launch, Proc, Workdir, base_of, config_toml, free_port, health, metrics, until};
-use idguard_dev::{DevEndpoint, DevEntra};
+use idguard_dev::{DevEndpoint, DevEntra, DevUser};
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 
@@ -73,7 +73,19 @@ struct Cluster {
 }
 
 async fn cluster(name: &str) -> Cluster {
-    let entra = DevEntra::builder().start().await.unwrap();
+    let entra = DevEntra::builder()
+        .user(DevUser {
+            key: "dave".into(),
+            name: "Dave Reader".into(),
+            upn: "dave@contoso.example".into(),
+            object_id: "da4e0000-0000-4000-8000-0000000da4e0".into(),
+            roles: vec!["Tools.Read".into()],
+            groups: Vec::new(),
+            ..idguard_dev::overage_user()
+        })
+        .start()
+        .await
+        .unwrap();
     entra.set_sign_in_user(Some("alice")).unwrap();
     entra.allow_redirect_uri(format!("{PUBLIC}/callback"));
     let redis = RedisServer::start();
@@ -387,6 +399,23 @@ async fn on_behalf_of_tokens_are_shared_and_a_stopped_redis_allows_nothing_it_sh
     assert_eq!(exchanges(), before + 1);
     assert!(my_profile(&http, &b, &bob).await.contains("Bob Reader"));
     assert_eq!(exchanges(), before + 1, "B used the token A obtained");
+    // 100 concurrent first requests of one caller, half on each replica: one replica
+    // exchanges while the others wait for its token (at most 2 token requests).
+    // (Replicas also keep each user's Graph profile: a user neither replica has seen.)
+    let fresh = c.entra.token_for("dave").unwrap().mint().unwrap();
+    let before = exchanges();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let (http, token) = (http.clone(), fresh.clone());
+        let base = if i % 2 == 0 { a.clone() } else { b.clone() };
+        calls.spawn(async move { my_profile(&http, &base, &token).await });
+    }
+    while let Some(reply) = calls.join_next().await {
+        let reply = reply.unwrap();
+        assert!(reply.contains("Dave Reader"), "{reply}");
+    }
+    let spent = exchanges() - before;
+    assert!((1..=2).contains(&spent), "{spent} token requests");
 
     // A signed-in client, for what follows.
     let client_id = register(&http, &a).await;
