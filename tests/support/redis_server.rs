@@ -15,6 +15,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -23,24 +24,45 @@ use std::time::Duration;
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// TLS only (`rediss://`): the server's certificate chain and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl RedisServer {
     /// Starts a server with no persistence on a free loopback port.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// Starts a server that speaks only TLS, with the certificate `cert` (PEM, for
+    /// `127.0.0.1`) and its key `key`; clients are not asked for certificates.
+    pub fn start_tls(cert: &Path, key: &Path) -> RedisServer {
+        RedisServer::start_with(Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> RedisServer {
         let port = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls,
+        };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's port.
@@ -60,9 +82,19 @@ impl RedisServer {
     /// once it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let mut child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some((cert, key)) => command
+                .args(["--port", "0", "--tls-auth-clients", "no", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
+        let mut child = command
             .args([
                 "--save",
                 "",

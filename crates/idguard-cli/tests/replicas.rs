@@ -11,6 +11,7 @@
 
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic,
     reason = "tests fail loudly"
@@ -52,10 +53,17 @@ fn config(entra: &DevEntra, redis: &RedisServer, ports: &[u16]) -> String {
 
 /// A replica on `port`, in its own copy of the configuration and policies.
 fn replica(name: &str, config: &str, port: u16) -> (Proc, String) {
+    replica_with(name, config, port, &[])
+}
+
+/// [`replica`] with more environment variables.
+fn replica_with(name: &str, config: &str, port: u16, env: &[(&str, &str)]) -> (Proc, String) {
     let dir = Workdir::with_policies(&format!("replicas-{name}"));
     dir.write("idguard.toml", config);
+    let mut vars = vec![("IDGUARD_LOG", "idguard=debug")];
+    vars.extend_from_slice(env);
     let proc = Launch::in_dir(&["serve", "--port", &port.to_string()], dir)
-        .env(&[("IDGUARD_LOG", "idguard=debug")])
+        .env(&vars)
         .stderr_log()
         .spawn();
     let base = base_of(&proc.line("idguard: demo tools at "));
@@ -522,6 +530,110 @@ async fn rate_limits_are_counted_across_replicas() {
         assert_eq!(res.status(), 429, "the 65th sign-in in progress, at {base}");
         assert!(res.headers().contains_key("retry-after"));
     }
+}
+
+/// A test CA and a certificate for `127.0.0.1` it signed, made with the `openssl` command
+/// in `dir`: (`ca.pem`, `server.pem`, `server.key`).
+fn test_certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command (Debian package openssl; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=idguard test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    ["ca.pem", "server.pem", "server.key"].map(|f| dir.join(f))
+}
+
+/// `rediss://`: the store's certificate is verified against the trusted roots (here a test
+/// CA named by `SSL_CERT_FILE`). Trusted, sign-ins work over TLS; not trusted, the proxy
+/// answers `503`: never a connection without verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_stores_certificate() {
+    let certs = Workdir::empty("replicas-tls-certs");
+    let [ca, cert, key] = test_certificates(certs.path());
+    let redis = RedisServer::start_tls(&cert, &key);
+    assert!(redis.url().starts_with("rediss://"));
+    let entra = DevEntra::builder().start().await.unwrap();
+    let ports = [free_port(), free_port()];
+    let text = config(&entra, &redis, &ports);
+    let ca = ca.to_str().unwrap();
+    let (_trusting, trusting) = replica_with("tls-a", &text, ports[0], &[("SSL_CERT_FILE", ca)]);
+    let (_other, other) = replica_with(
+        "tls-b",
+        &text,
+        ports[1],
+        &[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client_id = register(&http, &trusting).await;
+    assert!(!client_id.is_empty());
+    assert_eq!(health(&http, &trusting).await["store"]["reachable"], true);
+    let res = try_register(&http, &other).await;
+    assert_eq!(res.status(), 503, "an untrusted certificate is not used");
+    assert_eq!(health(&http, &other).await["store"]["reachable"], false);
 }
 
 #[test]
