@@ -410,6 +410,19 @@ async fn lists_merge_per_caller_calls_route_and_server_policies_decide() {
         read["result"]["contents"][0]["text"], "public readme",
         "{read}"
     );
+    // A URI that only a template covers is read once a template list named it.
+    let unlisted = alice
+        .rpc("resources/read", json!({"uri": "docs://secret/x"}))
+        .await;
+    assert!(unlisted.get("result").is_none(), "{unlisted}");
+    let templates = alice
+        .names(
+            "resources/templates/list",
+            "resourceTemplates",
+            "uriTemplate",
+        )
+        .await;
+    assert!(!templates.is_empty(), "{templates:?}");
     let templated = alice
         .rpc("resources/read", json!({"uri": "docs://secret/x"}))
         .await;
@@ -606,4 +619,41 @@ async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(answers.lock().unwrap().len(), 1);
+}
+
+/// `Gateways` whose `Servers` no policy engine judges (`with_servers` forgotten, or given
+/// to an engine already shared) refuses every request: without the `Server::` parents a
+/// `forbid … in Server::"x"` would match nothing.
+#[tokio::test]
+async fn servers_no_engine_judges_refuse_everything() {
+    use tower::ServiceExt as _;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let servers = Servers::new(["a"]);
+    let gateways = Gateways::new(
+        [(
+            "a".to_owned(),
+            Gateway::new(
+                reqwest::Url::parse("http://127.0.0.1:9/mcp").unwrap(),
+                client,
+            ),
+        )],
+        servers.clone(),
+    );
+    // Given to an engine that is already shared: ignored.
+    let engine = PolicyEngine::from_sources(
+        include_str!("../policies/schema.cedarschema"),
+        None,
+        [("many.cedar", POLICIES)],
+    )
+    .unwrap();
+    let _shared = engine.clone();
+    let _engine = engine.with_servers(servers);
+    let req = http::Request::post("/")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        ))
+        .unwrap();
+    let res = gateways.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }

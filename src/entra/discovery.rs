@@ -41,6 +41,23 @@ pub(crate) async fn fetch_metadata(
     Ok(doc)
 }
 
+/// The body of `res`, at most `max` bytes: `Err` with the reason when it is longer or the
+/// read fails (an answer from another server is never read without a bound).
+pub(crate) async fn body_capped(mut res: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the body failed: {}", without_url(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A reqwest error's message without the URL it repeats.
 pub fn without_url(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();

@@ -16,6 +16,7 @@ mod discovery;
 mod errors;
 mod urls;
 
+pub(crate) use discovery::body_capped;
 pub(crate) use discovery::fetch_metadata;
 pub use discovery::without_url;
 pub(crate) use errors::{EntraError, Refusal};

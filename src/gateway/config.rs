@@ -539,7 +539,8 @@ impl Upstreams {
                             if url.is_none() {
                                 problems.push(ConfigProblem::new(
                                     format!("{at}.url"),
-                                    format!("`{text}` must be an http or https URL with a host, e.g. `http://127.0.0.1:9000/mcp`"),
+                                    // Never quoted: a refused URL may hold a password.
+                                    "must be an http or https URL with a host and no user or password, e.g. `http://127.0.0.1:9000/mcp`",
                                 ));
                             }
                             url

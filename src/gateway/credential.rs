@@ -125,7 +125,14 @@ impl UpstreamCredential {
             Kind::None => Ok(None),
             Kind::Exchange(x) => {
                 let principal = ext.get::<Principal>().ok_or_else(unwired)?;
-                let subject = crate::token::bearer_token(headers).map_err(|_| unwired())?;
+                // The caller's Entra token as the layer validated it. The layer keeps it
+                // whenever the header could be something else (an idguard-issued token of
+                // the OAuth proxy, whose Entra token is the session's); without the proxy
+                // the header is the Entra token itself.
+                let subject = match ext.get::<BearerToken>() {
+                    Some(token) => token.expose(),
+                    None => crate::token::bearer_token(headers).map_err(|_| unwired())?,
+                };
                 let value = x.header_for(http, principal, subject).await?;
                 Ok(Some((header::AUTHORIZATION, value)))
             }

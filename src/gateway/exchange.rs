@@ -104,6 +104,9 @@ enum Failure {
     Internal,
 }
 
+/// The largest answer read from the token endpoint (a token response is a few KiB).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 impl TokenExchange {
     /// An exchange at `token_endpoint` (`https`, or `http` on a loopback address), asking
     /// for no particular audience, resource or scope, without client authentication.
@@ -116,7 +119,13 @@ impl TokenExchange {
             token_endpoint.starts_with("https://") || crate::entra::is_loopback_url(token_endpoint);
         let endpoint = reqwest::Url::parse(token_endpoint)
             .ok()
-            .filter(|u| secure && u.host().is_some() && u.fragment().is_none())
+            .filter(|u| {
+                secure
+                    && u.host().is_some()
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+            })
             .ok_or(InsecureTokenEndpoint(()))?;
         Ok(Self::from_url(endpoint))
     }
@@ -336,7 +345,11 @@ impl TokenExchange {
                 }
                 Ok(res) => {
                     let retry_after = crate::obo::retry_after(res.headers());
-                    let body: Value = res.json().await.unwrap_or(Value::Null);
+                    let body: Value = crate::entra::body_capped(res, MAX_ANSWER_BYTES)
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or(Value::Null);
                     let code = error_code(&body);
                     if code == "temporarily_unavailable" {
                         return Err(Failure::Throttled(retry_after));
@@ -370,10 +383,11 @@ fn error_code(body: &Value) -> String {
 
 /// Checks an RFC 8693 §2.2.1 answer: the token, its type, `Bearer`/`N_A`, `expires_in`.
 async fn parse_issued(res: reqwest::Response) -> Result<(Secret, Option<u64>), Failure> {
-    let body: Value = res
-        .json()
+    let body: Value = crate::entra::body_capped(res, MAX_ANSWER_BYTES)
         .await
-        .map_err(|_| Failure::BadAnswer("not a json object"))?;
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(Failure::BadAnswer("not a json object of at most 64 KiB"))?;
     let token = body
         .get("access_token")
         .and_then(Value::as_str)
@@ -449,6 +463,7 @@ mod tests {
         assert!(TokenExchange::new("http://as.example.com/token").is_err());
         assert!(TokenExchange::new("http://127.0.0.1.evil.com/token").is_err());
         assert!(TokenExchange::new("as.example.com").is_err());
+        assert!(TokenExchange::new("https://idguard:s3cret@as.example.com/token").is_err());
     }
 
     #[test]

@@ -445,11 +445,15 @@ impl PolicyEngine {
     /// to a server gets `Server::"<name>"` as its parent and that name as its `server`
     /// attribute, so policies can say `resource in Server::"github"`. Items of no named
     /// server keep [`with_server_name`](Self::with_server_name)'s name and no parent. Call
-    /// before sharing the engine (a shadow set takes the same servers).
+    /// before sharing the engine (a shadow set takes the same servers): given to an engine
+    /// already shared, the servers are ignored, and a [`Gateways`](crate::gateway::Gateways)
+    /// routing to them refuses every request (`500`) rather than route items no policy saw
+    /// as theirs.
     #[must_use]
     pub fn with_servers(mut self, servers: Servers) -> Self {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => {
+                servers.set_judged();
                 inner.servers = Some(servers);
                 if let Some(shadow) = inner.shadow.take() {
                     inner.attach_shadow(shadow.engine);
@@ -457,7 +461,7 @@ impl PolicyEngine {
             }
             None => tracing::error!(
                 target: "idguard::policy",
-                "servers were given to an engine already in use; they are ignored"
+                "servers were given to an engine already in use; they are ignored (a gateway routing to them refuses every request)"
             ),
         }
         self

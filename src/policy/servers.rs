@@ -10,10 +10,14 @@
 //! - **resources** keep their URIs (renaming them is not safe: servers embed them in
 //!   content), so each URI (and template) is *claimed* by the first server that lists it;
 //!   a URI another server lists later is a collision, refused by whoever asks
-//!   ([`Servers::claim_resource`] returns `false`). A claim is never moved, so a decision
-//!   cached for a URI always speaks about the same server.
+//!   ([`Servers::claim_resource`] returns `false`), and so is a URI that another server's
+//!   template already covers, or a template whose literal prefix nests with (starts with,
+//!   or is the start of) another server's. A URI's server never changes once it has one,
+//!   so a decision made (and cached) for a URI always speaks about the server that
+//!   receives the request.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::entities::Item;
@@ -53,6 +57,10 @@ struct Inner {
     /// One server: every item is its own, and names carry no prefix.
     single: bool,
     claims: RwLock<Claims>,
+    /// Set once a policy engine judges with these servers
+    /// ([`with_servers`](super::PolicyEngine::with_servers)): a gateway that routes to
+    /// them refuses every request until then.
+    judged: AtomicBool,
 }
 
 #[derive(Default)]
@@ -60,6 +68,36 @@ struct Claims {
     resources: HashMap<String, Arc<str>>,
     /// (literal prefix before the first `{`, template, server).
     templates: Vec<(String, String, Arc<str>)>,
+}
+
+impl Claims {
+    /// The one server whose template's literal prefix is the longest that `uri` starts
+    /// with (`None`: no template, or a tie between servers).
+    fn template_owner(&self, uri: &str) -> Option<Arc<str>> {
+        if let Some(s) = self.templates.iter().find(|(_, t, _)| t == uri) {
+            return Some(s.2.clone());
+        }
+        let mut best: Option<(usize, &Arc<str>)> = None;
+        let mut tie = false;
+        for (prefix, _, server) in &self.templates {
+            if prefix.is_empty() || !uri.starts_with(prefix.as_str()) {
+                continue;
+            }
+            match best {
+                Some((len, s)) if len == prefix.len() => tie |= s != server,
+                Some((len, _)) if len > prefix.len() => {}
+                _ => {
+                    best = Some((prefix.len(), server));
+                    tie = false;
+                }
+            }
+        }
+        if tie {
+            None
+        } else {
+            best.map(|(_, s)| s.clone())
+        }
+    }
 }
 
 impl std::fmt::Debug for Servers {
@@ -90,8 +128,19 @@ impl Servers {
                 names: names.into_iter().map(Arc::from).collect(),
                 single,
                 claims: RwLock::new(Claims::default()),
+                judged: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Marks these servers as judged by a policy engine.
+    pub(crate) fn set_judged(&self) {
+        self.inner.judged.store(true, Ordering::Release);
+    }
+
+    /// Whether a policy engine judges with these servers.
+    pub(crate) fn judged(&self) -> bool {
+        self.inner.judged.load(Ordering::Acquire)
     }
 
     /// The servers' names, in order.
@@ -144,29 +193,7 @@ impl Servers {
         if let Some(s) = claims.resources.get(uri) {
             return Some(s.clone());
         }
-        if let Some(s) = claims.templates.iter().find(|(_, t, _)| t == uri) {
-            return Some(s.2.clone());
-        }
-        let mut best: Option<(usize, &Arc<str>)> = None;
-        let mut tie = false;
-        for (prefix, _, server) in &claims.templates {
-            if prefix.is_empty() || !uri.starts_with(prefix.as_str()) {
-                continue;
-            }
-            match best {
-                Some((len, s)) if len == prefix.len() => tie |= s != server,
-                Some((len, _)) if len > prefix.len() => {}
-                _ => {
-                    best = Some((prefix.len(), server));
-                    tie = false;
-                }
-            }
-        }
-        if tie {
-            None
-        } else {
-            best.map(|(_, s)| s.clone())
-        }
+        claims.template_owner(uri)
     }
 
     /// Claims `uri` for `server`: `true` when it is (now or already) that server's,
@@ -186,6 +213,11 @@ impl Servers {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(owner) = claims.resources.get(uri) {
             return *owner == server;
+        }
+        // A URI a template already attributes stays with it: a claim never moves a URI
+        // from the server a decision was made for.
+        if let Some(owner) = claims.template_owner(uri) {
+            return owner == server;
         }
         if claims.resources.len() + claims.templates.len() >= MAX_CLAIMS {
             return false;
@@ -210,12 +242,21 @@ impl Servers {
             .claims
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, owner)) = claims
+        if let Some((_, _, owner)) = claims.templates.iter().find(|(_, t, _)| t == template) {
+            return *owner == server;
+        }
+        // Another server's template whose prefix nests with this one (either starts with
+        // the other) would take URIs from it, or be taken: refused, so no URI ever moves.
+        // An empty prefix attributes nothing (see `resource_server`), so it nests with none.
+        let nests = |p: &str| {
+            !p.is_empty() && !prefix.is_empty() && (p.starts_with(&prefix) || prefix.starts_with(p))
+        };
+        if claims
             .templates
             .iter()
-            .find(|(p, t, _)| t == template || *p == prefix)
+            .any(|(p, _, owner)| *owner != server && nests(p))
         {
-            return *owner == server;
+            return false;
         }
         if claims.resources.len() + claims.templates.len() >= MAX_CLAIMS {
             return false;
@@ -305,5 +346,33 @@ mod tests {
             Some("only")
         );
         assert_eq!(one.split("only__b"), None);
+    }
+
+    /// Once a URI has a server, no later claim gives it another (the scenario: `docs`
+    /// lists `files://{path}` while `hr` is down; `hr` comes back listing
+    /// `files://hr/salaries.csv` and `files://hr/{doc}`).
+    #[test]
+    fn a_uris_server_never_changes() {
+        let s = Servers::new(["docs", "hr"]);
+        let salaries = "files://hr/salaries.csv";
+        assert!(s.claim_template("docs", "files://{path}"));
+        assert_eq!(s.resource_server(salaries).as_deref(), Some("docs"));
+        assert!(!s.claim_resource("hr", salaries));
+        assert!(!s.claim_template("hr", "files://hr/{doc}"));
+        assert!(!s.claim_template("hr", "files:{x}"));
+        assert_eq!(s.resource_server(salaries).as_deref(), Some("docs"));
+        // The same server may nest its own templates and name its own URIs.
+        assert!(s.claim_template("docs", "files://docs/{doc}"));
+        assert!(s.claim_resource("docs", "files://readme"));
+        // An exact claim first: another server's template over it is accepted, and the URI
+        // keeps its server (an exact claim wins).
+        assert!(s.claim_resource("hr", "hr://payroll"));
+        assert!(!s.claim_resource("docs", "hr://payroll"));
+        assert!(s.claim_template("docs", "hr://{x}"));
+        assert_eq!(s.resource_server("hr://payroll").as_deref(), Some("hr"));
+        assert_eq!(s.resource_server("hr://other").as_deref(), Some("docs"));
+        // A template with no literal prefix attributes only its own text.
+        assert!(s.claim_template("hr", "{anything}"));
+        assert_eq!(s.resource_server("files://x").as_deref(), Some("docs"));
     }
 }

@@ -41,7 +41,7 @@ pub(crate) enum SharedStore {}
 /// password_file = "/run/secrets/redis-password"   # or IDGUARD_STORE_PASSWORD
 /// key_prefix = "idguard:"
 /// ```
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `redis://host:port/db`, or `rediss://…` for TLS. Required. A password in the URL
@@ -72,6 +72,35 @@ pub struct StoreConfig {
     /// `[obo]` when there is no `[oauth]`.
     #[serde(default)]
     pub keys: Vec<Secret>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    /// The URL without a password (one in it is refused, but may be there before the check).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self
+            .redis_url
+            .as_deref()
+            .map(|text| match url::Url::parse(text) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("redacted"));
+                    }
+                    u.to_string()
+                }
+                Err(_) => "(not a URL)".to_owned(),
+            });
+        f.debug_struct("StoreConfig")
+            .field("redis_url", &url)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("session_cache_ttl", &self.session_cache_ttl)
+            .field("keys", &self.keys)
+            .finish()
+    }
 }
 
 /// Default `store.key_prefix`.
@@ -300,6 +329,21 @@ impl StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let config = StoreConfig {
+            redis_url: Some("redis://idguard:hunter2@redis.internal:6379/0".into()),
+            password: Some(Secret::new("also-secret")),
+            ..StoreConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("also-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("redis.internal"), "{shown}");
+    }
 
     fn check(config: StoreConfig) -> Result<StoreSettings, Vec<ConfigProblem>> {
         let mut problems = Vec::new();

@@ -194,17 +194,21 @@ impl From<Refusal> for TokenError {
     }
 }
 
-/// An accepted request's extensions: the caller, and with `[obo]` their token and the
-/// on-behalf-of client (for [`Obo`](crate::obo::Obo)).
+/// An accepted request's extensions: the caller; with `[obo]` the on-behalf-of client (for
+/// [`Obo`](crate::obo::Obo)); with `[obo]` or `[oauth]` the caller's Entra token (behind an
+/// idguard-issued token, the session's: never the `Authorization` header's).
 pub(crate) struct Admitted {
     principal: Principal,
-    obo: Option<(Arc<dyn OnBehalfOf>, BearerToken)>,
+    obo: Option<Arc<dyn OnBehalfOf>>,
+    token: Option<BearerToken>,
 }
 
 impl Admitted {
     pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
-        if let Some((obo, token)) = self.obo {
+        if let Some(obo) = self.obo {
             obo.insert_into(extensions);
+        }
+        if let Some(token) = self.token {
             extensions.insert(token);
         }
         extensions.insert(self.principal);
@@ -432,15 +436,13 @@ impl Authenticator {
         token: BearerToken,
     ) -> Result<Admitted, Refusal> {
         let Some(obo) = &self.obo else {
-            return Ok(Admitted {
-                principal,
-                obo: None,
-            });
+            return Ok(self.admitted(principal, || token));
         };
         match obo.resolve_groups(&principal, &token).await {
             Ok(resolved) => Ok(Admitted {
                 principal: resolved,
-                obo: Some((Arc::clone(obo), token)),
+                obo: Some(Arc::clone(obo)),
+                token: Some(token),
             }),
             Err(error) => Err(Refusal::Groups { error, principal }),
         }
@@ -453,9 +455,13 @@ impl Authenticator {
     }
 
     fn admitted(&self, principal: Principal, token: impl FnOnce() -> BearerToken) -> Admitted {
+        // Kept for on-behalf-of, and where the `Authorization` header may be an
+        // idguard-issued token (the gateway's token exchange needs the Entra one).
+        let keep = self.obo.is_some() || self.issued.is_some();
         Admitted {
             principal,
-            obo: self.obo.as_ref().map(|o| (Arc::clone(o), token())),
+            obo: self.obo.clone(),
+            token: keep.then(token),
         }
     }
 

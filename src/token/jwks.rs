@@ -728,7 +728,7 @@ async fn fetch(
     url: &str,
     generation: u64,
 ) -> Result<(KeySet, Vec<u8>), String> {
-    let mut res = client
+    let res = client
         .get(url)
         .send()
         .await
@@ -736,17 +736,7 @@ async fn fetch(
     if !res.status().is_success() {
         return Err(format!("status {}", res.status()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = res
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the body failed: {}", without_url(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(format!("document is larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::entra::body_capped(res, MAX_JWKS_BYTES).await?;
     let set = KeySet::parse(&body, generation)?;
     Ok((set, body))
 }

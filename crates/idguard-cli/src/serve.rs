@@ -654,6 +654,7 @@ fn mcp_router(
                             .connect_timeout
                             .unwrap_or(server.upstream_connect_timeout),
                     )
+                    .retry(reqwest::retry::never().max_retries_per_request(0))
                     .build()?;
                 let gateway = Gateway::new(entry.url.clone(), client)
                     .with_response_timeout(entry.timeout.unwrap_or(server.upstream_timeout))

@@ -76,9 +76,10 @@ const PASSED: [HeaderName; 7] = [
 ///   gets a JSON-RPC error naming the server ([`UPSTREAM_UNAVAILABLE_CODE`]); idguard's own
 ///   refusal on the way (the upstream's credential: consent, a claims challenge) is
 ///   answered as with one upstream; nothing that names no known server is sent anywhere;
-/// - **notifications**: `notifications/initialized` and `notifications/roots/list_changed`
-///   go to every upstream; `notifications/cancelled` to the upstream that got the request;
-///   others are dropped;
+/// - **notifications**: `notifications/roots/list_changed` goes to every upstream (each got
+///   its `notifications/initialized` when idguard initialized it, so the caller's is not
+///   repeated); `notifications/cancelled` to the upstream that got the request; others are
+///   dropped;
 /// - **server-to-client requests** (sampling, elicitation, roots) in an upstream's reply
 ///   stream reach the caller with the id `<server>:n<id>` (or `:s<id>` for a string), so two
 ///   upstreams' ids never collide; the caller's answer goes back to that server with its
@@ -173,6 +174,16 @@ impl Gateways {
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/");
         *req.extensions_mut() = ext.clone();
+        // The caller's `Authorization` header stays here (it is never forwarded); a token
+        // exchange reads the caller's Entra token from the extensions instead. Without the
+        // OAuth proxy the layer leaves it there only for on-behalf-of, and the header is
+        // that token.
+        if ext.get::<crate::token::BearerToken>().is_none()
+            && let Ok(token) = crate::token::bearer_token(headers)
+        {
+            req.extensions_mut()
+                .insert(crate::token::BearerToken::new(token));
+        }
         let h = req.headers_mut();
         for name in &PASSED {
             if let Some(v) = headers.get(name) {
@@ -352,15 +363,9 @@ impl Gateways {
                 }
             }
         }
-        // Resources are attributed by claims: made now, so that a read before any list is
-        // decided with its server (an unclaimed URI is refused).
-        let claims: Vec<(usize, String)> = state
-            .upstream
-            .iter()
-            .map(|(i, s)| (*i, s.clone()))
-            .collect();
-        futures_util::future::join_all(claims.iter().map(|(i, s)| self.claim_all(*i, s, parts)))
-            .await;
+        // Resources are attributed by claims, made only from the lists callers ask for (the
+        // layer decided those): nothing is sent upstream that a caller's policy did not
+        // decide, and a URI no list has named yet is refused.
         if state.upstream.is_empty() {
             tracing::error!(target: "idguard::gateway", "no upstream answered initialize");
             return Rejection::new(RejectionKind::BadGateway, None).into_response();
@@ -436,32 +441,6 @@ impl Gateways {
         let mut result = Map::new();
         result.insert(key.into(), Value::Array(merged));
         rpc_result(id, Value::Object(result))
-    }
-
-    /// Claims upstream `index`'s resources and templates (its lists, not returned).
-    async fn claim_all(&self, index: usize, upstream: &str, parts: &http::request::Parts) {
-        let Some((server, _)) = self.inner.upstreams.get(index) else {
-            return;
-        };
-        for (method, key, field, template) in [
-            ("resources/list", "resources", "uri", false),
-            (
-                "resources/templates/list",
-                "resourceTemplates",
-                "uriTemplate",
-                true,
-            ),
-        ] {
-            let id = json!(format!("idguard-claims-{key}"));
-            let Ok(items) = self.pages(index, upstream, &id, method, key, parts).await else {
-                continue;
-            };
-            for item in &items {
-                if let Some(uri) = item.get(field).and_then(Value::as_str) {
-                    self.claimed(server, uri, template);
-                }
-            }
-        }
     }
 
     fn claimed(&self, server: &str, uri: &str, template: bool) -> bool {
@@ -705,7 +684,9 @@ impl Gateways {
         };
         let Some(id) = id else {
             match method {
-                "notifications/initialized" | "notifications/roots/list_changed" => {
+                // Each upstream got its own when idguard initialized it.
+                "notifications/initialized" => {}
+                "notifications/roots/list_changed" => {
                     self.fan_out(&message, &session, &parts).await;
                 }
                 "notifications/cancelled" => {
@@ -844,6 +825,10 @@ impl Service<Request<Body>> for Gateways {
             let path = req.uri().path();
             if !(path.is_empty() || path == "/") {
                 return Ok(Rejection::new(RejectionKind::NotServed, None).into_response());
+            }
+            if !this.inner.servers.judged() {
+                tracing::error!(target: "idguard::gateway", "no policy engine judges these upstreams' items (PolicyEngine::with_servers with the same Servers, before the engine is shared): refused");
+                return Ok(Rejection::new(RejectionKind::Internal, None).into_response());
             }
             let (parts, body) = req.into_parts();
             Ok(match parts.method {
