@@ -248,7 +248,7 @@ impl Gateways {
         headers: &HeaderMap,
         ext: &http::Extensions,
         message: &Value,
-    ) -> Result<(Value, Option<String>), Down> {
+    ) -> Result<(Value, Option<String>, usize), Down> {
         let body = Bytes::from(message.to_string());
         let res = self
             .send(index, upstream_session, headers, ext, Method::POST, body)
@@ -274,7 +274,7 @@ impl Gateways {
             .into_iter()
             .find(|m| m.get("id") == Some(id) && m.get("method").is_none())
             .ok_or(DOWN)?;
-        Ok((answer, session))
+        Ok((answer, session, bytes.len()))
     }
 
     /// Initializes upstream `index` for a session; its session id and `initialize` result.
@@ -286,7 +286,7 @@ impl Gateways {
         ext: &http::Extensions,
     ) -> Result<(String, Value), Down> {
         let message = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init});
-        let (answer, session) = self.ask(index, None, headers, ext, &message).await?;
+        let (answer, session, _) = self.ask(index, None, headers, ext, &message).await?;
         let result = answer.get("result").cloned().ok_or(DOWN)?;
         let session = session.unwrap_or_default();
         let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
@@ -487,13 +487,15 @@ impl Gateways {
     ) -> Result<Vec<Value>, Down> {
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
+        // All pages together are read up to what one reply may hold.
+        let mut read = 0usize;
         for _ in 0..MAX_PAGES {
             let params = match &cursor {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
             let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-            let (answer, _) = self
+            let (answer, _, bytes) = self
                 .ask(
                     index,
                     Some(upstream),
@@ -502,6 +504,11 @@ impl Gateways {
                     &message,
                 )
                 .await?;
+            read = read.saturating_add(bytes);
+            if read > wire::MAX_READ_BYTES {
+                tracing::warn!(target: "idguard::gateway", method, limit = wire::MAX_READ_BYTES, "an upstream's list is larger than the limit: left out");
+                return Err(DOWN);
+            }
             let result = answer.get("result").ok_or(DOWN)?;
             if let Some(Value::Array(page)) = result.get(key) {
                 items.extend(page.iter().cloned());
