@@ -1,5 +1,6 @@
 //! The `idguard` binary: the command line, dev mode, the gateway and the admin endpoints.
 
+mod access;
 mod admin;
 mod entra;
 mod listen;
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
         Some(Command::Policy(_) | Command::Entra(_) | Command::Config(_) | Command::Token(_)) => {
             "idguard=warn"
         }
-        _ => "idguard=info,tower_http=info",
+        _ => "idguard=info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,6 +137,7 @@ fn init_tracing(default: &str) {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(access::WithRequestId::default())
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .try_init();

@@ -22,8 +22,6 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use tower::{ServiceBuilder, ServiceExt as _};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use super::metrics::Metrics;
 use idguard::gateway::Gateway;
@@ -330,26 +328,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
             }))
             .layer(axum::middleware::from_fn_with_state(answers, tune_answers))
             .layer(axum::middleware::from_fn_with_state(metrics, count))
-            .layer(
-                ServiceBuilder::new()
-                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                    .layer(
-                        TraceLayer::new_for_http()
-                            .make_span_with(|req: &Request| {
-                                let id = req
-                                    .headers()
-                                    .get("x-request-id")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default();
-                                tracing::info_span!("request", id, method = %req.method(), path = req.uri().path())
-                            })
-                            .on_response(
-                                tower_http::trace::DefaultOnResponse::new()
-                                    .level(tracing::Level::INFO),
-                            ),
-                    )
-                    .layer(PropagateRequestIdLayer::x_request_id()),
-            )
+            .layer(super::access::AccessLogLayer::new())
     };
 
     tracing::info!(target: "idguard::serve", %base, "listening");
@@ -583,6 +562,7 @@ fn mcp_router(
                 .retry(reqwest::retry::never().max_retries_per_request(0))
                 .build()?;
             let gateway = Gateway::new(url.clone(), client)
+                .with_connect_timeout(server.upstream_connect_timeout)
                 .with_response_timeout(server.upstream_timeout)
                 .with_idle_timeout(server.upstream_idle_timeout)
                 .with_credential(credential);

@@ -1,0 +1,263 @@
+//! The access log and the request id: every request carries an `x-request-id` (the
+//! caller's, when it sent a usable one), sent back on the reply and upstream in gateway
+//! mode, and ends with one line at info under target `idguard::access`:
+//!
+//! ```text
+//! 2026-12-01T03:00:00.123456Z  INFO idguard::access: POST /mcp 200 153us request_id=9f2c4e1a7b3d5c60-1f
+//! ```
+//!
+//! (method, path without the query, status, time to the reply's head). Every other line
+//! logged while the request is served ends with the same `request_id=`
+//! ([`WithRequestId`]). This replaces tower-http's `TraceLayer` and a UUID per request:
+//! the line is formatted once, without a span per request or a `Debug` visitor per field,
+//! and the id costs an atomic increment instead of a `getrandom` call
+//! (`benches/load/README.md`, "The gateway scenario"). `IDGUARD_LOG=…,idguard::access=off`
+//! turns the line off.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::response::Response;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Uri};
+use tokio::task::futures::TaskLocalFuture;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+
+/// The request id header.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id taken from a caller; a longer (or not visible ASCII) one is
+/// replaced by idguard's own.
+const MAX_CALLER_ID: usize = 128;
+
+tokio::task_local! {
+    /// The id of the request the current task serves.
+    static REQUEST_ID: RequestId;
+}
+
+/// An `x-request-id` value: visible ASCII (checked where it is made).
+#[derive(Clone)]
+struct RequestId(HeaderValue);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or_default())
+    }
+}
+
+/// idguard's request ids: a random prefix drawn once per process, then a counter.
+///
+/// A request id is a correlation id, not a secret and not an authorization: it only has
+/// to be unique, across replicas too (64 random bits per process make a clash between two
+/// processes' prefixes negligible), and may be guessed. So no random draw per request.
+struct Ids {
+    prefix: [u8; 16],
+    next: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Self {
+        let (random, _) = uuid::Uuid::new_v4().as_u64_pair();
+        let mut prefix = [0; 16];
+        hex(random, &mut prefix);
+        Self {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The next id: `<16 hex digits>-<counter in hex>`.
+    fn next(&self) -> RequestId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = [b'-'; 33];
+        let (prefix, counter) = id.split_at_mut(17);
+        if let Some(p) = prefix.get_mut(..16) {
+            p.copy_from_slice(&self.prefix);
+        }
+        let mut digits = [0; 16];
+        hex(n, &mut digits);
+        // Without leading zeros (at least one digit).
+        let skip = digits.iter().take(15).take_while(|d| **d == b'0').count();
+        let digits = digits.get(skip..).unwrap_or_default();
+        let len = 17 + digits.len();
+        if let Some(c) = counter.get_mut(..digits.len()) {
+            c.copy_from_slice(digits);
+        }
+        let value = HeaderValue::from_bytes(id.get(..len).unwrap_or_default())
+            .unwrap_or(HeaderValue::from_static("-"));
+        RequestId(value)
+    }
+}
+
+/// `n` as 16 lowercase hex digits.
+fn hex(n: u64, out: &mut [u8; 16]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, d) in out.iter_mut().enumerate() {
+        let nibble = (n >> (60 - 4 * i)) & 0xf;
+        *d = DIGITS.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+}
+
+/// The caller's request id when it is usable: visible ASCII, 1 to 128 bytes.
+fn from_caller(req: &Request) -> Option<RequestId> {
+    let value = req.headers().get(X_REQUEST_ID)?;
+    let usable = (1..=MAX_CALLER_ID).contains(&value.len())
+        && value.as_bytes().iter().all(u8::is_ascii_graphic);
+    usable.then(|| RequestId(value.clone()))
+}
+
+/// The outermost layer of `idguard serve`: the request id, and the access log line.
+#[derive(Clone)]
+pub(crate) struct AccessLogLayer {
+    ids: Arc<Ids>,
+}
+
+impl AccessLogLayer {
+    pub(crate) fn new() -> Self {
+        Self {
+            ids: Arc::new(Ids::new()),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            ids: self.ids.clone(),
+        }
+    }
+}
+
+/// [`AccessLogLayer`]'s service.
+#[derive(Clone)]
+pub(crate) struct AccessLog<S> {
+    inner: S,
+    ids: Arc<Ids>,
+}
+
+impl<S> tower::Service<Request> for AccessLog<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let id = match from_caller(&req) {
+            Some(id) => id,
+            None => {
+                let id = self.ids.next();
+                req.headers_mut().insert(X_REQUEST_ID, id.0.clone());
+                id
+            }
+        };
+        let line = tracing::enabled!(target: "idguard::access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+        ResponseFuture {
+            inner: REQUEST_ID.scope(id.clone(), self.inner.call(req)),
+            id: Some(id),
+            line,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`AccessLog`]'s future.
+    pub(crate) struct ResponseFuture<F: Future> {
+        #[pin]
+        inner: TaskLocalFuture<RequestId, F>,
+        id: Option<RequestId>,
+        line: Option<(Method, Uri, Instant)>,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        let Some(id) = this.id.take() else {
+            return Poll::Ready(Ok(res));
+        };
+        if let Some((method, uri, started)) = this.line.take() {
+            let status = res.status().as_u16();
+            let micros = started.elapsed().as_micros();
+            REQUEST_ID.sync_scope(id.clone(), || {
+                tracing::info!(target: "idguard::access", "{method} {} {status} {micros}us", uri.path());
+            });
+        }
+        res.headers_mut().entry(X_REQUEST_ID).or_insert(id.0);
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// The binary's field formatter: [`DefaultFields`], then ` request_id=<id>` on every line
+/// written while a request is served.
+#[derive(Debug, Default)]
+pub(crate) struct WithRequestId(DefaultFields);
+
+impl<'writer> FormatFields<'writer> for WithRequestId {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        self.0.format_fields(writer.by_ref(), fields)?;
+        REQUEST_ID
+            .try_with(|id| write!(writer, " request_id={id}"))
+            .unwrap_or(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_a_process_prefix_and_a_counter() {
+        let ids = Ids::new();
+        let (a, b) = (ids.next().to_string(), ids.next().to_string());
+        assert_eq!(a.len(), 18, "{a}");
+        assert_eq!(&a[..17], &b[..17]);
+        assert!(a.ends_with("-1") && b.ends_with("-2"), "{a} {b}");
+        assert!(a[..16].bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        assert!(ids.next().to_string().ends_with("-ffffffffffffffff"));
+        assert_ne!(&Ids::new().next().to_string()[..16], &a[..16]);
+    }
+
+    #[test]
+    fn only_a_usable_caller_id_is_kept() {
+        let with = |v: &[u8]| {
+            let mut req = Request::new(axum::body::Body::empty());
+            req.headers_mut()
+                .insert(X_REQUEST_ID, HeaderValue::from_bytes(v).unwrap());
+            from_caller(&req).map(|id| id.to_string())
+        };
+        assert_eq!(with(b"abc-123").as_deref(), Some("abc-123"));
+        assert_eq!(with(b""), None);
+        assert_eq!(with(b"a b"), None);
+        assert_eq!(with(&[b'a'; 129]), None);
+        assert_eq!(with(&[0xe9]), None);
+    }
+}
