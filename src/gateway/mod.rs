@@ -331,29 +331,47 @@ fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
     if let Some(ct) = from.get(header::CONTENT_TYPE) {
         to.insert(header::CONTENT_TYPE, ct.clone());
     }
+    // Visible ASCII only (it goes into a quoted string below); passed on as it came.
     let host = from
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
-    if let Some(host) = host
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        to.insert(HeaderName::from_static("x-forwarded-host"), v);
+        .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic));
+    if let Some(host) = host {
+        to.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
     if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let node = match peer {
-            SocketAddr::V4(_) => ip.clone(),
-            SocketAddr::V6(_) => format!("\"[{ip}]\""),
+        // `for=<ip>` (an IPv6 address quoted and bracketed), then `;host="<host>"`: written
+        // once into the buffer that becomes the header, without formatting machinery.
+        let mut forwarded = Vec::with_capacity(64 + host.map_or(0, HeaderValue::len));
+        forwarded.extend_from_slice(b"for=");
+        let ip = match peer.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let mut number = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        forwarded.push(b'.');
+                    }
+                    forwarded.extend_from_slice(number.format(octet).as_bytes());
+                }
+                4..forwarded.len()
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                forwarded.extend_from_slice(b"\"[");
+                let _ = write!(forwarded, "{v6}");
+                let end = forwarded.len();
+                forwarded.extend_from_slice(b"]\"");
+                6..end
+            }
         };
-        if let Ok(v) = HeaderValue::try_from(ip) {
+        if let Some(Ok(v)) = forwarded.get(ip).map(HeaderValue::from_bytes) {
             to.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        let forwarded = match host {
-            Some(h) => format!("for={node};host=\"{h}\""),
-            None => format!("for={node}"),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        if let Some(host) = host {
+            forwarded.extend_from_slice(b";host=\"");
+            forwarded.extend_from_slice(host.as_bytes());
+            forwarded.push(b'"');
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
             to.insert(header::FORWARDED, v);
         }
     }
@@ -478,6 +496,17 @@ mod tests {
             to[header::FORWARDED],
             "for=127.0.0.7;host=\"mcp.contoso.com\""
         );
+        let v6 = request_headers(&from, Some("[2001:db8::1]:9".parse().unwrap()));
+        assert_eq!(v6["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(
+            v6[header::FORWARDED],
+            "for=\"[2001:db8::1]\";host=\"mcp.contoso.com\""
+        );
+        from.remove(header::HOST);
+        let no_host = request_headers(&from, Some(SocketAddr::from(([10, 0, 0, 255], 9))));
+        assert_eq!(no_host["x-forwarded-for"], "10.0.0.255");
+        assert_eq!(no_host[header::FORWARDED], "for=10.0.0.255");
+        assert!(no_host.get("x-forwarded-host").is_none());
         let mut reply = HeaderMap::new();
         reply.insert(header::SET_COOKIE, "a=b".parse().unwrap());
         reply.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());

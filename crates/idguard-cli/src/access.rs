@@ -8,19 +8,22 @@
 //!
 //! (method, path without the query, status, time to the reply's head). Every other line
 //! logged while the request is served ends with the same `request_id=`
-//! ([`WithRequestId`]). This replaces tower-http's `TraceLayer` and a UUID per request:
-//! the line is formatted once, without a span per request or a `Debug` visitor per field,
-//! and the id costs an atomic increment instead of a `getrandom` call
-//! (`benches/load/README.md`, "The gateway scenario"). `IDGUARD_LOG=…,idguard::access=off`
-//! turns the line off.
+//! ([`WithRequestId`]). The same layer counts the answer for `/metrics`.
+//!
+//! This replaces tower-http's `TraceLayer` and a UUID per request: the line is written
+//! straight to standard error in the log's format (no span per request, no event through
+//! the formatter, no `Debug` visitor per field), and the id costs an atomic increment
+//! instead of a `getrandom` call (`benches/load/README.md`, "The gateway scenario").
+//! `IDGUARD_LOG` still decides: `…,idguard::access=off` turns the line off.
 
 use std::fmt;
 use std::future::Future;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::Request;
 use axum::response::Response;
@@ -29,6 +32,9 @@ use http::{Method, Uri};
 use tokio::task::futures::TaskLocalFuture;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::time::FormatTime;
+
+use super::metrics::Metrics;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
 /// The request id header.
@@ -114,16 +120,19 @@ fn from_caller(req: &Request) -> Option<RequestId> {
     usable.then(|| RequestId(value.clone()))
 }
 
-/// The outermost layer of `idguard serve`: the request id, and the access log line.
+/// The outermost layer of `idguard serve`: the request id, the access log line, and the
+/// answer counted in `metrics`.
 #[derive(Clone)]
 pub(crate) struct AccessLogLayer {
     ids: Arc<Ids>,
+    metrics: Arc<Metrics>,
 }
 
 impl AccessLogLayer {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             ids: Arc::new(Ids::new()),
+            metrics,
         }
     }
 }
@@ -135,6 +144,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
         AccessLog {
             inner,
             ids: self.ids.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -144,6 +154,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
 pub(crate) struct AccessLog<S> {
     inner: S,
     ids: Arc<Ids>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> tower::Service<Request> for AccessLog<S>
@@ -173,6 +184,7 @@ where
             inner: REQUEST_ID.scope(id.clone(), self.inner.call(req)),
             id: Some(id),
             line,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -184,6 +196,7 @@ pin_project_lite::pin_project! {
         inner: TaskLocalFuture<RequestId, F>,
         id: Option<RequestId>,
         line: Option<(Method, Uri, Instant)>,
+        metrics: Arc<Metrics>,
     }
 }
 
@@ -199,15 +212,112 @@ where
         let Some(id) = this.id.take() else {
             return Poll::Ready(Ok(res));
         };
+        this.metrics.observe(&res);
         if let Some((method, uri, started)) = this.line.take() {
-            let status = res.status().as_u16();
-            let micros = started.elapsed().as_micros();
-            REQUEST_ID.sync_scope(id.clone(), || {
-                tracing::info!(target: "idguard::access", "{method} {} {status} {micros}us", uri.path());
-            });
+            write_line(&method, uri.path(), res.status().as_u16(), started, &id);
         }
         res.headers_mut().entry(X_REQUEST_ID).or_insert(id.0);
         Poll::Ready(Ok(res))
+    }
+}
+
+/// Whether log lines are coloured (set by `main` with the log format).
+static COLOUR: AtomicBool = AtomicBool::new(false);
+
+/// Colours the access line as the other log lines are (a person at a terminal).
+pub(crate) fn set_colour(on: bool) {
+    COLOUR.store(on, Ordering::Relaxed);
+}
+
+/// Writes the access line of a request to standard error, in the format of the other log
+/// lines, with one write.
+fn write_line(method: &Method, path: &str, status: u16, started: Instant, id: &RequestId) {
+    let micros = started.elapsed().as_micros();
+    let mut time = [0; TIMESTAMP_LEN];
+    timestamp(SystemTime::now(), &mut time);
+    let mut line = Vec::with_capacity(80 + path.len() + id.0.len());
+    if COLOUR.load(Ordering::Relaxed) {
+        line.extend_from_slice(b"\x1b[2m");
+        line.extend_from_slice(&time);
+        line.extend_from_slice(
+            b"\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2midguard::access\x1b[0m\x1b[2m:\x1b[0m ",
+        );
+    } else {
+        line.extend_from_slice(&time);
+        line.extend_from_slice(b"  INFO idguard::access: ");
+    }
+    let mut number = itoa::Buffer::new();
+    for part in [
+        method.as_str().as_bytes(),
+        b" ",
+        path.as_bytes(),
+        b" ",
+        number.format(status).as_bytes(),
+        b" ",
+    ] {
+        line.extend_from_slice(part);
+    }
+    line.extend_from_slice(number.format(micros).as_bytes());
+    line.extend_from_slice(b"us request_id=");
+    line.extend_from_slice(id.0.as_bytes());
+    line.push(b'\n');
+    // A failed write (a closed standard error) loses the line, as the other lines would be.
+    let _ = std::io::stderr().lock().write_all(&line);
+}
+
+/// `2026-12-01T03:00:00.123456Z`: UTC, to the microsecond, as tracing's default timer.
+const TIMESTAMP_LEN: usize = 27;
+
+/// Writes `at` as an RFC 3339 UTC timestamp with microseconds.
+fn timestamp(at: SystemTime, out: &mut [u8; TIMESTAMP_LEN]) {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant, "chrono-Compatible Low-Level Date
+    // Algorithms"), for dates after 1970 only.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let fields: [(u64, usize); 7] = [
+        (year, 4),
+        (month, 2),
+        (day, 2),
+        (of_day / 3600, 2),
+        (of_day % 3600 / 60, 2),
+        (of_day % 60, 2),
+        (u64::from(since.subsec_micros()), 6),
+    ];
+    let mut at = 0;
+    for ((value, width), after) in fields.into_iter().zip(*b"--T::.Z") {
+        if let Some(digits) = out.get_mut(at..at + width) {
+            let mut v = value;
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        if let Some(sep) = out.get_mut(at + width) {
+            *sep = after;
+        }
+        at += width + 1;
+    }
+}
+
+/// The binary's log timer: [`timestamp`], the format of tracing's default timer for less.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UtcTime;
+
+impl FormatTime for UtcTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let mut time = [0; TIMESTAMP_LEN];
+        timestamp(SystemTime::now(), &mut time);
+        w.write_str(std::str::from_utf8(&time).unwrap_or_default())
     }
 }
 
@@ -244,6 +354,23 @@ mod tests {
         ids.next.store(u64::MAX, Ordering::Relaxed);
         assert!(ids.next().to_string().ends_with("-ffffffffffffffff"));
         assert_ne!(&Ids::new().next().to_string()[..16], &a[..16]);
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_utc_with_microseconds() {
+        let at = |secs: u64, micros: u64| {
+            let mut out = [0; TIMESTAMP_LEN];
+            timestamp(
+                UNIX_EPOCH + std::time::Duration::from_micros(secs * 1_000_000 + micros),
+                &mut out,
+            );
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_764_558_359, 571_823), "2025-12-01T03:05:59.571823Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
     }
 
     #[test]

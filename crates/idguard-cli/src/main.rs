@@ -135,9 +135,11 @@ fn init_tracing(default: &str) {
     // Colours only for a person at a terminal: not in files, pipes or log collectors.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    access::set_colour(colour);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(access::WithRequestId::default())
+        .with_timer(access::UtcTime)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .try_init();

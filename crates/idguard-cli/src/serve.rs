@@ -327,8 +327,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
                 }
             }))
             .layer(axum::middleware::from_fn_with_state(answers, tune_answers))
-            .layer(axum::middleware::from_fn_with_state(metrics, count))
-            .layer(super::access::AccessLogLayer::new())
+            .layer(super::access::AccessLogLayer::new(metrics))
     };
 
     tracing::info!(target: "idguard::serve", %base, "listening");
@@ -600,12 +599,6 @@ struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     entra: Option<Arc<DevEntra>>,
-}
-
-async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
-    metrics.observe(&res);
-    res
 }
 
 /// How often the identity provider's reachability is checked in the background.
@@ -987,14 +980,16 @@ struct Answers {
 /// - in dev mode, a refusal is logged at `info` with its reason, for the person trying it.
 async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -> Response {
     let host = req.headers().get(http::header::HOST).cloned();
-    let path = req.uri().path().to_owned();
+    // Only dev mode logs the path.
+    let path = a.dev.then(|| req.uri().path().to_owned());
     let mut res = next.run(req).await;
-    if let Some(resource) = &a.resource
+    // The resource URL is parsed only for an answer with a challenge (a refusal).
+    if let Some(challenge) = res
+        .headers()
+        .get(http::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        && let Some(resource) = &a.resource
         && let Some(reached) = idguard::internals::as_reached(resource, host.as_ref())
-        && let Some(challenge) = res
-            .headers()
-            .get(http::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
     {
         let canonical = idguard::internals::resource_metadata_url(resource);
         let renamed = challenge.replace(
@@ -1008,7 +1003,7 @@ async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -
             res.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
     }
-    if a.dev
+    if let Some(path) = path
         && let Some(rejection) = res.extensions().get::<idguard::Rejection>()
     {
         tracing::info!(
