@@ -76,3 +76,26 @@ impl PlainHttp {
         self.client.request(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_plain_http_without_user_information_goes_through_hyper() {
+        let plain = |url: &str| {
+            PlainHttp::for_url(&reqwest::Url::parse(url).unwrap(), Duration::from_secs(1))
+        };
+        let no_proxy = PROXY_VARIABLES
+            .iter()
+            .all(|v| std::env::var_os(v).is_none_or(|v| v.is_empty()));
+        if no_proxy {
+            let hop = plain("http://127.0.0.1:9000/mcp?x=1").unwrap();
+            assert_eq!(hop.uri, "http://127.0.0.1:9000/mcp?x=1");
+            assert_eq!(hop.host, "127.0.0.1:9000");
+            assert_eq!(plain("http://localhost/mcp").unwrap().host, "localhost");
+        }
+        assert!(plain("https://127.0.0.1:9000/mcp").is_none());
+        assert!(plain("http://user:secret@127.0.0.1:9000/mcp").is_none());
+    }
+}

@@ -30,12 +30,14 @@ use axum::response::Response;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 use tokio::task::futures::TaskLocalFuture;
-use tracing_subscriber::field::RecordFields;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::{RecordFields, VisitOutput as _};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::time::FormatTime;
 
+use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, Writer};
+
 use super::metrics::Metrics;
-use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
 /// The request id header.
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -321,8 +323,13 @@ impl FormatTime for UtcTime {
     }
 }
 
-/// The binary's field formatter: [`DefaultFields`], then ` request_id=<id>` on every line
-/// written while a request is served.
+/// The binary's field formatter: [`DefaultFields`]' output, then ` request_id=<id>` on
+/// every line written while a request is served.
+///
+/// Without colours, plain strings (visible ASCII without `"` or `\`), integers and
+/// booleans are written directly, byte for byte as [`DefaultFields`] writes them through
+/// `Debug`; every other value goes through [`DefaultFields`]' own visitor. An audit line
+/// (`idguard::audit`, one per decided call) costs about half as much.
 #[derive(Debug, Default)]
 pub(crate) struct WithRequestId(DefaultFields);
 
@@ -332,10 +339,106 @@ impl<'writer> FormatFields<'writer> for WithRequestId {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        self.0.format_fields(writer.by_ref(), fields)?;
+        if writer.has_ansi_escapes() {
+            self.0.format_fields(writer.by_ref(), fields)?;
+        } else {
+            let mut plain = PlainFields {
+                writer: writer.by_ref(),
+                is_empty: true,
+                result: Ok(()),
+            };
+            fields.record(&mut plain);
+            plain.result?;
+        }
         REQUEST_ID
             .try_with(|id| write!(writer, " request_id={id}"))
             .unwrap_or(Ok(()))
+    }
+}
+
+/// [`WithRequestId`]'s visitor without colours.
+struct PlainFields<'a> {
+    writer: Writer<'a>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainFields<'_> {
+    /// Writes `name=` after the separating space, as the default visitor does.
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        if !std::mem::take(&mut self.is_empty) {
+            self.writer.write_char(' ')?;
+        }
+        let name = field.name();
+        self.writer
+            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+        self.writer.write_char('=')
+    }
+
+    /// Lets the default visitor write this field.
+    fn default(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        self.is_empty = false;
+    }
+}
+
+impl Visit for PlainFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let plain = value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        if field.name() == "message" || !plain {
+            return self.default(|v| v.record_str(field, value));
+        }
+        self.result = self.name(field).and_then(|()| {
+            self.writer.write_char('"')?;
+            self.writer.write_str(value)?;
+            self.writer.write_char('"')
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.result.is_ok() {
+            self.default(|v| v.record_error(field, value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_ok() {
+            self.default(|v| v.record_debug(field, value));
+        }
     }
 }
 
@@ -371,6 +474,65 @@ mod tests {
         assert_eq!(at(1_764_558_359, 571_823), "2025-12-01T03:05:59.571823Z");
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
         assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+    }
+
+    /// Lines formatted by `fields` (without colours) for a few events.
+    fn formatted<F>(fields: F) -> String
+    where
+        F: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(fields)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let error = std::io::Error::other("gone");
+            tracing::info!(
+                tenant = "b0f1a3c2-7d4e",
+                r#type = "call_tool",
+                quoted = "a \"b\" \\ c",
+                tab = "a\tb",
+                unicode = "café",
+                app_only = false,
+                errors = 0_usize,
+                delta = -3_i64,
+                policies = %"admin-tier,x",
+                obligations = %"",
+                debug = ?Some(1),
+                error = &error as &(dyn std::error::Error + 'static),
+                "audited {}", 1
+            );
+            tracing::warn!(target: "idguard::x", "only a message \u{1b}[31m");
+            tracing::info!(n = 1_u64, "");
+        });
+        let out = out.lock().unwrap();
+        String::from_utf8(out.clone()).unwrap()
+    }
+
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_fields_are_written_as_the_default_formatter_writes_them() {
+        let ours = formatted(WithRequestId::default());
+        assert_eq!(ours, formatted(DefaultFields::new()));
+        assert!(
+            ours.contains("tenant=\"b0f1a3c2-7d4e\" type=\"call_tool\""),
+            "{ours}"
+        );
     }
 
     #[test]
