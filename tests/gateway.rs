@@ -1714,6 +1714,15 @@ async fn guarded(
     upstream_url: &str,
     configure: impl FnOnce(Gateway) -> Gateway,
 ) -> (DevEntra, String) {
+    guarded_with_client(upstream_url, reqwest::Client::new(), configure).await
+}
+
+/// [`guarded`], with `client` for the upstream (an `https://` one).
+async fn guarded_with_client(
+    upstream_url: &str,
+    client: reqwest::Client,
+    configure: impl FnOnce(Gateway) -> Gateway,
+) -> (DevEntra, String) {
     let entra = DevEntra::builder().start().await.unwrap();
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -1730,7 +1739,7 @@ async fn guarded(
     let policies = PolicyEngine::from_dir(manifest_dir().join("tests/gateway/policies")).unwrap();
     let gateway = configure(Gateway::new(
         reqwest::Url::parse(upstream_url).unwrap(),
-        reqwest::Client::new(),
+        client,
     ));
     let app = Router::new().nest_service(
         "/mcp",
@@ -1741,6 +1750,67 @@ async fn guarded(
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (entra, base)
+}
+
+/// `Content-Length`, `Transfer-Encoding` and the body's length, of one request an upstream
+/// of [`record_and_answer`] received.
+type Seen = (Option<String>, Option<String>, usize);
+
+/// A plain upstream's answer to `req` (recorded in `seen`): an empty JSON-RPC result, as an
+/// event stream for the request with id `stream`.
+async fn record_and_answer(
+    req: http::Request<hyper::body::Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stream: Option<i64>,
+) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let (length, chunked) = (
+        header(header::CONTENT_LENGTH),
+        header(header::TRANSFER_ENCODING),
+    );
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let id = serde_json::from_slice::<Value>(&body).unwrap()["id"].clone();
+    seen.lock().unwrap().push((length, chunked, body.len()));
+    let reply = json!({"jsonrpc": "2.0", "id": id, "result": {}});
+    let (content_type, body) = if stream.is_some_and(|s| id == json!(s)) {
+        (
+            "text/event-stream",
+            format!("event: message\ndata: {reply}\n\n"),
+        )
+    } else {
+        ("application/json", reply.to_string())
+    };
+    Ok(http::Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap())
+}
+
+/// A `ping` with `id` to idguard at `base` as the holder of `token`: the reply, and the
+/// length of the body sent.
+async fn ping(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: i64,
+) -> (reqwest::Response, usize) {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
+    let length = body.len();
+    let res = http
+        .post(format!("{base}/mcp"))
+        .bearer_auth(token)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (res, length)
 }
 
 /// The hop: the upstream gets the body idguard holds with its `Content-Length` (never
@@ -1755,8 +1825,6 @@ async fn the_hop_sends_content_length_and_reuses_its_connection() {
         .unwrap();
     let upstream_url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
-    /// `Content-Length`, `Transfer-Encoding` and the body's length, of one request.
-    type Seen = (Option<String>, Option<String>, usize);
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     {
         let (accepted, seen) = (accepted.clone(), seen.clone());
@@ -1764,33 +1832,9 @@ async fn the_hop_sends_content_length_and_reuses_its_connection() {
             while let Ok((socket, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let seen = seen.clone();
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let header = |name| {
-                                req.headers()
-                                    .get(name)
-                                    .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
-                            };
-                            let (length, chunked) = (
-                                header(header::CONTENT_LENGTH),
-                                header(header::TRANSFER_ENCODING),
-                            );
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let id = serde_json::from_slice::<Value>(&body).unwrap()["id"].clone();
-                            seen.lock().unwrap().push((length, chunked, body.len()));
-                            let reply =
-                                json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .header(header::CONTENT_TYPE, "application/json")
-                                    .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                let service = hyper::service::service_fn(move |req| {
+                    record_and_answer(req, seen.clone(), None)
+                });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
@@ -1807,17 +1851,8 @@ async fn the_hop_sends_content_length_and_reuses_its_connection() {
     let bob = entra.token_for("bob").unwrap().mint().unwrap();
     let mut sent = Vec::new();
     for id in 1..=5 {
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
-        sent.push(body.len());
-        let res = http
-            .post(format!("{base}/mcp"))
-            .bearer_auth(&bob)
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let (res, length) = ping(&http, &base, &bob, id).await;
+        sent.push(length);
         assert_eq!(res.status(), StatusCode::OK);
         let reply: Value = res.json().await.unwrap();
         assert_eq!(reply["id"], json!(id), "{reply}");
@@ -1837,5 +1872,99 @@ async fn the_hop_sends_content_length_and_reuses_its_connection() {
         accepted.load(Ordering::SeqCst),
         1,
         "five requests one after another share one keep-alive connection"
+    );
+}
+
+/// An `https://` upstream is reached through the given reqwest client (plain-HTTP ones use
+/// hyper's client directly): JSON replies with their length, an SSE reply streamed, the
+/// request's `Content-Length`, one pooled TLS connection. The upstream is a hyper server
+/// behind rustls with a certificate made for the test, trusted by the client only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_reached_through_the_given_client() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_rustls::rustls;
+
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let upstream_url = format!("https://{}/mcp", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    {
+        let (accepted, seen) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let Ok(socket) = acceptor.accept(socket).await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                // The third request is answered as an event stream.
+                let service = hyper::service::service_fn(move |req| {
+                    record_and_answer(req, seen.clone(), Some(3))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                );
+            }
+        });
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_der(&cert).unwrap()])
+        .build()
+        .unwrap();
+    let (entra, base) = guarded_with_client(&upstream_url, client, |g| g).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .unwrap();
+    let bob = entra.token_for("bob").unwrap().mint().unwrap();
+    let mut sent = Vec::new();
+    for id in 1..=3 {
+        let (res, length) = ping(&http, &base, &bob, id).await;
+        sent.push(length);
+        assert_eq!(res.status(), StatusCode::OK);
+        let stream = id == 3;
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }
+        );
+        let text = res.text().await.unwrap();
+        let reply: Value = if stream {
+            let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            serde_json::from_str(data).unwrap()
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        assert_eq!(reply["id"], json!(id), "{text}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<Seen> = sent
+        .iter()
+        .map(|n| (Some(n.to_string()), None, *n))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "three requests one after another share one TLS connection"
     );
 }

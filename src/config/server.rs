@@ -57,7 +57,8 @@ pub struct ServerConfig {
 }
 
 /// Default of `server.upstream_connect_timeout`.
-pub(crate) const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration =
+    crate::gateway::DEFAULT_CONNECT_TIMEOUT;
 
 /// The port of the default `server.listen` (`127.0.0.1:8400`).
 pub(crate) const DEFAULT_PORT: u16 = 8400;

@@ -23,6 +23,10 @@
 //! by idguard, a token from the upstream's own authorization server (RFC 8693 token
 //! exchange), or a fixed header.
 //!
+//! A plain `http://` upstream is reached with hyper's pooled client directly (the request
+//! URI and `Host` computed once); an `https://` upstream, or any upstream while a proxy is
+//! set in the environment (`http_proxy`, `all_proxy`), through the given reqwest client.
+//!
 //! A JSON reply of known length up to 1 MiB is read whole (each part within the idle
 //! timeout) and passed on as one body; anything else, event streams first, is streamed as
 //! it arrives.
@@ -32,7 +36,9 @@
 //! upstream, no hop-by-hop headers.
 
 use std::convert::Infallible;
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,6 +54,7 @@ use crate::error::{Rejection, RejectionKind};
 mod config;
 mod credential;
 mod exchange;
+mod hop;
 mod many;
 
 pub(crate) use config::upstream_url;
@@ -90,6 +97,9 @@ const FORWARDED_REPLY: [HeaderName; 6] = [
     header::WWW_AUTHENTICATE,
 ];
 
+/// Default longest wait for a connection to the upstream (plain-HTTP upstreams; the
+/// reqwest client's own setting applies to the others).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default longest wait for the upstream's reply to start.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default longest silence between two parts of an upstream reply (events of a stream).
@@ -98,63 +108,103 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A reverse proxy to one upstream MCP endpoint.
 #[derive(Clone, Debug)]
 pub struct Gateway {
+    // One clone per request.
+    hop: Arc<Hop>,
+}
+
+/// What a [`Gateway`] forwards with.
+#[derive(Clone, Debug)]
+struct Hop {
     upstream: reqwest::Url,
     client: reqwest::Client,
+    /// hyper's client, for a plain-HTTP upstream.
+    plain: Option<hop::PlainHttp>,
     response_timeout: Duration,
     idle_timeout: Duration,
     credential: UpstreamCredential,
 }
 
 impl Gateway {
-    /// Proxies to `upstream` (the upstream's MCP endpoint URL) with `client` (whose own
-    /// settings, such as its connect timeout, apply).
+    /// Proxies to `upstream` (the upstream's MCP endpoint URL). An `https://` upstream is
+    /// reached with `client` (whose own settings, such as its connect timeout, apply); a
+    /// plain `http://` one with a pooled hyper client (see
+    /// [`with_connect_timeout`](Self::with_connect_timeout)), unless a proxy is set in the
+    /// environment, which `client` then goes through.
     pub fn new(upstream: reqwest::Url, client: reqwest::Client) -> Self {
+        let plain = hop::PlainHttp::for_url(&upstream, DEFAULT_CONNECT_TIMEOUT);
         Self {
-            upstream,
-            client,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            credential: UpstreamCredential::none(),
+            hop: Arc::new(Hop {
+                upstream,
+                client,
+                plain,
+                response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                credential: UpstreamCredential::none(),
+            }),
         }
+    }
+
+    /// How long connecting to a plain-HTTP upstream may take (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`]): then `502`. An `https://` upstream's connect timeout
+    /// is the reqwest client's.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        let hop = Arc::make_mut(&mut self.hop);
+        if hop.plain.is_some() {
+            hop.plain = hop::PlainHttp::for_url(&hop.upstream, timeout);
+        }
+        self
     }
 
     /// How long the upstream may take to start its reply (default
     /// [`DEFAULT_RESPONSE_TIMEOUT`]): then `504`.
     pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
+        Arc::make_mut(&mut self.hop).response_timeout = timeout;
         self
     }
 
     /// How long the upstream may stay silent within a reply (default
     /// [`DEFAULT_IDLE_TIMEOUT`]): then the reply ends (a stream's client reconnects).
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
+        Arc::make_mut(&mut self.hop).idle_timeout = timeout;
         self
     }
 
     /// What the upstream receives to know who is calling (default
     /// [`UpstreamCredential::none`]); never the caller's own token.
     pub fn with_credential(mut self, credential: UpstreamCredential) -> Self {
-        self.credential = credential;
+        Arc::make_mut(&mut self.hop).credential = credential;
         self
     }
 }
 
+/// A reply body of either client: bytes, and errors that name no URL.
+trait ReplyBody: http_body::Body<Data = bytes::Bytes, Error: Display> + Send + Unpin + 'static {}
+
+impl<B> ReplyBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Display> + Send + Unpin + 'static
+{
+}
+
 /// Ends a reply stream that stays silent longer than `idle`.
-fn with_idle_timeout(
-    body: impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static,
+fn with_idle_timeout<B: ReplyBody>(
+    body: B,
     idle: Duration,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold(Box::pin(body), move |mut body| async move {
-        use futures_util::StreamExt as _;
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), body)),
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), body)),
-            Ok(None) => None,
-            Err(_) => {
-                tracing::warn!(target: "idguard::gateway", idle_secs = idle.as_secs(), "upstream reply silent too long: ended");
-                None
-            }
+    futures_util::stream::unfold(body, move |mut body| async move {
+        loop {
+            return match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(chunk) => Some((Ok(chunk), body)),
+                    // Trailers are not passed on.
+                    Err(_) => continue,
+                },
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e.to_string())), body)),
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::warn!(target: "idguard::gateway", idle_secs = idle.as_secs(), "upstream reply silent too long: ended");
+                    None
+                }
+            };
         }
     })
 }
@@ -162,41 +212,50 @@ fn with_idle_timeout(
 /// Replies up to this size, JSON and of a known length, are read whole before they go on.
 const WHOLE_REPLY_BYTES: u64 = 1024 * 1024;
 
-/// Whether `res` is read whole: JSON (not a stream) of a known, small length.
-fn read_whole(res: &reqwest::Response) -> bool {
+/// The length of `res` when it is read whole: JSON (not a stream) of a known, small length.
+fn read_whole<B: ReplyBody>(res: &Response<B>) -> Option<usize> {
     let json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    json && res.content_length().is_some_and(|n| n <= WHOLE_REPLY_BYTES)
+    let length = res.body().size_hint().exact()?;
+    if !json || length > WHOLE_REPLY_BYTES {
+        return None;
+    }
+    usize::try_from(length).ok()
 }
 
-/// The whole of a reply read by [`read_whole`]: each part within `idle`, as a stream's;
-/// `None` when a part is late, the connection fails, or the body outgrows its length.
-async fn whole(mut res: reqwest::Response, idle: Duration) -> Option<bytes::Bytes> {
-    let length = usize::try_from(res.content_length()?).ok()?;
+/// The whole of a reply body of `length` bytes (by [`read_whole`]): each part within
+/// `idle`, as a stream's; `None` when a part is late, the connection fails, or the body
+/// outgrows its length.
+async fn whole<B: ReplyBody>(mut body: B, length: usize, idle: Duration) -> Option<bytes::Bytes> {
     let mut first: Option<bytes::Bytes> = None;
     let mut rest = bytes::BytesMut::new();
     loop {
-        match tokio::time::timeout(idle, res.chunk()).await {
-            Ok(Ok(Some(chunk))) => match first.take() {
-                // One chunk (the usual case) goes on as it came, without a copy.
-                None if rest.is_empty() => first = Some(chunk),
-                held => {
-                    if rest.is_empty() {
-                        rest.reserve(length);
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                match first.take() {
+                    // One chunk (the usual case) goes on as it came, without a copy.
+                    None if rest.is_empty() => first = Some(chunk),
+                    held => {
+                        if rest.is_empty() {
+                            rest.reserve(length);
+                        }
+                        if let Some(held) = held {
+                            rest.extend_from_slice(&held);
+                        }
+                        rest.extend_from_slice(&chunk);
                     }
-                    if let Some(held) = held {
-                        rest.extend_from_slice(&held);
-                    }
-                    rest.extend_from_slice(&chunk);
                 }
-            },
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
-                tracing::error!(target: "idguard::gateway", error = %crate::entra::without_url(&e), "upstream reply broken off");
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::error!(target: "idguard::gateway", error = %e, "upstream reply broken off");
                 return None;
             }
             Err(_) => {
@@ -209,10 +268,72 @@ async fn whole(mut res: reqwest::Response, idle: Duration) -> Option<bytes::Byte
     (bytes.len() == length).then_some(bytes)
 }
 
+/// The caller's reply to the upstream's `res`: its status, the headers passed back, and its
+/// body, whole ([`read_whole`]) or streamed with the idle timeout.
+async fn answer<B: ReplyBody>(res: Response<B>, idle: Duration) -> Response<Body> {
+    if res.headers().contains_key(header::CONTENT_ENCODING) {
+        // idguard cannot filter what it cannot read (it asks for identity).
+        tracing::error!(target: "idguard::gateway", "upstream reply is content-encoded");
+        return Rejection::new(RejectionKind::BadGateway, None).into_response();
+    }
+    let whole_length = read_whole(&res);
+    let (parts, body) = res.into_parts();
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = parts.status;
+    reply_headers(&parts.headers, out.headers_mut());
+    if let Some(length) = whole_length {
+        // A small JSON reply goes on whole: the layer above reads it whole anyway,
+        // and a stream, a timer per chunk and two boxes cost more than the reply.
+        return match whole(body, length, idle).await {
+            Some(bytes) => {
+                *out.body_mut() = Body::from(bytes);
+                out
+            }
+            None => Rejection::new(RejectionKind::BadGateway, None).into_response(),
+        };
+    }
+    *out.body_mut() = Body::from_stream(with_idle_timeout(body, idle));
+    out
+}
+
+/// The upstream's reply to `sent` within `timeout`, or the caller's `504` or `502`.
+async fn within<R, E: std::error::Error + 'static>(
+    timeout: Duration,
+    sent: impl Future<Output = Result<R, E>>,
+) -> Result<R, Response<Body>> {
+    match tokio::time::timeout(timeout, sent).await {
+        Ok(Ok(res)) => Ok(res),
+        Err(_) => {
+            tracing::error!(target: "idguard::gateway", timeout_secs = timeout.as_secs(), "upstream did not answer in time");
+            Err(Rejection::new(RejectionKind::GatewayTimeout, None).into_response())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(target: "idguard::gateway", error = %error_chain(&e), "upstream unreachable");
+            Err(Rejection::new(RejectionKind::BadGateway, None).into_response())
+        }
+    }
+}
+
+/// `e` and its sources, without the upstream's URL (reqwest writes it into its errors).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(e) = e.downcast_ref::<reqwest::Error>() {
+        return crate::entra::without_url(e);
+    }
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// The headers the upstream gets for a request with `from`.
 fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
-    // Room for what is forwarded, the forwarding headers and a credential: no regrowth.
-    let mut to = HeaderMap::with_capacity(from.len() + 4);
+    // Room for what is forwarded, the forwarding headers, a credential, `Host` and `Accept`:
+    // no regrowth.
+    let mut to = HeaderMap::with_capacity(from.len() + 6);
     for (name, value) in from {
         if FORWARDED_REQUEST.contains(name) || name.as_str().starts_with("mcp-param-") {
             to.append(name.clone(), value.clone());
@@ -221,29 +342,47 @@ fn request_headers(from: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
     if let Some(ct) = from.get(header::CONTENT_TYPE) {
         to.insert(header::CONTENT_TYPE, ct.clone());
     }
+    // Visible ASCII only (it goes into a quoted string below); passed on as it came.
     let host = from
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
-    if let Some(host) = host
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        to.insert(HeaderName::from_static("x-forwarded-host"), v);
+        .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic));
+    if let Some(host) = host {
+        to.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
     if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let node = match peer {
-            SocketAddr::V4(_) => ip.clone(),
-            SocketAddr::V6(_) => format!("\"[{ip}]\""),
+        // `for=<ip>` (an IPv6 address quoted and bracketed), then `;host="<host>"`: written
+        // once into the buffer that becomes the header, without formatting machinery.
+        let mut forwarded = Vec::with_capacity(64 + host.map_or(0, HeaderValue::len));
+        forwarded.extend_from_slice(b"for=");
+        let ip = match peer.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let mut number = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        forwarded.push(b'.');
+                    }
+                    forwarded.extend_from_slice(number.format(octet).as_bytes());
+                }
+                4..forwarded.len()
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                forwarded.extend_from_slice(b"\"[");
+                let _ = write!(forwarded, "{v6}");
+                let end = forwarded.len();
+                forwarded.extend_from_slice(b"]\"");
+                6..end
+            }
         };
-        if let Ok(v) = HeaderValue::try_from(ip) {
+        if let Some(Ok(v)) = forwarded.get(ip).map(HeaderValue::from_bytes) {
             to.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        let forwarded = match host {
-            Some(h) => format!("for={node};host=\"{h}\""),
-            None => format!("for={node}"),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        if let Some(host) = host {
+            forwarded.extend_from_slice(b";host=\"");
+            forwarded.extend_from_slice(host.as_bytes());
+            forwarded.push(b'"');
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
             to.insert(header::FORWARDED, v);
         }
     }
@@ -282,74 +421,63 @@ impl tower_service::Service<Request<Body>> for Gateway {
                 Ok(Rejection::new(RejectionKind::MethodNotAllowed, None).into_response())
             });
         }
-        let client = self.client.clone();
-        let url = self.upstream.clone();
-        let (response_timeout, idle_timeout) = (self.response_timeout, self.idle_timeout);
-        let credential = self.credential.clone();
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0);
-            let mut headers = request_headers(&parts.headers, peer);
-            match credential
-                .header(&parts.extensions, &parts.headers, &client)
-                .await
-            {
-                Ok(Some((name, value))) => {
-                    headers.insert(name, value);
-                }
-                Ok(None) => {}
-                Err(rejection) => {
-                    return Ok(axum::response::IntoResponse::into_response(rejection));
-                }
+        let hop = self.hop.clone();
+        Box::pin(async move { Ok(hop.forward(req).await.unwrap_or_else(|refused| refused)) })
+    }
+}
+
+impl Hop {
+    /// Forwards `req` (checked by [`Gateway`]) and answers with the upstream's reply.
+    async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Response<Body>> {
+        let (parts, body) = req.into_parts();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let mut headers = request_headers(&parts.headers, peer);
+        match self
+            .credential
+            .header(&parts.extensions, &parts.headers, &self.client)
+            .await
+        {
+            Ok(Some((name, value))) => {
+                headers.insert(name, value);
             }
-            let mut upstream = client.request(parts.method.clone(), url).headers(headers);
-            if parts.method == Method::POST {
-                // The layer holds the whole body already: sent with its length.
-                let bytes = match body.collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        return Ok(Rejection::new(RejectionKind::BadRequest, None).into_response());
-                    }
-                };
-                upstream = upstream.body(bytes);
-            }
-            let res = match tokio::time::timeout(response_timeout, upstream.send()).await {
-                Ok(Ok(res)) => res,
+            Ok(None) => {}
+            Err(rejection) => return Err(rejection.into_response()),
+        }
+        let post = parts.method == Method::POST;
+        let body = if post {
+            // The layer holds the whole body already: sent with its length.
+            match body.collect().await {
+                Ok(b) => b.to_bytes(),
                 Err(_) => {
-                    tracing::error!(target: "idguard::gateway", timeout_secs = response_timeout.as_secs(), "upstream did not answer in time");
-                    return Ok(Rejection::new(RejectionKind::GatewayTimeout, None).into_response());
+                    return Err(Rejection::new(RejectionKind::BadRequest, None).into_response());
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(target: "idguard::gateway", error = %crate::entra::without_url(&e), "upstream unreachable");
-                    return Ok(Rejection::new(RejectionKind::BadGateway, None).into_response());
-                }
-            };
-            let mut out = Response::new(Body::empty());
-            *out.status_mut() = res.status();
-            reply_headers(res.headers(), out.headers_mut());
-            if res.headers().contains_key(header::CONTENT_ENCODING) {
-                // idguard cannot filter what it cannot read (it asks for identity).
-                tracing::error!(target: "idguard::gateway", "upstream reply is content-encoded");
-                return Ok(Rejection::new(RejectionKind::BadGateway, None).into_response());
             }
-            if read_whole(&res) {
-                // A small JSON reply goes on whole: the layer above reads it whole anyway,
-                // and a stream, a timer per chunk and two boxes cost more than the reply.
-                return Ok(match whole(res, idle_timeout).await {
-                    Some(bytes) => {
-                        *out.body_mut() = Body::from(bytes);
-                        out
-                    }
-                    None => Rejection::new(RejectionKind::BadGateway, None).into_response(),
-                });
-            }
-            *out.body_mut() =
-                Body::from_stream(with_idle_timeout(res.bytes_stream(), idle_timeout));
-            Ok(out)
-        })
+        } else {
+            bytes::Bytes::new()
+        };
+        let idle = self.idle_timeout;
+        if let Some(plain) = &self.plain {
+            let res = within(
+                self.response_timeout,
+                plain.send(parts.method, headers, body),
+            )
+            .await?;
+            return Ok(answer(res, idle).await);
+        }
+        let mut upstream = self
+            .client
+            .request(parts.method, self.upstream.clone())
+            .headers(headers);
+        if post {
+            upstream = upstream.body(body);
+        }
+        let res = within(self.response_timeout, upstream.send()).await?;
+        let res =
+            http::Response::from(res).map(|body| body.map_err(|e| crate::entra::without_url(&e)));
+        Ok(answer(res, idle).await)
     }
 }
 
@@ -383,6 +511,17 @@ mod tests {
             to[header::FORWARDED],
             "for=127.0.0.7;host=\"mcp.contoso.com\""
         );
+        let v6 = request_headers(&from, Some("[2001:db8::1]:9".parse().unwrap()));
+        assert_eq!(v6["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(
+            v6[header::FORWARDED],
+            "for=\"[2001:db8::1]\";host=\"mcp.contoso.com\""
+        );
+        from.remove(header::HOST);
+        let no_host = request_headers(&from, Some(SocketAddr::from(([10, 0, 0, 255], 9))));
+        assert_eq!(no_host["x-forwarded-for"], "10.0.0.255");
+        assert_eq!(no_host[header::FORWARDED], "for=10.0.0.255");
+        assert!(no_host.get("x-forwarded-host").is_none());
         let mut reply = HeaderMap::new();
         reply.insert(header::SET_COOKIE, "a=b".parse().unwrap());
         reply.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());

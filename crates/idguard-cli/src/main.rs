@@ -1,5 +1,6 @@
 //! The `idguard` binary: the command line, dev mode, the gateway and the admin endpoints.
 
+mod access;
 mod admin;
 mod entra;
 mod listen;
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
         Some(Command::Policy(_) | Command::Entra(_) | Command::Config(_) | Command::Token(_)) => {
             "idguard=warn"
         }
-        _ => "idguard=info,tower_http=info",
+        _ => "idguard=info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,8 +135,11 @@ fn init_tracing(default: &str) {
     // Colours only for a person at a terminal: not in files, pipes or log collectors.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    access::set_colour(colour);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(access::WithRequestId::default())
+        .with_timer(access::UtcTime)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .try_init();

@@ -22,8 +22,6 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use tower::{ServiceBuilder, ServiceExt as _};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use super::metrics::Metrics;
 use idguard::gateway::{Gateway, Gateways, UpstreamsSettings};
@@ -368,27 +366,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
                 }
             }))
             .layer(axum::middleware::from_fn_with_state(answers, tune_answers))
-            .layer(axum::middleware::from_fn_with_state(metrics, count))
-            .layer(
-                ServiceBuilder::new()
-                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                    .layer(
-                        TraceLayer::new_for_http()
-                            .make_span_with(|req: &Request| {
-                                let id = req
-                                    .headers()
-                                    .get("x-request-id")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default();
-                                tracing::info_span!("request", id, method = %req.method(), path = req.uri().path())
-                            })
-                            .on_response(
-                                tower_http::trace::DefaultOnResponse::new()
-                                    .level(tracing::Level::INFO),
-                            ),
-                    )
-                    .layer(PropagateRequestIdLayer::x_request_id()),
-            )
+            .layer(super::access::AccessLogLayer::new(metrics))
     };
 
     tracing::info!(target: "idguard::serve", %base, "listening");
@@ -640,6 +618,7 @@ fn mcp_router(
                 .build()?;
             let credential = credentials.into_iter().next().unwrap_or_default();
             let gateway = Gateway::new(url.clone(), client)
+                .with_connect_timeout(server.upstream_connect_timeout)
                 .with_response_timeout(server.upstream_timeout)
                 .with_idle_timeout(server.upstream_idle_timeout)
                 .with_credential(credential);
@@ -648,15 +627,15 @@ fn mcp_router(
         Inner::Many(entries) => {
             let mut upstreams = Vec::with_capacity(entries.len());
             for (entry, credential) in entries.iter().zip(credentials) {
+                let connect_timeout = entry
+                    .connect_timeout
+                    .unwrap_or(server.upstream_connect_timeout);
                 let client = reqwest::Client::builder()
-                    .connect_timeout(
-                        entry
-                            .connect_timeout
-                            .unwrap_or(server.upstream_connect_timeout),
-                    )
+                    .connect_timeout(connect_timeout)
                     .retry(reqwest::retry::never().max_retries_per_request(0))
                     .build()?;
                 let gateway = Gateway::new(entry.url.clone(), client)
+                    .with_connect_timeout(connect_timeout)
                     .with_response_timeout(entry.timeout.unwrap_or(server.upstream_timeout))
                     .with_idle_timeout(entry.idle_timeout.unwrap_or(server.upstream_idle_timeout))
                     .with_credential(credential);
@@ -697,12 +676,6 @@ struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     entra: Option<Arc<DevEntra>>,
-}
-
-async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
-    metrics.observe(&res);
-    res
 }
 
 /// How often the identity provider's reachability is checked in the background.
@@ -1099,14 +1072,16 @@ struct Answers {
 /// - in dev mode, a refusal is logged at `info` with its reason, for the person trying it.
 async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -> Response {
     let host = req.headers().get(http::header::HOST).cloned();
-    let path = req.uri().path().to_owned();
+    // Only dev mode logs the path.
+    let path = a.dev.then(|| req.uri().path().to_owned());
     let mut res = next.run(req).await;
-    if let Some(resource) = &a.resource
+    // The resource URL is parsed only for an answer with a challenge (a refusal).
+    if let Some(challenge) = res
+        .headers()
+        .get(http::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        && let Some(resource) = &a.resource
         && let Some(reached) = idguard::internals::as_reached(resource, host.as_ref())
-        && let Some(challenge) = res
-            .headers()
-            .get(http::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
     {
         let canonical = idguard::internals::resource_metadata_url(resource);
         let renamed = challenge.replace(
@@ -1120,7 +1095,7 @@ async fn tune_answers(State(a): State<Arc<Answers>>, req: Request, next: Next) -
             res.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
     }
-    if a.dev
+    if let Some(path) = path
         && let Some(rejection) = res.extensions().get::<idguard::Rejection>()
     {
         tracing::info!(

@@ -166,10 +166,16 @@ struct Upstream {
     authorized: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     release: Arc<Notify>,
+    /// The `x-request-id` of every request, in order.
+    request_ids: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 async fn upstream_mcp(State(u): State<Upstream>, req: http::Request<Body>) -> Response {
     u.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(id) = req.headers().get("x-request-id") {
+        let id = id.to_str().unwrap().to_owned();
+        u.request_ids.lock().unwrap().push(id);
+    }
     if req.headers().contains_key("authorization") {
         u.authorized.fetch_add(1, Ordering::SeqCst);
     }
@@ -220,6 +226,7 @@ async fn start_upstream() -> (Upstream, String) {
         authorized: Arc::default(),
         requests: Arc::default(),
         release: Arc::new(Notify::new()),
+        request_ids: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -346,6 +353,85 @@ async fn upstream_entries_serve_several_upstreams_behind_one_endpoint() {
         assert!(upstream.requests.load(Ordering::SeqCst) >= 2);
         assert_eq!(upstream.authorized.load(Ordering::SeqCst), 0);
     }
+}
+
+/// The access log: one line per request (method, path, status, latency, request id); the
+/// request id is the caller's when it sent a usable one, else idguard's own, and the same
+/// id reaches the upstream and comes back on the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_has_an_id_and_one_access_line() {
+    let entra = DevEntra::builder().start().await.unwrap();
+    let (upstream, upstream_url) = start_upstream().await;
+    let dir = Workdir::with_policies("bin-access");
+    dir.config(
+        entra.url(),
+        &entra,
+        "",
+        &format!("upstream = \"{upstream_url}\""),
+    );
+    let proc = common::Launch::new(&["--port", "0"], &dir)
+        .stderr_lines()
+        .spawn();
+    let line = proc.line("idguard: gateway ");
+    let url = line.split(" -> ").next().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let bob = entra.token_for("bob").unwrap().mint().unwrap();
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+    let post = |id: Option<&str>, token: Option<&str>| {
+        let mut req = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(ping.clone());
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let access_line = |id: &str| {
+        common::first_line(proc.stderr(), &format!("an access line for {id}"), |l| {
+            l.contains("idguard::access:") && l.ends_with(&format!(" request_id={id}"))
+        })
+    };
+
+    // The caller's id is kept, sent upstream, returned, and logged.
+    let res = post(Some("caller-7"), Some(&bob)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-request-id"], "caller-7");
+    let logged = access_line("caller-7");
+    assert!(logged.contains("POST /mcp 200 "), "{logged}");
+    assert!(!logged.contains(&bob), "never the token: {logged}");
+
+    // Without one (or with one that is not visible ASCII), idguard makes one: a process
+    // prefix and a counter, different per request.
+    let mut made = Vec::new();
+    for id in [None, Some("a b")] {
+        let res = post(id, Some(&bob)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let (prefix, counter) = id.split_once('-').unwrap();
+        assert_eq!(prefix.len(), 16, "{id}");
+        assert!(
+            (prefix.chars().chain(counter.chars())).all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        access_line(&id);
+        made.push(id);
+    }
+    assert_ne!(made[0], made[1]);
+    assert_eq!(
+        *upstream.request_ids.lock().unwrap(),
+        ["caller-7", made[0].as_str(), made[1].as_str()]
+    );
+
+    // A refused request has its line and its id too.
+    let res = post(Some("refused-1"), None).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["x-request-id"], "refused-1");
+    assert!(access_line("refused-1").contains("POST /mcp 401 "));
 }
 
 /// `idguard config check` on `text`: success, and what it printed.
