@@ -657,3 +657,27 @@ async fn servers_no_engine_judges_refuse_everything() {
     let res = gateways.oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+/// A caller holds at most 32 sessions: opening a 33rd ends its oldest, never another
+/// caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_many_sessions_ends_only_its_own_oldest() {
+    let stack = stack().await;
+    let bob = Session::open(&stack, "bob").await;
+    let first = Session::open(&stack, "alice").await;
+    let mut later = Vec::new();
+    for _ in 0..32 {
+        later.push(Session::open(&stack, "alice").await);
+    }
+    let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
+    let (status, _, _) = first.post(list.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "alice's oldest session ended"
+    );
+    for session in [&bob, &later[0], &later[31]] {
+        let (status, _, answer) = session.post(list.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{answer:?}");
+    }
+}

@@ -37,6 +37,9 @@ pub const UPSTREAM_UNAVAILABLE_CODE: i64 = -32050;
 const MAX_PAGES: usize = 100;
 /// Sessions remembered (idle ones are forgotten after a day).
 const MAX_SESSIONS: u64 = 10_000;
+/// Sessions one caller may hold at once: opening one more ends the caller's oldest (so one
+/// caller cannot push everyone else's out of [`MAX_SESSIONS`]).
+const MAX_SESSIONS_PER_CALLER: usize = 32;
 /// Routed request ids remembered per session, for cancellations.
 const ROUTED_PER_SESSION: usize = 1024;
 
@@ -97,6 +100,8 @@ struct Inner {
     upstreams: Vec<(Arc<str>, Gateway)>,
     servers: Servers,
     sessions: moka::sync::Cache<String, Arc<Session>>,
+    /// Each caller's session ids, oldest first.
+    owners: moka::sync::Cache<String, Arc<Mutex<VecDeque<String>>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -144,6 +149,10 @@ impl Gateways {
                     .collect(),
                 servers,
                 sessions: moka::sync::Cache::builder()
+                    .max_capacity(MAX_SESSIONS)
+                    .time_to_idle(Duration::from_secs(24 * 3600))
+                    .build(),
+                owners: moka::sync::Cache::builder()
                     .max_capacity(MAX_SESSIONS)
                     .time_to_idle(Duration::from_secs(24 * 3600))
                     .build(),
@@ -371,6 +380,22 @@ impl Gateways {
             return Rejection::new(RejectionKind::BadGateway, None).into_response();
         }
         let session_id = uuid::Uuid::new_v4().simple().to_string();
+        let mine = self
+            .inner
+            .owners
+            .get_with(owner.clone(), || Arc::new(Mutex::new(VecDeque::new())));
+        let oldest = {
+            let mut ids = mine.lock().unwrap_or_else(PoisonError::into_inner);
+            ids.retain(|id| self.inner.sessions.contains_key(id));
+            ids.push_back(session_id.clone());
+            (ids.len() > MAX_SESSIONS_PER_CALLER)
+                .then(|| ids.pop_front())
+                .flatten()
+        };
+        if let Some(oldest) = oldest {
+            tracing::debug!(target: "idguard::gateway", "a caller's oldest session ended: {MAX_SESSIONS_PER_CALLER} at most per caller");
+            self.inner.sessions.invalidate(&oldest);
+        }
         self.inner.sessions.insert(
             session_id.clone(),
             Arc::new(Session {
