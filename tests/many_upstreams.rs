@@ -21,10 +21,7 @@
 )]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +38,6 @@ use serde_json::{Value, json};
 use tower::ServiceBuilder;
 
 const STEP: Duration = Duration::from_secs(20);
-const STARTUP: Duration = Duration::from_secs(90);
 
 const POLICIES: &str = r#"
 @id("admins-everything")
@@ -56,90 +52,29 @@ forbid (principal, action, resource in Server::"py")
 unless { principal in Role::"Tools.Admin" };
 "#;
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+#[path = "support/python_server.rs"]
+mod python_server;
+use python_server::PyServer;
 
-/// The Python SDK upstream, killed on drop.
-struct Python {
-    child: std::sync::Mutex<Child>,
-    port: u16,
-}
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-impl Python {
-    /// Starts it and waits for its `listening on 127.0.0.1:PORT` line (no sleeps).
-    async fn start() -> Python {
-        let mut child = Command::new("python3")
-            .arg("tests/upstreams/python_server.py")
-            .arg("0")
-            .current_dir(manifest_dir())
-            .env("PYTHONUNBUFFERED", "1")
-            .env("IDGUARD_EXIT_ON_STDIN_EOF", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 (with the MCP SDK of tests/mcp_client/requirements.txt)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<u16>();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(port) = line
-                    .trim()
-                    .strip_prefix("listening on 127.0.0.1:")
-                    .and_then(|p| p.parse().ok())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        let port = tokio::time::timeout(STARTUP, rx)
-            .await
-            .expect("the Python upstream did not start")
-            .expect("the Python upstream exited");
-        Python {
-            child: std::sync::Mutex::new(child),
-            port,
+/// Waits (polling its probe, bounded) until the Python upstream received `method` with `id`.
+async fn wait_for(python: &PyServer, method: &str, id: impl Into<Value>) {
+    let id = id.into();
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let log = python.get_json("/_probe/requests").await;
+        let seen = log["rpc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[0] == method && e[1] == id);
+        if seen {
+            return;
         }
-    }
-
-    /// Waits (polling its probe, bounded) until the upstream received `method` with `id`.
-    async fn wait_for(&self, method: &str, id: impl Into<Value>) {
-        let id = id.into();
-        let probe = format!("http://127.0.0.1:{}/_probe/requests", self.port);
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let log: Value = http.get(&probe).send().await.unwrap().json().await.unwrap();
-            let seen = log["rpc"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e[0] == method && e[1] == id);
-            if seen {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the upstream never received {method} {id}: {log}"
-            );
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn kill(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream never received {method} {id}: {log}"
+        );
+        tokio::task::yield_now().await;
     }
 }
 
@@ -163,7 +98,7 @@ async fn demo_upstream() -> String {
 struct Stack {
     entra: DevEntra,
     url: String,
-    python: Python,
+    python: PyServer,
     http: reqwest::Client,
 }
 
@@ -173,7 +108,7 @@ async fn stack() -> Stack {
 
 /// [`stack`], with a third upstream named `fake` at `fake` when given.
 async fn stack_with(fake: Option<String>) -> Stack {
-    let python = Python::start().await;
+    let python = PyServer::start("tests/upstreams/python_server.py", &[]);
     let demo = demo_upstream().await;
     let entra = DevEntra::builder().start().await.unwrap();
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -206,7 +141,7 @@ async fn stack_with(fake: Option<String>) -> Stack {
         .build()
         .unwrap();
     let gateway = |url: &str| Gateway::new(reqwest::Url::parse(url).unwrap(), client.clone());
-    let py_url = format!("http://127.0.0.1:{}/mcp", python.port);
+    let py_url = python.url("/mcp");
     let mut upstreams = vec![
         ("demo".to_owned(), gateway(&demo)),
         ("py".to_owned(), gateway(&py_url)),
@@ -444,7 +379,7 @@ async fn lists_merge_per_caller_calls_route_and_server_policies_decide() {
     let slow = json!({"jsonrpc": "2.0", "id": 50, "method": "tools/call",
         "params": {"name": "py__get_document", "arguments": {"delay_ms": 3000}}});
     let cancel = async {
-        stack.python.wait_for("tools/call", 50).await;
+        wait_for(&stack.python, "tools/call", 50).await;
         let (status, _, _) = alice
             .post(
                 json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
@@ -452,10 +387,7 @@ async fn lists_merge_per_caller_calls_route_and_server_policies_decide() {
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        stack
-            .python
-            .wait_for("notifications/cancelled", Value::Null)
-            .await;
+        wait_for(&stack.python, "notifications/cancelled", Value::Null).await;
     };
     let (_, ()) = tokio::join!(alice.post(slow), cancel);
 

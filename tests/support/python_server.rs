@@ -16,20 +16,20 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// A running Python server, killed on drop.
+/// A running Python server, killed on drop (or before, with [`PyServer::kill`]).
 pub(crate) struct PyServer {
-    child: Child,
+    child: Mutex<Child>,
     port: u16,
 }
 
 impl Drop for PyServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -71,7 +71,17 @@ impl PyServer {
         let port = rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("{script} did not start"));
-        PyServer { child, port }
+        PyServer {
+            child: Mutex::new(child),
+            port,
+        }
+    }
+
+    /// Stops the server (a test of an upstream that goes away).
+    pub(crate) fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// `http://127.0.0.1:PORT{path}`.

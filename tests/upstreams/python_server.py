@@ -33,16 +33,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import socket
 import sys
-import threading
 import uuid
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
 import uvicorn
+from lifecycle import exit_on_stdin_eof
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.transport_security import TransportSecuritySettings
@@ -393,23 +392,8 @@ class AnnouncingServer(uvicorn.Server):
             print(f"listening on 127.0.0.1:{self._port}", flush=True)
 
 
-def exit_on_stdin_eof() -> None:
-    """Under the test harness (IDGUARD_EXIT_ON_STDIN_EOF=1), exit when stdin closes: the
-    harness holds the write end, so this server never outlives the test process."""
-
-    def wait() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        finally:
-            os._exit(0)
-
-    threading.Thread(target=wait, name="stdin-eof", daemon=True).start()
-
-
 def main(argv: list[str]) -> int:
-    if os.environ.get("IDGUARD_EXIT_ON_STDIN_EOF") == "1":
-        exit_on_stdin_eof()
+    exit_on_stdin_eof()
     port = int(argv[1]) if len(argv) > 1 else 0
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
