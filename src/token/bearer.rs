@@ -11,10 +11,12 @@ use super::MAX_TOKEN_BYTES;
 use super::cache::{TokenDigest, digest_token};
 use crate::error::TokenError;
 
-/// The caller's validated bearer token: the assertion of an on-behalf-of exchange.
+/// The caller's validated Entra token: the assertion of an on-behalf-of exchange, the
+/// subject token of the gateway's token exchange.
 ///
 /// [`ValidateTokenLayer`](crate::ValidateTokenLayer) puts it in the request extensions when
-/// on-behalf-of is configured. It cannot be printed (`Debug` shows `BearerToken(***)`) and
+/// on-behalf-of or the OAuth proxy is configured (behind an idguard-issued token, the Entra
+/// token of its session, never idguard's own). It cannot be printed (`Debug` shows `BearerToken(***)`) and
 /// only idguard reads its text. Cloning is cheap.
 #[derive(Clone)]
 pub struct BearerToken(Arc<Inner>);

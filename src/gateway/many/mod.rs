@@ -44,8 +44,10 @@ const MAX_SESSIONS_PER_CALLER: usize = 32;
 const ROUTED_PER_SESSION: usize = 1024;
 
 const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-/// Caller headers passed to the upstreams' gateways (which filter again).
-const PASSED: [HeaderName; 7] = [
+/// Caller headers passed to the upstreams' gateways, which filter again: `Authorization`
+/// never reaches an upstream, but a credential may read it (as with one upstream).
+const PASSED: [HeaderName; 8] = [
+    header::AUTHORIZATION,
     header::USER_AGENT,
     header::HOST,
     MCP_PROTOCOL_VERSION,
@@ -183,16 +185,6 @@ impl Gateways {
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/");
         *req.extensions_mut() = ext.clone();
-        // The caller's `Authorization` header stays here (it is never forwarded); a token
-        // exchange reads the caller's Entra token from the extensions instead. Without the
-        // OAuth proxy the layer leaves it there only for on-behalf-of, and the header is
-        // that token.
-        if ext.get::<crate::token::BearerToken>().is_none()
-            && let Ok(token) = crate::token::bearer_token(headers)
-        {
-            req.extensions_mut()
-                .insert(crate::token::BearerToken::new(token));
-        }
         let h = req.headers_mut();
         for name in &PASSED {
             if let Some(v) = headers.get(name) {
