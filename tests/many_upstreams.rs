@@ -511,9 +511,95 @@ async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
         .await
         .unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let app = Router::new().route("/mcp", axum::routing::post(handler));
+    // Its standalone stream, with event ids: an update of a resource of py's (not its own),
+    // a list change, a server-to-client request (id 8); then it stays open.
+    let stream = || async {
+        let events = [
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                "params": {"uri": "docs://public/readme"}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+            json!({"jsonrpc": "2.0", "id": 8, "method": "roots/list"}),
+        ];
+        let first = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("id: g{i}\nevent: message\ndata: {e}\n\n"))
+            .collect::<String>();
+        let first = futures_util::stream::once(async move {
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(first))
+        });
+        let body = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(axum::body::Body::from_stream(body))
+            .unwrap()
+    };
+    let app = Router::new().route("/mcp", axum::routing::post(handler).get(stream));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, answers)
+}
+
+/// The standalone `GET` stream merges every upstream's: what the fake upstream sends on its
+/// own reaches the caller (server-to-client ids renumbered, event ids removed), an update
+/// of another server's resource does not, and the real Python SDK's stream is opened too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_get_stream_merges_every_upstreams() {
+    use futures_util::StreamExt as _;
+    let (fake, _) = eliciting_upstream().await;
+    let stack = stack_with(Some(fake)).await;
+    let mut alice = Session::open(&stack, "alice").await;
+    // py lists (and so owns) docs://public/readme. The fake upstream answers this list with
+    // "Method not found": it lists none, and its session (and so its stream) lives on.
+    let resources = alice.names("resources/list", "resources", "uri").await;
+    assert!(resources.contains("docs://public/readme"), "{resources:?}");
+    let res = stack
+        .http
+        .get(&stack.url)
+        .bearer_auth(&alice.token)
+        .header(header::ACCEPT, "text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("mcp-session-id", alice.id.as_deref().unwrap())
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !(text.contains("list_changed") && text.contains("roots/list")) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("the fake upstream's events never arrived: {text}"))
+            .expect("the merged stream ended")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let got = messages("text/event-stream", &text);
+    let ask = got.iter().find(|m| m["method"] == "roots/list").unwrap();
+    assert_eq!(ask["id"], "fake:n8", "{got:?}");
+    assert!(!text.contains("id: g"), "event ids are removed: {text}");
+    // The update came first on the fake's stream: it was dropped, not late.
+    assert!(
+        !text.contains("docs://public/readme"),
+        "an upstream speaks only of its own resources: {text}"
+    );
+    // The real SDK's standalone stream was opened with the upstream's own session.
+    let log = stack.python.get_json("/_probe/requests").await;
+    assert!(
+        log["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[0] == "GET" && e[1].as_str().unwrap().starts_with("/mcp")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

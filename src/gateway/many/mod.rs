@@ -71,10 +71,9 @@ const PASSED: [HeaderName; 8] = [
 ///   `resources/templates/list`): every reachable upstream's, all pages, merged into one
 ///   page. Tool and prompt names become `<server>__<name>`; resource URIs and templates
 ///   are kept, each claimed by the first server listing it ([`Servers`]): a URI another
-///   server already claimed is left out (fail closed). Claims are first made at
-///   `initialize` (each upstream's resource and template lists are read then), so that a
-///   read before any list is decided with its server; an unclaimed URI is refused. An
-///   upstream that does not answer is left out (its items disappear) and logged;
+///   server already claimed is left out (fail closed). Claims are made only from the
+///   lists callers ask for (which the layer decided): a URI no list has named yet is
+///   refused. An upstream that does not answer is left out (its items disappear) and logged;
 /// - **routing**: `tools/call`, `prompts/get` (by prefix, sent with the original name),
 ///   `resources/read`, `resources/subscribe`, `resources/unsubscribe` (by the URI's claim),
 ///   `completion/complete` (by its reference). A call to an upstream that does not answer
@@ -85,14 +84,18 @@ const PASSED: [HeaderName; 8] = [
 ///   its `notifications/initialized` when idguard initialized it, so the caller's is not
 ///   repeated); `notifications/cancelled` to the upstream that got the request; others are
 ///   dropped;
+/// - **the standalone `GET` stream**: every upstream's of the session, opened together and
+///   merged into one (`405` when no upstream offers one); it goes on while any of them does.
+///   Its notifications (`list_changed`, `resources/updated`, …) reach the caller through the
+///   layer's filter, as on one upstream;
 /// - **server-to-client requests** (sampling, elicitation, roots) in an upstream's reply
-///   stream reach the caller with the id `<server>:n<id>` (or `:s<id>` for a string), so two
-///   upstreams' ids never collide; the caller's answer goes back to that server with its
-///   own id; an answer that names no server is dropped;
-/// - **not merged**: the standalone `GET` stream (`405`: MCP lets a server offer none;
-///   server-to-client messages then arrive on `POST` replies only), stream resumption
-///   (`Last-Event-ID`; event ids are removed), batches (`400`), tasks and the sessionless
-///   2026-07-28 era (`server/discover`, `subscriptions/listen`: `-32601`).
+///   or `GET` stream reach the caller with the id `<server>:n<id>` (or `:s<id>` for a
+///   string), so two upstreams' ids never collide; the caller's answer goes back to that
+///   server with its own id; an answer that names no server is dropped. An upstream's
+///   `notifications/resources/updated` for a URI that is not its own is dropped;
+/// - **not merged**: stream resumption (`Last-Event-ID`; event ids are removed, and a
+///   `GET` opens a new stream), batches (`400`), tasks and the sessionless 2026-07-28 era
+///   (`server/discover`, `subscriptions/listen`: `-32601`).
 #[derive(Clone, Debug)]
 pub struct Gateways {
     inner: Arc<Inner>,
@@ -181,6 +184,7 @@ impl Gateways {
         body: Bytes,
     ) -> Result<Response<Body>, Down> {
         let (name, gateway) = self.inner.upstreams.get(index).ok_or(DOWN)?;
+        let (get, post) = (method == Method::GET, method == Method::POST);
         let mut req = Request::new(Body::from(body));
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/");
@@ -191,14 +195,23 @@ impl Gateways {
                 h.insert(name.clone(), v.clone());
             }
         }
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        if get {
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+        } else {
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
+        }
+        if post {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         if let Some(id) = upstream_session
             .filter(|s| !s.is_empty())
             .and_then(|s| HeaderValue::from_str(s).ok())
@@ -209,7 +222,11 @@ impl Gateways {
         if res.status().is_success() {
             Ok(res)
         } else {
-            tracing::warn!(target: "idguard::gateway", server = &**name, status = res.status().as_u16(), "upstream refused or unavailable");
+            if get && res.status() == StatusCode::METHOD_NOT_ALLOWED {
+                tracing::debug!(target: "idguard::gateway", server = &**name, "upstream offers no standalone stream");
+            } else {
+                tracing::warn!(target: "idguard::gateway", server = &**name, status = res.status().as_u16(), "upstream refused or unavailable");
+            }
             let mut res = res;
             let refusal = res.extensions_mut().remove::<Rejection>().filter(|r| {
                 !matches!(
@@ -526,6 +543,12 @@ impl Gateways {
                 tracing::warn!(target: "idguard::gateway", method, limit = wire::MAX_READ_BYTES, "an upstream's list is larger than the limit: left out");
                 return Err(DOWN);
             }
+            if answer.get("error").is_some() {
+                // An answer, not an outage (a server without resources says "Method not
+                // found"): it lists none, and its session lives on.
+                tracing::debug!(target: "idguard::gateway", method, "an upstream answered a list with an error: it lists none");
+                return Ok(Vec::new());
+            }
             let result = answer.get("result").ok_or(DOWN)?;
             if let Some(Value::Array(page)) = result.get(key) {
                 items.extend(page.iter().cloned());
@@ -576,13 +599,8 @@ impl Gateways {
         };
         let (mut head, body) = res.into_parts();
         head.headers.remove(MCP_SESSION_ID);
-        let sse = head
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let body = if sse {
-            rewrite_stream(server.clone(), body)
+        let body = if is_event_stream(&head.headers) {
+            rewrite_stream(server.clone(), self.inner.servers.clone(), body)
         } else {
             body
         };
@@ -678,13 +696,7 @@ impl Gateways {
         if let (Some("initialize"), Some(id)) = (method, &id) {
             return self.open(id, &message, &parts).await;
         }
-        let session = parts
-            .headers
-            .get(MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| self.inner.sessions.get(s));
-        let owner = owner_of(&parts.extensions);
-        let Some(session) = session.filter(|s| owner.as_deref() == Some(s.owner.as_str())) else {
+        let Some((_, session)) = self.session_of(&parts) else {
             return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
         };
         let Some(method) = method else {
@@ -794,20 +806,74 @@ impl Gateways {
         }
     }
 
-    async fn delete(&self, parts: http::request::Parts) -> Response<Body> {
-        let key = parts
-            .headers
-            .get(MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let owner = owner_of(&parts.extensions);
-        let session = key.as_deref().and_then(|k| self.inner.sessions.get(k));
-        let (Some(key), Some(session)) = (key, session) else {
+    /// The session `parts` names (`Mcp-Session-Id`) with its id, when it is the caller's.
+    fn session_of(&self, parts: &http::request::Parts) -> Option<(String, Arc<Session>)> {
+        let key = parts.headers.get(MCP_SESSION_ID)?.to_str().ok()?;
+        let session = self.inner.sessions.get(key)?;
+        let owner = owner_of(&parts.extensions)?;
+        (owner == session.owner).then(|| (key.to_owned(), session))
+    }
+
+    /// The standalone `GET` stream: every upstream's of this session, opened together and
+    /// merged (events rewritten as on `POST` replies, event ids removed). It goes on while
+    /// any upstream's goes on; `405` when no upstream offers one.
+    async fn stream(&self, parts: http::request::Parts) -> Response<Body> {
+        let Some((_, session)) = self.session_of(&parts) else {
             return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
         };
-        if owner.as_deref() != Some(session.owner.as_str()) {
-            return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
+        // A sessionless upstream (`""`) has no stream of its own to offer.
+        let sessions: Vec<(usize, String)> = lock(&session.state)
+            .upstream
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(i, s)| (*i, s.clone()))
+            .collect();
+        let opened = futures_util::future::join_all(sessions.iter().map(|(i, s)| {
+            self.send(
+                *i,
+                Some(s),
+                &parts.headers,
+                &parts.extensions,
+                Method::GET,
+                Bytes::new(),
+            )
+        }))
+        .await;
+        let mut parts_of_stream = Vec::new();
+        for ((index, _), res) in sessions.iter().zip(opened) {
+            let (Some((server, _)), Ok(res)) = (self.inner.upstreams.get(*index), res) else {
+                continue;
+            };
+            if !is_event_stream(res.headers()) {
+                continue;
+            }
+            let events =
+                rewrite_stream(server.clone(), self.inner.servers.clone(), res.into_body());
+            // One upstream's stream failing ends that part only.
+            parts_of_stream.push(futures_util::StreamExt::filter_map(
+                events.into_data_stream(),
+                |chunk| std::future::ready(chunk.ok().map(Ok::<_, Infallible>)),
+            ));
         }
+        if parts_of_stream.is_empty() {
+            return Rejection::new(RejectionKind::MethodNotAllowed, None).into_response();
+        }
+        let mut res = Response::new(Body::from_stream(futures_util::stream::select_all(
+            parts_of_stream,
+        )));
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        res
+    }
+
+    async fn delete(&self, parts: http::request::Parts) -> Response<Body> {
+        let Some((key, session)) = self.session_of(&parts) else {
+            return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
+        };
         self.inner.sessions.invalidate(&key);
         let sessions: Vec<(usize, String)> = lock(&session.state).upstream.drain().collect();
         futures_util::future::join_all(sessions.iter().filter(|(_, s)| !s.is_empty()).map(
@@ -827,6 +893,13 @@ impl Gateways {
         *res.status_mut() = StatusCode::OK;
         res
     }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 fn lock(m: &Mutex<SessionState>) -> std::sync::MutexGuard<'_, SessionState> {
@@ -857,6 +930,7 @@ impl Service<Request<Body>> for Gateways {
             let (parts, body) = req.into_parts();
             Ok(match parts.method {
                 Method::POST => this.post(parts, body).await,
+                Method::GET => this.stream(parts).await,
                 Method::DELETE => this.delete(parts).await,
                 _ => Rejection::new(RejectionKind::MethodNotAllowed, None).into_response(),
             })

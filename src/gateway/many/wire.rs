@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::UPSTREAM_UNAVAILABLE_CODE;
 use crate::gateway::Gateway;
+use crate::policy::Servers;
 
 /// Longest upstream reply read whole (an `initialize` or a list page), and longest event.
 pub(super) const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
@@ -129,8 +130,10 @@ pub(super) fn inward_id(servers: &[(Arc<str>, Gateway)], id: &Value) -> Option<(
 }
 
 /// One SSE event of upstream `server`'s reply, as the caller gets it: server-to-client
-/// requests renumbered, event ids removed; `None` drops it.
-fn rewrite_event(server: &str, event: &str) -> Option<String> {
+/// requests renumbered, event ids removed; `None` drops it. So does a
+/// `notifications/resources/updated` for a URI that `servers` does not attribute to
+/// `server` (an upstream speaks only of its own resources).
+fn rewrite_event(server: &str, servers: &Servers, event: &str) -> Option<String> {
     let mut data: Vec<&str> = Vec::new();
     for line in event.split('\n').map(|l| l.trim_end_matches('\r')) {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
@@ -142,6 +145,13 @@ fn rewrite_event(server: &str, event: &str) -> Option<String> {
         return None;
     }
     let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    if message.get("method").and_then(Value::as_str) == Some("notifications/resources/updated") {
+        let uri = message.get("params")?.get("uri")?.as_str()?;
+        if servers.resource_server(uri).as_deref() != Some(server) {
+            tracing::debug!(target: "idguard::rejection", server, "an update of another server's resource: dropped");
+            return None;
+        }
+    }
     if message.get("method").is_some()
         && let Some(id) = message.get("id")
     {
@@ -152,11 +162,12 @@ fn rewrite_event(server: &str, event: &str) -> Option<String> {
 }
 
 /// `body` (an upstream's SSE reply) rewritten event by event with [`rewrite_event`].
-pub(super) fn rewrite_stream(server: Arc<str>, body: Body) -> Body {
+pub(super) fn rewrite_stream(server: Arc<str>, servers: Servers, body: Body) -> Body {
     let stream = futures_util::stream::unfold(
         (body.into_data_stream(), Vec::<u8>::new(), false),
         move |(mut body, mut buf, done)| {
             let server = server.clone();
+            let servers = servers.clone();
             async move {
                 use futures_util::StreamExt as _;
                 if done {
@@ -176,7 +187,7 @@ pub(super) fn rewrite_stream(server: Arc<str>, body: Body) -> Body {
                     if let Some((at, sep)) = end {
                         let event: Vec<u8> = buf.drain(..at + sep).collect();
                         let text = String::from_utf8_lossy(&event);
-                        let out = rewrite_event(&server, &text).unwrap_or_default();
+                        let out = rewrite_event(&server, &servers, &text).unwrap_or_default();
                         return Some((
                             Ok::<_, std::io::Error>(Bytes::from(out)),
                             (body, buf, false),
@@ -193,7 +204,7 @@ pub(super) fn rewrite_stream(server: Arc<str>, body: Body) -> Body {
                         }
                         None => {
                             let text = String::from_utf8_lossy(&buf).into_owned();
-                            let out = rewrite_event(&server, &text).unwrap_or_default();
+                            let out = rewrite_event(&server, &servers, &text).unwrap_or_default();
                             return Some((Ok(Bytes::from(out)), (body, Vec::new(), true)));
                         }
                     }
@@ -227,8 +238,32 @@ mod tests {
         assert_eq!(inward_id(&ups, &json!(7)), None);
         let event =
             "id: 9\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\"}\n\n";
-        let out = rewrite_event("a", event).unwrap();
+        let servers = Servers::new(["a", "b"]);
+        let out = rewrite_event("a", &servers, event).unwrap();
         assert!(out.contains("\"a:n3\"") && !out.contains("id: 9"), "{out}");
-        assert_eq!(rewrite_event("a", "data: not json\n\n"), None);
+        assert_eq!(rewrite_event("a", &servers, "data: not json\n\n"), None);
+    }
+
+    #[test]
+    fn an_upstream_speaks_only_of_its_own_resources() {
+        let servers = Servers::new(["a", "b"]);
+        assert!(servers.claim_resource("a", "docs://a/1"));
+        assert!(servers.claim_resource("b", "docs://b/1"));
+        let updated = |uri: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                    "params": {"uri": uri}})
+            )
+        };
+        assert!(rewrite_event("a", &servers, &updated("docs://a/1")).is_some());
+        assert_eq!(rewrite_event("a", &servers, &updated("docs://b/1")), None);
+        assert_eq!(
+            rewrite_event("a", &servers, &updated("docs://nobody")),
+            None
+        );
+        let changed =
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+        assert!(rewrite_event("b", &servers, changed).is_some());
     }
 }
