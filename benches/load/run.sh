@@ -19,6 +19,8 @@
 # The fixture and the `idguard` binary are taken from $CARGO_TARGET_DIR (default target/);
 # FIXTURE and IDGUARD name prebuilt ones (skipping the build); BASELINE another `idguard`
 # binary run beside the gateway (rows `baseline`), to compare two builds in one run.
+# FLOOR=1 (the default) also runs examples/hop_floor.rs, a proxy that only forwards, in
+# front of the same fixture (rows `floor`): what any hop costs before idguard does anything.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -33,6 +35,11 @@ IDGUARD=${IDGUARD:-}   # a prebuilt idguard binary (skips the build)
 if [ -z "$FIXTURE" ]; then
   cargo build --release --quiet --example load_fixture
   FIXTURE="${CARGO_TARGET_DIR:-target}/release/examples/load_fixture"
+fi
+FLOOR_BIN=${FLOOR_BIN:-}   # a prebuilt hop_floor example (skips the build)
+if [ "${FLOOR:-1}" = 1 ] && [ -z "$FLOOR_BIN" ]; then
+  cargo build --release --quiet --example hop_floor
+  FLOOR_BIN="${CARGO_TARGET_DIR:-target}/release/examples/hop_floor"
 fi
 if [ -z "$IDGUARD" ]; then
   cargo build --release --quiet -p idguard-cli --bin idguard
@@ -60,8 +67,12 @@ value() { grep "^IDGUARD_LOAD_$2=" "$work/$1.out" | head -1 | cut -d= -f2-; }
 
 start() { # name args...
   local name=$1; shift
+  start_bin "$name" "$FIXTURE" "$@"
+}
+start_bin() { # name binary args...
+  local name=$1 bin=$2; shift 2
   mkfifo "$work/$name.in"
-  "${server[@]}" "$FIXTURE" "$@" < "$work/$name.in" > "$work/$name.out" 2>/dev/null &
+  "${server[@]}" "$bin" "$@" < "$work/$name.in" > "$work/$name.out" 2>/dev/null &
   pids+=($!); echo $! > "$work/$name.pid"
   exec {fd}>"$work/$name.in"   # keep stdin open
   wait_for "$work/$name.out" IDGUARD_LOAD_READY "$(cat "$work/$name.pid")"
@@ -98,6 +109,11 @@ TOML
 }
 start_gateway gateway "$IDGUARD"
 [ -n "${BASELINE:-}" ] && start_gateway baseline "$(realpath "$BASELINE")"
+# The floor: a proxy that only forwards (examples/hop_floor.rs), in front of the same fixture.
+if [ "${FLOOR:-1}" = 1 ]; then
+  start_bin floor "$FLOOR_BIN" --upstream "$(cat "$work/bare.url")"
+  cp "$work/bare.tokens" "$work/floor.tokens"
+fi
 cp "$work/bare.tokens" "$work/idguard.tokens"
 : > "$work/none.tokens"
 sed 's/:.*/:eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.aW52YWxpZA/' "$work/bare.tokens" > "$work/invalid.tokens"
@@ -117,7 +133,7 @@ run() { # label server scenario tokens
   local up_ticks=$(( $(cpu_ticks "$upstream") - up_before ))
   local rss; rss=$(grep VmHWM "/proc/$pid/status" | awk '{print $2}')
   python3 benches/load/summarize.py "$label" "$out" "$rss" "$ticks" "$(getconf CLK_TCK)" | tee -a "$work/rows"
-  if [ "$server" = gateway ] || [ "$server" = baseline ]; then
+  if [ "$server" = gateway ] || [ "$server" = baseline ] || [ "$server" = floor ]; then
     python3 benches/load/summarize.py "  (the bare fixture behind it)" "$out" \
       "$(grep VmHWM "/proc/$upstream/status" | awk '{print $2}')" "$up_ticks" "$(getconf CLK_TCK)"
   fi
@@ -133,11 +149,13 @@ for s in ${SCENARIOS:-call list invalid none}; do
     call) run "bare tools/call"          bare    call bare
           run "idguard tools/call"       idguard call idguard
           [ -n "${BASELINE:-}" ] && run "baseline tools/call" baseline call baseline
-          run "gateway tools/call"       gateway call gateway ;;
+          run "gateway tools/call"       gateway call gateway
+          [ "${FLOOR:-1}" = 1 ] && run "floor tools/call" floor call floor ;;
     list) run "bare tools/list (100)"    bare    list bare
           run "idguard tools/list (100)" idguard list idguard
           [ -n "${BASELINE:-}" ] && run "baseline tools/list (100)" baseline list baseline
-          run "gateway tools/list (100)" gateway list gateway ;;
+          run "gateway tools/list (100)" gateway list gateway
+          [ "${FLOOR:-1}" = 1 ] && run "floor tools/list (100)" floor list floor ;;
     invalid) run "idguard invalid token" idguard list invalid ;;
     none) run "idguard no token"         idguard list none ;;
   esac
@@ -153,8 +171,11 @@ for line in open(sys.argv[1]):
         pass
 for what in ("tools/call", "tools/list (100)"):
     bare = rows.get(f"bare {what}")
-    for who in ("idguard", "baseline", "gateway"):
+    for who in ("idguard", "baseline", "gateway", "floor"):
         got = rows.get(f"{who} {what}")
         if bare and got is not None:
             print(f"{who}/bare {what}: {100 * got / bare:.0f} %")
+    floor, gateway = rows.get(f"floor {what}"), rows.get(f"gateway {what}")
+    if floor and gateway:
+        print(f"gateway/floor {what}: {100 * gateway / floor:.0f} %")
 PY
