@@ -25,9 +25,12 @@ use super::entities::Item;
 /// Between a server's name and its item's own name: `github__create_issue`.
 pub const SERVER_SEPARATOR: &str = "__";
 
-/// Resource URIs and templates claimed, at most: beyond it new ones are not attributed to
-/// any server (and so not listed or read).
+/// Resource URIs and templates claimed, at most, shared out evenly between the servers
+/// (so one server listing without end cannot leave the others none): beyond its share, a
+/// server's new ones are not attributed (and so not listed or read).
 const MAX_CLAIMS: usize = 100_000;
+/// Templates claimed, at most, shared out the same way (each lookup reads them all).
+const MAX_TEMPLATES: usize = 1_000;
 
 /// The named MCP servers whose items a [`PolicyEngine`](super::PolicyEngine) judges (tool and prompt names
 /// `<server>__<name>`, resource URIs claimed by the first server listing them, a claim
@@ -68,9 +71,28 @@ struct Claims {
     resources: HashMap<String, Arc<str>>,
     /// (literal prefix before the first `{`, template, server).
     templates: Vec<(String, String, Arc<str>)>,
+    /// Each server's claims: (resources, templates).
+    counts: HashMap<Arc<str>, (usize, usize)>,
 }
 
 impl Claims {
+    /// Whether `server`, one of `servers`, may claim one more resource (or template).
+    fn room(&self, server: &Arc<str>, servers: usize, template: bool) -> bool {
+        let servers = servers.max(1);
+        let (resources, templates) = self.counts.get(server).copied().unwrap_or_default();
+        resources + templates < MAX_CLAIMS / servers
+            && (!template || templates < MAX_TEMPLATES / servers)
+    }
+
+    fn count(&mut self, server: Arc<str>, template: bool) {
+        let (resources, templates) = self.counts.entry(server).or_default();
+        if template {
+            *templates += 1;
+        } else {
+            *resources += 1;
+        }
+    }
+
     /// The one server whose template's literal prefix is the longest that `uri` starts
     /// with (`None`: no template, or a tie between servers).
     fn template_owner(&self, uri: &str) -> Option<Arc<str>> {
@@ -219,10 +241,12 @@ impl Servers {
         if let Some(owner) = claims.template_owner(uri) {
             return owner == server;
         }
-        if claims.resources.len() + claims.templates.len() >= MAX_CLAIMS {
+        if !claims.room(&server, self.inner.names.len(), false) {
+            tracing::warn!(target: "idguard::policy", server = &*server, "a server's share of resource claims is used up: new ones are not attributed");
             return false;
         }
-        claims.resources.insert(uri.to_owned(), server);
+        claims.resources.insert(uri.to_owned(), server.clone());
+        claims.count(server, false);
         true
     }
 
@@ -258,10 +282,14 @@ impl Servers {
         {
             return false;
         }
-        if claims.resources.len() + claims.templates.len() >= MAX_CLAIMS {
+        if !claims.room(&server, self.inner.names.len(), true) {
+            tracing::warn!(target: "idguard::policy", server = &*server, "a server's share of template claims is used up: new ones are not attributed");
             return false;
         }
-        claims.templates.push((prefix, template.to_owned(), server));
+        claims
+            .templates
+            .push((prefix, template.to_owned(), server.clone()));
+        claims.count(server, true);
         true
     }
 }
@@ -374,5 +402,28 @@ mod tests {
         // A template with no literal prefix attributes only its own text.
         assert!(s.claim_template("hr", "{anything}"));
         assert_eq!(s.resource_server("files://x").as_deref(), Some("docs"));
+    }
+
+    /// A server that lists without end uses up its own share of the claims, never the
+    /// others'.
+    #[test]
+    fn each_server_claims_within_its_share() {
+        let s = Servers::new(["greedy", "fair"]);
+        let share = MAX_CLAIMS / 2;
+        for i in 0..share {
+            assert!(s.claim_resource("greedy", &format!("g://{i}")), "{i}");
+        }
+        assert!(!s.claim_resource("greedy", "g://one-more"));
+        assert!(!s.claim_template("greedy", "g2://{x}"));
+        assert_eq!(s.resource_server("g://one-more"), None);
+        assert!(s.claim_resource("fair", "f://1"));
+        // Templates have a smaller share of their own.
+        for i in 0..MAX_TEMPLATES / 2 {
+            assert!(s.claim_template("fair", &format!("t{i}://{{x}}")), "{i}");
+        }
+        assert!(!s.claim_template("fair", "t-last://{x}"));
+        assert!(s.claim_resource("fair", "f://2"));
+        // Claims already made are still answered.
+        assert!(s.claim_resource("greedy", "g://0"));
     }
 }

@@ -484,7 +484,7 @@ impl Gateways {
             self.inner.servers.claim_resource(server, uri)
         };
         if !ok {
-            tracing::warn!(target: "idguard::gateway", server, "a resource another upstream already lists (or past the table's size) is left out");
+            tracing::warn!(target: "idguard::gateway", server, "a resource another upstream already lists (or past this upstream's share of claims) is left out");
         }
         ok
     }
