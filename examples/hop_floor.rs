@@ -5,8 +5,9 @@
 //! It forwards each request's method, body (sent with its length) and the MCP headers
 //! (`Content-Type`, `Accept`, `Mcp-Session-Id`, `Mcp-Protocol-Version`) to `--upstream` with
 //! hyper's pooled client (the one `idguard` uses for `http://` upstreams), and the reply's
-//! status, `Content-Type`, `Mcp-Session-Id` and body back. No authentication, no policy, no
-//! log, no timeouts: **not a server to deploy**, a yardstick. Prints `IDGUARD_LOAD_URL=…`
+//! status, `Content-Type`, `Mcp-Session-Id` and body back (read whole: the fixture's replies
+//! are small JSON). No authentication, no policy, no log, no timeouts: **not a server to
+//! deploy**, a yardstick. Prints `IDGUARD_LOAD_URL=…`
 //! and `IDGUARD_LOAD_READY`, then serves until standard input closes.
 //!
 //! ```sh
@@ -93,7 +94,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve = async {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
-                continue;
+                // Out of descriptors, say: a yardstick stops rather than spin.
+                return;
             };
             let _ = stream.set_nodelay(true);
             let (client, uri) = (client.clone(), uri.clone());

@@ -80,8 +80,8 @@ impl Claims {
     fn room(&self, server: &Arc<str>, servers: usize, template: bool) -> bool {
         let servers = servers.max(1);
         let (resources, templates) = self.counts.get(server).copied().unwrap_or_default();
-        resources + templates < MAX_CLAIMS / servers
-            && (!template || templates < MAX_TEMPLATES / servers)
+        resources + templates < (MAX_CLAIMS / servers).max(1)
+            && (!template || templates < (MAX_TEMPLATES / servers).max(1))
     }
 
     fn count(&mut self, server: Arc<str>, template: bool) {
@@ -219,8 +219,8 @@ impl Servers {
     }
 
     /// Claims `uri` for `server`: `true` when it is (now or already) that server's,
-    /// `false` when another server claimed it first, `server` is unknown, or the table is
-    /// full.
+    /// `false` when another server claimed it first, `server` is unknown, or `server`'s
+    /// share of the claims is used up.
     pub fn claim_resource(&self, server: &str, uri: &str) -> bool {
         let Some(server) = self.known(server) else {
             return false;
@@ -242,7 +242,6 @@ impl Servers {
             return owner == server;
         }
         if !claims.room(&server, self.inner.names.len(), false) {
-            tracing::warn!(target: "idguard::policy", server = &*server, "a server's share of resource claims is used up: new ones are not attributed");
             return false;
         }
         claims.resources.insert(uri.to_owned(), server.clone());
@@ -283,7 +282,6 @@ impl Servers {
             return false;
         }
         if !claims.room(&server, self.inner.names.len(), true) {
-            tracing::warn!(target: "idguard::policy", server = &*server, "a server's share of template claims is used up: new ones are not attributed");
             return false;
         }
         claims

@@ -1,16 +1,18 @@
 //! Several upstreams behind one MCP endpoint: [`Gateways`].
 //!
-//! About 850 lines, a third of them the type's documentation: sessions, lists and routing
+//! About 1 000 lines, a third of them the type's documentation: sessions, lists and routing
 //! share the session state; `wire.rs` holds what reads and writes the bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -124,6 +126,10 @@ struct Session {
     /// `initialize`'s params, to initialize an upstream that was down.
     init: Value,
     state: Mutex<SessionState>,
+    /// Whether its `GET` stream is open.
+    streaming: AtomicBool,
+    /// Turns `true` when the session ends (deleted, evicted, idle): its stream ends too.
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -156,6 +162,10 @@ impl Gateways {
                 sessions: moka::sync::Cache::builder()
                     .max_capacity(MAX_SESSIONS)
                     .time_to_idle(Duration::from_secs(24 * 3600))
+                    // However it ends, its stream ends with it.
+                    .eviction_listener(|_, session: Arc<Session>, _| {
+                        session.ended.send_replace(true);
+                    })
                     .build(),
                 owners: moka::sync::Cache::builder()
                     .max_capacity(MAX_SESSIONS)
@@ -172,9 +182,10 @@ fn owner_of(ext: &http::Extensions) -> Option<String> {
 }
 
 impl Gateways {
-    /// Sends `body` (a POST) to upstream `index` in `session`, with the caller's `headers`
-    /// and `ext`ensions (its credential needs them).
-    async fn send(
+    /// Sends `method` with `body` to upstream `index` in its session `upstream_session`,
+    /// with the caller's `headers` and `ext`ensions (its credential needs them): the
+    /// upstream's answer, whatever its status (`None`: no such upstream).
+    async fn request(
         &self,
         index: usize,
         upstream_session: Option<&str>,
@@ -182,8 +193,8 @@ impl Gateways {
         ext: &http::Extensions,
         method: Method,
         body: Bytes,
-    ) -> Result<Response<Body>, Down> {
-        let (name, gateway) = self.inner.upstreams.get(index).ok_or(DOWN)?;
+    ) -> Option<Response<Body>> {
+        let (_, gateway) = self.inner.upstreams.get(index)?;
         let (get, post) = (method == Method::GET, method == Method::POST);
         let mut req = Request::new(Body::from(body));
         *req.method_mut() = method;
@@ -195,17 +206,12 @@ impl Gateways {
                 h.insert(name.clone(), v.clone());
             }
         }
-        if get {
-            h.insert(
-                header::ACCEPT,
-                HeaderValue::from_static("text/event-stream"),
-            );
+        let accept = if get {
+            "text/event-stream"
         } else {
-            h.insert(
-                header::ACCEPT,
-                HeaderValue::from_static("application/json, text/event-stream"),
-            );
-        }
+            "application/json, text/event-stream"
+        };
+        h.insert(header::ACCEPT, HeaderValue::from_static(accept));
         if post {
             h.insert(
                 header::CONTENT_TYPE,
@@ -219,23 +225,32 @@ impl Gateways {
             h.insert(MCP_SESSION_ID, id);
         }
         let Ok(res) = gateway.clone().call(req).await;
+        Some(res)
+    }
+
+    /// [`request`](Self::request), a success or why not.
+    async fn send(
+        &self,
+        index: usize,
+        upstream_session: Option<&str>,
+        headers: &HeaderMap,
+        ext: &http::Extensions,
+        method: Method,
+        body: Bytes,
+    ) -> Result<Response<Body>, Down> {
+        let res = self
+            .request(index, upstream_session, headers, ext, method, body)
+            .await
+            .ok_or(DOWN)?;
         if res.status().is_success() {
             Ok(res)
         } else {
-            if get && res.status() == StatusCode::METHOD_NOT_ALLOWED {
-                tracing::debug!(target: "idguard::gateway", server = &**name, "upstream offers no standalone stream");
-            } else {
-                tracing::warn!(target: "idguard::gateway", server = &**name, status = res.status().as_u16(), "upstream refused or unavailable");
-            }
-            let mut res = res;
-            let refusal = res.extensions_mut().remove::<Rejection>().filter(|r| {
-                !matches!(
-                    r.kind(),
-                    RejectionKind::BadGateway | RejectionKind::GatewayTimeout
-                )
-            });
-            Err(Down(refusal))
+            Err(down(self.name(index), res))
         }
+    }
+
+    fn name(&self, index: usize) -> &str {
+        self.inner.upstreams.get(index).map_or("?", |(n, _)| n)
     }
 
     /// POSTs `message` to upstream `index` in its session `upstream`.
@@ -411,6 +426,8 @@ impl Gateways {
                 owner,
                 init,
                 state: Mutex::new(state),
+                streaming: AtomicBool::new(false),
+                ended: tokio::sync::watch::channel(false).0,
             }),
         );
         let result = json!({
@@ -444,6 +461,7 @@ impl Gateways {
                 tracing::warn!(target: "idguard::gateway", server = &**server, method, "upstream left out of a list");
                 continue;
             };
+            let mut left_out = 0usize;
             for mut item in items {
                 let Some(fields) = item.as_object_mut() else {
                     continue;
@@ -469,7 +487,13 @@ impl Gateways {
                 };
                 if keep {
                     merged.push(item);
+                } else {
+                    left_out += 1;
                 }
+            }
+            if left_out > 0 {
+                // Once per list and server, however many.
+                tracing::warn!(target: "idguard::gateway", server = &**server, method, left_out, "items left out: unnamed, or resources another upstream already lists (or past this upstream's share of claims)");
             }
         }
         let mut result = Map::new();
@@ -478,15 +502,11 @@ impl Gateways {
     }
 
     fn claimed(&self, server: &str, uri: &str, template: bool) -> bool {
-        let ok = if template {
+        if template {
             self.inner.servers.claim_template(server, uri)
         } else {
             self.inner.servers.claim_resource(server, uri)
-        };
-        if !ok {
-            tracing::warn!(target: "idguard::gateway", server, "a resource another upstream already lists (or past this upstream's share of claims) is left out");
         }
-        ok
     }
 
     /// Every page of upstream `index`'s list.
@@ -543,10 +563,15 @@ impl Gateways {
                 tracing::warn!(target: "idguard::gateway", method, limit = wire::MAX_READ_BYTES, "an upstream's list is larger than the limit: left out");
                 return Err(DOWN);
             }
-            if answer.get("error").is_some() {
+            if let Some(error) = answer.get("error") {
                 // An answer, not an outage (a server without resources says "Method not
                 // found"): it lists none, and its session lives on.
-                tracing::debug!(target: "idguard::gateway", method, "an upstream answered a list with an error: it lists none");
+                let code = error.get("code").and_then(Value::as_i64);
+                if code == Some(-32601) {
+                    tracing::debug!(target: "idguard::gateway", method, "an upstream lists none of these");
+                } else {
+                    tracing::warn!(target: "idguard::gateway", method, code, "an upstream answered a list with an error: left out");
+                }
                 return Ok(Vec::new());
             }
             let result = answer.get("result").ok_or(DOWN)?;
@@ -600,7 +625,7 @@ impl Gateways {
         let (mut head, body) = res.into_parts();
         head.headers.remove(MCP_SESSION_ID);
         let body = if is_event_stream(&head.headers) {
-            rewrite_stream(server.clone(), self.inner.servers.clone(), body)
+            rewrite_stream(server.clone(), self.inner.servers.clone(), false, body)
         } else {
             body
         };
@@ -815,11 +840,23 @@ impl Gateways {
     }
 
     /// The standalone `GET` stream: every upstream's of this session, opened together and
-    /// merged (events rewritten as on `POST` replies, event ids removed). It goes on while
-    /// any upstream's goes on; `405` when no upstream offers one.
+    /// merged (events rewritten as on `POST` replies, event ids removed; replies, progress
+    /// and cancellations dropped, see [`rewrite_stream`]). It ends when any upstream's ends
+    /// (the caller opens a new one, and so every upstream's again) or the session ends. One
+    /// at a time per session (`409`); `405` when every upstream answers `405`.
     async fn stream(&self, parts: http::request::Parts) -> Response<Body> {
         let Some((_, session)) = self.session_of(&parts) else {
             return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
+        };
+        let Some(open) = StreamOpen::take(&session) else {
+            tracing::debug!(target: "idguard::rejection", "a second GET stream for one session");
+            let e = rpc_error(
+                &Value::Null,
+                -32000,
+                "a stream is already open for this session",
+                None,
+            );
+            return json_reply(StatusCode::CONFLICT, &e, None);
         };
         // A sessionless upstream (`""`) has no stream of its own to offer.
         let sessions: Vec<(usize, String)> = lock(&session.state)
@@ -828,8 +865,8 @@ impl Gateways {
             .filter(|(_, s)| !s.is_empty())
             .map(|(i, s)| (*i, s.clone()))
             .collect();
-        let opened = futures_util::future::join_all(sessions.iter().map(|(i, s)| {
-            self.send(
+        let answers = futures_util::future::join_all(sessions.iter().map(|(i, s)| {
+            self.request(
                 *i,
                 Some(s),
                 &parts.headers,
@@ -839,28 +876,69 @@ impl Gateways {
             )
         }))
         .await;
-        let mut parts_of_stream = Vec::new();
-        for ((index, _), res) in sessions.iter().zip(opened) {
-            let (Some((server, _)), Ok(res)) = (self.inner.upstreams.get(*index), res) else {
+        let mut streams = Vec::new();
+        let mut refused: Option<Response<Body>> = None;
+        for ((index, _), res) in sessions.iter().zip(answers) {
+            let (Some((server, _)), Some(res)) = (self.inner.upstreams.get(*index), res) else {
                 continue;
             };
-            if !is_event_stream(res.headers()) {
-                continue;
+            let status = res.status();
+            if status.is_success() && is_event_stream(res.headers()) {
+                streams.push(part(rewrite_stream(
+                    server.clone(),
+                    self.inner.servers.clone(),
+                    true,
+                    res.into_body(),
+                )));
+            } else if status == StatusCode::METHOD_NOT_ALLOWED {
+                tracing::debug!(target: "idguard::gateway", server = &**server, "upstream offers no standalone stream");
+            } else {
+                if status == StatusCode::NOT_FOUND {
+                    // Its session ended: made again at the next list or call.
+                    self.forget(*index, &session);
+                }
+                let Down(refusal) = down(server, res);
+                refused = refused.or_else(|| refusal.map(Rejection::into_response));
+                if refused.is_none() {
+                    refused = Some(if status == StatusCode::CONFLICT {
+                        json_reply(
+                            StatusCode::CONFLICT,
+                            &rpc_error(
+                                &Value::Null,
+                                -32000,
+                                "an upstream's stream is still open",
+                                None,
+                            ),
+                            None,
+                        )
+                    } else {
+                        Rejection::new(RejectionKind::BadGateway, None).into_response()
+                    });
+                }
             }
-            let events =
-                rewrite_stream(server.clone(), self.inner.servers.clone(), res.into_body());
-            // One upstream's stream failing ends that part only.
-            parts_of_stream.push(futures_util::StreamExt::filter_map(
-                events.into_data_stream(),
-                |chunk| std::future::ready(chunk.ok().map(Ok::<_, Infallible>)),
-            ));
         }
-        if parts_of_stream.is_empty() {
-            return Rejection::new(RejectionKind::MethodNotAllowed, None).into_response();
+        if streams.is_empty() {
+            // Only when every upstream has no stream to offer does the caller learn `405`
+            // (and stop asking); otherwise it may try again.
+            return refused.unwrap_or_else(|| {
+                Rejection::new(RejectionKind::MethodNotAllowed, None).into_response()
+            });
         }
-        let mut res = Response::new(Body::from_stream(futures_util::stream::select_all(
-            parts_of_stream,
-        )));
+        let mut ended = session.ended.subscribe();
+        let session_ended = async move {
+            let _ = ended.wait_for(|e| *e).await;
+        };
+        // Each part ends in a `None`: the first one ends the merged stream.
+        let merged = futures_util::stream::select_all(streams)
+            .take_while(|chunk| std::future::ready(chunk.is_some()))
+            .filter_map(std::future::ready)
+            .take_until(session_ended)
+            .map(move |chunk| {
+                // Held while the stream lives: the session's next `GET` waits for its end.
+                let _open = &open;
+                Ok::<_, Infallible>(chunk)
+            });
+        let mut res = Response::new(Body::from_stream(merged));
         let headers = res.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -895,11 +973,51 @@ impl Gateways {
     }
 }
 
+/// An upstream's answer that is not a success, logged: idguard's own refusal of the caller
+/// on the way (its credential), or nothing to pass on.
+fn down(server: &str, mut res: Response<Body>) -> Down {
+    tracing::warn!(target: "idguard::gateway", server, status = res.status().as_u16(), "upstream refused or unavailable");
+    Down(res.extensions_mut().remove::<Rejection>().filter(|r| {
+        !matches!(
+            r.kind(),
+            RejectionKind::BadGateway | RejectionKind::GatewayTimeout
+        )
+    }))
+}
+
 fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// One upstream's stream as a part of the merged one: its chunks, then `None` when it ends
+/// or fails.
+fn part(body: Body) -> impl futures_util::Stream<Item = Option<Bytes>> + Send + Unpin + 'static {
+    body.into_data_stream()
+        .map(Result::ok)
+        .take_while(|chunk| std::future::ready(chunk.is_some()))
+        .chain(futures_util::stream::iter([None]))
+}
+
+/// A session's `GET` stream while it is open (one at a time).
+struct StreamOpen(Arc<Session>);
+
+impl StreamOpen {
+    fn take(session: &Arc<Session>) -> Option<Self> {
+        session
+            .streaming
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Self(session.clone()))
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.streaming.store(false, Ordering::Release);
+    }
 }
 
 fn lock(m: &Mutex<SessionState>) -> std::sync::MutexGuard<'_, SessionState> {

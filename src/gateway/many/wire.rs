@@ -132,8 +132,11 @@ pub(super) fn inward_id(servers: &[(Arc<str>, Gateway)], id: &Value) -> Option<(
 /// One SSE event of upstream `server`'s reply, as the caller gets it: server-to-client
 /// requests renumbered, event ids removed; `None` drops it. So does a
 /// `notifications/resources/updated` for a URI that `servers` does not attribute to
-/// `server` (an upstream speaks only of its own resources).
-fn rewrite_event(server: &str, servers: &Servers, event: &str) -> Option<String> {
+/// `server` (an upstream speaks only of its own resources). On a `standalone` (`GET`)
+/// stream, which no request of the caller's went to, so do replies, progress and
+/// cancellations: they could only concern requests idguard sent to other upstreams, or
+/// its own lists.
+fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str) -> Option<String> {
     let mut data: Vec<&str> = Vec::new();
     for line in event.split('\n').map(|l| l.trim_end_matches('\r')) {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
@@ -145,10 +148,20 @@ fn rewrite_event(server: &str, servers: &Servers, event: &str) -> Option<String>
         return None;
     }
     let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
-    if message.get("method").and_then(Value::as_str) == Some("notifications/resources/updated") {
+    let method = message.get("method").and_then(Value::as_str);
+    if standalone
+        && matches!(
+            method,
+            None | Some("notifications/progress" | "notifications/cancelled")
+        )
+    {
+        tracing::warn!(target: "idguard::gateway", server, "a reply, progress or cancellation on an upstream's standalone stream: dropped");
+        return None;
+    }
+    if method == Some("notifications/resources/updated") {
         let uri = message.get("params")?.get("uri")?.as_str()?;
         if servers.resource_server(uri).as_deref() != Some(server) {
-            tracing::debug!(target: "idguard::rejection", server, "an update of another server's resource: dropped");
+            tracing::warn!(target: "idguard::gateway", server, "an upstream's update of a resource not its own: dropped");
             return None;
         }
     }
@@ -161,8 +174,14 @@ fn rewrite_event(server: &str, servers: &Servers, event: &str) -> Option<String>
     Some(format!("event: message\ndata: {message}\n\n"))
 }
 
-/// `body` (an upstream's SSE reply) rewritten event by event with [`rewrite_event`].
-pub(super) fn rewrite_stream(server: Arc<str>, servers: Servers, body: Body) -> Body {
+/// `body` (an upstream's SSE reply, or its `standalone` `GET` stream) rewritten event by
+/// event with [`rewrite_event`].
+pub(super) fn rewrite_stream(
+    server: Arc<str>,
+    servers: Servers,
+    standalone: bool,
+    body: Body,
+) -> Body {
     let stream = futures_util::stream::unfold(
         (body.into_data_stream(), Vec::<u8>::new(), false),
         move |(mut body, mut buf, done)| {
@@ -187,7 +206,8 @@ pub(super) fn rewrite_stream(server: Arc<str>, servers: Servers, body: Body) -> 
                     if let Some((at, sep)) = end {
                         let event: Vec<u8> = buf.drain(..at + sep).collect();
                         let text = String::from_utf8_lossy(&event);
-                        let out = rewrite_event(&server, &servers, &text).unwrap_or_default();
+                        let out =
+                            rewrite_event(&server, &servers, standalone, &text).unwrap_or_default();
                         return Some((
                             Ok::<_, std::io::Error>(Bytes::from(out)),
                             (body, buf, false),
@@ -204,7 +224,8 @@ pub(super) fn rewrite_stream(server: Arc<str>, servers: Servers, body: Body) -> 
                         }
                         None => {
                             let text = String::from_utf8_lossy(&buf).into_owned();
-                            let out = rewrite_event(&server, &servers, &text).unwrap_or_default();
+                            let out = rewrite_event(&server, &servers, standalone, &text)
+                                .unwrap_or_default();
                             return Some((Ok(Bytes::from(out)), (body, Vec::new(), true)));
                         }
                     }
@@ -239,9 +260,12 @@ mod tests {
         let event =
             "id: 9\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\"}\n\n";
         let servers = Servers::new(["a", "b"]);
-        let out = rewrite_event("a", &servers, event).unwrap();
+        let out = rewrite_event("a", &servers, false, event).unwrap();
         assert!(out.contains("\"a:n3\"") && !out.contains("id: 9"), "{out}");
-        assert_eq!(rewrite_event("a", &servers, "data: not json\n\n"), None);
+        assert_eq!(
+            rewrite_event("a", &servers, false, "data: not json\n\n"),
+            None
+        );
     }
 
     #[test]
@@ -256,14 +280,33 @@ mod tests {
                     "params": {"uri": uri}})
             )
         };
-        assert!(rewrite_event("a", &servers, &updated("docs://a/1")).is_some());
-        assert_eq!(rewrite_event("a", &servers, &updated("docs://b/1")), None);
+        assert!(rewrite_event("a", &servers, false, &updated("docs://a/1")).is_some());
         assert_eq!(
-            rewrite_event("a", &servers, &updated("docs://nobody")),
+            rewrite_event("a", &servers, false, &updated("docs://b/1")),
+            None
+        );
+        assert_eq!(
+            rewrite_event("a", &servers, false, &updated("docs://nobody")),
             None
         );
         let changed =
             "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
-        assert!(rewrite_event("b", &servers, changed).is_some());
+        assert!(rewrite_event("b", &servers, true, changed).is_some());
+    }
+
+    #[test]
+    fn a_standalone_stream_carries_no_replies() {
+        let servers = Servers::new(["a"]);
+        let event = |m: Value| format!("data: {m}\n\n");
+        let reply = event(json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}));
+        let progress = event(json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1}}));
+        let ask = event(json!({"jsonrpc": "2.0", "id": 2, "method": "roots/list"}));
+        for standalone in [false, true] {
+            let kept = |e: &str| rewrite_event("a", &servers, standalone, e).is_some();
+            assert_eq!(kept(&reply), !standalone);
+            assert_eq!(kept(&progress), !standalone);
+            assert!(kept(&ask));
+        }
     }
 }
