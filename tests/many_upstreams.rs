@@ -488,8 +488,18 @@ async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
                 Some("tools/list") => {
                     json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
                     {"name": "ask", "inputSchema": {"type": "object"},
+                     "annotations": {"readOnlyHint": true}},
+                    {"name": "batch", "inputSchema": {"type": "object"},
                      "annotations": {"readOnlyHint": true}}]}}))
                 }
+                // A JSON batch reply: an update of py's resource, a request of its own
+                // (id 5), the answer.
+                Some("tools/call") if m["params"]["name"] == "batch" => json(json!([
+                    {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "docs://public/readme"}},
+                    {"jsonrpc": "2.0", "id": 5, "method": "roots/list"},
+                    {"jsonrpc": "2.0", "id": id, "result": {
+                        "content": [{"type": "text", "text": "batched"}]}}])),
                 Some("tools/call") => {
                     let ask = json!({"jsonrpc": "2.0", "id": 7, "method": "elicitation/create",
                         "params": {"message": "proceed?", "requestedSchema": {"type": "object", "properties": {}}}});
@@ -641,7 +651,7 @@ async fn the_get_stream_merges_every_upstreams() {
 async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
     let (fake, answers) = eliciting_upstream().await;
     let stack = stack_with(Some(fake)).await;
-    let alice = Session::open(&stack, "alice").await;
+    let mut alice = Session::open(&stack, "alice").await;
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
         "params": {"name": "fake__ask", "arguments": {}}});
     let (status, _, messages) = alice.post_all(&call).await;
@@ -665,6 +675,30 @@ async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
     assert_eq!(
         got[0]["id"], 7,
         "the upstream gets its own id back: {got:?}"
+    );
+    // In a JSON reply too: the request renumbered, and an update of py's resource dropped.
+    alice.names("resources/list", "resources", "uri").await;
+    let call = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+        "params": {"name": "fake__batch", "arguments": {}}});
+    let (status, _, messages) = alice.post_all(&call).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["id"] == 10 && m["result"].is_object()),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["method"] == "roots/list" && m["id"] == "fake:n5"),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["params"]["uri"] != "docs://public/readme"),
+        "{messages:?}"
     );
     // An answer naming no upstream goes nowhere.
     let (status, _, _) = alice

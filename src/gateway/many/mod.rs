@@ -624,12 +624,35 @@ impl Gateways {
         };
         let (mut head, body) = res.into_parts();
         head.headers.remove(MCP_SESSION_ID);
-        let body = if is_event_stream(&head.headers) {
-            rewrite_stream(server.clone(), self.inner.servers.clone(), false, body)
-        } else {
-            body
+        if is_event_stream(&head.headers) {
+            let body = rewrite_stream(server.clone(), self.inner.servers.clone(), false, body);
+            return Response::from_parts(head, body);
+        }
+        // A JSON reply: one message, or a batch of them (a server may put its requests and
+        // notifications beside the answer), each as on a stream.
+        let Ok(bytes) = Limited::new(body, MAX_READ_BYTES)
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+        else {
+            return unavailable(id, server);
         };
-        Response::from_parts(head, body)
+        let Ok(reply) = serde_json::from_slice::<Value>(&bytes) else {
+            // Not JSON: the layer refuses what it cannot read.
+            return Response::from_parts(head, Body::from(bytes));
+        };
+        let rewrite = |m| wire::rewrite_message(server, &self.inner.servers, false, m);
+        let reply = match reply {
+            Value::Array(messages) => {
+                Value::Array(messages.into_iter().filter_map(rewrite).collect())
+            }
+            message => match rewrite(message) {
+                Some(message) => message,
+                None => return unavailable(id, server),
+            },
+        };
+        head.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(head, Body::from(reply.to_string()))
     }
 
     /// The upstream index of a tool or prompt name, and its own name.

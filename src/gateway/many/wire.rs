@@ -129,13 +129,8 @@ pub(super) fn inward_id(servers: &[(Arc<str>, Gateway)], id: &Value) -> Option<(
     Some((index, id))
 }
 
-/// One SSE event of upstream `server`'s reply, as the caller gets it: server-to-client
-/// requests renumbered, event ids removed; `None` drops it. So does a
-/// `notifications/resources/updated` for a URI that `servers` does not attribute to
-/// `server` (an upstream speaks only of its own resources). On a `standalone` (`GET`)
-/// stream, which no request of the caller's went to, so do replies, progress and
-/// cancellations: they could only concern requests idguard sent to other upstreams, or
-/// its own lists.
+/// One SSE event of upstream `server`'s reply, as the caller gets it: its message by
+/// [`rewrite_message`], event ids removed; `None` drops it.
 fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str) -> Option<String> {
     let mut data: Vec<&str> = Vec::new();
     for line in event.split('\n').map(|l| l.trim_end_matches('\r')) {
@@ -147,7 +142,24 @@ fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str)
     if data.is_empty() {
         return None;
     }
-    let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    let message = serde_json::from_str(&data.join("\n")).ok()?;
+    let message = rewrite_message(server, servers, standalone, message)?;
+    Some(format!("event: message\ndata: {message}\n\n"))
+}
+
+/// One message of upstream `server` as the caller gets it: server-to-client requests
+/// renumbered ([`outward_id`]); `None` drops it. So does a
+/// `notifications/resources/updated` for a URI that `servers` does not attribute to
+/// `server` (an upstream speaks only of its own resources). On a `standalone` (`GET`)
+/// stream, which no request of the caller's went to, so do replies, progress and
+/// cancellations: they could only concern requests idguard sent to other upstreams, or
+/// its own lists.
+pub(super) fn rewrite_message(
+    server: &str,
+    servers: &Servers,
+    standalone: bool,
+    mut message: Value,
+) -> Option<Value> {
     let method = message.get("method").and_then(Value::as_str);
     if standalone
         && matches!(
@@ -171,7 +183,7 @@ fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str)
         let id = outward_id(server, id)?;
         message.as_object_mut()?.insert("id".into(), id);
     }
-    Some(format!("event: message\ndata: {message}\n\n"))
+    Some(message)
 }
 
 /// `body` (an upstream's SSE reply, or its `standalone` `GET` stream) rewritten event by
