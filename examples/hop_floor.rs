@@ -93,9 +93,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("IDGUARD_LOAD_READY");
     let serve = async {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 // Out of descriptors, say: a yardstick stops rather than spin.
-                return;
+                Err(e) => return Err(e),
             };
             let _ = stream.set_nodelay(true);
             let (client, uri) = (client.clone(), uri.clone());
@@ -113,7 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     tokio::select! {
-        () = serve => {}
+        failed = serve => failed?,
         _ = async { while let Ok(n) = stdin.read(&mut buf).await { if n == 0 { break } } } => {}
     }
     Ok(())

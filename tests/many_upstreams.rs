@@ -630,14 +630,34 @@ async fn the_get_stream_merges_every_upstreams() {
             .any(|e| e[0] == "GET" && e[1].as_str().unwrap().starts_with("/mcp")),
         "{log}"
     );
+    // Once the caller lets its stream go, the session's next `GET` opens one.
+    drop(body);
+    let deadline = tokio::time::Instant::now() + STEP;
+    let res = loop {
+        let res = get().await.unwrap();
+        if res.status() == StatusCode::OK {
+            break res;
+        }
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first stream was never let go"
+        );
+        tokio::task::yield_now().await;
+    };
+    let mut body = res.bytes_stream();
     // The stream ends with the session, here pushed out by alice's 32 newer ones (its
     // upstream sessions, and so their streams, live on: idguard ends the merged one).
     let mut newer = Vec::new();
     for _ in 0..32 {
         newer.push(Session::open(&stack, "alice").await);
     }
+    let (status, _, _) = alice
+        .post(json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the session has ended");
     loop {
-        let next = tokio::time::timeout_at(deadline + STEP, body.next())
+        let next = tokio::time::timeout(STEP, body.next())
             .await
             .expect("the stream outlived its session");
         match next {

@@ -87,9 +87,10 @@ const PASSED: [HeaderName; 8] = [
 ///   repeated); `notifications/cancelled` to the upstream that got the request; others are
 ///   dropped;
 /// - **the standalone `GET` stream**: every upstream's of the session, opened together and
-///   merged into one (`405` when no upstream offers one); it goes on while any of them does.
-///   Its notifications (`list_changed`, `resources/updated`, …) reach the caller through the
-///   layer's filter, as on one upstream;
+///   merged into one, ending when any of them ends or the session ends; one per session
+///   (`409`), `405` only when every upstream answers `405`. Its notifications
+///   (`list_changed`, `resources/updated`, …) reach the caller through the layer's filter,
+///   as on one upstream; replies, progress and cancellations of other requests are dropped;
 /// - **server-to-client requests** (sampling, elicitation, roots) in an upstream's reply
 ///   or `GET` stream reach the caller with the id `<server>:n<id>` (or `:s<id>` for a
 ///   string), so two upstreams' ids never collide; the caller's answer goes back to that
@@ -356,6 +357,15 @@ impl Gateways {
         lock(&session.state).upstream.remove(&index);
     }
 
+    /// [`forget`](Self::forget) upstream `index`'s session if it is still `upstream` (not
+    /// one made again meanwhile).
+    fn forget_if(&self, index: usize, session: &Session, upstream: &str) {
+        let mut state = lock(&session.state);
+        if state.upstream.get(&index).is_some_and(|s| s == upstream) {
+            state.upstream.remove(&index);
+        }
+    }
+
     async fn open(
         &self,
         id: &Value,
@@ -464,6 +474,7 @@ impl Gateways {
             let mut left_out = 0usize;
             for mut item in items {
                 let Some(fields) = item.as_object_mut() else {
+                    left_out += 1;
                     continue;
                 };
                 let keep = match key {
@@ -628,31 +639,67 @@ impl Gateways {
             let body = rewrite_stream(server.clone(), self.inner.servers.clone(), false, body);
             return Response::from_parts(head, body);
         }
-        // A JSON reply: one message, or a batch of them (a server may put its requests and
-        // notifications beside the answer), each as on a stream.
-        let Ok(bytes) = Limited::new(body, MAX_READ_BYTES)
+        // A JSON reply: one message (the answer: passed on as it came, however large; the
+        // layer reads it), or a batch (a server may put its requests and notifications
+        // beside the answer), read here and each message rewritten as on a stream.
+        let mut body = body;
+        let first = match body.frame().await {
+            Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+            Some(Err(_)) => return Rejection::new(RejectionKind::BadGateway, None).into_response(),
+            None => Bytes::new(),
+        };
+        let batch = first.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        if !batch {
+            let body = if http_body::Body::is_end_stream(&body) {
+                // Whole (the gateway reads small JSON replies whole): a message other than
+                // an answer is rewritten as on a stream.
+                #[derive(serde::Deserialize)]
+                struct Peek<'a> {
+                    #[serde(borrow)]
+                    method: Option<&'a serde_json::value::RawValue>,
+                }
+                let asks =
+                    serde_json::from_slice::<Peek<'_>>(&first).is_ok_and(|p| p.method.is_some());
+                if asks {
+                    let message = serde_json::from_slice::<Value>(&first).ok();
+                    let Some(message) = message
+                        .and_then(|m| wire::rewrite_message(server, &self.inner.servers, false, m))
+                    else {
+                        tracing::warn!(target: "idguard::gateway", server = &**server, "an upstream answered a call with a message it may not send: dropped");
+                        return unavailable(id, server);
+                    };
+                    head.headers.remove(header::CONTENT_LENGTH);
+                    return Response::from_parts(head, Body::from(message.to_string()));
+                }
+                Body::from(first)
+            } else {
+                let first = futures_util::stream::iter([Ok::<_, axum::Error>(first)]);
+                head.headers.remove(header::CONTENT_LENGTH);
+                Body::from_stream(first.chain(body.into_data_stream()))
+            };
+            return Response::from_parts(head, body);
+        }
+        let rest = Limited::new(body, MAX_READ_BYTES.saturating_sub(first.len()))
             .collect()
             .await
-            .map(http_body_util::Collected::to_bytes)
-        else {
-            return unavailable(id, server);
+            .map(http_body_util::Collected::to_bytes);
+        let Ok(rest) = rest else {
+            tracing::error!(target: "idguard::gateway", server = &**server, "an upstream's batch reply broken off or too large");
+            return Rejection::new(RejectionKind::BadGateway, None).into_response();
         };
-        let Ok(reply) = serde_json::from_slice::<Value>(&bytes) else {
-            // Not JSON: the layer refuses what it cannot read.
-            return Response::from_parts(head, Body::from(bytes));
+        let mut whole = bytes::BytesMut::with_capacity(first.len() + rest.len());
+        whole.extend_from_slice(&first);
+        whole.extend_from_slice(&rest);
+        // Not JSON: passed on, and the layer refuses what it cannot read.
+        let Ok(messages) = serde_json::from_slice::<Vec<Value>>(&whole) else {
+            return Response::from_parts(head, Body::from(whole.freeze()));
         };
-        let rewrite = |m| wire::rewrite_message(server, &self.inner.servers, false, m);
-        let reply = match reply {
-            Value::Array(messages) => {
-                Value::Array(messages.into_iter().filter_map(rewrite).collect())
-            }
-            message => match rewrite(message) {
-                Some(message) => message,
-                None => return unavailable(id, server),
-            },
-        };
+        let rewritten: Vec<Value> = messages
+            .into_iter()
+            .filter_map(|m| wire::rewrite_message(server, &self.inner.servers, false, m))
+            .collect();
         head.headers.remove(header::CONTENT_LENGTH);
-        Response::from_parts(head, Body::from(reply.to_string()))
+        Response::from_parts(head, Body::from(Value::Array(rewritten).to_string()))
     }
 
     /// The upstream index of a tool or prompt name, and its own name.
@@ -881,29 +928,52 @@ impl Gateways {
             );
             return json_reply(StatusCode::CONFLICT, &e, None);
         };
-        // A sessionless upstream (`""`) has no stream of its own to offer.
-        let sessions: Vec<(usize, String)> = lock(&session.state)
-            .upstream
-            .iter()
-            .filter(|(_, s)| !s.is_empty())
-            .map(|(i, s)| (*i, s.clone()))
-            .collect();
-        let answers = futures_util::future::join_all(sessions.iter().map(|(i, s)| {
-            self.request(
-                *i,
-                Some(s),
-                &parts.headers,
-                &parts.extensions,
-                Method::GET,
-                Bytes::new(),
-            )
+        // Every upstream, with its session (made again for one that was down or forgotten).
+        let opened = futures_util::future::join_all((0..self.inner.upstreams.len()).map(|i| {
+            let session = &session;
+            let parts = &parts;
+            async move {
+                let upstream = match self
+                    .upstream_session(i, session, &parts.headers, &parts.extensions)
+                    .await
+                {
+                    Ok(upstream) => upstream,
+                    Err(down) => return (i, None, Err(down)),
+                };
+                // A sessionless upstream (`""`) has no stream of its own to offer.
+                if upstream.is_empty() {
+                    return (i, None, Ok(None));
+                }
+                let res = self
+                    .request(
+                        i,
+                        Some(&upstream),
+                        &parts.headers,
+                        &parts.extensions,
+                        Method::GET,
+                        Bytes::new(),
+                    )
+                    .await;
+                (i, Some(upstream), Ok(res))
+            }
         }))
         .await;
-        let mut streams = Vec::new();
-        let mut refused: Option<Response<Body>> = None;
-        for ((index, _), res) in sessions.iter().zip(answers) {
-            let (Some((server, _)), Some(res)) = (self.inner.upstreams.get(*index), res) else {
+        let mut streams = vec![keep_alive()];
+        // What the caller is told when no stream opened: idguard's own refusal first (the
+        // one answer it can act on), then an upstream's `409`, then `502`.
+        let (mut refusal, mut conflict, mut unavailable) = (None, false, false);
+        for (index, upstream, answer) in opened {
+            let Some((server, _)) = self.inner.upstreams.get(index) else {
                 continue;
+            };
+            let res = match answer {
+                Ok(Some(res)) => res,
+                Ok(None) => continue,
+                Err(Down(rejection)) => {
+                    refusal = refusal.or(rejection);
+                    unavailable = true;
+                    continue;
+                }
             };
             let status = res.status();
             if status.is_success() && is_event_stream(res.headers()) {
@@ -916,36 +986,38 @@ impl Gateways {
             } else if status == StatusCode::METHOD_NOT_ALLOWED {
                 tracing::debug!(target: "idguard::gateway", server = &**server, "upstream offers no standalone stream");
             } else {
-                if status == StatusCode::NOT_FOUND {
-                    // Its session ended: made again at the next list or call.
-                    self.forget(*index, &session);
+                if status == StatusCode::NOT_FOUND
+                    && let Some(upstream) = &upstream
+                {
+                    // Its session ended: made again at the next list, call or stream.
+                    self.forget_if(index, &session, upstream);
                 }
-                let Down(refusal) = down(server, res);
-                refused = refused.or_else(|| refusal.map(Rejection::into_response));
-                if refused.is_none() {
-                    refused = Some(if status == StatusCode::CONFLICT {
-                        json_reply(
-                            StatusCode::CONFLICT,
-                            &rpc_error(
-                                &Value::Null,
-                                -32000,
-                                "an upstream's stream is still open",
-                                None,
-                            ),
-                            None,
-                        )
-                    } else {
-                        Rejection::new(RejectionKind::BadGateway, None).into_response()
-                    });
-                }
+                conflict |= status == StatusCode::CONFLICT;
+                let Down(rejection) = down(server, res);
+                refusal = refusal.or(rejection);
+                unavailable = true;
             }
         }
-        if streams.is_empty() {
-            // Only when every upstream has no stream to offer does the caller learn `405`
-            // (and stop asking); otherwise it may try again.
-            return refused.unwrap_or_else(|| {
-                Rejection::new(RejectionKind::MethodNotAllowed, None).into_response()
-            });
+        if streams.len() == 1 {
+            return match refusal {
+                Some(refusal) => refusal.into_response(),
+                None if conflict => json_reply(
+                    StatusCode::CONFLICT,
+                    &rpc_error(
+                        &Value::Null,
+                        -32000,
+                        "an upstream's stream is still open",
+                        None,
+                    ),
+                    None,
+                ),
+                None if unavailable => {
+                    Rejection::new(RejectionKind::BadGateway, None).into_response()
+                }
+                // Only when no upstream has a stream to offer does the caller learn `405`
+                // (and stop asking).
+                None => Rejection::new(RejectionKind::MethodNotAllowed, None).into_response(),
+            };
         }
         let mut ended = session.ended.subscribe();
         let session_ended = async move {
@@ -1017,11 +1089,25 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// One upstream's stream as a part of the merged one: its chunks, then `None` when it ends
 /// or fails.
-fn part(body: Body) -> impl futures_util::Stream<Item = Option<Bytes>> + Send + Unpin + 'static {
+fn part(body: Body) -> futures_util::stream::BoxStream<'static, Option<Bytes>> {
     body.into_data_stream()
         .map(Result::ok)
         .take_while(|chunk| std::future::ready(chunk.is_some()))
         .chain(futures_util::stream::iter([None]))
+        .boxed()
+}
+
+/// How often a quiet merged stream sends an SSE comment: a caller gone without a word is
+/// noticed (the write fails), and its session's stream freed for the next `GET`.
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// SSE comments every [`KEEP_ALIVE`], as a part that never ends.
+fn keep_alive() -> futures_util::stream::BoxStream<'static, Option<Bytes>> {
+    futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        Some((Some(Bytes::from_static(b": keep-alive\n\n")), ()))
+    })
+    .boxed()
 }
 
 /// A session's `GET` stream while it is open (one at a time).

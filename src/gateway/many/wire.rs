@@ -150,25 +150,33 @@ fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str)
 /// One message of upstream `server` as the caller gets it: server-to-client requests
 /// renumbered ([`outward_id`]); `None` drops it. So does a
 /// `notifications/resources/updated` for a URI that `servers` does not attribute to
-/// `server` (an upstream speaks only of its own resources). On a `standalone` (`GET`)
-/// stream, which no request of the caller's went to, so do replies, progress and
-/// cancellations: they could only concern requests idguard sent to other upstreams, or
-/// its own lists.
+/// `server` (an upstream speaks only of its own resources); a
+/// `notifications/cancelled` names the request it cancels as the caller knows it
+/// (`<server>:…`: only the server's own). On a `standalone` (`GET`) stream, which no
+/// request of the caller's went to, so do replies and progress: they could only concern
+/// requests idguard sent to other upstreams, or its own lists.
 pub(super) fn rewrite_message(
     server: &str,
     servers: &Servers,
     standalone: bool,
     mut message: Value,
 ) -> Option<Value> {
-    let method = message.get("method").and_then(Value::as_str);
-    if standalone
-        && matches!(
-            method,
-            None | Some("notifications/progress" | "notifications/cancelled")
-        )
-    {
-        tracing::warn!(target: "idguard::gateway", server, "a reply, progress or cancellation on an upstream's standalone stream: dropped");
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let method = method.as_deref();
+    if standalone && matches!(method, None | Some("notifications/progress")) {
+        tracing::warn!(target: "idguard::gateway", server, "a reply or progress on an upstream's standalone stream: dropped");
         return None;
+    }
+    if method == Some("notifications/cancelled") {
+        // It can only cancel a request of the same server's (renumbered as they are).
+        let outward = outward_id(server, message.get("params")?.get("requestId")?)?;
+        message
+            .get_mut("params")?
+            .as_object_mut()?
+            .insert("requestId".into(), outward);
     }
     if method == Some("notifications/resources/updated") {
         let uri = message.get("params")?.get("uri")?.as_str()?;
@@ -320,5 +328,10 @@ mod tests {
             assert_eq!(kept(&progress), !standalone);
             assert!(kept(&ask));
         }
+        // A cancellation names the server's own request, as the caller knows it.
+        let cancelled = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 7}});
+        let out = rewrite_message("a", &servers, true, cancelled).unwrap();
+        assert_eq!(out["params"]["requestId"], "a:n7");
     }
 }
