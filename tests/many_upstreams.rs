@@ -492,11 +492,15 @@ async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
                     {"name": "batch", "inputSchema": {"type": "object"},
                      "annotations": {"readOnlyHint": true}}]}}))
                 }
-                // A JSON batch reply: an update of py's resource, a request of its own
-                // (id 5), the answer.
+                // A JSON batch reply: an update of py's resource, progress for the call's
+                // token and for another, a request of its own (id 5), the answer.
                 Some("tools/call") if m["params"]["name"] == "batch" => json(json!([
                     {"jsonrpc": "2.0", "method": "notifications/resources/updated",
                      "params": {"uri": "docs://public/readme"}},
+                    {"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                     "progressToken": m["params"]["_meta"]["progressToken"], "progress": 1}},
+                    {"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                     "progressToken": "not-yours", "progress": 1}},
                     {"jsonrpc": "2.0", "id": 5, "method": "roots/list"},
                     {"jsonrpc": "2.0", "id": id, "result": {
                         "content": [{"type": "text", "text": "batched"}]}}])),
@@ -699,7 +703,7 @@ async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
     // In a JSON reply too: the request renumbered, and an update of py's resource dropped.
     alice.names("resources/list", "resources", "uri").await;
     let call = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
-        "params": {"name": "fake__batch", "arguments": {}}});
+        "params": {"name": "fake__batch", "arguments": {}, "_meta": {"progressToken": "p10"}}});
     let (status, _, messages) = alice.post_all(&call).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -720,6 +724,12 @@ async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
             .all(|m| m["params"]["uri"] != "docs://public/readme"),
         "{messages:?}"
     );
+    let progress: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| &m["params"]["progressToken"])
+        .collect();
+    assert_eq!(progress, [&json!("p10")], "only the call's own progress");
     // An answer naming no upstream goes nowhere.
     let (status, _, _) = alice
         .post(json!({"jsonrpc": "2.0", "id": "nobody:n7", "result": {}}))

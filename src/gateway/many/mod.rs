@@ -27,7 +27,7 @@ use crate::error::{Rejection, RejectionKind};
 use crate::policy::Servers;
 use crate::principal::Principal;
 use wire::{
-    MAX_READ_BYTES, MCP_SESSION_ID, accepted, inward_id, json_reply, messages, rewrite_stream,
+    MAX_READ_BYTES, MCP_SESSION_ID, On, accepted, inward_id, json_reply, messages, rewrite_stream,
     rpc_error, rpc_result, unavailable,
 };
 
@@ -635,8 +635,10 @@ impl Gateways {
         };
         let (mut head, body) = res.into_parts();
         head.headers.remove(MCP_SESSION_ID);
+        // Progress passes only for this request's own token.
+        let on = On::Reply(message.pointer("/params/_meta/progressToken").cloned());
         if is_event_stream(&head.headers) {
-            let body = rewrite_stream(server.clone(), self.inner.servers.clone(), false, body);
+            let body = rewrite_stream(server.clone(), self.inner.servers.clone(), on, body);
             return Response::from_parts(head, body);
         }
         // A JSON reply: one message (the answer: passed on as it came, however large; the
@@ -663,7 +665,7 @@ impl Gateways {
                 if asks {
                     let message = serde_json::from_slice::<Value>(&first).ok();
                     let Some(message) = message
-                        .and_then(|m| wire::rewrite_message(server, &self.inner.servers, false, m))
+                        .and_then(|m| wire::rewrite_message(server, &self.inner.servers, &on, m))
                     else {
                         tracing::warn!(target: "idguard::gateway", server = &**server, "an upstream answered a call with a message it may not send: dropped");
                         return unavailable(id, server);
@@ -696,7 +698,7 @@ impl Gateways {
         };
         let rewritten: Vec<Value> = messages
             .into_iter()
-            .filter_map(|m| wire::rewrite_message(server, &self.inner.servers, false, m))
+            .filter_map(|m| wire::rewrite_message(server, &self.inner.servers, &on, m))
             .collect();
         head.headers.remove(header::CONTENT_LENGTH);
         Response::from_parts(head, Body::from(Value::Array(rewritten).to_string()))
@@ -980,7 +982,7 @@ impl Gateways {
                 streams.push(part(rewrite_stream(
                     server.clone(),
                     self.inner.servers.clone(),
-                    true,
+                    On::Standalone,
                     res.into_body(),
                 )));
             } else if status == StatusCode::METHOD_NOT_ALLOWED {

@@ -129,9 +129,18 @@ pub(super) fn inward_id(servers: &[(Arc<str>, Gateway)], id: &Value) -> Option<(
     Some((index, id))
 }
 
+/// Which of an upstream's streams a message is on.
+#[derive(Clone, Debug)]
+pub(super) enum On {
+    /// Its standalone `GET` stream, which no request of the caller's went to.
+    Standalone,
+    /// Its reply to a routed request, with the request's progress token (if any).
+    Reply(Option<Value>),
+}
+
 /// One SSE event of upstream `server`'s reply, as the caller gets it: its message by
 /// [`rewrite_message`], event ids removed; `None` drops it.
-fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str) -> Option<String> {
+fn rewrite_event(server: &str, servers: &Servers, on: &On, event: &str) -> Option<String> {
     let mut data: Vec<&str> = Vec::new();
     for line in event.split('\n').map(|l| l.trim_end_matches('\r')) {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
@@ -143,49 +152,72 @@ fn rewrite_event(server: &str, servers: &Servers, standalone: bool, event: &str)
         return None;
     }
     let message = serde_json::from_str(&data.join("\n")).ok()?;
-    let message = rewrite_message(server, servers, standalone, message)?;
+    let message = rewrite_message(server, servers, on, message)?;
     Some(format!("event: message\ndata: {message}\n\n"))
 }
 
-/// One message of upstream `server` as the caller gets it: server-to-client requests
-/// renumbered ([`outward_id`]); `None` drops it. So does a
-/// `notifications/resources/updated` for a URI that `servers` does not attribute to
-/// `server` (an upstream speaks only of its own resources); a
-/// `notifications/cancelled` names the request it cancels as the caller knows it
-/// (`<server>:…`: only the server's own). On a `standalone` (`GET`) stream, which no
-/// request of the caller's went to, so do replies and progress: they could only concern
-/// requests idguard sent to other upstreams, or its own lists.
+/// One message of upstream `server` (on `on`) as the caller gets it, speaking only of what
+/// is that server's; `None` drops it:
+/// - server-to-client requests are renumbered ([`outward_id`]), and a
+///   `notifications/cancelled` names the request it cancels that way (so only its own);
+/// - URL elicitation ids become `<server>:<id>` (in `elicitation/create`, its completion,
+///   and a `-32042` error's list), so one server cannot complete another's;
+/// - a `notifications/resources/updated` for a URI that `servers` does not attribute to
+///   `server` is dropped;
+/// - progress passes only for the routed request's own token; on the standalone stream,
+///   which no request of the caller's went to, so do replies: they could only concern
+///   requests idguard sent to other upstreams, or its own lists.
 pub(super) fn rewrite_message(
     server: &str,
     servers: &Servers,
-    standalone: bool,
+    on: &On,
     mut message: Value,
 ) -> Option<Value> {
     let method = message
         .get("method")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let method = method.as_deref();
-    if standalone && matches!(method, None | Some("notifications/progress")) {
-        tracing::warn!(target: "idguard::gateway", server, "a reply or progress on an upstream's standalone stream: dropped");
-        return None;
-    }
-    if method == Some("notifications/cancelled") {
-        // It can only cancel a request of the same server's (renumbered as they are).
-        let outward = outward_id(server, message.get("params")?.get("requestId")?)?;
-        message
-            .get_mut("params")?
-            .as_object_mut()?
-            .insert("requestId".into(), outward);
-    }
-    if method == Some("notifications/resources/updated") {
-        let uri = message.get("params")?.get("uri")?.as_str()?;
-        if servers.resource_server(uri).as_deref() != Some(server) {
-            tracing::warn!(target: "idguard::gateway", server, "an upstream's update of a resource not its own: dropped");
+    match (method.as_deref(), on) {
+        (None, On::Standalone) => {
+            tracing::warn!(target: "idguard::gateway", server, "a reply on an upstream's standalone stream: dropped");
             return None;
         }
+        (Some("notifications/progress"), _) => {
+            let token = message.get("params").and_then(|p| p.get("progressToken"));
+            if !matches!(on, On::Reply(Some(own)) if Some(own) == token) {
+                tracing::warn!(target: "idguard::gateway", server, "an upstream's progress for a request it did not get: dropped");
+                return None;
+            }
+        }
+        (Some("notifications/cancelled"), _) => {
+            let outward = outward_id(server, message.get("params")?.get("requestId")?)?;
+            message
+                .get_mut("params")?
+                .as_object_mut()?
+                .insert("requestId".into(), outward);
+        }
+        (Some("notifications/resources/updated"), _) => {
+            let uri = message.get("params")?.get("uri")?.as_str()?;
+            if servers.resource_server(uri).as_deref() != Some(server) {
+                tracing::warn!(target: "idguard::gateway", server, "an upstream's update of a resource not its own: dropped");
+                return None;
+            }
+        }
+        (Some("elicitation/create" | "notifications/elicitation/complete"), _) => {
+            if let Some(params) = message.get_mut("params") {
+                own_elicitation(server, params);
+            }
+        }
+        (None, On::Reply(_)) => {
+            if message.pointer("/error/code").and_then(Value::as_i64) == Some(-32042)
+                && let Some(Value::Array(list)) = message.pointer_mut("/error/data/elicitations")
+            {
+                list.iter_mut().for_each(|e| own_elicitation(server, e));
+            }
+        }
+        _ => {}
     }
-    if message.get("method").is_some()
+    if method.is_some()
         && let Some(id) = message.get("id")
     {
         let id = outward_id(server, id)?;
@@ -194,19 +226,22 @@ pub(super) fn rewrite_message(
     Some(message)
 }
 
-/// `body` (an upstream's SSE reply, or its `standalone` `GET` stream) rewritten event by
+/// `elicitationId` of `fields` (when a string) as `<server>:<id>`.
+fn own_elicitation(server: &str, fields: &mut Value) {
+    if let Some(Value::String(id)) = fields.get_mut("elicitationId") {
+        *id = format!("{server}:{id}");
+    }
+}
+
+/// `body` (an upstream's SSE reply, or its standalone `GET` stream) rewritten event by
 /// event with [`rewrite_event`].
-pub(super) fn rewrite_stream(
-    server: Arc<str>,
-    servers: Servers,
-    standalone: bool,
-    body: Body,
-) -> Body {
+pub(super) fn rewrite_stream(server: Arc<str>, servers: Servers, on: On, body: Body) -> Body {
     let stream = futures_util::stream::unfold(
         (body.into_data_stream(), Vec::<u8>::new(), false),
         move |(mut body, mut buf, done)| {
             let server = server.clone();
             let servers = servers.clone();
+            let on = on.clone();
             async move {
                 use futures_util::StreamExt as _;
                 if done {
@@ -226,8 +261,7 @@ pub(super) fn rewrite_stream(
                     if let Some((at, sep)) = end {
                         let event: Vec<u8> = buf.drain(..at + sep).collect();
                         let text = String::from_utf8_lossy(&event);
-                        let out =
-                            rewrite_event(&server, &servers, standalone, &text).unwrap_or_default();
+                        let out = rewrite_event(&server, &servers, &on, &text).unwrap_or_default();
                         return Some((
                             Ok::<_, std::io::Error>(Bytes::from(out)),
                             (body, buf, false),
@@ -244,8 +278,8 @@ pub(super) fn rewrite_stream(
                         }
                         None => {
                             let text = String::from_utf8_lossy(&buf).into_owned();
-                            let out = rewrite_event(&server, &servers, standalone, &text)
-                                .unwrap_or_default();
+                            let out =
+                                rewrite_event(&server, &servers, &on, &text).unwrap_or_default();
                             return Some((Ok(Bytes::from(out)), (body, Vec::new(), true)));
                         }
                     }
@@ -280,10 +314,10 @@ mod tests {
         let event =
             "id: 9\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\"}\n\n";
         let servers = Servers::new(["a", "b"]);
-        let out = rewrite_event("a", &servers, false, event).unwrap();
+        let out = rewrite_event("a", &servers, &On::Reply(None), event).unwrap();
         assert!(out.contains("\"a:n3\"") && !out.contains("id: 9"), "{out}");
         assert_eq!(
-            rewrite_event("a", &servers, false, "data: not json\n\n"),
+            rewrite_event("a", &servers, &On::Reply(None), "data: not json\n\n"),
             None
         );
     }
@@ -300,38 +334,56 @@ mod tests {
                     "params": {"uri": uri}})
             )
         };
-        assert!(rewrite_event("a", &servers, false, &updated("docs://a/1")).is_some());
+        assert!(rewrite_event("a", &servers, &On::Reply(None), &updated("docs://a/1")).is_some());
         assert_eq!(
-            rewrite_event("a", &servers, false, &updated("docs://b/1")),
+            rewrite_event("a", &servers, &On::Reply(None), &updated("docs://b/1")),
             None
         );
         assert_eq!(
-            rewrite_event("a", &servers, false, &updated("docs://nobody")),
+            rewrite_event("a", &servers, &On::Reply(None), &updated("docs://nobody")),
             None
         );
         let changed =
             "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
-        assert!(rewrite_event("b", &servers, true, changed).is_some());
+        assert!(rewrite_event("b", &servers, &On::Standalone, changed).is_some());
     }
 
     #[test]
-    fn a_standalone_stream_carries_no_replies() {
+    fn a_standalone_stream_carries_no_replies_and_progress_only_its_own() {
         let servers = Servers::new(["a"]);
         let event = |m: Value| format!("data: {m}\n\n");
         let reply = event(json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}));
         let progress = event(json!({"jsonrpc": "2.0", "method": "notifications/progress",
-            "params": {"progressToken": 1, "progress": 1}}));
+            "params": {"progressToken": "t1", "progress": 1}}));
         let ask = event(json!({"jsonrpc": "2.0", "id": 2, "method": "roots/list"}));
-        for standalone in [false, true] {
-            let kept = |e: &str| rewrite_event("a", &servers, standalone, e).is_some();
-            assert_eq!(kept(&reply), !standalone);
-            assert_eq!(kept(&progress), !standalone);
-            assert!(kept(&ask));
-        }
+        let kept = |on: On, e: &str| rewrite_event("a", &servers, &on, e).is_some();
+        assert!(!kept(On::Standalone, &reply));
+        assert!(kept(On::Reply(None), &reply));
+        assert!(!kept(On::Standalone, &progress));
+        assert!(!kept(On::Reply(None), &progress));
+        assert!(!kept(On::Reply(Some(json!("t2"))), &progress));
+        assert!(kept(On::Reply(Some(json!("t1"))), &progress));
+        assert!(kept(On::Standalone, &ask));
         // A cancellation names the server's own request, as the caller knows it.
         let cancelled = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
             "params": {"requestId": 7}});
-        let out = rewrite_message("a", &servers, true, cancelled).unwrap();
+        let out = rewrite_message("a", &servers, &On::Standalone, cancelled).unwrap();
         assert_eq!(out["params"]["requestId"], "a:n7");
+        // URL elicitations are the server's own.
+        let create = json!({"jsonrpc": "2.0", "id": 3, "method": "elicitation/create",
+            "params": {"mode": "url", "elicitationId": "e1", "url": "https://x", "message": "m"}});
+        let out = rewrite_message("a", &servers, &On::Standalone, create).unwrap();
+        assert_eq!(out["params"]["elicitationId"], "a:e1");
+        let done = json!({"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
+            "params": {"elicitationId": "e1"}});
+        let out = rewrite_message("a", &servers, &On::Standalone, done).unwrap();
+        assert_eq!(out["params"]["elicitationId"], "a:e1");
+        let needed = json!({"jsonrpc": "2.0", "id": 4, "error": {"code": -32042, "message": "m",
+            "data": {"elicitations": [{"mode": "url", "elicitationId": "e2"}]}}});
+        let out = rewrite_message("a", &servers, &On::Reply(None), needed).unwrap();
+        assert_eq!(
+            out["error"]["data"]["elicitations"][0]["elicitationId"],
+            "a:e2"
+        );
     }
 }
