@@ -87,8 +87,9 @@ const PASSED: [HeaderName; 8] = [
 ///   repeated); `notifications/cancelled` to the upstream that got the request; others are
 ///   dropped;
 /// - **the standalone `GET` stream**: every upstream's of the session, opened together and
-///   merged into one, ending when any of them ends or the session ends; one per session
-///   (`409`), `405` only when every upstream answers `405`. Its notifications
+///   merged into one (each opened again when it ends), lasting until the caller leaves or
+///   the session ends; one per session (`409`), `405` only when every upstream answers
+///   `405`. Its notifications
 ///   (`list_changed`, `resources/updated`, …) reach the caller through the layer's filter,
 ///   as on one upstream; replies, progress and cancellations of other requests are dropped;
 /// - **server-to-client requests** (sampling, elicitation, roots) in an upstream's reply
@@ -912,10 +913,11 @@ impl Gateways {
     }
 
     /// The standalone `GET` stream: every upstream's of this session, opened together and
-    /// merged (events rewritten as on `POST` replies, event ids removed; replies, progress
-    /// and cancellations dropped, see [`rewrite_stream`]). It ends when any upstream's ends
-    /// (the caller opens a new one, and so every upstream's again) or the session ends. One
-    /// at a time per session (`409`); `405` when every upstream answers `405`.
+    /// merged (events rewritten as on `POST` replies, event ids removed; replies and other
+    /// requests' progress dropped, see [`rewrite_stream`]). An upstream's stream that ends
+    /// or fails is opened again after a pause ([`RETRY_FIRST`], doubling to [`RETRY_MAX`]);
+    /// the merged one lasts until the caller leaves or the session ends. One at a time per
+    /// session (`409`); `405` only when every upstream answers `405`.
     async fn stream(&self, parts: http::request::Parts) -> Response<Body> {
         let Some((_, session)) = self.session_of(&parts) else {
             return Rejection::new(RejectionKind::SessionNotFound, None).into_response();
@@ -930,77 +932,33 @@ impl Gateways {
             );
             return json_reply(StatusCode::CONFLICT, &e, None);
         };
-        // Every upstream, with its session (made again for one that was down or forgotten).
-        let opened = futures_util::future::join_all((0..self.inner.upstreams.len()).map(|i| {
-            let session = &session;
-            let parts = &parts;
-            async move {
-                let upstream = match self
-                    .upstream_session(i, session, &parts.headers, &parts.extensions)
-                    .await
-                {
-                    Ok(upstream) => upstream,
-                    Err(down) => return (i, None, Err(down)),
-                };
-                // A sessionless upstream (`""`) has no stream of its own to offer.
-                if upstream.is_empty() {
-                    return (i, None, Ok(None));
-                }
-                let res = self
-                    .request(
-                        i,
-                        Some(&upstream),
-                        &parts.headers,
-                        &parts.extensions,
-                        Method::GET,
-                        Bytes::new(),
-                    )
-                    .await;
-                (i, Some(upstream), Ok(res))
-            }
-        }))
+        let caller = Arc::new((parts.headers, parts.extensions));
+        let opened = futures_util::future::join_all(
+            (0..self.inner.upstreams.len()).map(|i| self.open_part(i, &session, &caller)),
+        )
         .await;
         let mut streams = vec![keep_alive()];
+        let mut any = false;
         // What the caller is told when no stream opened: idguard's own refusal first (the
         // one answer it can act on), then an upstream's `409`, then `502`.
         let (mut refusal, mut conflict, mut unavailable) = (None, false, false);
-        for (index, upstream, answer) in opened {
-            let Some((server, _)) = self.inner.upstreams.get(index) else {
-                continue;
-            };
-            let res = match answer {
-                Ok(Some(res)) => res,
-                Ok(None) => continue,
-                Err(Down(rejection)) => {
+        for (index, opened) in opened.into_iter().enumerate() {
+            let first = match opened {
+                Opened::Stream(body) => {
+                    any = true;
+                    Some(body)
+                }
+                Opened::Nothing => continue,
+                Opened::Refused(status, rejection) => {
                     refusal = refusal.or(rejection);
+                    conflict |= status == Some(StatusCode::CONFLICT);
                     unavailable = true;
-                    continue;
+                    None
                 }
             };
-            let status = res.status();
-            if status.is_success() && is_event_stream(res.headers()) {
-                streams.push(part(rewrite_stream(
-                    server.clone(),
-                    self.inner.servers.clone(),
-                    On::Standalone,
-                    res.into_body(),
-                )));
-            } else if status == StatusCode::METHOD_NOT_ALLOWED {
-                tracing::debug!(target: "idguard::gateway", server = &**server, "upstream offers no standalone stream");
-            } else {
-                if status == StatusCode::NOT_FOUND
-                    && let Some(upstream) = &upstream
-                {
-                    // Its session ended: made again at the next list, call or stream.
-                    self.forget_if(index, &session, upstream);
-                }
-                conflict |= status == StatusCode::CONFLICT;
-                let Down(rejection) = down(server, res);
-                refusal = refusal.or(rejection);
-                unavailable = true;
-            }
+            streams.push(self.healing(index, session.clone(), caller.clone(), first));
         }
-        if streams.len() == 1 {
+        if !any {
             return match refusal {
                 Some(refusal) => refusal.into_response(),
                 None if conflict => json_reply(
@@ -1025,10 +983,7 @@ impl Gateways {
         let session_ended = async move {
             let _ = ended.wait_for(|e| *e).await;
         };
-        // Each part ends in a `None`: the first one ends the merged stream.
         let merged = futures_util::stream::select_all(streams)
-            .take_while(|chunk| std::future::ready(chunk.is_some()))
-            .filter_map(std::future::ready)
             .take_until(session_ended)
             .map(move |chunk| {
                 // Held while the stream lives: the session's next `GET` waits for its end.
@@ -1043,6 +998,116 @@ impl Gateways {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         res
+    }
+
+    /// Opens upstream `index`'s standalone stream in `session` for `caller` (its headers and
+    /// extensions), making its upstream session again when there is none.
+    async fn open_part(
+        &self,
+        index: usize,
+        session: &Session,
+        caller: &(HeaderMap, http::Extensions),
+    ) -> Opened {
+        let (headers, ext) = caller;
+        let upstream = match self.upstream_session(index, session, headers, ext).await {
+            Ok(upstream) => upstream,
+            Err(Down(rejection)) => return Opened::Refused(None, rejection),
+        };
+        // A sessionless upstream (`""`) has no stream of its own to offer.
+        if upstream.is_empty() {
+            return Opened::Nothing;
+        }
+        let res = self
+            .request(
+                index,
+                Some(&upstream),
+                headers,
+                ext,
+                Method::GET,
+                Bytes::new(),
+            )
+            .await;
+        let Some(res) = res else {
+            return Opened::Nothing;
+        };
+        let status = res.status();
+        if status.is_success() && is_event_stream(res.headers()) {
+            return Opened::Stream(res.into_body());
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            tracing::debug!(target: "idguard::gateway", server = self.name(index), "upstream offers no standalone stream");
+            return Opened::Nothing;
+        }
+        if status == StatusCode::NOT_FOUND {
+            // Its session ended: made again at the next list, call or stream.
+            self.forget_if(index, session, &upstream);
+        }
+        let Down(rejection) = down(self.name(index), res);
+        Opened::Refused(Some(status), rejection)
+    }
+
+    /// Upstream `index`'s part of a merged stream, from `first` (or a failed open): its
+    /// events rewritten, opened again after each end or failure (a pause of [`RETRY_FIRST`],
+    /// doubling to [`RETRY_MAX`] while it keeps failing); it ends only when the upstream
+    /// offers no stream.
+    fn healing(
+        &self,
+        index: usize,
+        session: Arc<Session>,
+        caller: Arc<(HeaderMap, http::Extensions)>,
+        first: Option<Body>,
+    ) -> futures_util::stream::BoxStream<'static, Bytes> {
+        let server = self
+            .inner
+            .upstreams
+            .get(index)
+            .map_or_else(|| Arc::from("?"), |(n, _)| n.clone());
+        let servers = self.inner.servers.clone();
+        let events = move |body: Body| {
+            futures_util::StreamExt::boxed(
+                rewrite_stream(server.clone(), servers.clone(), On::Standalone, body)
+                    .into_data_stream(),
+            )
+        };
+        let state = match first {
+            Some(body) => Part::Open(events(body), tokio::time::Instant::now(), RETRY_FIRST),
+            None => Part::Wait(RETRY_FIRST),
+        };
+        let this = self.clone();
+        futures_util::stream::unfold(state, move |mut state| {
+            let (this, session, caller, events) = (
+                this.clone(),
+                session.clone(),
+                caller.clone(),
+                events.clone(),
+            );
+            async move {
+                loop {
+                    state = match state {
+                        Part::Open(mut stream, since, pause) => match stream.next().await {
+                            Some(Ok(chunk)) => {
+                                return Some((chunk, Part::Open(stream, since, pause)));
+                            }
+                            // Ended or failed: a stream that lasted starts the pauses over.
+                            _ if since.elapsed() >= RETRY_MAX => Part::Wait(RETRY_FIRST),
+                            _ => Part::Wait(pause),
+                        },
+                        Part::Wait(pause) => {
+                            tokio::time::sleep(pause).await;
+                            let next = (pause * 2).min(RETRY_MAX);
+                            match this.open_part(index, &session, &caller).await {
+                                Opened::Stream(body) => {
+                                    Part::Open(events(body), tokio::time::Instant::now(), next)
+                                }
+                                Opened::Nothing => return None,
+                                Opened::Refused(..) => Part::Wait(next),
+                            }
+                        }
+                    };
+                }
+            }
+        })
+        .boxed()
     }
 
     async fn delete(&self, parts: http::request::Parts) -> Response<Body> {
@@ -1089,25 +1154,41 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-/// One upstream's stream as a part of the merged one: its chunks, then `None` when it ends
-/// or fails.
-fn part(body: Body) -> futures_util::stream::BoxStream<'static, Option<Bytes>> {
-    body.into_data_stream()
-        .map(Result::ok)
-        .take_while(|chunk| std::future::ready(chunk.is_some()))
-        .chain(futures_util::stream::iter([None]))
-        .boxed()
+/// What opening an upstream's standalone stream came to.
+enum Opened {
+    Stream(Body),
+    /// It offers none (`405`, or a sessionless upstream).
+    Nothing,
+    /// Refused or unreachable: the upstream's status if it answered, and idguard's own
+    /// refusal of the caller on the way (its credential) if that was it.
+    Refused(Option<StatusCode>, Option<Rejection>),
 }
+
+/// A part of a merged stream: open (since when, the pause after it ends), or waiting to
+/// open again.
+enum Part {
+    Open(
+        futures_util::stream::BoxStream<'static, Result<Bytes, axum::Error>>,
+        tokio::time::Instant,
+        Duration,
+    ),
+    Wait(Duration),
+}
+
+/// The first pause before an upstream's standalone stream is opened again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause; a stream that lasted this long starts the pauses over.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How often a quiet merged stream sends an SSE comment: a caller gone without a word is
 /// noticed (the write fails), and its session's stream freed for the next `GET`.
 const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// SSE comments every [`KEEP_ALIVE`], as a part that never ends.
-fn keep_alive() -> futures_util::stream::BoxStream<'static, Option<Bytes>> {
+fn keep_alive() -> futures_util::stream::BoxStream<'static, Bytes> {
     futures_util::stream::unfold((), |()| async {
         tokio::time::sleep(KEEP_ALIVE).await;
-        Some((Some(Bytes::from_static(b": keep-alive\n\n")), ()))
+        Some((Bytes::from_static(b": keep-alive\n\n"), ()))
     })
     .boxed()
 }
