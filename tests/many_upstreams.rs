@@ -604,23 +604,20 @@ async fn the_get_stream_merges_every_upstreams() {
     let mut body = res.bytes_stream();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + STEP;
-    while !(text.contains("list_changed") && text.contains("roots/list")) {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .unwrap_or_else(|_| panic!("the fake upstream's events never arrived: {text}"))
-            .expect("the merged stream ended")
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    // Reads the stream into `text` until it holds every one of `what`.
+    let mut read_until = async |text: &mut String, what: &[&str]| {
+        while !what.iter().all(|w| text.contains(w)) {
+            let chunk = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .unwrap_or_else(|_| panic!("never arrived: {what:?} in {text}"))
+                .expect("the merged stream ended")
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until(&mut text, &["tools/list_changed", "roots/list"]).await;
     // Its stream ended: opened again in place, the caller's goes on.
-    while !text.contains("prompts/list_changed") {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .unwrap_or_else(|_| panic!("the fake upstream's stream was not opened again: {text}"))
-            .expect("the merged stream ended")
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until(&mut text, &["prompts/list_changed"]).await;
     let got = messages("text/event-stream", &text);
     let ask = got.iter().find(|m| m["method"] == "roots/list").unwrap();
     assert_eq!(ask["id"], "fake:n8", "{got:?}");
