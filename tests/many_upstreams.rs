@@ -490,10 +490,18 @@ async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
                     {"name": "ask", "inputSchema": {"type": "object"},
                      "annotations": {"readOnlyHint": true}},
                     {"name": "batch", "inputSchema": {"type": "object"},
+                     "annotations": {"readOnlyHint": true}},
+                    {"name": "needs_url", "inputSchema": {"type": "object"},
                      "annotations": {"readOnlyHint": true}}]}}))
                 }
                 // A JSON batch reply: an update of py's resource, progress for the call's
                 // token and for another, a request of its own (id 5), the answer.
+                // A URL elicitation needed, answered as one JSON error.
+                Some("tools/call") if m["params"]["name"] == "needs_url" => json(json!({
+                    "jsonrpc": "2.0", "id": id, "error": {"code": -32042,
+                    "message": "This request requires more information.",
+                    "data": {"elicitations": [{"mode": "url", "elicitationId": "e9",
+                        "url": "https://example.com/connect", "message": "Connect"}]}}})),
                 Some("tools/call") if m["params"]["name"] == "batch" => json(json!([
                     {"jsonrpc": "2.0", "method": "notifications/resources/updated",
                      "params": {"uri": "docs://public/readme"}},
@@ -747,6 +755,13 @@ async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
         .map(|m| &m["params"]["progressToken"])
         .collect();
     assert_eq!(progress, [&json!("p10")], "only the call's own progress");
+    // A URL elicitation's id is the server's own, in a single JSON answer too.
+    alice.names("tools/list", "tools", "name").await;
+    let needed = alice.call("fake__needs_url", json!({})).await;
+    assert_eq!(
+        needed["error"]["data"]["elicitations"][0]["elicitationId"], "fake:e9",
+        "{needed}"
+    );
     // An answer naming no upstream goes nowhere.
     let (status, _, _) = alice
         .post(json!({"jsonrpc": "2.0", "id": "nobody:n7", "result": {}}))

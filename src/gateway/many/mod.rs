@@ -91,7 +91,8 @@ const PASSED: [HeaderName; 8] = [
 ///   the session ends; one per session (`409`), `405` only when every upstream answers
 ///   `405`. Its notifications
 ///   (`list_changed`, `resources/updated`, …) reach the caller through the layer's filter,
-///   as on one upstream; replies, progress and cancellations of other requests are dropped;
+///   as on one upstream; replies and progress (which could only concern other upstreams'
+///   requests) are dropped;
 /// - **server-to-client requests** (sampling, elicitation, roots) in an upstream's reply
 ///   or `GET` stream reach the caller with the id `<server>:n<id>` (or `:s<id>` for a
 ///   string), so two upstreams' ids never collide; the caller's answer goes back to that
@@ -132,6 +133,15 @@ struct Session {
     streaming: AtomicBool,
     /// Turns `true` when the session ends (deleted, evicted, idle): its stream ends too.
     ended: tokio::sync::watch::Sender<bool>,
+    /// Bumped whenever an upstream session is made or forgotten: a stream part reading an
+    /// upstream session that is no longer the one in use opens the new one's.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Session {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 #[derive(Default)]
@@ -351,19 +361,25 @@ impl Gateways {
         }
         let (id, _) = self.initialize(index, &session.init, headers, ext).await?;
         lock(&session.state).upstream.insert(index, id.clone());
+        session.bump();
         Ok(id)
     }
 
     fn forget(&self, index: usize, session: &Session) {
         lock(&session.state).upstream.remove(&index);
+        session.bump();
     }
 
     /// [`forget`](Self::forget) upstream `index`'s session if it is still `upstream` (not
     /// one made again meanwhile).
     fn forget_if(&self, index: usize, session: &Session, upstream: &str) {
-        let mut state = lock(&session.state);
-        if state.upstream.get(&index).is_some_and(|s| s == upstream) {
-            state.upstream.remove(&index);
+        let forgotten = {
+            let mut state = lock(&session.state);
+            state.upstream.get(&index).is_some_and(|s| s == upstream)
+                && state.upstream.remove(&index).is_some()
+        };
+        if forgotten {
+            session.bump();
         }
     }
 
@@ -439,6 +455,7 @@ impl Gateways {
                 state: Mutex::new(state),
                 streaming: AtomicBool::new(false),
                 ended: tokio::sync::watch::channel(false).0,
+                changed: tokio::sync::watch::channel(0).0,
             }),
         );
         let result = json!({
@@ -660,9 +677,12 @@ impl Gateways {
                 struct Peek<'a> {
                     #[serde(borrow)]
                     method: Option<&'a serde_json::value::RawValue>,
+                    #[serde(borrow)]
+                    error: Option<&'a serde_json::value::RawValue>,
                 }
-                let asks =
-                    serde_json::from_slice::<Peek<'_>>(&first).is_ok_and(|p| p.method.is_some());
+                // Errors too (a `-32042`'s elicitation ids are the server's own).
+                let asks = serde_json::from_slice::<Peek<'_>>(&first)
+                    .is_ok_and(|p| p.method.is_some() || p.error.is_some());
                 if asks {
                     let message = serde_json::from_slice::<Value>(&first).ok();
                     let Some(message) = message
@@ -944,9 +964,9 @@ impl Gateways {
         let (mut refusal, mut conflict, mut unavailable) = (None, false, false);
         for (index, opened) in opened.into_iter().enumerate() {
             let first = match opened {
-                Opened::Stream(body) => {
+                Opened::Stream(body, upstream) => {
                     any = true;
-                    Some(body)
+                    Some((body, upstream))
                 }
                 Opened::Nothing => continue,
                 Opened::Refused(status, rejection) => {
@@ -980,10 +1000,25 @@ impl Gateways {
             };
         }
         let mut ended = session.ended.subscribe();
+        // The stream ends with the session, or when the caller's token expires: its upstream
+        // streams are opened again with the caller's credentials, which must still hold (the
+        // caller reconnects with a new token, and the layer decides again).
+        let expires = caller
+            .1
+            .get::<Principal>()
+            .map(Principal::expires_at)
+            .unwrap_or_default();
+        let left = expires.saturating_sub(super::credential::unix_now());
         let session_ended = async move {
-            let _ = ended.wait_for(|e| *e).await;
+            tokio::select! {
+                _ = ended.wait_for(|e| *e) => {}
+                () = tokio::time::sleep(Duration::from_secs(left)) => {}
+            }
         };
+        // A part's `None` (idguard refused the caller on the way to its upstream) ends all.
         let merged = futures_util::stream::select_all(streams)
+            .take_while(|chunk| std::future::ready(chunk.is_some()))
+            .filter_map(std::future::ready)
             .take_until(session_ended)
             .map(move |chunk| {
                 // Held while the stream lives: the session's next `GET` waits for its end.
@@ -1009,6 +1044,7 @@ impl Gateways {
         caller: &(HeaderMap, http::Extensions),
     ) -> Opened {
         let (headers, ext) = caller;
+        let known = lock(&session.state).upstream.contains_key(&index);
         let upstream = match self.upstream_session(index, session, headers, ext).await {
             Ok(upstream) => upstream,
             Err(Down(rejection)) => return Opened::Refused(None, rejection),
@@ -1032,13 +1068,18 @@ impl Gateways {
         };
         let status = res.status();
         if status.is_success() && is_event_stream(res.headers()) {
-            return Opened::Stream(res.into_body());
+            return Opened::Stream(res.into_body(), upstream);
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             tracing::debug!(target: "idguard::gateway", server = self.name(index), "upstream offers no standalone stream");
             return Opened::Nothing;
         }
         if status == StatusCode::NOT_FOUND {
+            if !known {
+                // A session just made has no stream at this URL: the upstream offers none.
+                tracing::debug!(target: "idguard::gateway", server = self.name(index), "upstream answers GET with 404: no standalone stream");
+                return Opened::Nothing;
+            }
             // Its session ended: made again at the next list, call or stream.
             self.forget_if(index, session, &upstream);
         }
@@ -1048,15 +1089,17 @@ impl Gateways {
 
     /// Upstream `index`'s part of a merged stream, from `first` (or a failed open): its
     /// events rewritten, opened again after each end or failure (a pause of [`RETRY_FIRST`],
-    /// doubling to [`RETRY_MAX`] while it keeps failing); it ends only when the upstream
-    /// offers no stream.
+    /// doubling to [`RETRY_MAX`] while it keeps failing) and at once when the session moves
+    /// to another upstream session. It ends when the upstream offers no stream, and yields
+    /// `None` (which ends the merged stream) when idguard refuses the caller on the way
+    /// (its credential) or the upstream answers `401` or `403`.
     fn healing(
         &self,
         index: usize,
         session: Arc<Session>,
         caller: Arc<(HeaderMap, http::Extensions)>,
-        first: Option<Body>,
-    ) -> futures_util::stream::BoxStream<'static, Bytes> {
+        first: Option<(Body, String)>,
+    ) -> futures_util::stream::BoxStream<'static, Option<Bytes>> {
         let server = self
             .inner
             .upstreams
@@ -1069,37 +1112,59 @@ impl Gateways {
                     .into_data_stream(),
             )
         };
+        let now = tokio::time::Instant::now;
         let state = match first {
-            Some(body) => Part::Open(events(body), tokio::time::Instant::now(), RETRY_FIRST),
+            Some((body, upstream)) => Part::Open(events(body), upstream, now(), RETRY_FIRST),
             None => Part::Wait(RETRY_FIRST),
         };
         let this = self.clone();
-        futures_util::stream::unfold(state, move |mut state| {
-            let (this, session, caller, events) = (
-                this.clone(),
-                session.clone(),
-                caller.clone(),
-                events.clone(),
-            );
+        let changed = session.changed.subscribe();
+        futures_util::stream::unfold((state, changed), move |(mut state, mut changed)| {
+            let (this, session, caller, events) =
+                (this.clone(), session.clone(), caller.clone(), events.clone());
             async move {
                 loop {
                     state = match state {
-                        Part::Open(mut stream, since, pause) => match stream.next().await {
-                            Some(Ok(chunk)) => {
-                                return Some((chunk, Part::Open(stream, since, pause)));
+                        Part::Open(mut stream, upstream, since, pause) => {
+                            let moved = tokio::select! {
+                                chunk = stream.next() => match chunk {
+                                    Some(Ok(chunk)) => {
+                                        let open = Part::Open(stream, upstream, since, pause);
+                                        return Some((Some(chunk), (open, changed)));
+                                    }
+                                    _ => false,
+                                },
+                                _ = changed.changed() => true,
+                            };
+                            let current = lock(&session.state).upstream.get(&index).cloned();
+                            if moved && current.as_deref() == Some(upstream.as_str()) {
+                                Part::Open(stream, upstream, since, pause)
+                            } else if moved {
+                                // Another upstream session is in use now: its stream.
+                                Part::Wait(Duration::ZERO)
+                            } else if since.elapsed() >= RETRY_MAX {
+                                // Ended or failed: a stream that lasted starts the pauses over.
+                                Part::Wait(RETRY_FIRST)
+                            } else {
+                                Part::Wait(pause)
                             }
-                            // Ended or failed: a stream that lasted starts the pauses over.
-                            _ if since.elapsed() >= RETRY_MAX => Part::Wait(RETRY_FIRST),
-                            _ => Part::Wait(pause),
-                        },
+                        }
                         Part::Wait(pause) => {
                             tokio::time::sleep(pause).await;
-                            let next = (pause * 2).min(RETRY_MAX);
+                            let next = (pause * 2).clamp(RETRY_FIRST, RETRY_MAX);
                             match this.open_part(index, &session, &caller).await {
-                                Opened::Stream(body) => {
-                                    Part::Open(events(body), tokio::time::Instant::now(), next)
+                                Opened::Stream(body, upstream) => {
+                                    Part::Open(events(body), upstream, now(), next)
                                 }
                                 Opened::Nothing => return None,
+                                Opened::Refused(_, Some(_))
+                                | Opened::Refused(
+                                    Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+                                    _,
+                                ) => {
+                                    tracing::warn!(target: "idguard::gateway", server = this.name(index), "the caller is refused on the way to an upstream's stream: the merged stream ends");
+                                    return Some((None, (Part::Wait(next), changed)));
+                                }
                                 Opened::Refused(..) => Part::Wait(next),
                             }
                         }
@@ -1156,7 +1221,8 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// What opening an upstream's standalone stream came to.
 enum Opened {
-    Stream(Body),
+    /// Its stream, in this upstream session.
+    Stream(Body, String),
     /// It offers none (`405`, or a sessionless upstream).
     Nothing,
     /// Refused or unreachable: the upstream's status if it answered, and idguard's own
@@ -1164,11 +1230,12 @@ enum Opened {
     Refused(Option<StatusCode>, Option<Rejection>),
 }
 
-/// A part of a merged stream: open (since when, the pause after it ends), or waiting to
-/// open again.
+/// A part of a merged stream: open (in which upstream session, since when, the pause after
+/// it ends), or waiting to open again.
 enum Part {
     Open(
         futures_util::stream::BoxStream<'static, Result<Bytes, axum::Error>>,
+        String,
         tokio::time::Instant,
         Duration,
     ),
@@ -1185,10 +1252,10 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// SSE comments every [`KEEP_ALIVE`], as a part that never ends.
-fn keep_alive() -> futures_util::stream::BoxStream<'static, Bytes> {
+fn keep_alive() -> futures_util::stream::BoxStream<'static, Option<Bytes>> {
     futures_util::stream::unfold((), |()| async {
         tokio::time::sleep(KEEP_ALIVE).await;
-        Some((Bytes::from_static(b": keep-alive\n\n"), ()))
+        Some((Some(Bytes::from_static(b": keep-alive\n\n")), ()))
     })
     .boxed()
 }

@@ -183,7 +183,10 @@ pub(super) fn rewrite_message(
             return None;
         }
         (Some("notifications/progress"), _) => {
-            let token = message.get("params").and_then(|p| p.get("progressToken"));
+            let token = message
+                .get("params")
+                .and_then(|p| p.get("progressToken"))
+                .filter(|t| t.is_string() || t.is_number());
             if !matches!(on, On::Reply(Some(own)) if Some(own) == token) {
                 tracing::warn!(target: "idguard::gateway", server, "an upstream's progress for a request it did not get: dropped");
                 return None;
@@ -205,14 +208,16 @@ pub(super) fn rewrite_message(
         }
         (Some("elicitation/create" | "notifications/elicitation/complete"), _) => {
             if let Some(params) = message.get_mut("params") {
-                own_elicitation(server, params);
+                own_elicitation(server, params)?;
             }
         }
         (None, On::Reply(_)) => {
             if message.pointer("/error/code").and_then(Value::as_i64) == Some(-32042)
                 && let Some(Value::Array(list)) = message.pointer_mut("/error/data/elicitations")
             {
-                list.iter_mut().for_each(|e| own_elicitation(server, e));
+                for e in list {
+                    own_elicitation(server, e)?;
+                }
             }
         }
         _ => {}
@@ -226,10 +231,15 @@ pub(super) fn rewrite_message(
     Some(message)
 }
 
-/// `elicitationId` of `fields` (when a string) as `<server>:<id>`.
-fn own_elicitation(server: &str, fields: &mut Value) {
-    if let Some(Value::String(id)) = fields.get_mut("elicitationId") {
-        *id = format!("{server}:{id}");
+/// `elicitationId` of `fields` as `<server>:<id>`; `None` when it is there but not a string.
+fn own_elicitation(server: &str, fields: &mut Value) -> Option<()> {
+    match fields.get_mut("elicitationId") {
+        None => Some(()),
+        Some(Value::String(id)) => {
+            *id = format!("{server}:{id}");
+            Some(())
+        }
+        Some(_) => None,
     }
 }
 
