@@ -969,6 +969,11 @@ impl Gateways {
                     Some((body, upstream))
                 }
                 Opened::Nothing => continue,
+                // The upstream refuses the caller: no part of this stream (opened again, it
+                // would end the stream: see `healing`).
+                Opened::Refused(Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), None) => {
+                    continue;
+                }
                 Opened::Refused(status, rejection) => {
                     refusal = refusal.or(rejection);
                     conflict |= status == Some(StatusCode::CONFLICT);
@@ -978,7 +983,9 @@ impl Gateways {
             };
             streams.push(self.healing(index, session.clone(), caller.clone(), first));
         }
-        if !any {
+        // idguard's own refusal of the caller (consent, a claims challenge) is the answer,
+        // whatever else opened: the caller can act on it.
+        if !any || refusal.is_some() {
             return match refusal {
                 Some(refusal) => refusal.into_response(),
                 None if conflict => json_reply(
