@@ -133,6 +133,8 @@ struct Session {
     streaming: AtomicBool,
     /// Turns `true` when the session ends (deleted, evicted, idle): its stream ends too.
     ended: tokio::sync::watch::Sender<bool>,
+    /// Per upstream, held while its session is made.
+    initializing: Vec<tokio::sync::Mutex<()>>,
     /// Bumped whenever an upstream session is made or forgotten: a stream part reading an
     /// upstream session that is no longer the one in use opens the new one's.
     changed: tokio::sync::watch::Sender<u64>,
@@ -359,6 +361,16 @@ impl Gateways {
         if let Some(id) = known {
             return Ok(id);
         }
+        // One at a time (a stream opened again and a call may both find none): the one that
+        // waited takes what the other made.
+        let Some(slot) = session.initializing.get(index) else {
+            return Err(DOWN);
+        };
+        let _initializing = slot.lock().await;
+        let known = lock(&session.state).upstream.get(&index).cloned();
+        if let Some(id) = known {
+            return Ok(id);
+        }
         let (id, _) = self.initialize(index, &session.init, headers, ext).await?;
         lock(&session.state).upstream.insert(index, id.clone());
         session.bump();
@@ -456,6 +468,9 @@ impl Gateways {
                 streaming: AtomicBool::new(false),
                 ended: tokio::sync::watch::channel(false).0,
                 changed: tokio::sync::watch::channel(0).0,
+                initializing: (0..self.inner.upstreams.len())
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         );
         let result = json!({
