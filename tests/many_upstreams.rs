@@ -492,10 +492,29 @@ async fn eliciting_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
                     {"name": "batch", "inputSchema": {"type": "object"},
                      "annotations": {"readOnlyHint": true}},
                     {"name": "needs_url", "inputSchema": {"type": "object"},
+                     "annotations": {"readOnlyHint": true}},
+                    {"name": "chunked", "inputSchema": {"type": "object"},
                      "annotations": {"readOnlyHint": true}}]}}))
                 }
                 // A JSON batch reply: an update of py's resource, progress for the call's
                 // token and for another, a request of its own (id 5), the answer.
+                // A JSON batch sent in chunks, the first only whitespace: a request of its
+                // own (id 6) beside the answer.
+                Some("tools/call") if m["params"]["name"] == "chunked" => {
+                    let batch = json!([
+                        {"jsonrpc": "2.0", "id": 6, "method": "roots/list"},
+                        {"jsonrpc": "2.0", "id": id, "result": {
+                            "content": [{"type": "text", "text": "chunked"}]}}]);
+                    let chunks = [" \n".to_owned(), batch.to_string()]
+                        .map(|c| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(c)));
+                    http::Response::builder()
+                        .header("content-type", "application/json")
+                        .header("mcp-session-id", "fake-session")
+                        .body(axum::body::Body::from_stream(futures_util::stream::iter(
+                            chunks,
+                        )))
+                        .unwrap()
+                }
                 // A URL elicitation needed, answered as one JSON error.
                 Some("tools/call") if m["params"]["name"] == "needs_url" => json(json!({
                     "jsonrpc": "2.0", "id": id, "error": {"code": -32042,
@@ -757,6 +776,17 @@ async fn server_requests_are_renumbered_per_upstream_and_answered_back() {
     assert_eq!(progress, [&json!("p10")], "only the call's own progress");
     // A URL elicitation's id is the server's own, in a single JSON answer too.
     alice.names("tools/list", "tools", "name").await;
+    // However the batch is sent: in chunks, the first only whitespace.
+    let chunked = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+        "params": {"name": "fake__chunked", "arguments": {}}});
+    let (status, _, messages) = alice.post_all(&chunked).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["method"] == "roots/list" && m["id"] == "fake:n6"),
+        "{messages:?}"
+    );
     let needed = alice.call("fake__needs_url", json!({})).await;
     assert_eq!(
         needed["error"]["data"]["elicitations"][0]["elicitationId"], "fake:e9",

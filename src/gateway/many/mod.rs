@@ -674,70 +674,59 @@ impl Gateways {
             let body = rewrite_stream(server.clone(), self.inner.servers.clone(), on, body);
             return Response::from_parts(head, body);
         }
-        // A JSON reply: one message (the answer: passed on as it came, however large; the
-        // layer reads it), or a batch (a server may put its requests and notifications
-        // beside the answer), read here and each message rewritten as on a stream.
-        let mut body = body;
-        let first = match body.frame().await {
-            Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
-            Some(Err(_)) => return Rejection::new(RejectionKind::BadGateway, None).into_response(),
-            None => Bytes::new(),
+        // A JSON reply, read whole (up to the layer's default reply size; it reads it whole
+        // too): the answer alone goes on as it came; a batch (a server may put its requests
+        // and notifications beside the answer), or one message other than an answer, is
+        // rewritten as on a stream. However it was sent (chunks, leading whitespace).
+        let bytes = match Limited::new(body, MAX_READ_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                tracing::error!(target: "idguard::gateway", server = &**server, "an upstream's JSON reply broken off or too large");
+                return Rejection::new(RejectionKind::BadGateway, None).into_response();
+            }
         };
-        let batch = first.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-        if !batch {
-            let body = if http_body::Body::is_end_stream(&body) {
-                // Whole (the gateway reads small JSON replies whole): a message other than
-                // an answer is rewritten as on a stream.
-                #[derive(serde::Deserialize)]
-                struct Peek<'a> {
-                    #[serde(borrow)]
-                    method: Option<&'a serde_json::value::RawValue>,
-                    #[serde(borrow)]
-                    error: Option<&'a serde_json::value::RawValue>,
-                }
-                // Errors too (a `-32042`'s elicitation ids are the server's own).
-                let asks = serde_json::from_slice::<Peek<'_>>(&first)
-                    .is_ok_and(|p| p.method.is_some() || p.error.is_some());
-                if asks {
-                    let message = serde_json::from_slice::<Value>(&first).ok();
-                    let Some(message) = message
-                        .and_then(|m| wire::rewrite_message(server, &self.inner.servers, &on, m))
-                    else {
-                        tracing::warn!(target: "idguard::gateway", server = &**server, "an upstream answered a call with a message it may not send: dropped");
-                        return unavailable(id, server);
-                    };
-                    head.headers.remove(header::CONTENT_LENGTH);
-                    return Response::from_parts(head, Body::from(message.to_string()));
-                }
-                Body::from(first)
-            } else {
-                let first = futures_util::stream::iter([Ok::<_, axum::Error>(first)]);
+        match self.rewrite_json(server, &on, &bytes) {
+            Reply::AsItCame => Response::from_parts(head, Body::from(bytes)),
+            Reply::Rewritten(text) => {
                 head.headers.remove(header::CONTENT_LENGTH);
-                Body::from_stream(first.chain(body.into_data_stream()))
-            };
-            return Response::from_parts(head, body);
+                Response::from_parts(head, Body::from(text))
+            }
+            Reply::Dropped => {
+                tracing::warn!(target: "idguard::gateway", server = &**server, "an upstream answered a call with a message it may not send: dropped");
+                unavailable(id, server)
+            }
         }
-        let rest = Limited::new(body, MAX_READ_BYTES.saturating_sub(first.len()))
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes);
-        let Ok(rest) = rest else {
-            tracing::error!(target: "idguard::gateway", server = &**server, "an upstream's batch reply broken off or too large");
-            return Rejection::new(RejectionKind::BadGateway, None).into_response();
-        };
-        let mut whole = bytes::BytesMut::with_capacity(first.len() + rest.len());
-        whole.extend_from_slice(&first);
-        whole.extend_from_slice(&rest);
-        // Not JSON: passed on, and the layer refuses what it cannot read.
-        let Ok(messages) = serde_json::from_slice::<Vec<Value>>(&whole) else {
-            return Response::from_parts(head, Body::from(whole.freeze()));
-        };
-        let rewritten: Vec<Value> = messages
-            .into_iter()
-            .filter_map(|m| wire::rewrite_message(server, &self.inner.servers, &on, m))
-            .collect();
-        head.headers.remove(header::CONTENT_LENGTH);
-        Response::from_parts(head, Body::from(Value::Array(rewritten).to_string()))
+    }
+
+    /// A routed call's JSON reply `bytes` of upstream `server` as the caller gets it.
+    fn rewrite_json(&self, server: &str, on: &On, bytes: &[u8]) -> Reply {
+        #[derive(serde::Deserialize)]
+        struct Peek<'a> {
+            #[serde(borrow)]
+            method: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow)]
+            error: Option<&'a serde_json::value::RawValue>,
+        }
+        let rewrite = |m| wire::rewrite_message(server, &self.inner.servers, on, m);
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            let Ok(messages) = serde_json::from_slice::<Vec<Value>>(bytes) else {
+                return Reply::AsItCame;
+            };
+            let kept: Vec<Value> = messages.into_iter().filter_map(rewrite).collect();
+            return Reply::Rewritten(Value::Array(kept).to_string());
+        }
+        // Errors too: a `-32042`'s elicitation ids are the server's own.
+        let asks = serde_json::from_slice::<Peek<'_>>(bytes)
+            .is_ok_and(|p| p.method.is_some() || p.error.is_some());
+        let message = asks
+            .then(|| serde_json::from_slice::<Value>(bytes).ok())
+            .flatten();
+        match message {
+            None => Reply::AsItCame,
+            Some(message) => {
+                rewrite(message).map_or(Reply::Dropped, |m| Reply::Rewritten(m.to_string()))
+            }
+        }
     }
 
     /// The upstream index of a tool or prompt name, and its own name.
@@ -1239,6 +1228,15 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A routed call's JSON reply, as the caller gets it.
+enum Reply {
+    /// The answer alone, or not JSON (the layer refuses what it cannot read).
+    AsItCame,
+    Rewritten(String),
+    /// Its one message may not reach the caller.
+    Dropped,
 }
 
 /// What opening an upstream's standalone stream came to.
