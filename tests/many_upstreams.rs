@@ -108,7 +108,10 @@ async fn stack() -> Stack {
 
 /// [`stack`], with a third upstream named `fake` at `fake` when given.
 async fn stack_with(fake: Option<String>) -> Stack {
-    let python = PyServer::start("tests/upstreams/python_server.py", &[]);
+    let python = PyServer::start(
+        "tests/upstreams/python_server.py",
+        &[("PY_ANNOUNCE_UPDATES", "1")],
+    );
     let demo = demo_upstream().await;
     let entra = DevEntra::builder().start().await.unwrap();
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -658,6 +661,18 @@ async fn the_get_stream_merges_every_upstreams() {
         !text.contains("docs://public/readme"),
         "an upstream speaks only of its own resources: {text}"
     );
+    // The real SDK's own standalone notification: py announces an update of its resource
+    // once subscribed, and it reaches the caller's merged stream.
+    let subscribe = json!({"jsonrpc": "2.0", "id": 50, "method": "resources/subscribe",
+        "params": {"uri": "docs://public/readme"}});
+    let (status, _, answer) = alice.post(subscribe).await;
+    assert_eq!(status, StatusCode::OK, "{answer:?}");
+    let mut announced = String::new();
+    read_until(
+        &mut announced,
+        &["resources/updated", "docs://public/readme"],
+    )
+    .await;
     let (status, _, _) = alice
         .post(json!({"jsonrpc": "2.0", "id": "fake:n8", "result": {"roots": []}}))
         .await;

@@ -17,7 +17,8 @@ Tools: whoami (read-only), delete_document (destructive), get_document (read-onl
 runnable as a 2025-11-25 task), echo_headers (read-only; the HTTP headers it received).
 Resources docs://public/readme, docs://secret/plan and the template docs://secret/{name};
 prompts public_prompt and secret_prompt (argument `topic`, with completions);
-resources/subscribe.
+resources/subscribe (with PY_ANNOUNCE_UPDATES set, each subscription is followed by a
+notifications/resources/updated for its URI on the session's standalone GET stream).
 
 Test probe: `GET /_probe/requests` (answered outside MCP, not logged) returns
 `{"http": [[method, raw path?query], ...], "rpc": [[method, id], ...]}`: every HTTP request
@@ -31,8 +32,10 @@ Prints `listening on 127.0.0.1:PORT` once it accepts connections.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import json
+import os
 import socket
 import sys
 import uuid
@@ -224,6 +227,16 @@ SUBSCRIPTIONS: set[str] = set()
 
 async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> dict[str, Any]:
     SUBSCRIPTIONS.add(str(params.uri))
+    if os.environ.get("PY_ANNOUNCE_UPDATES"):
+        # With PY_ANNOUNCE_UPDATES set: once subscribed, the resource "changes" at once, and
+        # the update goes out on the session's standalone (GET) stream.
+        session = ctx.session
+        uri = str(params.uri)
+
+        async def announce() -> None:
+            await session.send_resource_updated(uri)
+
+        asyncio.get_running_loop().create_task(announce(), context=contextvars.Context())
     return {}
 
 
