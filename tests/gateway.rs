@@ -1756,6 +1756,52 @@ async fn guarded_with_client(
 /// of [`record_and_answer`] received.
 type Seen = (Option<String>, Option<String>, usize);
 
+/// A hyper upstream on loopback (behind `tls` when given) that counts the connections it
+/// accepts and answers with [`record_and_answer`]: its MCP URL, the count, what it saw.
+async fn recording_upstream(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stream: Option<i64>,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<Mutex<Vec<Seen>>>,
+) {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/mcp", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let (count, record) = (accepted.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let record = record.clone();
+            let service = hyper::service::service_fn(move |req| {
+                record_and_answer(req, record.clone(), stream)
+            });
+            let serve = hyper::server::conn::http1::Builder::new();
+            match &tls {
+                None => {
+                    tokio::spawn(
+                        serve.serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                    );
+                }
+                Some(acceptor) => {
+                    let Ok(socket) = acceptor.accept(socket).await else {
+                        continue;
+                    };
+                    tokio::spawn(
+                        serve.serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                    );
+                }
+            }
+        }
+    });
+    (url, accepted, seen)
+}
+
 /// A plain upstream's answer to `req` (recorded in `seen`): an empty JSON-RPC result, as an
 /// event stream for the request with id `stream`.
 async fn record_and_answer(
@@ -1818,30 +1864,9 @@ async fn ping(
 /// is a plain HTTP/1.1 server on loopback that counts the connections it accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hop_sends_content_length_and_reuses_its_connection() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let upstream_url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    {
-        let (accepted, seen) = (accepted.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let seen = seen.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    record_and_answer(req, seen.clone(), None)
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
-                );
-            }
-        });
-    }
+    let (upstream_url, accepted, seen) = recording_upstream(None, None).await;
     let (entra, base) = guarded(&upstream_url, |g| g).await;
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -1881,7 +1906,7 @@ async fn the_hop_sends_content_length_and_reuses_its_connection() {
 /// behind rustls with a certificate made for the test, trusted by the client only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_reached_through_the_given_client() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use tokio_rustls::rustls;
 
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
@@ -1895,32 +1920,8 @@ async fn an_https_upstream_is_reached_through_the_given_client() {
         .with_single_cert(vec![cert.clone()], key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let upstream_url = format!("https://{}/mcp", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    {
-        let (accepted, seen) = (accepted.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let Ok(socket) = acceptor.accept(socket).await else {
-                    continue;
-                };
-                let seen = seen.clone();
-                // The third request is answered as an event stream.
-                let service = hyper::service::service_fn(move |req| {
-                    record_and_answer(req, seen.clone(), Some(3))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
-                );
-            }
-        });
-    }
+    // The third request is answered as an event stream.
+    let (upstream_url, accepted, seen) = recording_upstream(Some(acceptor), Some(3)).await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_der(&cert).unwrap()])
